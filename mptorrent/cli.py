@@ -1,0 +1,240 @@
+"""The ``mptorrent`` command: a thin click adapter over the engine.
+
+Nothing imports this module.  It owns click, tqdm and exit codes: every
+``MptorrentError`` becomes one line ``mptorrent: error: ...`` on stderr and the
+error's exit status; a traceback appears only with ``-v``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from mptorrent import __version__, checker, metainfo
+from mptorrent.errors import ExitStatus, MptorrentError
+from mptorrent.mp import default_jobs
+from mptorrent.storage import Layout, human_size
+
+
+def safe_text(text: str) -> str:
+    """Show untrusted names with control characters (ANSI escapes...) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
+class MptorrentGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MptorrentError as exc:
+            self._fail(ctx, str(exc), exc.exit_status)
+        except KeyboardInterrupt:
+            self._fail(ctx, "interrupted", ExitStatus.INTERRUPTED)
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, status: int) -> None:
+        if ctx.meta.get("mptorrent.verbose"):
+            traceback.print_exc()
+        click.echo(f"mptorrent: error: {safe_text(message)}", err=True)
+        ctx.exit(int(status))
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta["mptorrent.verbose"] = True
+    return value
+
+
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True, expose_value=False, is_eager=True,
+    callback=_set_verbose, help="Show tracebacks and more detail.",
+)  # fmt: skip
+jobs_option = click.option(
+    "-j", "--jobs", type=click.IntRange(min=1, max=512), default=None,
+    help="Worker processes (default: the CPU count).",
+)  # fmt: skip
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+
+
+@click.group(cls=MptorrentGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mptorrent")
+@verbose_option
+def cli() -> None:
+    """A BitTorrent client whose worker processes download, verify and
+    assemble pieces in parallel."""
+
+
+@contextmanager
+def byte_bar(total: int, desc: str, quiet: bool) -> Iterator[Callable[[int], None]]:
+    with tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+        disable=quiet or None, leave=False, dynamic_ncols=True,
+    ) as bar:  # fmt: skip
+        yield bar.update
+
+
+# -- info ---------------------------------------------------------------------
+
+
+def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
+    return {
+        "name": meta.name,
+        "info_hash": meta.info_hash_hex,
+        "total_length": meta.total_length,
+        "piece_length": meta.piece_length,
+        "num_pieces": meta.num_pieces,
+        "private": meta.private,
+        "multi_file": meta.multi_file,
+        "trackers": [list(t) for t in meta.trackers],
+        "web_seeds": list(meta.web_seeds),
+        "comment": meta.comment,
+        "created_by": meta.created_by,
+        "creation_date": meta.creation_date,
+        "files": [
+            {"path": "/".join(f.path), "length": f.length, "offset": f.offset, "padding": f.padding}
+            for f in meta.files
+        ],
+    }
+
+
+@cli.command()
+@click.argument("torrent", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@verbose_option
+def info(torrent: Path, as_json: bool) -> None:
+    """Show what a .torrent file holds."""
+    meta = metainfo.load(torrent)
+    if as_json:
+        click.echo(json.dumps(info_dict(meta), indent=2, ensure_ascii=False))
+        return
+    s = safe_text
+    click.echo(f"name:        {s(meta.name)}")
+    click.echo(f"info-hash:   {meta.info_hash_hex}")
+    click.echo(f"size:        {human_size(meta.total_length)} ({meta.total_length} bytes)")
+    click.echo(f"pieces:      {meta.num_pieces} x {human_size(meta.piece_length)}")
+    click.echo(f"private:     {'yes' if meta.private else 'no'}")
+    if meta.comment:
+        click.echo(f"comment:     {s(meta.comment)}")
+    if meta.created_by:
+        click.echo(f"created by:  {s(meta.created_by)}")
+    if meta.trackers:
+        click.echo("trackers:")
+        for n, tier in enumerate(meta.trackers):
+            for url in tier:
+                click.echo(f"  tier {n}: {s(url)}")
+    if meta.web_seeds:
+        click.echo("web seeds:")
+        for url in meta.web_seeds:
+            click.echo(f"  {s(url)}")
+    click.echo("files:")
+    if not meta.multi_file:
+        click.echo(f"  {s(meta.name)}  ({human_size(meta.total_length)})")
+        return
+    click.echo(f"  {s(meta.name)}/")
+    shown: set[tuple[str, ...]] = set()
+    for f in meta.files:
+        if f.padding:
+            continue
+        for depth in range(1, len(f.path)):
+            d = f.path[:depth]
+            if d not in shown:
+                shown.add(d)
+                click.echo(f"  {'  ' * depth}{s(d[-1])}/")
+        click.echo(f"  {'  ' * len(f.path)}{s(f.path[-1])}  ({human_size(f.length)})")
+
+
+# -- create -------------------------------------------------------------------
+
+
+def _piece_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int | None:
+    from mptorrent.create import parse_piece_size
+
+    try:
+        return parse_piece_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("-t", "--tracker", "trackers", multiple=True,
+              help="Tracker URL; repeat for more tiers, commas put URLs in one tier.")  # fmt: skip
+@click.option("--piece-size", default="auto", callback=_piece_size, show_default=True,
+              help="auto, or a power of two from 16K to 16M.")  # fmt: skip
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the .torrent (default: NAME.torrent).")  # fmt: skip
+@jobs_option
+@click.option("--private", is_flag=True, help="Set the private flag (BEP 27).")
+@click.option("--comment", help="A comment stored in the torrent.")
+@click.option("--webseed", "webseeds", multiple=True, help="Web seed URL (BEP 19).")
+@quiet_option
+@verbose_option
+def create(
+    path: Path, trackers: tuple[str, ...], piece_size: int | None, output: Path | None,
+    jobs: int | None, private: bool, comment: str | None, webseeds: tuple[str, ...], quiet: bool,
+) -> None:  # fmt: skip
+    """Make a .torrent from a file or a directory."""
+    from mptorrent.create import create as make, scan
+
+    src = scan(path)
+    out = output or Path(f"{src.name}.torrent")
+    tiers = [[u.strip() for u in t.split(",") if u.strip()] for t in trackers]
+    with byte_bar(src.total_length, "hashing", quiet) as update:
+        data = make(
+            path, trackers=tiers, piece_length=piece_size, jobs=jobs or default_jobs(),
+            private=private, comment=comment, web_seeds=list(webseeds), progress=update,
+        )  # fmt: skip
+    meta = metainfo.parse(data)
+    try:
+        out.write_bytes(data)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
+    click.echo(
+        f"{out}: {safe_text(meta.name)}, {human_size(meta.total_length)} in {meta.num_pieces} "
+        f"pieces of {human_size(meta.piece_length)}, info-hash {meta.info_hash_hex}"
+    )
+
+
+# -- verify -------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("torrent", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(path_type=Path))
+@jobs_option
+@quiet_option
+@verbose_option
+def verify(torrent: Path, path: Path, jobs: int | None, quiet: bool) -> None:
+    """Recheck downloaded data against a .torrent; exit 0 only if all pieces verify."""
+    meta = metainfo.load(torrent)
+    layout = Layout.for_torrent(meta, path)
+    with byte_bar(meta.total_length, "verifying", quiet) as update:
+        report = checker.verify(meta, layout, jobs=jobs or default_jobs(), progress=update)
+    bad = set(report.invalid) | set(report.missing)
+    for i, f in enumerate(meta.files):
+        if f.padding or not bad.intersection(layout.file_pieces(i)):
+            continue
+        p = layout.paths[i]
+        state = "missing" if p is None or not Path(p).is_file() else "incomplete"
+        if state == "incomplete" and Path(p).stat().st_size != f.length:
+            state = "wrong size"
+        click.echo(f"{state}: {safe_text('/'.join(f.path))}")
+    click.echo(
+        f"{report.valid_count} of {meta.num_pieces} pieces valid, "
+        f"{len(report.invalid)} invalid, {len(report.missing)} missing"
+    )
+    if not report.complete:
+        sys.exit(int(ExitStatus.ERROR))
+
+
+def main() -> None:
+    cli(prog_name="mptorrent")

@@ -1,0 +1,123 @@
+"""Making a .torrent from files on disk (``mptorrent create``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mptorrent import checker, metainfo
+from mptorrent.errors import MptorrentError, StorageError
+from mptorrent.metainfo import FileEntry
+from mptorrent.storage import Layout
+
+MIN_PIECE = 16 * 1024
+MAX_PIECE = 16 * 1024 * 1024
+TARGET_PIECES = 2000  # auto size: the smallest power of two giving at most this many
+
+
+class CreateError(MptorrentError):
+    pass
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    files: tuple[FileEntry, ...]  # path relative to the torrent root
+    paths: tuple[str, ...]
+    multi_file: bool
+
+    @property
+    def total_length(self) -> int:
+        return sum(f.length for f in self.files)
+
+
+def scan(path: str | Path) -> Source:
+    """The regular files under ``path`` in a stable order; symlinks are not followed."""
+    root = Path(os.path.abspath(path))
+    if not root.exists():
+        raise StorageError(f"{path}: no such file or directory")
+    name = root.name
+    if root.is_file():
+        size = root.stat().st_size
+        return Source(name, (FileEntry((name,), size, 0),), (str(root),), False)
+    if not root.is_dir():
+        raise StorageError(f"{path} is neither a regular file nor a directory")
+    found: list[tuple[tuple[str, ...], str]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(root).parts
+        for fn in sorted(filenames):
+            full = os.path.join(dirpath, fn)
+            if os.path.islink(full) or not os.path.isfile(full):
+                continue
+            found.append(((*rel, fn), full))
+    found.sort(key=lambda item: item[0])
+    if not found:
+        raise StorageError(f"{path} holds no files")
+    files: list[FileEntry] = []
+    offset = 0
+    for parts, full in found:
+        size = os.stat(full).st_size
+        files.append(FileEntry(parts, size, offset))
+        offset += size
+    return Source(name, tuple(files), tuple(p for _, p in found), True)
+
+
+def auto_piece_length(total: int) -> int:
+    size = MIN_PIECE
+    while size < MAX_PIECE and -(-total // size) > TARGET_PIECES:
+        size *= 2
+    return size
+
+
+def parse_piece_size(text: str) -> int | None:
+    """'auto' -> None; '256K', '1M', '16384' -> bytes (a power of two in 16K..16M)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if t == "AUTO":
+        return None
+    mult = 1
+    if t and t[-1] in "KM":
+        mult = 1024 if t[-1] == "K" else 1024 * 1024
+        t = t[:-1]
+    if not t.isdigit():
+        raise ValueError(f"piece size {text!r} is not a size like 256K or 1M")
+    n = int(t) * mult
+    if n < MIN_PIECE or n > MAX_PIECE or n & (n - 1):
+        raise ValueError(f"piece size {text!r} must be a power of two from 16K to 16M")
+    return n
+
+
+def create(
+    path: str | Path,
+    *,
+    trackers: list[list[str]] | None = None,
+    piece_length: int | None = None,
+    jobs: int = 1,
+    private: bool = False,
+    comment: str | None = None,
+    web_seeds: list[str] | None = None,
+    progress: checker.Progress | None = None,
+) -> bytes:
+    src = scan(path)
+    total = src.total_length
+    if total == 0:
+        raise CreateError(f"{path} holds no data (all files are empty)")
+    pl = piece_length or auto_piece_length(total)
+    layout = Layout(pl, total, src.files, src.paths)
+    digests = bytearray(20 * layout.num_pieces)
+    for index, digest in checker.hash_pieces(layout, jobs=jobs, progress=progress):
+        if digest is None:
+            raise StorageError(f"a file under {path} changed or vanished while hashing")
+        digests[index * 20 : index * 20 + 20] = digest
+    return metainfo.build(
+        name=src.name,
+        piece_length=pl,
+        pieces=bytes(digests),
+        files=[(f.path, f.length) for f in src.files] if src.multi_file else None,
+        length=None if src.multi_file else total,
+        trackers=trackers,
+        web_seeds=web_seeds,
+        private=private,
+        comment=comment,
+    )

@@ -1,0 +1,72 @@
+"""The one error hierarchy and the process exit statuses.
+
+Every error the user can cause or meet derives from :class:`MptorrentError` and
+carries the exit status the CLI should use, so the CLI needs no table of its own.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    SUCCESS = 0
+    ERROR = 1  # could not finish: no peers, trackers down, every peer failed
+    USAGE = 2  # click's own code for bad command lines
+    BAD_TORRENT = 3
+    STORAGE = 4
+    INTERRUPTED = 130
+
+
+class MptorrentError(Exception):
+    """Root of every error mptorrent raises on purpose."""
+
+    exit_status: ExitStatus = ExitStatus.ERROR
+
+
+class BencodeError(MptorrentError):
+    """Input that is not canonical, bounded bencode."""
+
+    exit_status = ExitStatus.BAD_TORRENT
+
+    def __init__(self, reason: str, offset: int | None = None) -> None:
+        self.reason = reason
+        self.offset = offset
+        where = f" at byte {offset}" if offset is not None else ""
+        super().__init__(f"bad bencode{where}: {reason}")
+
+
+class BadTorrent(MptorrentError):
+    """A .torrent file we refuse to use."""
+
+    exit_status = ExitStatus.BAD_TORRENT
+
+
+class StorageError(MptorrentError):
+    """Anything wrong with the output: space, permissions, unsafe paths, locks."""
+
+    exit_status = ExitStatus.STORAGE
+
+
+class DiskFull(StorageError):
+    pass
+
+
+class UnsafePath(StorageError):
+    pass
+
+
+class OutputLocked(StorageError):
+    pass
+
+
+class ProtocolError(MptorrentError):
+    """A peer broke the wire protocol. Costs that peer its connection, nothing more."""
+
+
+class TrackerError(MptorrentError):
+    """A tracker could not be reached or answered with an error."""
+
+
+class DownloadError(MptorrentError):
+    """The download cannot finish (no peers, every peer failed, workers keep dying)."""

@@ -1,0 +1,340 @@
+"""Validated, typed view of a .torrent file (BEP 3, 12, 19, 27, 47).
+
+Everything in a .torrent is untrusted input from the internet.  Parsing either
+returns a frozen :class:`Metainfo` whose every path is a safe relative path and
+whose lengths, offsets and piece hashes agree, or raises :class:`BadTorrent`
+with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mptorrent import bencode
+from mptorrent.errors import BadTorrent, BencodeError
+
+MAX_PIECES = 2_097_152  # libtorrent max_pieces
+MAX_FILES = 200_000
+MAX_PIECE_LENGTH = 256 * 1024 * 1024
+MAX_COMPONENT_BYTES = 255  # what common filesystems allow for one name
+MAX_TOTAL_LENGTH = 1 << 53  # 8 PiB; beyond any real torrent, keeps arithmetic exact
+HASH_LEN = 20
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file of the torrent, placed in the torrent's linear byte space."""
+
+    path: tuple[str, ...]  # components below the torrent's root (the name for single-file)
+    length: int
+    offset: int
+    padding: bool = False  # BEP 47 padding file: zeros, never written to disk
+
+
+@dataclass(frozen=True, slots=True)
+class Metainfo:
+    info_hash: bytes
+    name: str
+    piece_length: int
+    pieces: bytes = field(repr=False)  # concatenated 20-byte SHA-1 digests
+    total_length: int
+    files: tuple[FileEntry, ...]
+    multi_file: bool
+    trackers: tuple[tuple[str, ...], ...] = ()  # BEP 12 tiers; a lone announce is one tier
+    web_seeds: tuple[str, ...] = ()
+    private: bool = False
+    comment: str | None = None
+    created_by: str | None = None
+    creation_date: int | None = None
+    info_bytes: bytes = field(default=b"", repr=False)  # raw info dict, for BEP 9
+
+    @property
+    def num_pieces(self) -> int:
+        return len(self.pieces) // HASH_LEN
+
+    @property
+    def info_hash_hex(self) -> str:
+        return self.info_hash.hex()
+
+    def piece_hash(self, index: int) -> bytes:
+        return self.pieces[index * HASH_LEN : (index + 1) * HASH_LEN]
+
+    def piece_size(self, index: int) -> int:
+        if index == self.num_pieces - 1:
+            return self.total_length - index * self.piece_length
+        return self.piece_length
+
+    @property
+    def data_files(self) -> tuple[FileEntry, ...]:
+        """The files that exist on disk (everything but padding)."""
+        return tuple(f for f in self.files if not f.padding)
+
+
+def load(path: str | Path) -> Metainfo:
+    """Read and parse a .torrent file, refusing anything over the size cap."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(bencode.MAX_TORRENT_SIZE + 1)
+    except IsADirectoryError:
+        raise BadTorrent(f"{p} is a directory, not a .torrent file") from None
+    except OSError as exc:
+        raise BadTorrent(f"cannot read {p}: {exc.strerror or exc}") from None
+    try:
+        return parse(data)
+    except BadTorrent as exc:
+        raise BadTorrent(f"{p}: {exc}") from None
+
+
+def parse(data: bytes) -> Metainfo:
+    try:
+        top, spans = bencode.decode_with_spans(data, max_size=bencode.MAX_TORRENT_SIZE)
+    except BencodeError as exc:
+        raise BadTorrent(f"not a valid torrent file ({exc})") from None
+    if not isinstance(top, dict):
+        raise BadTorrent("not a valid torrent file (top level is not a dictionary)")
+    info = top.get(b"info")
+    if not isinstance(info, dict):
+        raise BadTorrent("missing or ill-typed 'info' dictionary")
+    start, end = spans[b"info"]
+    info_bytes = bytes(data[start:end])
+    info_hash = hashlib.sha1(info_bytes).digest()
+
+    piece_length = _int(info, b"piece length", "info")
+    if not 0 < piece_length <= MAX_PIECE_LENGTH:
+        raise BadTorrent(f"piece length {piece_length} is out of range")
+    pieces = _bytes(info, b"pieces", "info")
+    if len(pieces) % HASH_LEN:
+        raise BadTorrent(f"'pieces' is {len(pieces)} bytes, not a multiple of {HASH_LEN}")
+    num_pieces = len(pieces) // HASH_LEN
+    if num_pieces > MAX_PIECES:
+        raise BadTorrent(f"{num_pieces} pieces is over the limit of {MAX_PIECES}")
+
+    name = _name(info, b"name", "info")
+    if b"files" in info:
+        multi = True
+        files = _parse_files(info[b"files"])
+    elif b"length" in info:
+        multi = False
+        length = _int(info, b"length", "info")
+        if length < 0:
+            raise BadTorrent(f"negative length {length}")
+        files = [FileEntry((name,), length, 0)]
+    else:
+        raise BadTorrent("info has neither 'length' nor 'files'")
+    _check_component(name, "name")
+    total = sum(f.length for f in files)
+    if total > MAX_TOTAL_LENGTH:
+        raise BadTorrent(f"total length {total} is absurd")
+    if total == 0:
+        raise BadTorrent("torrent holds no data (total length 0)")
+    expected = -(-total // piece_length)
+    if expected != num_pieces:
+        raise BadTorrent(
+            f"{num_pieces} piece hashes for {total} bytes in {piece_length}-byte pieces "
+            f"(expected {expected})"
+        )
+
+    return Metainfo(
+        info_hash=info_hash,
+        name=name,
+        piece_length=piece_length,
+        pieces=pieces,
+        total_length=total,
+        files=tuple(files),
+        multi_file=multi,
+        trackers=_trackers(top),
+        web_seeds=_web_seeds(top),
+        private=info.get(b"private") == 1,
+        comment=_opt_text(top, b"comment"),
+        created_by=_opt_text(top, b"created by"),
+        creation_date=top.get(b"creation date")
+        if isinstance(top.get(b"creation date"), int)
+        else None,
+        info_bytes=info_bytes,
+    )
+
+
+def _parse_files(raw: Any) -> list[FileEntry]:
+    if not isinstance(raw, list) or not raw:
+        raise BadTorrent("'files' must be a non-empty list")
+    if len(raw) > MAX_FILES:
+        raise BadTorrent(f"{len(raw)} files is over the limit of {MAX_FILES}")
+    files: list[FileEntry] = []
+    seen: set[tuple[str, ...]] = set()
+    dirs: set[tuple[str, ...]] = set()
+    offset = 0
+    for i, entry in enumerate(raw):
+        where = f"files[{i}]"
+        if not isinstance(entry, dict):
+            raise BadTorrent(f"{where} is not a dictionary")
+        length = _int(entry, b"length", where)
+        if length < 0:
+            raise BadTorrent(f"{where} has negative length {length}")
+        key = b"path.utf-8" if b"path.utf-8" in entry else b"path"
+        parts = entry.get(key)
+        if not isinstance(parts, list) or not parts:
+            raise BadTorrent(f"{where} has a missing or empty 'path'")
+        path: list[str] = []
+        for part in parts:
+            if not isinstance(part, bytes):
+                raise BadTorrent(f"{where} has a path component that is not a string")
+            text = _text(part)
+            _check_component(text, where)
+            path.append(text)
+        attr = entry.get(b"attr", b"")
+        padding = isinstance(attr, bytes) and b"p" in attr
+        tpath = tuple(path)
+        if not padding:
+            if tpath in seen or tpath in dirs:
+                raise BadTorrent(f"duplicate path {'/'.join(tpath)!r}")
+            for k in range(1, len(tpath)):
+                if tpath[:k] in seen:
+                    raise BadTorrent(f"path {'/'.join(tpath)!r} runs through a file")
+                dirs.add(tpath[:k])
+            seen.add(tpath)
+        files.append(FileEntry(tpath, length, offset, padding))
+        offset += length
+        if offset > MAX_TOTAL_LENGTH:
+            raise BadTorrent(f"total length {offset} is absurd")
+    return files
+
+
+def _check_component(text: str, where: str) -> None:
+    """Refuse any path component that could leave the output directory."""
+    shown = text.encode("unicode_escape").decode("ascii")[:80]
+    if text in ("", ".", ".."):
+        raise BadTorrent(f"unsafe path component {shown!r} in {where}")
+    if "/" in text or "\\" in text or "\0" in text:
+        raise BadTorrent(f"unsafe path component {shown!r} in {where}")
+    if _DRIVE.match(text):
+        raise BadTorrent(f"unsafe path component {shown!r} in {where} (drive letter)")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
+        raise BadTorrent(f"path component longer than {MAX_COMPONENT_BYTES} bytes in {where}")
+
+
+def _text(raw: bytes) -> str:
+    # libtorrent replaces undecodable sequences with '_'; do the same so names agree.
+    return raw.decode("utf-8", "replace").replace("\ufffd", "_")
+
+
+def _int(d: dict, key: bytes, where: str) -> int:
+    v = d.get(key)
+    if v is None:
+        raise BadTorrent(f"missing '{key.decode()}' in {where}")
+    if not isinstance(v, int):
+        raise BadTorrent(f"'{key.decode()}' in {where} is not an integer")
+    return v
+
+
+def _bytes(d: dict, key: bytes, where: str) -> bytes:
+    v = d.get(key)
+    if v is None:
+        raise BadTorrent(f"missing '{key.decode()}' in {where}")
+    if not isinstance(v, bytes):
+        raise BadTorrent(f"'{key.decode()}' in {where} is not a string")
+    return v
+
+
+def _name(d: dict, key: bytes, where: str) -> str:
+    alt = d.get(key + b".utf-8")
+    if isinstance(alt, bytes):
+        return _text(alt)
+    return _text(_bytes(d, key, where))
+
+
+def _opt_text(d: dict, key: bytes) -> str | None:
+    v = d.get(key)
+    return _text(v) if isinstance(v, bytes) else None
+
+
+def _url(v: Any, what: str) -> str:
+    if not isinstance(v, bytes):
+        raise BadTorrent(f"{what} is not a string")
+    return _text(v).strip()
+
+
+def _trackers(top: dict) -> tuple[tuple[str, ...], ...]:
+    tiers: list[tuple[str, ...]] = []
+    seen: set[str] = set()
+    if b"announce-list" in top:
+        raw = top[b"announce-list"]
+        if not isinstance(raw, list):
+            raise BadTorrent("'announce-list' is not a list")
+        for tier in raw:
+            if not isinstance(tier, list):
+                raise BadTorrent("'announce-list' tier is not a list")
+            urls = []
+            for u in tier:
+                url = _url(u, "tracker URL in 'announce-list'")
+                if url and url not in seen:
+                    seen.add(url)
+                    urls.append(url)
+            if urls:
+                tiers.append(tuple(urls))
+    if not tiers and b"announce" in top:
+        url = _url(top[b"announce"], "'announce'")
+        if url:
+            tiers.append((url,))
+    return tuple(tiers)
+
+
+def _web_seeds(top: dict) -> tuple[str, ...]:
+    raw = top.get(b"url-list")
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, bytes) else raw
+    if not isinstance(items, list):
+        raise BadTorrent("'url-list' is neither a string nor a list")
+    return tuple(u for u in (_url(x, "web seed URL") for x in items) if u)
+
+
+def build(
+    *,
+    name: str,
+    piece_length: int,
+    pieces: bytes,
+    files: list[tuple[tuple[str, ...], int]] | None = None,
+    length: int | None = None,
+    trackers: list[list[str]] | None = None,
+    web_seeds: list[str] | None = None,
+    private: bool = False,
+    comment: str | None = None,
+    created_by: str | None = None,
+    creation_date: int | None = None,
+) -> bytes:
+    """Encode a v1 .torrent.  ``files`` for multi-file torrents, else ``length``."""
+    info: dict[bytes, Any] = {
+        b"name": name.encode(),
+        b"piece length": piece_length,
+        b"pieces": pieces,
+    }
+    if files is not None:
+        info[b"files"] = [
+            {b"length": n, b"path": [p.encode() for p in parts]} for parts, n in files
+        ]
+    else:
+        assert length is not None
+        info[b"length"] = length
+    if private:
+        info[b"private"] = 1
+    top: dict[bytes, Any] = {b"info": info}
+    tiers = [t for t in (trackers or []) if t]
+    if tiers:
+        top[b"announce"] = tiers[0][0].encode()
+        if len(tiers) > 1 or len(tiers[0]) > 1:
+            top[b"announce-list"] = [[u.encode() for u in t] for t in tiers]
+    if web_seeds:
+        top[b"url-list"] = [u.encode() for u in web_seeds]
+    if comment:
+        top[b"comment"] = comment.encode()
+    top[b"created by"] = (created_by or "mptorrent").encode()
+    top[b"creation date"] = int(time.time()) if creation_date is None else creation_date
+    return bencode.encode(top)

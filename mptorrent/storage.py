@@ -1,0 +1,318 @@
+"""The only module that opens data files.
+
+A :class:`Layout` places the torrent's files under an output path and maps any
+byte range of the torrent's linear space onto file slices.  :class:`Storage`
+opens one mmap per non-empty file (each process opens its own, by path, so this
+works under fork, spawn and forkserver alike) and reads, writes and hashes
+pieces through them.  :func:`prepare` is the coordinator's one-time set-up:
+safe paths, free space, ``posix_fallocate`` and zero-length files.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import hashlib
+import mmap
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from mptorrent.errors import DiskFull, StorageError, UnsafePath
+from mptorrent.metainfo import FileEntry, Metainfo
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    file_index: int
+    file_offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    piece_length: int
+    total_length: int
+    files: tuple[FileEntry, ...]
+    paths: tuple[str | None, ...]  # absolute path of each file; None for padding
+
+    @classmethod
+    def for_torrent(cls, meta: Metainfo, output: str | Path) -> Layout:
+        """Single-file: ``output`` is the file.  Multi-file: the directory of files."""
+        root = Path(os.path.abspath(output))
+        paths: list[str | None] = []
+        for f in meta.files:
+            if f.padding:
+                paths.append(None)
+            elif meta.multi_file:
+                paths.append(str(root.joinpath(*f.path)))
+            else:
+                paths.append(str(root))
+        return cls(meta.piece_length, meta.total_length, meta.files, tuple(paths))
+
+    @property
+    def num_pieces(self) -> int:
+        return -(-self.total_length // self.piece_length)
+
+    def piece_size(self, index: int) -> int:
+        if index == self.num_pieces - 1:
+            return self.total_length - index * self.piece_length
+        return self.piece_length
+
+    @cached_property
+    def _offsets(self) -> list[int]:
+        return [f.offset for f in self.files]
+
+    def slices(self, start: int, length: int) -> Iterator[Slice]:
+        """File slices covering bytes ``[start, start + length)`` of the torrent."""
+        i = max(0, bisect.bisect_right(self._offsets, start) - 1)
+        end = start + length
+        pos = start
+        while pos < end and i < len(self.files):
+            f = self.files[i]
+            f_end = f.offset + f.length
+            if f.length and pos < f_end:
+                n = min(end, f_end) - pos
+                yield Slice(i, pos - f.offset, n)
+                pos += n
+            i += 1
+
+    def piece_slices(self, index: int) -> list[Slice]:
+        return list(self.slices(index * self.piece_length, self.piece_size(index)))
+
+    def file_pieces(self, file_index: int) -> range:
+        """The pieces that hold any byte of one file."""
+        f = self.files[file_index]
+        if f.length == 0:
+            return range(0)
+        return range(f.offset // self.piece_length, (f.offset + f.length - 1) // self.piece_length + 1)
+
+
+_ZEROS = bytes(1 << 20)
+
+
+class Storage:
+    """Per-process mmaps over a layout.  Files missing or of the wrong size are
+    left unmapped; any piece touching them reads as unavailable."""
+
+    def __init__(self, layout: Layout, *, writable: bool = False) -> None:
+        self.layout = layout
+        self.writable = writable
+        self._maps: list[mmap.mmap | None] = [None] * len(layout.files)
+        self._open()
+
+    def _open(self) -> None:
+        for i, (f, path) in enumerate(zip(self.layout.files, self.layout.paths, strict=True)):
+            if path is None or f.length == 0:
+                continue
+            flags = (os.O_RDWR if self.writable else os.O_RDONLY) | os.O_NOFOLLOW
+            try:
+                fd = os.open(path, flags)
+            except FileNotFoundError:
+                if self.writable:
+                    raise StorageError(f"output file {path} vanished") from None
+                continue
+            except OSError as exc:
+                if self.writable:
+                    raise StorageError(f"cannot open {path}: {exc.strerror}") from None
+                continue
+            try:
+                if os.fstat(fd).st_size != f.length:
+                    if self.writable:
+                        raise StorageError(f"{path} does not have the expected size")
+                    continue
+                access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
+                self._maps[i] = mmap.mmap(fd, f.length, access=access)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        for m in self._maps:
+            if m is not None:
+                m.close()
+        self._maps = [None] * len(self.layout.files)
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _views(self, start: int, length: int) -> Iterator[memoryview | None]:
+        for s in self.layout.slices(start, length):
+            if self.layout.files[s.file_index].padding:
+                yield None  # padding reads as zeros
+                continue
+            m = self._maps[s.file_index]
+            if m is None:
+                raise _Unavailable
+            yield memoryview(m)[s.file_offset : s.file_offset + s.length]
+
+    def has_piece_data(self, index: int) -> bool:
+        """Every file under the piece is mapped (exists with the right size)."""
+        try:
+            for _ in self._views(index * self.layout.piece_length, self.layout.piece_size(index)):
+                pass
+        except _Unavailable:
+            return False
+        return True
+
+    def hash_piece(self, index: int) -> bytes | None:
+        """SHA-1 of a piece as it stands on disk, or None if a file is missing."""
+        h = hashlib.sha1()
+        start = index * self.layout.piece_length
+        try:
+            for s, view in zip(
+                self.layout.slices(start, self.layout.piece_size(index)),
+                self._views(start, self.layout.piece_size(index)),
+                strict=True,
+            ):
+                if view is None:
+                    _update_zeros(h, s.length)
+                else:
+                    h.update(view)
+                    view.release()
+        except _Unavailable:
+            return None
+        return h.digest()
+
+    def read(self, start: int, length: int) -> bytes:
+        """Bytes ``[start, start+length)`` of the torrent (for serving peers)."""
+        out = bytearray(length)
+        pos = 0
+        for s, view in zip(self.layout.slices(start, length), self._views(start, length), strict=True):
+            if view is not None:
+                out[pos : pos + s.length] = view
+                view.release()
+            pos += s.length
+        return bytes(out)
+
+    def write_piece(self, index: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy a verified piece into the mapped files (padding is skipped)."""
+        src = memoryview(data)
+        start = index * self.layout.piece_length
+        pos = 0
+        for s in self.layout.slices(start, len(src)):
+            m = self._maps[s.file_index]
+            if m is not None:
+                m[s.file_offset : s.file_offset + s.length] = src[pos : pos + s.length]
+            elif not self.layout.files[s.file_index].padding:
+                raise StorageError(f"{self.layout.paths[s.file_index]} is not open for writing")
+            pos += s.length
+
+    def flush(self) -> None:
+        for m in self._maps:
+            if m is not None:
+                m.flush()
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _update_zeros(h: hashlib._Hash, n: int) -> None:
+    while n > 0:
+        k = min(n, len(_ZEROS))
+        h.update(memoryview(_ZEROS)[:k])
+        n -= k
+
+
+def check_safe(layout: Layout, root: str | Path) -> None:
+    """Refuse symlinks anywhere between ``root`` and each file (planted escapes)."""
+    root_p = Path(os.path.abspath(root))
+    for path in layout.paths:
+        if path is None:
+            continue
+        p = Path(path)
+        chain = [p, *p.parents]
+        for q in chain:
+            if q == root_p.parent or q == Path(q.anchor):
+                break
+            try:
+                st = os.lstat(q)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafePath(f"unsafe path: {q} is a symbolic link")
+            if q != p and not stat.S_ISDIR(st.st_mode):
+                raise StorageError(f"{q} is in the way: it is not a directory")
+        if os.path.commonpath([str(root_p), path]) != str(root_p):
+            raise UnsafePath(f"unsafe path: {path} is outside {root_p}")
+
+
+def prepare(layout: Layout, root: str | Path) -> None:
+    """Create and reserve every file so later writes cannot hit a full disk.
+
+    Raises ``DiskFull`` ("need X, have Y") before touching anything when the
+    filesystem cannot hold the rest of the torrent.
+    """
+    check_safe(layout, root)
+    need = 0
+    for f, path in zip(layout.files, layout.paths, strict=True):
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            need += f.length
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            raise StorageError(f"{path} is a directory where a file should be")
+        if st.st_size > f.length:
+            raise StorageError(
+                f"existing file {path} is larger than expected ({st.st_size} > {f.length} bytes)"
+            )
+        need += max(0, f.length - st.st_blocks * 512)
+    base = _existing_ancestor(Path(os.path.abspath(root)))
+    try:
+        free = shutil.disk_usage(base).free
+    except OSError as exc:
+        raise StorageError(f"cannot inspect {base}: {exc.strerror}") from None
+    if need > free:
+        raise DiskFull(
+            f"not enough space in {base}: need {human_size(need)}, have {human_size(free)}"
+        )
+    for f, path in zip(layout.files, layout.paths, strict=True):
+        if path is None:
+            continue
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot create {exc.filename or path}: {exc.strerror}") from None
+        try:
+            if f.length:
+                _reserve(fd, f.length, path)
+        finally:
+            os.close(fd)
+
+
+def _reserve(fd: int, length: int, path: str) -> None:
+    try:
+        os.posix_fallocate(fd, 0, length)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(f"not enough space for {path}") from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise StorageError(f"cannot reserve space for {path}: {exc.strerror}") from None
+        # The filesystem cannot reserve; a sparse file is the best we can do.
+        if os.fstat(fd).st_size < length:
+            os.ftruncate(fd, length)
+
+
+def _existing_ancestor(p: Path) -> Path:
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
