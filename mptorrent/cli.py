@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from mptorrent import __version__, checker, metainfo
 from mptorrent.errors import ExitStatus, MptorrentError
+from mptorrent.messages import PeerAddr
 from mptorrent.mp import default_jobs
 from mptorrent.storage import Layout, human_size
 
@@ -183,7 +184,8 @@ def create(
     jobs: int | None, private: bool, comment: str | None, webseeds: tuple[str, ...], quiet: bool,
 ) -> None:  # fmt: skip
     """Make a .torrent from a file or a directory."""
-    from mptorrent.create import create as make, scan
+    from mptorrent.create import create as make
+    from mptorrent.create import scan
 
     src = scan(path)
     out = output or Path(f"{src.name}.torrent")
@@ -234,6 +236,112 @@ def verify(torrent: Path, path: Path, jobs: int | None, quiet: bool) -> None:
     )
     if not report.complete:
         sys.exit(int(ExitStatus.ERROR))
+
+
+# -- fetch --------------------------------------------------------------------
+
+
+def parse_peer(text: str) -> PeerAddr:
+    """HOST:PORT or [IPv6]:PORT."""
+    t = text.strip()
+    if t.startswith("["):
+        host, sep, rest = t[1:].partition("]")
+        port_s = rest.removeprefix(":") if sep else ""
+    else:
+        host, _, port_s = t.rpartition(":")
+    if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return PeerAddr(host, int(port_s))
+
+
+def _peers(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> tuple[PeerAddr, ...]:
+    try:
+        return tuple(parse_peer(v) for v in value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+class BarProgress:
+    """Feeds the coordinator's progress into one tqdm bar on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+
+    def start(self, total: int, done: int) -> None:
+        self.bar = tqdm(
+            total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
+            disable=self.quiet or None, dynamic_ncols=True, leave=False, desc="fetch",
+        )  # fmt: skip
+
+    def update(self, done: int, peers: int, workers: int) -> None:
+        if self.bar is None:
+            return
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"peers={peers} workers={workers}", refresh=False)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            tqdm.write(f"mptorrent: {safe_text(text)}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@cli.command()
+@click.argument("torrent", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output file, or directory for multi-file; default ./NAME")  # fmt: skip
+@jobs_option
+@click.option(
+    "--peer", "peers", multiple=True, callback=_peers, help="Add a peer HOST:PORT (repeatable)."
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=6881, show_default=True,
+              help="Port we report to trackers.")  # fmt: skip
+@click.option("--max-peers", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="Connections per worker.")  # fmt: skip
+@click.option("--no-trackers", is_flag=True, help="Use only --peer addresses.")
+@quiet_option
+@verbose_option
+def fetch(
+    torrent: Path, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
+    max_peers: int, no_trackers: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """Download a torrent with parallel worker processes."""
+    from mptorrent.coordinator import FetchOptions, summary
+    from mptorrent.coordinator import fetch as run_fetch
+
+    meta = metainfo.load(torrent)
+    opts = FetchOptions(
+        jobs=jobs or default_jobs(), peers=peers, port=port, max_peers=max_peers,
+        use_trackers=not no_trackers,
+    )  # fmt: skip
+    progress = BarProgress(quiet)
+    with _sigterm_as_interrupt():
+        try:
+            result = run_fetch(meta, output, opts, progress)
+        finally:
+            progress.close()
+    click.echo(summary(result), err=True)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a fetch the same graceful way Ctrl-C does (exit 130)."""
+    import signal
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def main() -> None:

@@ -14,3 +14,83 @@ class PeerAddr(NamedTuple):
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+# -- worker -> coordinator (the result queue) ---------------------------------
+
+
+class Took(NamedTuple):
+    """A worker took a piece from the work queue (the coordinator's lease table)."""
+
+    worker: int
+    index: int
+
+
+class PieceDone(NamedTuple):
+    """A piece passed its SHA-1 check and is in the output mmap."""
+
+    worker: int
+    index: int
+    peers: tuple[PeerAddr, ...]  # who sent its blocks
+
+
+class PieceFailed(NamedTuple):
+    worker: int
+    index: int
+    peers: tuple[PeerAddr, ...]
+
+
+class Returned(NamedTuple):
+    """A worker gave a piece back: none of its peers has it, or it is stopping."""
+
+    worker: int
+    index: int
+
+
+class PeerBitfield(NamedTuple):
+    """What one of a worker's peers has; ``bits`` is one byte per piece, or None when it left."""
+
+    worker: int
+    peer: PeerAddr
+    bits: bytes | None
+
+
+class PeerHaves(NamedTuple):
+    worker: int
+    peer: PeerAddr
+    indices: tuple[int, ...]
+
+
+class PeerBanned(NamedTuple):
+    worker: int
+    peer: PeerAddr
+    reason: str
+
+
+class WorkerStats(NamedTuple):
+    """Sent a few times a second: bytes received since the last report, connected peers."""
+
+    worker: int
+    downloaded: int
+    uploaded: int
+    peers: int
+
+
+class WorkerFailed(NamedTuple):
+    """A worker hit an error it cannot recover from (a bug, or a disk error)."""
+
+    worker: int
+    message: str
+    detail: str  # traceback, shown only with -v
+    storage: bool = False
+
+
+# -- coordinator -> one worker (its control queue) ----------------------------
+
+
+class AddPeers(NamedTuple):
+    peers: tuple[PeerAddr, ...]
+
+
+class Stop(NamedTuple):
+    pass

@@ -1,0 +1,165 @@
+"""One live peer connection inside a worker: a socket around ``wire.Connection``.
+
+The socket is non-blocking and driven by the worker's selector loop.  Received
+bytes land directly in the wire buffer (``recv_into``), so a block is copied
+exactly once: from that buffer into the piece being assembled.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections import deque
+
+from mptorrent import wire
+from mptorrent.messages import PeerAddr
+
+CONNECT_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 15.0
+SNUB_TIMEOUT = 20.0  # requests outstanding and nothing received for this long
+IDLE_TIMEOUT = 120.0
+MIN_DEPTH = 32  # requests kept in flight per peer; libtorrent and Transmission floor
+MAX_DEPTH = 500  # libtorrent's max_out_request_queue
+DEPTH_SECONDS = 1.0  # keep rate x this much in flight (bandwidth-delay with margin)
+RECV_SIZE = 1 << 20
+
+CONNECTING, HANDSHAKING, ACTIVE, CLOSED = range(4)
+
+
+class PeerSession:
+    def __init__(
+        self,
+        addr: PeerAddr,
+        *,
+        info_hash: bytes,
+        peer_id: bytes,
+        num_pieces: int,
+        piece_length: int,
+        total_length: int,
+    ) -> None:
+        self.addr = addr
+        self.info_hash = info_hash
+        self.peer_id = peer_id
+        self.wire = wire.Connection(info_hash, num_pieces, piece_length, total_length)
+        self.sock: socket.socket | None = None
+        self.state = CONNECTING
+        self.out = bytearray()
+        self.pending: set[tuple[int, int]] = set()  # (index, begin) we requested
+        self.started = time.monotonic()
+        self.last_recv = self.started
+        self.last_block = self.started
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.close_reason = ""
+        self.reported_bits = False
+        self.inbound = False
+        # rate estimate over a sliding window of (time, bytes) samples
+        self._samples: deque[tuple[float, int]] = deque()
+        self._window_bytes = 0
+        self.depth = MIN_DEPTH
+
+    # -- socket -------------------------------------------------------------
+
+    def start_connect(self) -> None:
+        family = socket.AF_INET6 if ":" in self.addr.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # a large receive buffer lets one recv_into take many blocks at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock = sock
+        err = sock.connect_ex((self.addr.host, self.addr.port))
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            raise OSError(err, errno.errorcode.get(err, "connect failed"))
+
+    def finish_connect(self) -> None:
+        assert self.sock is not None
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, errno.errorcode.get(err, "connect failed"))
+        self.state = HANDSHAKING
+
+    def accepted(self, sock: socket.socket) -> None:
+        """An incoming connection: we already know the torrent, so greet at once."""
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.inbound = True
+        self.state = HANDSHAKING
+
+    def greet(self, have: bytes | bytearray | memoryview | None, interested: bool) -> None:
+        """Our handshake, then our bitfield (only if we hold something), then interest."""
+        self.queue(self.wire.send(wire.Handshake(self.info_hash, self.peer_id)))
+        if have is not None and any(have):
+            self.queue(self.wire.send(wire.Bitfield(wire.pack_bitfield(have))))
+        if interested:
+            self.queue(self.wire.send(wire.Interested()))
+
+    def queue(self, data: bytes) -> None:
+        self.out += data
+
+    def flush(self) -> bool:
+        """Send what we can; True if bytes remain (the caller watches for writability)."""
+        if not self.out or self.sock is None:
+            return False
+        try:
+            n = self.sock.send(self.out)
+        except BlockingIOError:
+            return True
+        self.bytes_out += n
+        del self.out[:n]
+        return bool(self.out)
+
+    def receive(self) -> bool:
+        """One ``recv_into``; False when the peer closed the connection."""
+        assert self.sock is not None
+        buf = self.wire.get_buffer(RECV_SIZE)
+        try:
+            n = self.sock.recv_into(buf)
+        except BlockingIOError:
+            return True
+        finally:
+            buf.release()
+        if n == 0:
+            return False
+        self.wire.buffer_updated(n)
+        now = time.monotonic()
+        self.last_recv = now
+        self.bytes_in += n
+        self._samples.append((now, n))
+        self._window_bytes += n
+        return True
+
+    def close(self, reason: str) -> None:
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.close_reason = reason
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    # -- pipeline -----------------------------------------------------------
+
+    def rate(self, now: float) -> float:
+        """Bytes per second over the last two seconds."""
+        while self._samples and now - self._samples[0][0] > 2.0:
+            self._window_bytes -= self._samples.popleft()[1]
+        span = max(0.25, min(2.0, now - self.started))
+        return self._window_bytes / span
+
+    def update_depth(self, now: float) -> None:
+        want = int(self.rate(now) * DEPTH_SECONDS / wire.BLOCK_SIZE)
+        # slow start: at most double per adjustment, never below the floor
+        self.depth = max(MIN_DEPTH, min(MAX_DEPTH, want, self.depth * 2))
+
+    @property
+    def can_request(self) -> bool:
+        return self.state == ACTIVE and not self.wire.peer_choking
+
+    @property
+    def spare(self) -> int:
+        return self.depth - len(self.pending) if self.can_request else 0

@@ -1,0 +1,156 @@
+"""Which piece to fetch next: pure policy, no processes and no I/O.
+
+The coordinator owns the truth of every piece's state here; the work queue is
+only the delivery pipe.  Order: the first few pieces at random (so there is
+soon something to trade), then rarest first with random ties.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Iterable
+
+NEEDED, QUEUED, TAKEN, DONE = 0, 1, 2, 3
+RANDOM_FIRST = 4  # libtorrent's initial_picker_threshold
+
+
+class Picker:
+    def __init__(
+        self, num_pieces: int, have: bytes | bytearray | None = None, *, seed: int | None = None
+    ) -> None:
+        self.num_pieces = num_pieces
+        self.state = bytearray(num_pieces)
+        if have is not None:
+            for i, h in enumerate(have):
+                if h:
+                    self.state[i] = DONE
+        self.done = self.state.count(DONE)
+        self.availability = [0] * num_pieces
+        self._peer_bits: dict[Hashable, bytes] = {}
+        self.owner: dict[int, set[int]] = {}  # piece -> workers that took it
+        self._rng = random.Random(seed)
+        self._order: list[int] = []
+        self._cursor = 0
+        self._dirty = True
+        self.picked = 0
+
+    # -- availability ---------------------------------------------------------
+
+    def peer_bitfield(self, peer: Hashable, bits: bytes | None) -> None:
+        """Replace one peer's have-set (one byte per piece); None when it left."""
+        old = self._peer_bits.pop(peer, None)
+        if old is not None:
+            for i, h in enumerate(old):
+                if h:
+                    self.availability[i] -= 1
+        if bits is not None:
+            self._peer_bits[peer] = bits
+            for i, h in enumerate(bits):
+                if h:
+                    self.availability[i] += 1
+        self._dirty = True
+
+    def peer_have(self, peer: Hashable, index: int) -> None:
+        bits = self._peer_bits.get(peer)
+        if bits is None:
+            bits = bytes(self.num_pieces)
+        if not bits[index]:
+            b = bytearray(bits)
+            b[index] = 1
+            self._peer_bits[peer] = bytes(b)
+            self.availability[index] += 1
+            self._dirty = True
+
+    # -- picking --------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        needed = [
+            i
+            for i in range(self.num_pieces)
+            if self.state[i] == NEEDED and self.availability[i] > 0
+        ]
+        keys = {i: self._rng.random() for i in needed}
+        if self.done + self.picked < RANDOM_FIRST:
+            needed.sort(key=keys.__getitem__)
+        else:
+            needed.sort(key=lambda i: (self.availability[i], keys[i]))
+        self._order = needed
+        self._cursor = 0
+        self._dirty = False
+
+    def pick(self, n: int) -> list[int]:
+        """Up to ``n`` needed pieces that some peer has, best first; they become QUEUED."""
+        if self._dirty:
+            self._rebuild()
+        out: list[int] = []
+        while len(out) < n and self._cursor < len(self._order):
+            i = self._order[self._cursor]
+            self._cursor += 1
+            if self.state[i] == NEEDED:
+                self.state[i] = QUEUED
+                out.append(i)
+        self.picked += len(out)
+        return out
+
+    def endgame_pick(self, n: int, exclude: Iterable[int] = ()) -> list[int]:
+        """In-flight pieces worth asking a second worker for (nothing else is left)."""
+        skip = set(exclude)
+        out = [
+            i for i in range(self.num_pieces)
+            if self.state[i] == TAKEN and i not in skip and self.availability[i] > 0
+        ]  # fmt: skip
+        self._rng.shuffle(out)
+        return out[:n]
+
+    @property
+    def needed_available(self) -> int:
+        return sum(
+            1
+            for i in range(self.num_pieces)
+            if self.state[i] == NEEDED and self.availability[i] > 0
+        )
+
+    @property
+    def remaining(self) -> int:
+        return self.num_pieces - self.done
+
+    # -- transitions ----------------------------------------------------------
+
+    def took(self, index: int, worker: int) -> None:
+        if self.state[index] != DONE:
+            self.state[index] = TAKEN
+            self.owner.setdefault(index, set()).add(worker)
+
+    def finished(self, index: int) -> bool:
+        """A verified piece; returns False if it was already done (endgame duplicate)."""
+        self.owner.pop(index, None)
+        if self.state[index] == DONE:
+            return False
+        self.state[index] = DONE
+        self.done += 1
+        return True
+
+    def release(self, index: int, worker: int | None = None) -> None:
+        """A piece failed, was returned, or its worker died: fetch it again."""
+        if self.state[index] == DONE:
+            return
+        owners = self.owner.get(index)
+        if owners is not None and worker is not None:
+            owners.discard(worker)
+            if owners:
+                return  # another worker still has it in flight
+        self.owner.pop(index, None)
+        self.state[index] = NEEDED
+        self._dirty = True
+
+    def release_worker(self, worker: int) -> None:
+        for index in [i for i, ws in self.owner.items() if worker in ws]:
+            self.release(index, worker)
+
+    def release_all(self) -> None:
+        """Everything not verified becomes needed again (the queue was rebuilt)."""
+        for i in range(self.num_pieces):
+            if self.state[i] != DONE:
+                self.state[i] = NEEDED
+        self.owner.clear()
+        self._dirty = True

@@ -1,0 +1,137 @@
+"""Serving verified pieces to peers: the upload half of every worker.
+
+``Uploader`` holds the per-process upload policy (who is unchoked, whose
+requests are queued) and is used both by fetch workers (which serve while they
+download) and by ``mptorrent seed`` worker processes.  Safety rules: serve only
+pieces in the verified have-map; the wire layer already refuses requests over
+16 KiB or outside the piece; each peer's queue of pending requests is capped;
+reads go through the mapped files only.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+
+from mptorrent import wire
+from mptorrent.errors import ProtocolError
+from mptorrent.peer import ACTIVE, PeerSession
+from mptorrent.storage import Storage
+
+MAX_QUEUED_REQUESTS = 500  # libtorrent max_allowed_in_request_queue
+MAX_CHOKED_REQUESTS = 300  # libtorrent too_many_requests_when_choked
+SEND_HIGH_WATER = 1 << 20  # stop reading blocks for a peer while this much is unsent
+UNCHOKE_SLOTS = 8
+RECHOKE_EVERY = 10.0
+OPTIMISTIC_EVERY = 30.0
+
+
+class UploadState:
+    __slots__ = ("choked_requests", "queue", "rate_bytes", "unchoked_at")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[int, int, int]] = deque()
+        self.choked_requests = 0
+        self.rate_bytes = 0  # uploaded since the last rechoke
+        self.unchoked_at = 0.0
+
+
+class Uploader:
+    def __init__(self, storage: Storage, have: memoryview | bytearray, *, seeding: bool) -> None:
+        self.storage = storage
+        self.have = have
+        self.seeding = seeding
+        self.state: dict[PeerSession, UploadState] = {}
+        self.optimistic: PeerSession | None = None
+        self._last_rechoke = 0.0
+        self._last_optimistic = 0.0
+        self.uploaded = 0
+
+    def attach(self, p: PeerSession) -> None:
+        self.state[p] = UploadState()
+
+    def detach(self, p: PeerSession) -> None:
+        self.state.pop(p, None)
+        if self.optimistic is p:
+            self.optimistic = None
+
+    def on_event(self, p: PeerSession, ev: wire.Event) -> None:
+        st = self.state.get(p)
+        if st is None:
+            return
+        if isinstance(ev, wire.Request):
+            if p.wire.am_choking:
+                st.choked_requests += 1
+                if st.choked_requests > MAX_CHOKED_REQUESTS:
+                    raise ProtocolError("too many requests while choked")
+                return
+            if not self.have[ev.index]:
+                return  # we never announced it; ignore rather than lie
+            if len(st.queue) >= MAX_QUEUED_REQUESTS:
+                raise ProtocolError("request queue overflow")
+            st.queue.append((ev.index, ev.begin, ev.length))
+        elif isinstance(ev, wire.Cancel):
+            try:
+                st.queue.remove((ev.index, ev.begin, ev.length))
+            except ValueError:
+                pass
+        elif isinstance(ev, wire.Interested):
+            # Unchoke promptly while there are free slots; the rechoke fixes the rest.
+            if p.wire.am_choking and self._unchoked_count() < UNCHOKE_SLOTS:
+                self._unchoke(p, st)
+        elif isinstance(ev, wire.NotInterested) and not p.wire.am_choking:
+            self._choke(p, st)
+
+    def _unchoked_count(self) -> int:
+        return sum(1 for p in self.state if not p.wire.am_choking)
+
+    def _unchoke(self, p: PeerSession, st: UploadState) -> None:
+        p.queue(p.wire.send(wire.Unchoke()))
+        st.unchoked_at = time.monotonic()
+
+    def _choke(self, p: PeerSession, st: UploadState) -> None:
+        p.queue(p.wire.send(wire.Choke()))
+        st.queue.clear()
+
+    def serve(self, p: PeerSession) -> None:
+        """Move queued requests into the send buffer, up to the high-water mark."""
+        st = self.state.get(p)
+        if st is None or p.state != ACTIVE:
+            return
+        while st.queue and len(p.out) < SEND_HIGH_WATER:
+            index, begin, length = st.queue.popleft()
+            start = index * self.storage.layout.piece_length + begin
+            block = self.storage.read(start, length)
+            p.queue(p.wire.piece_header(index, begin, length))
+            p.queue(block)
+            st.rate_bytes += length
+            self.uploaded += length
+
+    def rechoke(self, now: float) -> None:
+        """Every 10 s: unchoke the best interested peers; rotate one optimistic slot."""
+        if now - self._last_rechoke < RECHOKE_EVERY:
+            return
+        self._last_rechoke = now
+        interested = [p for p in self.state if p.state == ACTIVE and p.wire.peer_interested]
+        if self.seeding:
+            # A seed rotates among everyone interested: those served longest go last.
+            interested.sort(key=lambda p: self.state[p].unchoked_at)
+        else:
+            # Tit-for-tat: reward the peers that upload to us fastest.
+            interested.sort(key=lambda p: p.rate(now), reverse=True)
+        keep = set(interested[: UNCHOKE_SLOTS - 1])
+        if now - self._last_optimistic >= OPTIMISTIC_EVERY or self.optimistic not in self.state:
+            self._last_optimistic = now
+            rest = [p for p in interested if p not in keep]
+            self.optimistic = random.choice(rest) if rest else None
+        if self.optimistic is not None:
+            keep.add(self.optimistic)
+        for p, st in self.state.items():
+            if p.state != ACTIVE:
+                continue
+            if p in keep and p.wire.am_choking:
+                self._unchoke(p, st)
+            elif p not in keep and not p.wire.am_choking:
+                self._choke(p, st)
+            st.rate_bytes = 0

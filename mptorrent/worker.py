@@ -1,0 +1,588 @@
+"""A worker process: peer connections, block requests, SHA-1, writes to the mmap.
+
+Loop: take a piece from the shared work queue -> request its 16 KiB blocks from
+peers that have it (pipelined, several pieces and peers at once) -> assemble in
+the worker's own buffer -> SHA-1 -> copy the verified piece into the output
+mmap -> report on the result queue.  Unverified bytes never reach the output.
+
+Each worker opens its own mmaps by path and attaches to nothing inherited but
+its queues and the shared done-map, so fork, spawn and forkserver all work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import random
+import selectors
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from mptorrent import wire
+from mptorrent.errors import MptorrentError, ProtocolError
+from mptorrent.messages import (
+    AddPeers,
+    PeerAddr,
+    PeerBanned,
+    PeerBitfield,
+    PeerHaves,
+    PieceDone,
+    PieceFailed,
+    Returned,
+    Stop,
+    Took,
+    WorkerFailed,
+    WorkerStats,
+)
+from mptorrent.metainfo import Metainfo
+from mptorrent.peer import (
+    ACTIVE,
+    CLOSED,
+    CONNECT_TIMEOUT,
+    CONNECTING,
+    HANDSHAKE_TIMEOUT,
+    HANDSHAKING,
+    IDLE_TIMEOUT,
+    SNUB_TIMEOUT,
+    PeerSession,
+)
+from mptorrent.storage import Layout, Storage
+from mptorrent.upload import Uploader
+
+BLOCK = wire.BLOCK_SIZE
+TICK = 0.05
+RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
+STATS_EVERY = 0.25
+RETURN_BACKOFF = 0.5  # after handing a piece back, wait before taking more
+
+
+@dataclass
+class WorkerConfig:
+    worker_id: int
+    meta: Metainfo
+    layout: Layout
+    peers: tuple[PeerAddr, ...]
+    parent_pid: int
+    peer_id_prefix: bytes = b"-MP0100-"
+    max_peers: int = 50
+    banned: tuple[PeerAddr, ...] = ()
+    listen: tuple[str, int] | None = None  # accept peers here (SO_REUSEPORT, one per worker)
+    seed_only: bool = False  # serve, never request
+
+
+class PieceJob:
+    __slots__ = ("buf", "contributors", "index", "nblocks", "nreceived", "received",
+                 "requested", "size", "started", "todo")  # fmt: skip
+
+    def __init__(self, index: int, size: int) -> None:
+        self.index = index
+        self.size = size
+        self.buf = bytearray(size)
+        self.nblocks = -(-size // BLOCK)
+        self.requested = bytearray(self.nblocks)  # how many peers asked for each block
+        self.received = bytearray(self.nblocks)
+        self.nreceived = 0
+        self.todo = list(range(self.nblocks - 1, -1, -1))  # stack of blocks nobody asked for
+        self.contributors: set[PeerAddr] = set()
+        self.started = time.monotonic()
+
+    def block_len(self, blk: int) -> int:
+        return min(BLOCK, self.size - blk * BLOCK)
+
+
+@dataclass
+class _Retry:
+    attempts: int = 0
+    next_at: float = 0.0
+
+
+@dataclass
+class _Worker:
+    cfg: WorkerConfig
+    work_q: Any
+    result_q: Any
+    control_q: Any
+    done_map: memoryview
+    storage: Storage = field(init=False)
+    sel: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    peers: dict[PeerAddr, PeerSession] = field(default_factory=dict)
+    retry: dict[PeerAddr, _Retry] = field(default_factory=dict)
+    banned: set[PeerAddr] = field(default_factory=set)
+    strikes: dict[PeerAddr, int] = field(default_factory=dict)
+    jobs: dict[int, PieceJob] = field(default_factory=dict)
+    backlog: list[int] = field(default_factory=list)  # taken, not started
+    haves: dict[PeerAddr, list[int]] = field(default_factory=dict)
+    stopping: bool = False
+    queue_empty: bool = False
+    pull_after: float = 0.0
+    downloaded: int = 0
+    uploaded: int = 0
+
+    def __post_init__(self) -> None:
+        self.storage = Storage(self.cfg.layout, writable=True)
+        self.peer_id = self.cfg.peer_id_prefix + os.urandom(20 - len(self.cfg.peer_id_prefix))
+        self.banned.update(self.cfg.banned)
+        self.num_pieces = self.cfg.meta.num_pieces
+        self.have = self.done_map[: self.num_pieces]
+        self.uploader = Uploader(self.storage, self.have, seeding=self.cfg.seed_only)
+        self.listener: socket.socket | None = None
+        if self.cfg.listen is not None:
+            self.listener = listen_socket(*self.cfg.listen)
+            self.sel.register(self.listener, selectors.EVENT_READ, None)
+        for addr in self.cfg.peers:
+            self.retry.setdefault(addr, _Retry())
+
+    # -- main loop ----------------------------------------------------------
+
+    def run(self) -> None:
+        last_slow = last_stats = 0.0
+        while not self.stopping:
+            now = time.monotonic()
+            if now - last_slow >= 0.2:
+                last_slow = now
+                self._check_control()
+                if os.getppid() != self.cfg.parent_pid:
+                    return  # the coordinator died: nothing left to report to
+                self._connect_peers(now)
+                self._check_timeouts(now)
+                self._drop_finished_elsewhere()
+                self._return_orphans()
+                for p in self.peers.values():
+                    p.update_depth(now)
+                self.uploader.rechoke(now)
+            for key, mask in self.sel.select(TICK):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._on_event(key.data, mask)
+            for p in list(self.peers.values()):
+                if p.state == ACTIVE:
+                    if not self.cfg.seed_only:
+                        self._fill(p)
+                    self.uploader.serve(p)
+                self._flush(p)
+            self._report_haves()
+            if now - last_stats >= STATS_EVERY:
+                last_stats = now
+                active = sum(1 for p in self.peers.values() if p.state == ACTIVE)
+                up = self.uploader.uploaded
+                self.uploader.uploaded = 0
+                self.result_q.put(WorkerStats(self.cfg.worker_id, self.downloaded, up, active))
+                self.downloaded = 0
+
+    def shutdown(self) -> None:
+        for p in list(self.peers.values()):
+            p.close("worker stopping")
+        if self.listener is not None:
+            self.listener.close()
+        self.storage.close()
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                sock, raw = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. out of file descriptors: keep serving who we have
+            addr = PeerAddr(raw[0], raw[1])
+            live = sum(1 for p in self.peers.values() if p.state != CLOSED)
+            if addr in self.banned or addr in self.peers or live >= self.cfg.max_peers:
+                sock.close()
+                continue
+            p = self._session(addr)
+            p.accepted(sock)
+            self._greet(p)
+            self.peers[addr] = p
+            self.uploader.attach(p)
+            self.sel.register(sock, selectors.EVENT_READ, p)
+
+    def _session(self, addr: PeerAddr) -> PeerSession:
+        return PeerSession(
+            addr,
+            info_hash=self.cfg.meta.info_hash,
+            peer_id=self.peer_id,
+            num_pieces=self.num_pieces,
+            piece_length=self.cfg.meta.piece_length,
+            total_length=self.cfg.meta.total_length,
+        )
+
+    def _greet(self, p: PeerSession) -> None:
+        p.greet(self.have, interested=not self.cfg.seed_only)
+
+    def _check_control(self) -> None:
+        while True:
+            try:
+                msg = self.control_q.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(msg, Stop):
+                self.stopping = True
+            elif isinstance(msg, AddPeers):
+                for addr in msg.peers:
+                    if addr not in self.banned:
+                        self.retry.setdefault(addr, _Retry())
+
+    # -- connections --------------------------------------------------------
+
+    def _connect_peers(self, now: float) -> None:
+        live = sum(1 for p in self.peers.values() if p.state != CLOSED)
+        for addr, r in self.retry.items():
+            if live >= self.cfg.max_peers:
+                return
+            if addr in self.peers or addr in self.banned or r.next_at > now:
+                continue
+            if r.attempts >= len(RECONNECT_DELAYS) + 1:
+                continue
+            p = self._session(addr)
+            r.attempts += 1
+            r.next_at = now + RECONNECT_DELAYS[min(r.attempts - 1, len(RECONNECT_DELAYS) - 1)]
+            try:
+                p.start_connect()
+            except OSError as exc:
+                p.close(f"connect failed: {exc.strerror}")
+                continue
+            assert p.sock is not None
+            self.peers[addr] = p
+            self.sel.register(p.sock, selectors.EVENT_WRITE, p)
+            live += 1
+
+    def _drop(self, p: PeerSession, reason: str, *, ban: bool = False) -> None:
+        if p.sock is not None and p.state != CLOSED:
+            try:
+                self.sel.unregister(p.sock)
+            except (KeyError, ValueError):
+                pass
+        self._release_pending(p)
+        p.close(reason)
+        self.uploader.detach(p)
+        self.peers.pop(p.addr, None)
+        if p.reported_bits:
+            self.result_q.put(PeerBitfield(self.cfg.worker_id, p.addr, None))
+        self.haves.pop(p.addr, None)
+        if ban:
+            self.banned.add(p.addr)
+            self.result_q.put(PeerBanned(self.cfg.worker_id, p.addr, reason))
+        elif p.state != CONNECTING and p.bytes_in > 0 and not p.inbound:
+            # it worked once: try again soon, from the start of the back-off ladder
+            self.retry[p.addr] = _Retry(attempts=1, next_at=time.monotonic() + 1.0)
+
+    def _check_timeouts(self, now: float) -> None:
+        for p in list(self.peers.values()):
+            if p.state == CONNECTING and now - p.started > CONNECT_TIMEOUT:
+                self._drop(p, "connect timed out")
+            elif p.state == HANDSHAKING and now - p.started > HANDSHAKE_TIMEOUT:
+                self._drop(p, "no handshake")
+            elif p.pending and now - p.last_block > SNUB_TIMEOUT:
+                self._drop(p, "stalled with requests outstanding")
+            elif now - p.last_recv > IDLE_TIMEOUT:
+                self._drop(p, "idle")
+
+    # -- socket events ------------------------------------------------------
+
+    def _on_event(self, p: PeerSession, mask: int) -> None:
+        if p.state == CLOSED:
+            return
+        try:
+            if p.state == CONNECTING:
+                if mask & selectors.EVENT_WRITE:
+                    p.finish_connect()
+                    self._greet(p)
+                    self.uploader.attach(p)
+                    assert p.sock is not None
+                    self.sel.modify(p.sock, selectors.EVENT_READ, p)
+                    self._flush(p)
+                return
+            if mask & selectors.EVENT_READ:
+                if not p.receive():
+                    self._drop(p, "closed by peer")
+                    return
+                self._process(p)
+            if mask & selectors.EVENT_WRITE:
+                self._flush(p)
+        except ProtocolError as exc:
+            self._drop(p, f"protocol error: {exc}", ban=True)
+        except OSError as exc:
+            self._drop(p, f"connection error: {exc.strerror or exc}")
+
+    def _flush(self, p: PeerSession) -> None:
+        if p.state in (CLOSED, CONNECTING) or p.sock is None:
+            return
+        try:
+            more = p.flush()
+        except OSError as exc:
+            self._drop(p, f"send failed: {exc.strerror or exc}")
+            return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if more else 0)
+        key = self.sel.get_key(p.sock)
+        if key.events != want:
+            self.sel.modify(p.sock, want, p)
+
+    def _process(self, p: PeerSession) -> None:
+        conn = p.wire
+        while True:
+            ev = conn.next_event()
+            if ev is wire.NEED_DATA:
+                return
+            if isinstance(ev, wire.Piece):
+                self._on_block(p, ev)
+            elif isinstance(ev, wire.Handshake):
+                if ev.peer_id == self.peer_id:
+                    raise ProtocolError("connected to ourselves")
+                p.state = ACTIVE
+            elif isinstance(ev, wire.Bitfield):
+                self.result_q.put(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
+                p.reported_bits = True
+            elif isinstance(ev, wire.Have):
+                if not p.reported_bits:
+                    self.result_q.put(
+                        PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has))
+                    )
+                    p.reported_bits = True
+                else:
+                    self.haves.setdefault(p.addr, []).append(ev.index)
+            elif isinstance(ev, wire.Choke):
+                self._release_pending(p)
+            elif isinstance(ev, (wire.Request, wire.Cancel, wire.Interested, wire.NotInterested)):
+                self.uploader.on_event(p, ev)
+            # Unchoke, KeepAlive and the rest change wire state only.
+
+    def _report_haves(self) -> None:
+        for addr, idx in self.haves.items():
+            if idx:
+                self.result_q.put(PeerHaves(self.cfg.worker_id, addr, tuple(idx)))
+        self.haves.clear()
+
+    # -- blocks and pieces --------------------------------------------------
+
+    def _release_pending(self, p: PeerSession) -> None:
+        """The peer will not answer these requests: let others ask for the blocks."""
+        for index, begin in p.pending:
+            job = self.jobs.get(index)
+            if job is None:
+                continue
+            blk = begin // BLOCK
+            if job.requested[blk]:
+                job.requested[blk] -= 1
+            if not job.received[blk] and job.requested[blk] == 0:
+                job.todo.append(blk)
+        p.pending.clear()
+        p.wire.clear_requests()
+
+    def _on_block(self, p: PeerSession, ev: wire.Piece) -> None:
+        key = (ev.index, ev.begin)
+        p.pending.discard(key)
+        p.last_block = time.monotonic()
+        job = self.jobs.get(ev.index)
+        if job is None:
+            return  # finished or dropped meanwhile (endgame duplicate)
+        blk = ev.begin // BLOCK
+        if job.received[blk]:
+            return
+        n = len(ev.block)
+        job.buf[ev.begin : ev.begin + n] = ev.block
+        job.received[blk] = 1
+        job.nreceived += 1
+        job.contributors.add(p.addr)
+        self.downloaded += n
+        if job.requested[blk] > 1:
+            self._cancel_others(p, ev.index, ev.begin, n)
+        if job.nreceived == job.nblocks:
+            self._complete(job)
+
+    def _cancel_others(self, got: PeerSession, index: int, begin: int, length: int) -> None:
+        for q in self.peers.values():
+            if q is not got and (index, begin) in q.pending:
+                q.pending.discard((index, begin))
+                if q.state == ACTIVE:
+                    q.queue(q.wire.send(wire.Cancel(index, begin, length)))
+
+    def _complete(self, job: PieceJob) -> None:
+        del self.jobs[job.index]
+        for q in self.peers.values():
+            # drop any stale endgame requests for this piece
+            stale = [k for k in q.pending if k[0] == job.index]
+            for k in stale:
+                q.pending.discard(k)
+                if q.state == ACTIVE:
+                    q.queue(q.wire.send(wire.Cancel(k[0], k[1], job.block_len(k[1] // BLOCK))))
+        peers = tuple(job.contributors)
+        if hashlib.sha1(job.buf).digest() == self.cfg.meta.piece_hash(job.index):
+            if not self.done_map[job.index]:
+                self.storage.write_piece(job.index, job.buf)
+                self.done_map[job.index] = 1
+            self.result_q.put(PieceDone(self.cfg.worker_id, job.index, peers))
+            have = wire.Have(job.index)
+            for q in self.peers.values():
+                if q.state == ACTIVE:
+                    q.queue(q.wire.send(have))
+            return
+        self.result_q.put(PieceFailed(self.cfg.worker_id, job.index, peers))
+        for addr in peers:
+            self.strikes[addr] = self.strikes.get(addr, 0) + 1
+            sole = len(peers) == 1
+            if sole or self.strikes[addr] >= MAX_STRIKES:
+                q = self.peers.get(addr)
+                reason = f"sent data that failed the hash check of piece {job.index}"
+                if q is not None:
+                    self._drop(q, reason, ban=True)
+                else:
+                    self.banned.add(addr)
+                    self.result_q.put(PeerBanned(self.cfg.worker_id, addr, reason))
+
+    def _fill(self, p: PeerSession) -> None:
+        spare = p.spare
+        if spare <= 0:
+            return
+        reqs: list[wire.Request] = []
+        if not p.pending:
+            p.last_block = time.monotonic()  # the snub clock starts with the first request
+        while spare > 0:
+            blk = self._next_block(p)
+            if blk is None:
+                break
+            job, b = blk
+            job.requested[b] += 1
+            n = job.block_len(b)
+            p.pending.add((job.index, b * BLOCK))
+            reqs.append(wire.Request(job.index, b * BLOCK, n))
+            spare -= 1
+        if reqs:
+            p.queue(b"".join(p.wire.send(r) for r in reqs))
+
+    def _next_block(self, p: PeerSession) -> tuple[PieceJob, int] | None:
+        has = p.wire.peer_has
+        for job in self.jobs.values():
+            if has[job.index]:
+                while job.todo:
+                    b = job.todo.pop()
+                    if not job.received[b] and job.requested[b] == 0:
+                        return job, b
+        job = self._start_piece(p)
+        if job is not None:
+            return job, job.todo.pop()
+        return self._endgame_block(p)
+
+    def _start_piece(self, p: PeerSession) -> PieceJob | None:
+        has = p.wire.peer_has
+        for k, index in enumerate(self.backlog):
+            if has[index]:
+                del self.backlog[k]
+                return self._new_job(index)
+        now = time.monotonic()
+        if now < self.pull_after:
+            return None
+        while True:
+            try:
+                index = self.work_q.get_nowait()
+            except queue.Empty:
+                self.queue_empty = True
+                return None
+            self.queue_empty = False
+            if self.done_map[index] or index in self.jobs or index in self.backlog:
+                continue
+            self.result_q.put(Took(self.cfg.worker_id, index))
+            if has[index]:
+                return self._new_job(index)
+            if any(q.wire.peer_has[index] for q in self.peers.values() if q.state == ACTIVE):
+                self.backlog.append(index)
+                continue
+            # none of our peers has it: hand it back and pause pulling for a moment
+            self.result_q.put(Returned(self.cfg.worker_id, index))
+            self.pull_after = now + RETURN_BACKOFF
+            return None
+
+    def _new_job(self, index: int) -> PieceJob:
+        job = PieceJob(index, self.cfg.layout.piece_size(index))
+        self.jobs[index] = job
+        return job
+
+    def _endgame_block(self, p: PeerSession) -> tuple[PieceJob, int] | None:
+        """Nothing new to fetch: ask this peer for blocks others are slow to send."""
+        if not self.queue_empty or not self.done_map[self.num_pieces]:
+            return None
+        has = p.wire.peer_has
+        for job in self.jobs.values():
+            if not has[job.index]:
+                continue
+            for b in range(job.nblocks):
+                if (
+                    not job.received[b]
+                    and job.requested[b] == 1
+                    and (job.index, b * BLOCK) not in p.pending
+                ):
+                    return job, b
+        return None
+
+    def _drop_finished_elsewhere(self) -> None:
+        """Another worker verified a piece we are still on (endgame): let it go."""
+        for index in [i for i in self.jobs if self.done_map[i]]:
+            job = self.jobs.pop(index)
+            for q in self.peers.values():
+                for k in [k for k in q.pending if k[0] == index]:
+                    q.pending.discard(k)
+                    if q.state == ACTIVE:
+                        q.queue(q.wire.send(wire.Cancel(index, k[1], job.block_len(k[1] // BLOCK))))
+        self.backlog = [i for i in self.backlog if not self.done_map[i]]
+
+    def _return_orphans(self) -> None:
+        """Pieces no connected peer of ours has any more go back to the coordinator."""
+        active = [q for q in self.peers.values() if q.state == ACTIVE]
+        if any(q.state in (CONNECTING, HANDSHAKING) for q in self.peers.values()):
+            return
+        for index in list(self.backlog) + list(self.jobs):
+            if not any(q.wire.peer_has[index] for q in active):
+                self.jobs.pop(index, None)
+                if index in self.backlog:
+                    self.backlog.remove(index)
+                self.result_q.put(Returned(self.cfg.worker_id, index))
+
+
+def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map: Any) -> None:
+    """Process entry point."""
+    # Ctrl-C goes to the whole process group; only the coordinator answers it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    random.seed()
+    w = None
+    try:
+        w = _Worker(cfg, work_q, result_q, control_q, memoryview(done_map).cast("B"))
+        w.run()
+    except MptorrentError as exc:
+        result_q.put(WorkerFailed(cfg.worker_id, str(exc), traceback.format_exc(), storage=True))
+    except OSError as exc:
+        result_q.put(
+            WorkerFailed(
+                cfg.worker_id, f"disk or system error: {exc}", traceback.format_exc(), storage=True
+            )
+        )
+    except Exception as exc:
+        result_q.put(
+            WorkerFailed(
+                cfg.worker_id, f"worker {cfg.worker_id} crashed: {exc!r}", traceback.format_exc()
+            )
+        )
+    finally:
+        if w is not None:
+            w.shutdown()
+        # let the queue's feeder thread deliver what we put before we exit
+        result_q.close()
+        result_q.join_thread()
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listener that several worker processes can share (the kernel spreads accepts)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
