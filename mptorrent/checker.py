@@ -7,6 +7,7 @@ N processes scale with cores.  The main process only collects digests.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -23,8 +24,13 @@ Progress = Callable[[int], None]  # called with bytes just hashed
 _storage: Storage | None = None
 
 
-def _init(layout: Layout) -> None:
+def _init(layout: Layout, child: bool = True) -> None:
     global _storage
+    if child:
+        # Forked children inherit the CLI's handlers; the parent alone answers
+        # Ctrl-C, and Pool.terminate() must be able to end us with SIGTERM.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _storage = Storage(layout)
 
 
@@ -69,7 +75,7 @@ def hash_pieces(
             yield start + k, d
 
     if jobs <= 1 or len(runs) == 1:
-        _init(layout)
+        _init(layout, child=False)
         try:
             for run in runs:
                 yield from emit(*_hash_run(run))

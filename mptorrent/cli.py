@@ -344,5 +344,127 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+# -- seed, tracker ------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("torrent", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(path_type=Path))
+@jobs_option
+@click.option("--port", type=click.IntRange(0, 65535), default=6881, show_default=True,
+              help="Port to listen on (0: any free port).")  # fmt: skip
+@click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--no-trackers", is_flag=True, help="Do not announce.")
+@quiet_option
+@verbose_option
+def seed(
+    torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
+    quiet: bool,
+) -> None:  # fmt: skip
+    """Serve a torrent's data to other peers until Ctrl-C."""
+    from mptorrent.seeder import Seeder
+
+    meta = metainfo.load(torrent)
+    seeder = Seeder(
+        meta, path, jobs=jobs or default_jobs(), bind=bind, port=port,
+        use_trackers=not no_trackers, note=lambda t: click.echo(f"mptorrent: {t}", err=True),
+    )  # fmt: skip
+
+    def announce_ready() -> None:
+        seeder.ready.wait()
+        if not quiet and seeder.stats.port:
+            click.echo(
+                f"seeding {safe_text(meta.name)} ({seeder.stats.valid_pieces}/{meta.num_pieces} "
+                f"pieces) on {bind}:{seeder.stats.port}; Ctrl-C stops",
+                err=True,
+            )
+
+    import threading
+
+    threading.Thread(target=announce_ready, daemon=True).start()
+    with _sigterm_as_interrupt(), byte_bar(meta.total_length, "verifying", quiet) as update:
+        seeder.run(progress=update)
+
+
+@cli.command("tracker")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=6969, show_default=True)
+@click.option("--interval", type=click.IntRange(10, 86400), default=1800, show_default=True,
+              help="Re-announce interval given to peers, seconds.")  # fmt: skip
+@verbose_option
+def tracker_cmd(bind: str, port: int, interval: int) -> None:
+    """Run a small HTTP tracker (for a LAN or tests) until Ctrl-C."""
+    from mptorrent.trackerserver import serve
+
+    def ready(srv: Any) -> None:
+        click.echo(f"tracker on {srv.announce_url}", err=True)
+
+    with _sigterm_as_interrupt():
+        serve(bind, port, interval, on_ready=ready)
+
+
+# -- demo ---------------------------------------------------------------------
+
+
+def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    t = value.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1000, "M": 1000**2, "G": 1000**3}.get(t[-1:], 1)
+    num = t[:-1] if t[-1:] in "KMG" else t
+    try:
+        n = int(float(num) * mult)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size like 500M") from None
+    if n < 1:
+        raise click.BadParameter("size must be positive")
+    return n
+
+
+@cli.command()
+@click.option("--size", default="500M", callback=_size, show_default=True,
+              help="Size of BigMovie.mp4 (K, M, G are powers of 1000).")  # fmt: skip
+@click.option("--peers", type=click.IntRange(1, 26), default=3, show_default=True,
+              help="Seeders PeerA, PeerB, ... on 127.0.0.11 upwards.")  # fmt: skip
+@click.option("-j", "--jobs", type=click.IntRange(1, 512), default=3, show_default=True,
+              help="Worker processes of the fetch.")  # fmt: skip
+@click.option("--piece-size", default="1M", callback=_piece_size, show_default=True)
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
+              help="Work in DIR and keep everything there.")  # fmt: skip
+@quiet_option
+@verbose_option
+def demo(size: int, peers: int, jobs: int, piece_size: int | None, keep: Path | None,
+         quiet: bool) -> None:  # fmt: skip
+    """The reference scenario: a loopback swarm serves BigMovie.mp4 to a parallel fetch."""
+    from mptorrent.demo import run_demo
+
+    def say(text: str) -> None:
+        click.echo(f"demo: {text}", err=True)
+
+    progress = BarProgress(quiet)
+    with _sigterm_as_interrupt():
+        try:
+            res = run_demo(
+                size=size, peers=peers, jobs=jobs, piece_length=piece_size or 1 << 20,
+                keep=keep, progress=progress, say=say,
+            )  # fmt: skip
+        finally:
+            progress.close()
+    f = res.fetch
+    rate = f.downloaded / f.elapsed / 1e6 if f.elapsed else 0.0
+    click.echo(f"demo: downloaded {res.size / 1e6:.0f} MB in {f.elapsed:.2f} s ({rate:.1f} MB/s)")
+    per_worker = ", ".join(f"worker {w}: {n}" for w, n in sorted(f.pieces_per_worker.items()))
+    click.echo(f"demo: pieces per worker: {per_worker}")
+    per_peer = ", ".join(
+        f"{res.peer_names.get(a, str(a))} ({a}): {n}"
+        for a, n in sorted(f.pieces_per_peer.items(), key=lambda kv: kv[0].host)
+    )
+    click.echo(f"demo: pieces per peer:   {per_peer}")
+    if not res.sha256_ok:
+        click.echo("mptorrent: error: the download's SHA-256 does not match the original", err=True)
+        sys.exit(int(ExitStatus.ERROR))
+    click.echo("demo: SHA-256 of the download matches the original: verified")
+    if keep is not None:
+        click.echo(f"demo: kept everything in {res.workdir}")
+
+
 def main() -> None:
     cli(prog_name="mptorrent")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import queue
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mptorrent import checker, tracker
-from mptorrent.errors import DownloadError, StorageError, TrackerError
+from mptorrent.announcer import Announcer
+from mptorrent.errors import DownloadError, StorageError
 from mptorrent.messages import (
     AddPeers,
     PeerAddr,
@@ -45,7 +45,7 @@ QUEUE_AHEAD = 4  # pieces queued per worker beyond what they hold
 MAX_RESTARTS = 20  # worker deaths tolerated before giving up
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STOP_GRACE = 3.0
-ANNOUNCE_TIMEOUT = 10.0
+SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 
 
 class ProgressSink(Protocol):
@@ -125,6 +125,9 @@ class Coordinator:
         self.tracker_errors: list[str] = []
         self.trackers_pending = 0
         self._lock = threading.Lock()
+        self.announcer = Announcer(
+            meta.trackers, info_hash=meta.info_hash, peer_id=self.peer_id, port=opts.port
+        )
 
     # -- set-up -------------------------------------------------------------
 
@@ -155,15 +158,18 @@ class Coordinator:
                 self.done_map[i] = 1
         for addr in self.opts.peers:
             self._add_peer(addr)
-        if self.opts.use_trackers and self.meta.trackers:
+        if self.opts.use_trackers and self.announcer:
             self._announce_all("started", wait=False)
         elif not self.known:
             raise DownloadError("no peers: the torrent lists no trackers and no --peer was given")
         try:
             self._start_workers()
             self._loop()
-        finally:
+        except BaseException:
             self._stop_workers()
+            self._announce_all("stopped", wait=True)
+            raise
+        self._stop_workers()
         self._announce_all("completed", wait=True)
         return self._result(t0, resumed)
 
@@ -187,66 +193,39 @@ class Coordinator:
         """Give a new peer to the worker with the fewest."""
         if addr in self.known or addr in self.banned or addr.port == 0:
             return
-        if addr.port == self.opts.port and addr.host in ("127.0.0.1", "0.0.0.0"):
-            pass  # may still be another client on loopback; the handshake catches ourselves
         self.known.add(addr)
         slot = min(self.slots, key=lambda s: len(s.peers))
+        self._give(slot, addr)
+
+    def _give(self, slot: _Slot, addr: PeerAddr) -> None:
         slot.peers.append(addr)
         if slot.control is not None:
             slot.control.put(AddPeers((addr,)))
-        # With fewer peers than workers, share peers so no worker sits idle.
-        if len(self.known) < len(self.slots):
-            for s in self.slots:
-                if not s.peers:
-                    s.peers.append(addr)
-                    if s.control is not None:
-                        s.control.put(AddPeers((addr,)))
+
+    def _share_peers(self) -> None:
+        """With fewer peers than workers, idle workers also dial the least-shared peers.
+
+        Done a little after start-up, so that peers from the first tracker replies
+        are spread one per worker before any is doubled up.
+        """
+        if not self.known:
+            return
+        for slot in self.slots:
+            if not slot.peers:
+                users = {a: sum(a in s.peers for s in self.slots) for a in self.known}
+                self._give(slot, min(users, key=lambda a: (users[a], str(a))))
 
     def _announce_all(self, event: str | None, *, wait: bool) -> None:
-        tiers = [
-            t for t in self.meta.trackers if any(u.startswith(("http://", "https://")) for u in t)
-        ]
-        if not tiers or not self.opts.use_trackers:
+        if not self.announcer or not self.opts.use_trackers:
             return
-        left = (
-            self.meta.total_length - self._done_bytes(self.done_map[: self.meta.num_pieces])
-            if hasattr(self, "done_map")
-            else 0
-        )
-        req = tracker.AnnounceRequest(
-            info_hash=self.meta.info_hash, peer_id=self.peer_id, port=self.opts.port,
-            uploaded=0, downloaded=self.downloaded, left=left, event=event,
+        have = self.done_map[: self.meta.num_pieces] if hasattr(self, "done_map") else b""
+        left = self.meta.total_length - self._done_bytes(have)
+        threads = self.announcer.announce(
+            event=event, left=left, downloaded=self.verified_bytes,
+            on_result=lambda r: self.inbox.put(("tracker", r)), wait=3.0 if wait else None,
         )  # fmt: skip
-        threads = []
-        for tier in tiers:
-            t = threading.Thread(target=self._announce_tier, args=(tier, req), daemon=True)
-            t.start()
-            threads.append(t)
         with self._lock:
             self.trackers_pending += len(threads)
-        if wait:
-            deadline = time.monotonic() + 3.0
-            for t in threads:
-                t.join(max(0.0, deadline - time.monotonic()))
-
-    def _announce_tier(self, tier: tuple[str, ...], req: tracker.AnnounceRequest) -> None:
-        from mptorrent import net
-
-        urls = list(tier)
-        random.shuffle(urls)  # BEP 12: shuffle each tier
-        try:
-            for url in urls:
-                if not url.startswith(("http://", "https://")):
-                    continue
-                try:
-                    resp = net.announce_http(url, req, timeout=ANNOUNCE_TIMEOUT)
-                except TrackerError as exc:
-                    self.inbox.put(("tracker-error", f"{url}: {exc}"))
-                    continue
-                self.inbox.put(("peers", resp.peers))
-                return
-        finally:
-            self.inbox.put(("tracker-done", None))
 
     # -- workers ------------------------------------------------------------
 
@@ -333,8 +312,12 @@ class Coordinator:
     # -- the loop -----------------------------------------------------------
 
     def _loop(self) -> None:
-        last_peer_seen = time.monotonic()
+        last_peer_seen = started = time.monotonic()
+        shared = False
         while self.picker.remaining:
+            if not shared and time.monotonic() - started > SHARE_AFTER:
+                shared = True
+                self._share_peers()
             self._refill()
             try:
                 kind, payload = self.inbox.get(timeout=0.1)
@@ -371,12 +354,14 @@ class Coordinator:
         if kind == "peers":
             for addr in payload:
                 self._add_peer(addr)
-        elif kind == "tracker-error":
-            self.tracker_errors.append(payload)
-            self.progress.note(f"tracker error: {payload}")
-        elif kind == "tracker-done":
+        elif kind == "tracker":
             with self._lock:
                 self.trackers_pending -= 1
+            for err in payload.errors:
+                self.tracker_errors.append(err)
+                self.progress.note(f"tracker error: {err}")
+            for addr in payload.peers:
+                self._add_peer(addr)
         elif kind == "worker":
             rq, msg = payload
             if rq is self.result_q:  # ignore stragglers from before a rebuild
@@ -420,8 +405,8 @@ class Coordinator:
         self.verified_bytes += self.layout.piece_size(index)
         if worker is not None:
             self.pieces_per_worker[worker] = self.pieces_per_worker.get(worker, 0) + 1
-        for addr in peers:
-            self.pieces_per_peer[addr] = self.pieces_per_peer.get(addr, 0) + 1
+        if peers:  # credited to the peer that sent most of its blocks
+            self.pieces_per_peer[peers[0]] = self.pieces_per_peer.get(peers[0], 0) + 1
 
     def _refill(self) -> None:
         p = self.picker

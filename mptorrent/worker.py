@@ -89,7 +89,7 @@ class PieceJob:
         self.received = bytearray(self.nblocks)
         self.nreceived = 0
         self.todo = list(range(self.nblocks - 1, -1, -1))  # stack of blocks nobody asked for
-        self.contributors: set[PeerAddr] = set()
+        self.contributors: dict[PeerAddr, int] = {}  # blocks each peer sent
         self.started = time.monotonic()
 
     def block_len(self, blk: int) -> int:
@@ -390,7 +390,7 @@ class _Worker:
         job.buf[ev.begin : ev.begin + n] = ev.block
         job.received[blk] = 1
         job.nreceived += 1
-        job.contributors.add(p.addr)
+        job.contributors[p.addr] = job.contributors.get(p.addr, 0) + 1
         self.downloaded += n
         if job.requested[blk] > 1:
             self._cancel_others(p, ev.index, ev.begin, n)
@@ -413,7 +413,7 @@ class _Worker:
                 q.pending.discard(k)
                 if q.state == ACTIVE:
                     q.queue(q.wire.send(wire.Cancel(k[0], k[1], job.block_len(k[1] // BLOCK))))
-        peers = tuple(job.contributors)
+        peers = tuple(sorted(job.contributors, key=job.contributors.__getitem__, reverse=True))
         if hashlib.sha1(job.buf).digest() == self.cfg.meta.piece_hash(job.index):
             if not self.done_map[job.index]:
                 self.storage.write_piece(job.index, job.buf)
@@ -549,6 +549,7 @@ def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map:
     """Process entry point."""
     # Ctrl-C goes to the whole process group; only the coordinator answers it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     random.seed()
     w = None
     try:
