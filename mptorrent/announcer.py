@@ -11,6 +11,7 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 from mptorrent import net, tracker
 from mptorrent.errors import TrackerError
@@ -26,6 +27,12 @@ class TierResult:
     peers: tuple[PeerAddr, ...] = ()
     interval: int | None = None
     errors: tuple[str, ...] = ()
+
+
+def redact(url: str) -> str:
+    """scheme://host:port only: private trackers put passkeys in paths and queries."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 class Announcer:
@@ -103,10 +110,10 @@ class Announcer:
                     url, req, timeout=self.timeout, source_address=self.source_address
                 )
             except TrackerError as exc:
-                errors.append(f"{url}: {exc}")
+                errors.append(str(exc))  # names host:port only: URLs can hold passkeys
                 continue
             except Exception as exc:  # a tracker must never take the client down
-                errors.append(f"{url}: {exc!r}")
+                errors.append(f"{redact(url)}: {exc!r}")
                 continue
             with self._lock:  # BEP 12: the tracker that answered goes to the front
                 if url in tier:

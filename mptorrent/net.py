@@ -1,0 +1,300 @@
+"""Tracker I/O: the only module that opens sockets to talk to trackers.
+
+The codecs in :mod:`mptorrent.tracker` build URLs and parse replies; this
+module moves the bytes.  Every request has one deadline for the whole exchange
+(DNS aside): each socket read and write gets only the time that is left, so a
+tracker that drips one byte a second cannot hold us past ``timeout``.  Bodies
+are read against a hard cap, TLS certificates are always verified, redirects
+are bounded, and every failure is a one-line :class:`TrackerError`.  UDP
+trackers (BEP 15) will get their retry loop here as well.
+"""
+
+from __future__ import annotations
+
+import http.client
+import math
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import SplitResult, urljoin, urlsplit
+
+from mptorrent import __version__, bencode
+from mptorrent.errors import TrackerError
+from mptorrent.tracker import (
+    MAX_PEERS,
+    AnnounceRequest,
+    AnnounceResponse,
+    ScrapeResult,
+    announce_url,
+    one_line,
+    parse_announce,
+    parse_scrape,
+    raise_for_failure,
+    scrape_request_url,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+USER_AGENT = f"mptorrent/{__version__}"
+MAX_REDIRECTS = 5
+MAX_ERROR_BODY = 64 * 1024  # enough of a non-200 body to find a failure reason in
+_CHUNK = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class HTTPStatusError(TrackerError):
+    """A tracker answered with an HTTP status other than 200 (after redirects)."""
+
+    def __init__(self, message: str, status: int, body: bytes) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
+
+
+class _DeadlineSocket(socket.socket):
+    """A TCP socket whose every read and write times out at one shared deadline."""
+
+    deadline = math.inf
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        self.settimeout(_remaining(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        self.settimeout(_remaining(self.deadline))
+        super().sendall(data, flags)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    deadline = math.inf
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
+        self.settimeout(_remaining(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)  # type: ignore[arg-type]
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        self.settimeout(_remaining(self.deadline))
+        super().sendall(data, flags)
+
+
+_tls_context: ssl.SSLContext | None = None
+
+
+def _tls() -> ssl.SSLContext:
+    # Built once: loading the system CA store costs milliseconds per request.
+    global _tls_context
+    if _tls_context is None:
+        ctx = ssl.create_default_context()  # CERT_REQUIRED and hostname checks
+        ctx.sslsocket_class = _DeadlineSSLSocket
+        _tls_context = ctx
+    return _tls_context
+
+
+def _open_socket(
+    host: str, port: int, deadline: float, source_address: str | None
+) -> _DeadlineSocket:
+    source = (source_address, 0) if source_address else None
+    raw = socket.create_connection((host, port), _remaining(deadline), source)
+    sock = _DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+    sock.deadline = deadline
+    sock.settimeout(_remaining(deadline))
+    return sock
+
+
+class _Connection(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int, deadline: float, source_address: str | None) -> None:
+        source = (source_address, 0) if source_address else None
+        super().__init__(host, port, timeout=_remaining(deadline), source_address=source)
+        self._deadline = deadline
+        self._source = source_address
+
+    def connect(self) -> None:
+        self.sock = _open_socket(self.host, self.port, self._deadline, self._source)
+
+
+class _TLSConnection(_Connection):
+    def connect(self) -> None:
+        raw = _open_socket(self.host, self.port, self._deadline, self._source)
+        try:
+            tls = _tls().wrap_socket(raw, server_hostname=self.host, do_handshake_on_connect=False)
+        except BaseException:
+            raw.close()
+            raise
+        assert isinstance(tls, _DeadlineSSLSocket)
+        self.sock = tls
+        tls.deadline = self._deadline
+        tls.settimeout(_remaining(self._deadline))
+        tls.do_handshake()
+
+
+def _where(parts: SplitResult) -> str:
+    # Host and port only: private trackers put passkeys in the path and query,
+    # and error messages end up in logs and bug reports.
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"tracker {host}:{port}" if port else f"tracker {host}"
+
+
+def _split(url: str) -> SplitResult:
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise TrackerError("bad tracker URL: it contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise TrackerError(f"bad tracker URL: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise TrackerError(f"bad tracker URL: scheme {parts.scheme!r} is not http or https")
+    if not parts.hostname:
+        raise TrackerError("bad tracker URL: no host")
+    return parts
+
+
+def _read_capped(resp: http.client.HTTPResponse, cap: int, where: str, strict: bool) -> bytes:
+    """At most ``cap`` bytes of the body; never asks the socket for more than cap+1."""
+    if strict and resp.length is not None and resp.length > cap:
+        raise TrackerError(f"{where} sent {resp.length} bytes, over the {cap}-byte limit")
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = resp.read(min(_CHUNK, cap + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        chunks.append(chunk)
+        if total > cap:
+            if strict:
+                raise TrackerError(f"{where} sent more than the {cap}-byte limit")
+            return b"".join(chunks)[:cap]
+
+
+def _get_once(
+    parts: SplitResult, deadline: float, max_bytes: int, source_address: str | None
+) -> tuple[int, str, str | None, bytes]:
+    """One GET: (status, reason, Location header, body). Raises OSError/HTTPException."""
+    tls = parts.scheme.lower() == "https"
+    port = parts.port or (443 if tls else 80)
+    cls = _TLSConnection if tls else _Connection
+    conn = cls(parts.hostname or "", port, deadline, source_address)
+    where = _where(parts)
+    try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.putrequest("GET", target, skip_accept_encoding=True)
+        conn.putheader("User-Agent", USER_AGENT)
+        conn.putheader("Accept-Encoding", "identity")  # a tracker reply is never worth inflating
+        conn.putheader("Connection", "close")
+        conn.endheaders()
+        resp = conn.getresponse()
+        if resp.status in _REDIRECTS:
+            return resp.status, resp.reason, resp.getheader("Location"), b""
+        if resp.status != 200:
+            body = _read_capped(resp, min(max_bytes, MAX_ERROR_BODY), where, strict=False)
+            return resp.status, resp.reason, None, body
+        return 200, resp.reason, None, _read_capped(resp, max_bytes, where, strict=True)
+    finally:
+        conn.close()
+
+
+def http_get(
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    max_redirects: int = MAX_REDIRECTS,
+    source_address: str | None = None,
+) -> bytes:
+    """GET ``url`` and return the body of its 200 reply.
+
+    ``timeout`` bounds the whole exchange, redirects included.  A body over
+    ``max_bytes`` is refused.  ``source_address`` binds the local end of each
+    connection, so test peers on 127.x each reach the tracker from their own
+    address.  Any failure raises a one-line :class:`TrackerError`
+    (:class:`HTTPStatusError` for a status other than 200).
+    """
+    deadline = time.monotonic() + timeout
+    max_redirects = max(max_redirects, 0)
+    for _ in range(max_redirects + 1):
+        parts = _split(url)
+        where = _where(parts)
+        try:
+            status, reason, location, body = _get_once(parts, deadline, max_bytes, source_address)
+        except TimeoutError:
+            raise TrackerError(f"{where} did not answer within {timeout:g} s") from None
+        except ConnectionRefusedError:
+            raise TrackerError(f"{where} refused the connection") from None
+        except ssl.SSLCertVerificationError as exc:
+            detail = exc.verify_message or exc.reason or "verification failed"
+            raise TrackerError(f"{where}: TLS certificate check failed: {detail}") from None
+        except ssl.SSLError as exc:
+            raise TrackerError(f"{where}: TLS failed: {exc.reason or exc}") from None
+        except socket.gaierror as exc:
+            raise TrackerError(f"{where}: cannot resolve the host ({exc.strerror})") from None
+        except OSError as exc:
+            raise TrackerError(f"{where}: {exc.strerror or exc}") from None
+        except http.client.HTTPException as exc:
+            detail = one_line(str(exc) or type(exc).__name__, 100)
+            raise TrackerError(f"{where}: bad HTTP reply ({detail})") from None
+        if status == 200:
+            return body
+        if status in _REDIRECTS and location:
+            url = urljoin(url, location)
+            continue
+        raise HTTPStatusError(
+            f"{where} answered HTTP {status} {one_line(reason, 80)}".rstrip(), status, body
+        )
+    raise TrackerError(f"{where}: more than {max_redirects} redirects")
+
+
+def _tracker_get(url: str, timeout: float, source_address: str | None) -> bytes:
+    try:
+        return http_get(
+            url,
+            timeout=timeout,
+            max_bytes=bencode.MAX_TRACKER_REPLY_SIZE,
+            source_address=source_address,
+        )
+    except HTTPStatusError as exc:
+        # Some trackers send their bencoded failure reason with a 4xx status;
+        # that reason says more than the status line.
+        raise_for_failure(exc.body)
+        raise
+
+
+def announce_http(
+    url: str,
+    req: AnnounceRequest,
+    *,
+    timeout: float,
+    source_address: str | None = None,
+    max_peers: int = MAX_PEERS,
+) -> AnnounceResponse:
+    """Announce ``req`` to the HTTP tracker at ``url``."""
+    body = _tracker_get(announce_url(url, req), timeout, source_address)
+    return parse_announce(body, max_peers=max_peers)
+
+
+def scrape_http(
+    url: str,
+    info_hash: bytes,
+    *,
+    timeout: float,
+    source_address: str | None = None,
+) -> ScrapeResult:
+    """Scrape one torrent from the HTTP tracker whose announce URL is ``url`` (BEP 48)."""
+    target = scrape_request_url(url, [info_hash])
+    if target is None:
+        raise TrackerError("this tracker has no scrape URL (its path does not end in 'announce')")
+    return parse_scrape(_tracker_get(target, timeout, source_address), info_hash)
