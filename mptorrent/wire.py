@@ -1,0 +1,920 @@
+"""The BitTorrent peer wire protocol (BEP 3), sans-IO.
+
+No sockets, no clock, no threads: a :class:`Connection` turns received bytes into
+events and events to send into bytes, and checks both directions against the
+protocol and the torrent's geometry.  Every violation by the remote side raises
+:class:`RemoteProtocolError` (a :class:`mptorrent.errors.ProtocolError`);
+misuse by the local caller raises :class:`LocalProtocolError` (a ``ValueError``).
+
+Receiving is shaped like :class:`asyncio.BufferedProtocol` so that a block is
+never copied between the socket and the caller's piece buffer::
+
+    view = conn.get_buffer()            # free tail of the receive buffer
+    n = sock.recv_into(view)
+    conn.buffer_updated(n)
+    while (event := conn.next_event()) is not NEED_DATA:
+        ...                             # a Piece's block is a view into the buffer
+
+:meth:`Connection.receive_data` is the copying convenience for tests and fuzzers.
+
+Not supported, and refused on both sides: the fast extension (BEP 6).  The
+extension protocol (BEP 10) is framed here (:class:`Extended`); its payloads are
+the caller's business.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from abc import ABC
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from mptorrent.errors import ProtocolError
+
+__all__ = [
+    "BLOCK_SIZE",
+    "EXTENSION_BIT",
+    "EXTENSION_RESERVED",
+    "HANDSHAKE_LEN",
+    "MAX_CANCELLED",
+    "MAX_MESSAGE",
+    "NEED_DATA",
+    "PROTOCOL",
+    "Bitfield",
+    "Cancel",
+    "Choke",
+    "Connection",
+    "Event",
+    "Extended",
+    "Handshake",
+    "Have",
+    "Interested",
+    "KeepAlive",
+    "LocalProtocolError",
+    "NeedData",
+    "NotInterested",
+    "Piece",
+    "Port",
+    "RemoteProtocolError",
+    "Request",
+    "Unchoke",
+    "pack_bitfield",
+    "unpack_bitfield",
+]
+
+PROTOCOL: Final = b"BitTorrent protocol"
+HANDSHAKE_LEN: Final = 68  # pstrlen, pstr, reserved(8), info_hash(20), peer_id(20)
+BLOCK_SIZE: Final = 16384  # BEP 3: the largest request every client serves
+# libtorrent packet_too_large: nothing but a piece (or a huge bitfield) may exceed it.
+MAX_MESSAGE: Final = 1 << 20
+EXTENSION_BIT: Final = 0x10  # BEP 10: reserved[5] & 0x10
+EXTENSION_BYTE: Final = 5
+EXTENSION_RESERVED: Final = bytes([0, 0, 0, 0, 0, EXTENSION_BIT, 0, 0])
+FAST_BIT: Final = 0x04  # BEP 6: reserved[7] & 0x04
+FAST_BYTE: Final = 7
+# Late blocks for requests we cancelled (or lost to a choke) are dropped quietly;
+# remembering a few thousand covers any sane pipeline depth and bounds memory.
+MAX_CANCELLED: Final = 4096
+
+_CHOKE, _UNCHOKE, _INTERESTED, _NOT_INTERESTED = 0, 1, 2, 3
+_HAVE, _BITFIELD, _REQUEST, _PIECE, _CANCEL, _PORT = 4, 5, 6, 7, 8, 9
+_EXTENDED = 20
+_FAST_IDS = range(13, 18)  # suggest, have all, have none, reject, allowed fast
+_PIECE_MAX_LEN = 9 + BLOCK_SIZE
+# Exact length prefixes of the fixed-size messages (the bitfield's depends on the torrent).
+_FIXED_LEN: Final = {
+    _CHOKE: 1,
+    _UNCHOKE: 1,
+    _INTERESTED: 1,
+    _NOT_INTERESTED: 1,
+    _HAVE: 5,
+    _REQUEST: 13,
+    _CANCEL: 13,
+    _PORT: 3,
+}
+
+_u32 = struct.Struct(">I").unpack_from
+_u32x2 = struct.Struct(">II").unpack_from
+_u32x3 = struct.Struct(">III").unpack_from
+_piece_header = struct.Struct(">IBII").unpack_from
+_u16 = struct.Struct(">H").unpack_from
+_pack_have = struct.Struct(">IBI").pack
+_pack_block = struct.Struct(">IBIII").pack  # request and cancel
+_pack_piece_header = struct.Struct(">IBII").pack
+_pack_port = struct.Struct(">IBH").pack
+_pack_header = struct.Struct(">IB").pack
+_pack_extended_header = struct.Struct(">IBB").pack
+
+_HANDSHAKE_PREFIX: Final = bytes([len(PROTOCOL)]) + PROTOCOL
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids; drop the connection."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class LocalProtocolError(ValueError):
+    """The caller asked for something the protocol forbids (a bug on our side)."""
+
+
+class NeedData(enum.Enum):
+    NEED_DATA = enum.auto()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+
+
+# -- events ---------------------------------------------------------------------
+# The same classes are sent and received (the protocol is symmetric).  They do no
+# validation of their own: Connection checks them against the torrent, and keeping
+# __init__ trivial keeps the receive path cheap.
+
+
+class Event(ABC):  # noqa: B024 - abstract by intent, no abstract methods needed
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake(Event):
+    info_hash: bytes
+    peer_id: bytes
+    reserved: bytes = bytes(8)
+
+    @property
+    def extensions(self) -> bool:
+        """The sender speaks the BEP 10 extension protocol."""
+        return bool(self.reserved[EXTENSION_BYTE] & EXTENSION_BIT)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Choke(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Unchoke(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Interested(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class NotInterested(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Have(Event):
+    index: int
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Bitfield(Event):
+    bits: bytes  # packed as on the wire: piece 0 is the high bit of byte 0
+
+    def __repr__(self) -> str:
+        return f"Bitfield(<{len(self.bits)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Event):
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Piece(Event):
+    """A block.  Received blocks are read-only memoryviews into the connection's
+    receive buffer, valid only until the next ``get_buffer()`` or
+    ``receive_data()`` call: copy them (once) where they belong before then."""
+
+    index: int
+    begin: int
+    block: bytes | memoryview
+
+    def __repr__(self) -> str:
+        return f"Piece(index={self.index}, begin={self.begin}, block=<{len(self.block)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Event):
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Port(Event):
+    port: int  # BEP 5: the sender's DHT port
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Extended(Event):
+    ext_id: int  # BEP 10: 0 is the extension handshake
+    payload: bytes
+
+    def __repr__(self) -> str:
+        return f"Extended(ext_id={self.ext_id}, payload=<{len(self.payload)} bytes>)"
+
+
+# Field-less events carry no state, so one instance each serves every message.
+# A frozen dataclass sets its fields through object.__setattr__, which costs about
+# a microsecond per Piece; the slot descriptors do the same for a fraction of it
+# on the receive fast path.
+_new_object = object.__new__
+_set_piece_index: Callable[[Piece, int], None] = Piece.__dict__["index"].__set__
+_set_piece_begin: Callable[[Piece, int], None] = Piece.__dict__["begin"].__set__
+_set_piece_block: Callable[[Piece, memoryview], None] = Piece.__dict__["block"].__set__
+
+_KEEP_ALIVE: Final = KeepAlive()
+_CHOKE_EVENT: Final = Choke()
+_UNCHOKE_EVENT: Final = Unchoke()
+_INTERESTED_EVENT: Final = Interested()
+_NOT_INTERESTED_EVENT: Final = NotInterested()
+
+_KEEP_ALIVE_BYTES: Final = bytes(4)
+_CHOKE_BYTES: Final = _pack_header(1, _CHOKE)
+_UNCHOKE_BYTES: Final = _pack_header(1, _UNCHOKE)
+_INTERESTED_BYTES: Final = _pack_header(1, _INTERESTED)
+_NOT_INTERESTED_BYTES: Final = _pack_header(1, _NOT_INTERESTED)
+
+
+# -- bitfields ------------------------------------------------------------------
+# Going through a base-2 int and its text form keeps the per-bit work in C; for a
+# 2-million-piece torrent a Python loop over bits would cost a noticeable pause.
+
+_TEXT_TO_FLAGS: Final = bytes.maketrans(b"01", b"\x00\x01")
+_FLAGS_TO_TEXT: Final = b"0" + b"1" * 255  # any non-zero byte means "have"
+
+
+def pack_bitfield(have: bytes | bytearray | memoryview) -> bytes:
+    """One byte per piece (non-zero = have) to the packed wire form."""
+    n = len(have)
+    if n == 0:
+        return b""
+    text = bytes(have).translate(_FLAGS_TO_TEXT) + b"0" * (-n % 8)
+    return int(text, 2).to_bytes((n + 7) // 8, "big")
+
+
+def unpack_bitfield(bits: bytes | bytearray | memoryview, num_pieces: int) -> bytearray:
+    """The packed wire form to one byte per piece (1 = have).
+
+    Raises :class:`LocalProtocolError` if ``bits`` is not exactly
+    ``ceil(num_pieces / 8)`` bytes or has a spare bit set.
+    """
+    if not _bitfield_ok(bits, num_pieces):
+        raise LocalProtocolError(f"not a valid bitfield for {num_pieces} pieces")
+    return _unpack(bits, num_pieces)
+
+
+def _bitfield_ok(bits: bytes | bytearray | memoryview, num_pieces: int) -> bool:
+    nbytes = (num_pieces + 7) // 8
+    if len(bits) != nbytes:
+        return False
+    spare = nbytes * 8 - num_pieces
+    return spare == 0 or not bits[-1] & ((1 << spare) - 1)
+
+
+def _unpack(bits: bytes | bytearray | memoryview, num_pieces: int) -> bytearray:
+    text = format(int.from_bytes(bits, "big"), f"0{len(bits) * 8}b").encode("ascii")
+    return bytearray(text[:num_pieces].translate(_TEXT_TO_FLAGS))
+
+
+# -- the connection -------------------------------------------------------------
+
+_Key = tuple[int, int, int]  # (index, begin, length) of a block request
+
+
+class Connection:
+    """Both directions of one peer connection for one torrent.
+
+    ``info_hash`` and the geometry (``num_pieces``, ``piece_length``,
+    ``total_length``) are what every message is checked against.
+    ``buffer_size`` is the initial receive buffer; it grows only when a message
+    that has passed its length check needs more room, so it never exceeds
+    ``max(buffer_size, MAX_MESSAGE + 4)`` through the ``get_buffer`` path.
+    """
+
+    __slots__ = (
+        "_am_choking",
+        "_am_interested",
+        "_bitfield_in_open",
+        "_bitfield_len",
+        "_bitfield_out_open",
+        "_buf",
+        "_cancelled",
+        "_error",
+        "_handshake_received",
+        "_handshake_sent",
+        "_info_hash",
+        "_last_piece",
+        "_last_piece_size",
+        "_lost",
+        "_max_len",
+        "_num_pieces",
+        "_our_reserved",
+        "_outstanding",
+        "_peer_choking",
+        "_peer_has",
+        "_peer_has_count",
+        "_peer_interested",
+        "_peer_reserved",
+        "_piece_length",
+        "_r",
+        "_rview",
+        "_skip",
+        "_special",
+        "_w",
+        "_wview",
+    )
+
+    def __init__(
+        self,
+        info_hash: bytes,
+        num_pieces: int,
+        piece_length: int,
+        total_length: int,
+        *,
+        buffer_size: int = 1 << 20,
+    ) -> None:
+        if len(info_hash) != 20:
+            raise LocalProtocolError("info_hash must be 20 bytes")
+        if num_pieces < 1 or piece_length < 1:
+            raise LocalProtocolError("a torrent has at least one piece of at least one byte")
+        if not (num_pieces - 1) * piece_length < total_length <= num_pieces * piece_length:
+            raise LocalProtocolError(
+                f"{total_length} bytes do not make {num_pieces} pieces of {piece_length}"
+            )
+        if buffer_size < HANDSHAKE_LEN:
+            raise LocalProtocolError(f"buffer_size must be at least {HANDSHAKE_LEN}")
+        self._info_hash = bytes(info_hash)
+        self._num_pieces = num_pieces
+        self._piece_length = piece_length
+        self._last_piece = num_pieces - 1
+        self._last_piece_size = total_length - (num_pieces - 1) * piece_length
+        self._bitfield_len = 1 + (num_pieces + 7) // 8
+        self._max_len = max(MAX_MESSAGE, self._bitfield_len)
+
+        self._buf = bytearray(buffer_size)
+        self._wview = memoryview(self._buf)
+        self._rview = self._wview.toreadonly()
+        self._r = 0  # first unread byte
+        self._w = 0  # end of received bytes
+        self._skip = 0  # bytes still to discard of an ignored message
+        self._error: RemoteProtocolError | None = None
+        # True while next_event() must look at _error, the handshake or _skip
+        # before the fast path.
+        self._special = True
+
+        self._handshake_sent = False
+        self._handshake_received = False
+        self._our_reserved = bytes(8)
+        self._peer_reserved = bytes(8)
+        # A bitfield may only open the conversation; keep-alives, BEP 10 messages
+        # and DHT ports carry no piece state and may precede it (libtorrent sends
+        # its extension handshake before its bitfield).
+        self._bitfield_in_open = True
+        self._bitfield_out_open = True
+        self._peer_choking = True
+        self._peer_interested = False
+        self._am_choking = True
+        self._am_interested = False
+        self._peer_has = bytearray(num_pieces)
+        self._peer_has_count = 0
+
+        self._outstanding: dict[_Key, Request] = {}
+        self._cancelled: dict[_Key, None] = {}
+        self._lost: dict[_Key, Request] = {}  # dropped by a choke, not yet cleared
+
+    # -- read-only state ------------------------------------------------------
+
+    @property
+    def handshake_received(self) -> bool:
+        return self._handshake_received
+
+    @property
+    def handshake_sent(self) -> bool:
+        return self._handshake_sent
+
+    @property
+    def peer_choking(self) -> bool:
+        return self._peer_choking
+
+    @property
+    def peer_interested(self) -> bool:
+        return self._peer_interested
+
+    @property
+    def am_choking(self) -> bool:
+        return self._am_choking
+
+    @property
+    def am_interested(self) -> bool:
+        return self._am_interested
+
+    @property
+    def peer_has(self) -> bytearray:
+        """One byte per piece, 1 if the peer has it.  Live; do not modify."""
+        return self._peer_has
+
+    @property
+    def peer_has_count(self) -> int:
+        return self._peer_has_count
+
+    @property
+    def peer_is_seed(self) -> bool:
+        return self._peer_has_count == self._num_pieces
+
+    @property
+    def peer_reserved(self) -> bytes:
+        return self._peer_reserved
+
+    @property
+    def extensions_enabled(self) -> bool:
+        """Both handshakes advertised BEP 10, so Extended messages may flow."""
+        return bool(
+            self._handshake_sent
+            and self._handshake_received
+            and self._our_reserved[EXTENSION_BYTE] & EXTENSION_BIT
+            and self._peer_reserved[EXTENSION_BYTE] & EXTENSION_BIT
+        )
+
+    @property
+    def buffer_capacity(self) -> int:
+        """Size of the receive buffer, for memory-bound checks."""
+        return len(self._buf)
+
+    # -- outstanding requests -------------------------------------------------
+    # Every Request sent ends exactly one way: its block arrives as a Piece event,
+    # the caller sends a Cancel for it, or clear_requests() hands it back.
+
+    @property
+    def outstanding_requests(self) -> int:
+        """Requests sent and neither answered, cancelled nor dropped by a choke."""
+        return len(self._outstanding)
+
+    def list_requests(self) -> list[Request]:
+        """The outstanding requests, oldest first."""
+        return list(self._outstanding.values())
+
+    def clear_requests(self) -> list[Request]:
+        """Forget every request that is still owed, and return them for re-queueing.
+
+        That is the outstanding requests plus those a received Choke discarded
+        since the last call, oldest first.  Blocks that still arrive for them are
+        dropped without an event.
+        """
+        owed = list(self._lost.values())
+        self._lost.clear()
+        if self._outstanding:
+            owed.extend(self._outstanding.values())
+            self._cancel_all()
+        return owed
+
+    def _cancel_all(self) -> None:
+        cancelled = self._cancelled
+        for key in self._outstanding:
+            cancelled[key] = None
+        self._outstanding.clear()
+        excess = len(cancelled) - MAX_CANCELLED
+        if excess > 0:
+            it = iter(cancelled)
+            oldest = [next(it) for _ in range(excess)]
+            for key in oldest:
+                del cancelled[key]
+
+    # -- receiving ------------------------------------------------------------
+
+    def get_buffer(self, min_size: int = 65536) -> memoryview:
+        """The free tail of the receive buffer, for ``recv_into``.
+
+        Unread bytes are moved to the front first when the tail is shorter than
+        ``min_size`` (a hint; -1 means "any", as asyncio passes).  Invalidates
+        every block handed out by earlier Piece events.  Raises
+        :class:`LocalProtocolError` if the buffer is full of unread messages:
+        call :meth:`next_event` until it returns NEED_DATA first.
+        """
+        if self._error is not None:
+            self._r = self._w = 0  # nothing more will be parsed: let the caller drain the socket
+            return self._wview
+        r = self._r
+        w = self._w
+        if r == w:
+            self._r = self._w = r = w = 0
+        elif r and len(self._buf) - w < (min_size if min_size > 0 else 65536):
+            self._compact()
+            w = self._w
+        if w == len(self._buf):
+            raise LocalProtocolError("receive buffer is full: drain next_event() first")
+        return self._wview[w:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Commit ``nbytes`` written at the start of the last get_buffer() view."""
+        if not 0 <= nbytes <= len(self._buf) - self._w:
+            raise LocalProtocolError(f"buffer_updated({nbytes}) is beyond the buffer")
+        if self._error is None:
+            self._w += nbytes
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes (copies them).  Invalidates earlier Piece blocks.
+
+        For tests and fuzzers: unlike get_buffer() this grows the buffer to hold
+        whatever it is given.
+        """
+        n = len(data)
+        if self._error is not None or n == 0:
+            return
+        if self._r == self._w:
+            self._r = self._w = 0
+        elif self._r and len(self._buf) - self._w < n:
+            self._compact()
+        if len(self._buf) - self._w < n:
+            self._grow(self._w - self._r + n)
+        w = self._w
+        self._buf[w : w + n] = data
+        self._w = w + n
+
+    def _compact(self) -> None:
+        r, w = self._r, self._w
+        # Slice assignment of equal length never resizes, which the exported views forbid.
+        self._buf[: w - r] = self._buf[r:w]
+        self._r, self._w = 0, w - r
+
+    def _grow(self, size: int) -> None:
+        # A new bytearray rather than a resize: views handed out pin the old one.
+        r, w = self._r, self._w
+        buf = bytearray(size)
+        buf[: w - r] = self._buf[r:w]
+        self._buf = buf
+        self._wview = memoryview(buf)
+        self._rview = self._wview.toreadonly()
+        self._r, self._w = 0, w - r
+
+    def _need(self, total: int) -> NeedData:
+        """A message of ``total`` bytes, already checked, is incomplete."""
+        if total > len(self._buf):
+            self._grow(total)
+        return NEED_DATA
+
+    def _fail(self, reason: str) -> RemoteProtocolError:
+        self._error = RemoteProtocolError(reason)
+        self._special = True
+        self._r = self._w = 0
+        return self._error
+
+    def next_event(self) -> Event | NeedData:
+        """Parse one message, or return NEED_DATA.
+
+        Raises :class:`RemoteProtocolError` if the peer broke the protocol, and
+        keeps raising it on later calls.
+        """
+        if self._special:
+            event = self._next_special()
+            if event is not None:
+                return event
+        buf = self._buf
+        while True:
+            r = self._r
+            avail = self._w - r
+            # Fast path: a complete block we asked for, the bulk of all traffic.
+            if avail >= 13:
+                length, msg_id, index, begin = _piece_header(buf, r)
+                if (
+                    msg_id == _PIECE
+                    and 9 < length <= _PIECE_MAX_LEN
+                    and avail >= length + 4
+                    and self._outstanding.pop((index, begin, length - 9), None) is not None
+                ):
+                    end = r + 4 + length
+                    self._r = end
+                    event = _new_object(Piece)
+                    _set_piece_index(event, index)
+                    _set_piece_begin(event, begin)
+                    _set_piece_block(event, self._rview[r + 13 : end])
+                    return event
+            event = self._next_message(buf, r, avail)
+            if event is not None:
+                return event
+
+    def _next_special(self) -> Event | NeedData | None:
+        """Before the handshake, while skipping, after an error; None: parse on."""
+        if self._error is not None:
+            raise self._error
+        if not self._handshake_received:
+            event = self._next_handshake()
+            if event is NEED_DATA:
+                return event
+            self._special = False
+            return event
+        n = min(self._skip, self._w - self._r)
+        self._r += n
+        self._skip -= n
+        if self._skip:
+            return NEED_DATA
+        self._special = False
+        return None
+
+    def _next_message(self, buf: bytearray, r: int, avail: int) -> Event | NeedData | None:
+        """Everything but the fast path; None means a message was dropped."""
+        if avail < 4:
+            return NEED_DATA
+        length = _u32(buf, r)[0]
+        if length == 0:
+            self._r = r + 4
+            return _KEEP_ALIVE
+        if length > self._max_len:
+            raise self._fail(f"message of {length} bytes is too large")
+        if avail < 5:
+            return NEED_DATA
+        msg_id = buf[r + 4]
+        total = length + 4
+
+        if msg_id == _PIECE:
+            if length > _PIECE_MAX_LEN:
+                raise self._fail(f"piece message of {length} bytes is too large")
+            if length < 10:
+                raise self._fail("piece message with an empty block")
+            if avail < total:
+                return self._need(total)
+            index, begin = _u32x2(buf, r + 5)
+            key = (index, begin, length - 9)
+            if key in self._cancelled:
+                del self._cancelled[key]
+                self._r = r + total
+                return None
+            if not self._block_ok(index, begin, length - 9):
+                raise self._fail("piece outside the torrent")
+            raise self._fail("unrequested block")
+
+        expected = _FIXED_LEN.get(msg_id)
+        if expected is not None:
+            if length != expected:
+                raise self._fail(f"message {msg_id} has length {length}, not {expected}")
+            if avail < total:
+                return NEED_DATA
+            self._r = r + total
+            if msg_id == _HAVE:
+                return self._on_have(_u32(buf, r + 5)[0])
+            if msg_id in (_REQUEST, _CANCEL):
+                index, begin, blen = _u32x3(buf, r + 5)
+                if not self._block_ok(index, begin, blen):
+                    name = "request" if msg_id == _REQUEST else "cancel"
+                    raise self._fail(f"{name} outside the torrent")
+                self._bitfield_in_open = False
+                if msg_id == _REQUEST:
+                    return Request(index, begin, blen)
+                return Cancel(index, begin, blen)
+            if msg_id == _PORT:
+                return Port(_u16(buf, r + 5)[0])
+            self._bitfield_in_open = False
+            if msg_id == _CHOKE:
+                self._peer_choking = True
+                if self._outstanding:
+                    self._lost.update(self._outstanding)
+                    self._cancel_all()
+                return _CHOKE_EVENT
+            if msg_id == _UNCHOKE:
+                self._peer_choking = False
+                return _UNCHOKE_EVENT
+            if msg_id == _INTERESTED:
+                self._peer_interested = True
+                return _INTERESTED_EVENT
+            self._peer_interested = False
+            return _NOT_INTERESTED_EVENT
+
+        if msg_id == _BITFIELD:
+            if length != self._bitfield_len:
+                raise self._fail(f"bitfield of {length - 1} bytes for {self._num_pieces} pieces")
+            if not self._bitfield_in_open:
+                raise self._fail("bitfield after other messages")
+            if avail < total:
+                return self._need(total)
+            bits = bytes(buf[r + 5 : r + total])
+            if not _bitfield_ok(bits, self._num_pieces):
+                raise self._fail("bitfield with spare bits set")
+            self._r = r + total
+            self._bitfield_in_open = False
+            self._peer_has[:] = _unpack(bits, self._num_pieces)
+            self._peer_has_count = self._peer_has.count(1)
+            return Bitfield(bits)
+
+        if length > MAX_MESSAGE:
+            raise self._fail(f"message of {length} bytes is too large")
+        if msg_id == _EXTENDED:
+            if not self.extensions_enabled:
+                raise self._fail("extended message without BEP 10 negotiated")
+            if length < 2:
+                raise self._fail("extended message without an id")
+            if avail < total:
+                return self._need(total)
+            self._r = r + total
+            return Extended(buf[r + 5], bytes(buf[r + 6 : r + total]))
+
+        if msg_id in _FAST_IDS:
+            raise self._fail(f"fast-extension message {msg_id} without BEP 6 negotiated")
+        # BEP 3: ignore message ids we do not know.  Their bytes are skipped as
+        # they arrive, never buffered whole.
+        if avail >= total:
+            self._r = r + total
+            return None
+        self._r = self._w
+        self._skip = total - avail
+        self._special = True
+        return NEED_DATA
+
+    def _next_handshake(self) -> Handshake | NeedData:
+        buf, r = self._buf, self._r
+        avail = self._w - r
+        # Check each part as soon as it is in, so junk is refused early.
+        if avail == 0:
+            return NEED_DATA
+        seen = min(avail, 20)
+        if buf[r : r + seen] != _HANDSHAKE_PREFIX[:seen]:
+            raise self._fail("not a BitTorrent handshake")
+        if avail > 28:
+            seen = min(avail, 48)
+            if buf[r + 28 : r + seen] != self._info_hash[: seen - 28]:
+                raise self._fail("wrong info-hash")
+        if avail < HANDSHAKE_LEN:
+            return NEED_DATA
+        self._peer_reserved = bytes(buf[r + 20 : r + 28])
+        peer_id = bytes(buf[r + 48 : r + 68])
+        self._r = r + HANDSHAKE_LEN
+        self._handshake_received = True
+        return Handshake(self._info_hash, peer_id, self._peer_reserved)
+
+    def _on_have(self, index: int) -> Have:
+        if index >= self._num_pieces:
+            raise self._fail(f"have for piece {index} of {self._num_pieces}")
+        self._bitfield_in_open = False
+        if not self._peer_has[index]:
+            self._peer_has[index] = 1
+            self._peer_has_count += 1
+        return Have(index)
+
+    def _block_ok(self, index: int, begin: int, length: int) -> bool:
+        if index > self._last_piece or not 0 < length <= BLOCK_SIZE:
+            return False
+        size = self._last_piece_size if index == self._last_piece else self._piece_length
+        return begin + length <= size
+
+    # -- sending --------------------------------------------------------------
+
+    def send(self, event: Event) -> bytes:
+        """The bytes that put ``event`` on the wire, after checking it is allowed."""
+        sender = _SENDERS.get(type(event))
+        if sender is None:
+            raise LocalProtocolError(f"cannot send {event!r}")
+        if not self._handshake_sent and type(event) is not Handshake:
+            raise LocalProtocolError("the handshake must be sent first")
+        return sender(self, event)
+
+    def piece_header(self, index: int, begin: int, length: int) -> bytes:
+        """The 13-byte header of a Piece message whose ``length``-byte block the
+        caller sends right after it (sendmsg); checked like send(Piece)."""
+        if not self._handshake_sent:
+            raise LocalProtocolError("the handshake must be sent first")
+        self._check_piece_out(index, begin, length)
+        return _pack_piece_header(9 + length, _PIECE, index, begin)
+
+    def _check_block_out(self, index: int, begin: int, length: int) -> None:
+        if index < 0 or begin < 0 or not self._block_ok(index, begin, length):
+            raise LocalProtocolError(
+                f"block ({index}, {begin}, {length}) is not inside the torrent"
+            )
+
+    def _check_piece_out(self, index: int, begin: int, length: int) -> None:
+        self._check_block_out(index, begin, length)
+        if self._am_choking:
+            raise LocalProtocolError("cannot send a block while choking the peer")
+        self._bitfield_out_open = False
+
+    def _send_handshake(self, ev: Handshake) -> bytes:
+        if self._handshake_sent:
+            raise LocalProtocolError("the handshake was already sent")
+        if ev.info_hash != self._info_hash:
+            raise LocalProtocolError("wrong info-hash")
+        if len(ev.peer_id) != 20 or len(ev.reserved) != 8:
+            raise LocalProtocolError("peer_id must be 20 bytes and reserved 8")
+        if ev.reserved[FAST_BYTE] & FAST_BIT:
+            raise LocalProtocolError("the fast extension (BEP 6) is not supported")
+        self._handshake_sent = True
+        self._our_reserved = bytes(ev.reserved)
+        return b"".join((_HANDSHAKE_PREFIX, ev.reserved, ev.info_hash, ev.peer_id))
+
+    def _send_keep_alive(self, ev: KeepAlive) -> bytes:
+        return _KEEP_ALIVE_BYTES
+
+    def _send_choke(self, ev: Choke) -> bytes:
+        self._am_choking = True
+        self._bitfield_out_open = False
+        return _CHOKE_BYTES
+
+    def _send_unchoke(self, ev: Unchoke) -> bytes:
+        self._am_choking = False
+        self._bitfield_out_open = False
+        return _UNCHOKE_BYTES
+
+    def _send_interested(self, ev: Interested) -> bytes:
+        self._am_interested = True
+        self._bitfield_out_open = False
+        return _INTERESTED_BYTES
+
+    def _send_not_interested(self, ev: NotInterested) -> bytes:
+        self._am_interested = False
+        self._bitfield_out_open = False
+        return _NOT_INTERESTED_BYTES
+
+    def _send_have(self, ev: Have) -> bytes:
+        if not 0 <= ev.index < self._num_pieces:
+            raise LocalProtocolError(f"have for piece {ev.index} of {self._num_pieces}")
+        self._bitfield_out_open = False
+        return _pack_have(5, _HAVE, ev.index)
+
+    def _send_bitfield(self, ev: Bitfield) -> bytes:
+        if not self._bitfield_out_open:
+            raise LocalProtocolError("a bitfield may only be the first message")
+        if not _bitfield_ok(ev.bits, self._num_pieces):
+            raise LocalProtocolError(f"not a valid bitfield for {self._num_pieces} pieces")
+        self._bitfield_out_open = False
+        return _pack_header(self._bitfield_len, _BITFIELD) + ev.bits
+
+    def _send_request(self, ev: Request) -> bytes:
+        index, begin, length = ev.index, ev.begin, ev.length
+        self._check_block_out(index, begin, length)
+        if self._peer_choking:
+            raise LocalProtocolError("cannot request while the peer chokes us")
+        key = (index, begin, length)
+        if key in self._outstanding:
+            raise LocalProtocolError(f"block {key} is already requested")
+        self._cancelled.pop(key, None)
+        self._lost.pop(key, None)
+        self._outstanding[key] = ev
+        self._bitfield_out_open = False
+        return _pack_block(13, _REQUEST, index, begin, length)
+
+    def _send_cancel(self, ev: Cancel) -> bytes:
+        index, begin, length = ev.index, ev.begin, ev.length
+        self._check_block_out(index, begin, length)
+        key = (index, begin, length)
+        # Cancelling something no longer outstanding is harmless on the wire
+        # (the peer ignores it), and can happen after a choke, so it is allowed.
+        if self._outstanding.pop(key, None) is not None:
+            self._cancelled[key] = None
+            if len(self._cancelled) > MAX_CANCELLED:
+                del self._cancelled[next(iter(self._cancelled))]
+        self._bitfield_out_open = False
+        return _pack_block(13, _CANCEL, index, begin, length)
+
+    def _send_piece(self, ev: Piece) -> bytes:
+        length = len(ev.block)
+        self._check_piece_out(ev.index, ev.begin, length)
+        return _pack_piece_header(9 + length, _PIECE, ev.index, ev.begin) + ev.block
+
+    def _send_port(self, ev: Port) -> bytes:
+        if not 0 <= ev.port <= 0xFFFF:
+            raise LocalProtocolError(f"port {ev.port} is out of range")
+        return _pack_port(3, _PORT, ev.port)
+
+    def _send_extended(self, ev: Extended) -> bytes:
+        if not self.extensions_enabled:
+            raise LocalProtocolError("BEP 10 was not negotiated in both handshakes")
+        if not 0 <= ev.ext_id <= 255:
+            raise LocalProtocolError(f"extended message id {ev.ext_id} is out of range")
+        if 2 + len(ev.payload) > MAX_MESSAGE:
+            raise LocalProtocolError("extended message is too large")
+        return _pack_extended_header(2 + len(ev.payload), _EXTENDED, ev.ext_id) + ev.payload
+
+
+_SENDERS: Final[dict[type[Event], Callable[[Connection, Any], bytes]]] = {
+    Handshake: Connection._send_handshake,
+    KeepAlive: Connection._send_keep_alive,
+    Choke: Connection._send_choke,
+    Unchoke: Connection._send_unchoke,
+    Interested: Connection._send_interested,
+    NotInterested: Connection._send_not_interested,
+    Have: Connection._send_have,
+    Bitfield: Connection._send_bitfield,
+    Request: Connection._send_request,
+    Cancel: Connection._send_cancel,
+    Piece: Connection._send_piece,
+    Port: Connection._send_port,
+    Extended: Connection._send_extended,
+}
