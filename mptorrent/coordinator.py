@@ -45,6 +45,7 @@ QUEUE_AHEAD = 4  # pieces queued per worker beyond what they hold
 MAX_RESTARTS = 20  # worker deaths tolerated before giving up
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STOP_GRACE = 3.0
+ENDGAME_SLACK = 0  # endgame starts when every missing piece is in flight
 SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 
 
@@ -145,7 +146,8 @@ class Coordinator:
         have = self._prepare_storage()
         resumed = sum(have)
         self.picker = Picker(self.meta.num_pieces, have)
-        self.progress.start(self.meta.total_length, self._done_bytes(have))
+        self.done_bytes = self._done_bytes(have)
+        self.progress.start(self.meta.total_length, self.done_bytes)
         if self.picker.remaining == 0:
             self._announce_all("completed", wait=True)
             return self._result(t0, resumed)
@@ -218,8 +220,7 @@ class Coordinator:
     def _announce_all(self, event: str | None, *, wait: bool) -> None:
         if not self.announcer or not self.opts.use_trackers:
             return
-        have = self.done_map[: self.meta.num_pieces] if hasattr(self, "done_map") else b""
-        left = self.meta.total_length - self._done_bytes(have)
+        left = self.meta.total_length - getattr(self, "done_bytes", 0)
         threads = self.announcer.announce(
             event=event, left=left, downloaded=self.verified_bytes,
             on_result=lambda r: self.inbox.put(("tracker", r)), wait=3.0 if wait else None,
@@ -339,9 +340,7 @@ class Coordinator:
             if not self.known and self.trackers_pending == 0:
                 raise DownloadError(self._no_peers_reason())
             workers = sum(1 for s in self.slots if s.proc is not None and s.proc.is_alive())
-            self.progress.update(
-                self._done_bytes(self.done_map[: self.meta.num_pieces]), peers, workers
-            )
+            self.progress.update(self.done_bytes, peers, workers)
 
     def _no_peers_reason(self) -> str:
         if self.tracker_errors:
@@ -403,6 +402,7 @@ class Coordinator:
             return
         self.done_map[index] = 1
         self.verified_bytes += self.layout.piece_size(index)
+        self.done_bytes += self.layout.piece_size(index)
         if worker is not None:
             self.pieces_per_worker[worker] = self.pieces_per_worker.get(worker, 0) + 1
         if peers:  # credited to the peer that sent most of its blocks
@@ -415,7 +415,12 @@ class Coordinator:
             for index in p.pick(target - self.queued):
                 self.work_q.put(index)
                 self.queued += 1
-        if self.queued == 0 and p.remaining and not p.needed_available:
+        if (
+            self.queued == 0
+            and p.remaining
+            and p.remaining <= len(p.owner) + ENDGAME_SLACK
+            and not p.needed_available
+        ):
             # Endgame: everything left is in flight; let idle workers duplicate it.
             if not self.done_map[self.meta.num_pieces]:
                 self.done_map[self.meta.num_pieces] = 1

@@ -60,6 +60,7 @@ RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
 STATS_EVERY = 0.25
 RETURN_BACKOFF = 0.5  # after handing a piece back, wait before taking more
+MAX_BACKLOG = 8  # pieces held for other peers of this worker
 
 
 @dataclass
@@ -486,13 +487,16 @@ class _Worker:
                 self.queue_empty = True
                 return None
             self.queue_empty = False
+            # Always acknowledge, so the coordinator's count of queued pieces stays exact.
+            self.result_q.put(Took(self.cfg.worker_id, index))
             if self.done_map[index] or index in self.jobs or index in self.backlog:
                 continue
-            self.result_q.put(Took(self.cfg.worker_id, index))
             if has[index]:
                 return self._new_job(index)
             if any(q.wire.peer_has[index] for q in self.peers.values() if q.state == ACTIVE):
                 self.backlog.append(index)
+                if len(self.backlog) >= MAX_BACKLOG:
+                    return None  # enough in hand for our other peers
                 continue
             # none of our peers has it: hand it back and pause pulling for a moment
             self.result_q.put(Returned(self.cfg.worker_id, index))
