@@ -31,7 +31,7 @@ _I, _L, _D, _E, _ZERO = b"ilde0"
 
 
 class _Frame:
-    __slots__ = ("is_dict", "key", "expect_key", "value_start")
+    __slots__ = ("expect_key", "is_dict", "key", "value_start")
 
     def __init__(self, is_dict: bool) -> None:
         self.is_dict = is_dict
@@ -112,7 +112,7 @@ def scan(
                 break
             key = data[start:end] if top is not None and top.is_dict and top.expect_key else None
             _value_done(stack, spans, pos, key, offset=start)
-        elif c == _L or c == _D:
+        elif c in (_L, _D):
             if len(stack) >= max_depth:
                 raise BencodeError(f"nesting deeper than {max_depth}", pos)
             stack.append(_Frame(c == _D))
@@ -180,6 +180,21 @@ def decode(data: bytes, *, max_size: int, **limits: int) -> Any:
 def encode(value: Any) -> bytes:
     """Encode ints, bytes, str, lists and dicts (keys sorted, as bencode requires)."""
     try:
-        return bytes(bencoder.bencode(value))
+        return bytes(bencoder.bencode(_utf8(value)))
     except Exception as exc:
         raise BencodeError(f"cannot encode {type(exc).__name__}: {exc}") from exc
+
+
+def _utf8(value: Any) -> Any:
+    # bencoder.pyx writes a str's length in characters, not bytes ("é" -> b"1:\xc3\xa9"),
+    # so every str becomes UTF-8 bytes before it gets there.
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, list | tuple):
+        return [_utf8(v) for v in value]
+    if isinstance(value, dict):
+        out = {_utf8(k): _utf8(v) for k, v in value.items()}
+        if len(out) != len(value):
+            raise ValueError("a str key and a bytes key are the same key")
+        return out
+    return value

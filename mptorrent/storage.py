@@ -89,7 +89,9 @@ class Layout:
         f = self.files[file_index]
         if f.length == 0:
             return range(0)
-        return range(f.offset // self.piece_length, (f.offset + f.length - 1) // self.piece_length + 1)
+        return range(
+            f.offset // self.piece_length, (f.offset + f.length - 1) // self.piece_length + 1
+        )
 
 
 _ZEROS = bytes(1 << 20)
@@ -184,7 +186,9 @@ class Storage:
         """Bytes ``[start, start+length)`` of the torrent (for serving peers)."""
         out = bytearray(length)
         pos = 0
-        for s, view in zip(self.layout.slices(start, length), self._views(start, length), strict=True):
+        for s, view in zip(
+            self.layout.slices(start, length), self._views(start, length), strict=True
+        ):
             if view is not None:
                 out[pos : pos + s.length] = view
                 view.release()
@@ -232,10 +236,14 @@ def check_safe(layout: Layout, root: str | Path) -> None:
         for q in chain:
             if q == root_p.parent or q == Path(q.anchor):
                 break
+            if q == root_p and q != p:
+                break  # the user named this directory; follow it even if it is a link
             try:
                 st = os.lstat(q)
-            except FileNotFoundError:
-                continue
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # a parent that is not a directory is reported when we reach it
+            except OSError as exc:
+                raise StorageError(f"cannot inspect {q}: {exc.strerror}") from None
             if stat.S_ISLNK(st.st_mode):
                 raise UnsafePath(f"unsafe path: {q} is a symbolic link")
             if q != p and not stat.S_ISDIR(st.st_mode):
