@@ -40,6 +40,7 @@ __all__ = [
     "HANDSHAKE_LEN",
     "MAX_CANCELLED",
     "MAX_MESSAGE",
+    "MAX_UNWANTED_BYTES",
     "NEED_DATA",
     "PROTOCOL",
     "Bitfield",
@@ -77,6 +78,7 @@ FAST_BYTE: Final = 7
 # Late blocks for requests we cancelled (or lost to a choke) are dropped quietly;
 # remembering a few thousand covers any sane pipeline depth and bounds memory.
 MAX_CANCELLED: Final = 4096
+MAX_UNWANTED_BYTES: Final = 4 << 20  # unrequested block payload tolerated per connection
 
 _CHOKE, _UNCHOKE, _INTERESTED, _NOT_INTERESTED = 0, 1, 2, 3
 _HAVE, _BITFIELD, _REQUEST, _PIECE, _CANCEL, _PORT = 4, 5, 6, 7, 8, 9
@@ -341,6 +343,7 @@ class Connection:
         "_rview",
         "_skip",
         "_special",
+        "_unwanted_bytes",
         "_w",
         "_wview",
     )
@@ -402,6 +405,7 @@ class Connection:
         self._outstanding: dict[_Key, Request] = {}
         self._cancelled: dict[_Key, None] = {}
         self._lost: dict[_Key, Request] = {}  # dropped by a choke, not yet cleared
+        self._unwanted_bytes = 0
 
     # -- read-only state ------------------------------------------------------
 
@@ -464,6 +468,11 @@ class Connection:
     # -- outstanding requests -------------------------------------------------
     # Every Request sent ends exactly one way: its block arrives as a Piece event,
     # the caller sends a Cancel for it, or clear_requests() hands it back.
+
+    @property
+    def unwanted_bytes(self) -> int:
+        """Payload of blocks that arrived without a request and were discarded."""
+        return self._unwanted_bytes
 
     @property
     def outstanding_requests(self) -> int:
@@ -661,7 +670,13 @@ class Connection:
                 return None
             if not self._block_ok(index, begin, length - 9):
                 raise self._fail("piece outside the torrent")
-            raise self._fail("unrequested block")
+            # A block we never asked for (or no longer expect) is discarded, as
+            # libtorrent does; only a peer that keeps pushing them is cut off.
+            self._unwanted_bytes += length - 9
+            if self._unwanted_bytes > MAX_UNWANTED_BYTES:
+                raise self._fail("too many unrequested blocks")
+            self._r = r + total
+            return None
 
         expected = _FIXED_LEN.get(msg_id)
         if expected is not None:
