@@ -38,6 +38,7 @@ class PieceFailed(NamedTuple):
     worker: int
     index: int
     peers: tuple[PeerAddr, ...]
+    retrying: bool = False  # the worker fetches it again itself (smart ban); keep its lease
 
 
 class Returned(NamedTuple):

@@ -11,14 +11,23 @@ import errno
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from mptorrent import wire
 from mptorrent.messages import PeerAddr
 
-CONNECT_TIMEOUT = 10.0
-HANDSHAKE_TIMEOUT = 15.0
-SNUB_TIMEOUT = 20.0  # requests outstanding and nothing received for this long
-IDLE_TIMEOUT = 120.0
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Peer deadlines in seconds; parameters so tests can shrink them."""
+
+    connect: float = 10.0
+    handshake: float = 15.0
+    snub: float = 20.0  # requests outstanding and no block for this long (per block, not byte)
+    idle: float = 120.0  # nothing but keep-alives for this long
+    piece: float = 60.0  # a piece held with no block arriving for this long is given back
+
+
 MIN_DEPTH = 32  # requests kept in flight per peer; libtorrent and Transmission floor
 MAX_DEPTH = 500  # libtorrent's max_out_request_queue
 DEPTH_SECONDS = 1.0  # keep rate x this much in flight (bandwidth-delay with margin)
@@ -49,11 +58,13 @@ class PeerSession:
         self.started = time.monotonic()
         self.last_recv = self.started
         self.last_block = self.started
+        self.last_message = self.started  # last message other than a keep-alive
         self.bytes_in = 0
         self.bytes_out = 0
         self.close_reason = ""
         self.reported_bits = False
         self.inbound = False
+        self.useful = False  # delivered at least one block
         # rate estimate over a sliding window of (time, bytes) samples
         self._samples: deque[tuple[float, int]] = deque()
         self._window_bytes = 0

@@ -40,24 +40,17 @@ from mptorrent.messages import (
     WorkerStats,
 )
 from mptorrent.metainfo import Metainfo
-from mptorrent.peer import (
-    ACTIVE,
-    CLOSED,
-    CONNECT_TIMEOUT,
-    CONNECTING,
-    HANDSHAKE_TIMEOUT,
-    HANDSHAKING,
-    IDLE_TIMEOUT,
-    SNUB_TIMEOUT,
-    PeerSession,
-)
+from mptorrent.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
 from mptorrent.storage import Layout, Storage
 from mptorrent.upload import Uploader
 
 BLOCK = wire.BLOCK_SIZE
 TICK = 0.05
 RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+MAX_CONNECTS = 12  # connection attempts per address per worker, successful ones included
 MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
+MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban) before release
+SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
 RETURN_BACKOFF = 0.5  # after handing a piece back, wait before taking more
 MAX_BACKLOG = 8  # pieces held for other peers of this worker
@@ -75,11 +68,18 @@ class WorkerConfig:
     banned: tuple[PeerAddr, ...] = ()
     listen: tuple[str, int] | None = None  # accept peers here (SO_REUSEPORT, one per worker)
     seed_only: bool = False  # serve, never request
+    client_id: bytes = b""  # shared by all workers of one client: spots self-connections
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+class _SelfConnection(Exception):
+    pass
 
 
 class PieceJob:
-    __slots__ = ("buf", "contributors", "index", "nblocks", "nreceived", "received",
-                 "requested", "size", "started", "todo")  # fmt: skip
+    __slots__ = ("buf", "contributors", "index", "last_progress", "nblocks", "nreceived",
+                 "received", "requested", "senders", "size", "started", "suspects", "todo",
+                 "tries")  # fmt: skip
 
     def __init__(self, index: int, size: int) -> None:
         self.index = index
@@ -91,7 +91,24 @@ class PieceJob:
         self.nreceived = 0
         self.todo = list(range(self.nblocks - 1, -1, -1))  # stack of blocks nobody asked for
         self.contributors: dict[PeerAddr, int] = {}  # blocks each peer sent
-        self.started = time.monotonic()
+        self.senders: list[PeerAddr | None] = [None] * self.nblocks
+        self.suspects: dict[int, list[tuple[PeerAddr, bytes]]] = {}  # from failed tries
+        self.tries = 0
+        self.started = self.last_progress = time.monotonic()
+
+    def reset(self) -> None:
+        """Forget the received blocks to fetch the piece again."""
+        self.requested = bytearray(self.nblocks)
+        self.received = bytearray(self.nblocks)
+        self.nreceived = 0
+        self.todo = list(range(self.nblocks - 1, -1, -1))
+        self.contributors = {}
+        self.senders = [None] * self.nblocks
+        self.last_progress = time.monotonic()
+
+    def block_digest(self, blk: int) -> bytes:
+        start = blk * BLOCK
+        return hashlib.sha1(memoryview(self.buf)[start : start + self.block_len(blk)]).digest()
 
     def block_len(self, blk: int) -> int:
         return min(BLOCK, self.size - blk * BLOCK)
@@ -100,6 +117,7 @@ class PieceJob:
 @dataclass
 class _Retry:
     attempts: int = 0
+    failures: int = 0  # consecutive attempts that delivered nothing
     next_at: float = 0.0
 
 
@@ -127,7 +145,11 @@ class _Worker:
 
     def __post_init__(self) -> None:
         self.storage = Storage(self.cfg.layout, writable=True)
-        self.peer_id = self.cfg.peer_id_prefix + os.urandom(20 - len(self.cfg.peer_id_prefix))
+        # Distinct per worker (peers refuse a second connection from one peer id),
+        # with a prefix shared by the whole client so we recognise ourselves.
+        cid = (self.cfg.client_id or os.urandom(20))[: SELF_ID_LEN - len(self.cfg.peer_id_prefix)]
+        self.client_prefix = self.cfg.peer_id_prefix + cid
+        self.peer_id = self.client_prefix + self.cfg.worker_id.to_bytes(2, "big")
         self.banned.update(self.cfg.banned)
         self.num_pieces = self.cfg.meta.num_pieces
         self.have = self.done_map[: self.num_pieces]
@@ -240,11 +262,12 @@ class _Worker:
                 return
             if addr in self.peers or addr in self.banned or r.next_at > now:
                 continue
-            if r.attempts >= len(RECONNECT_DELAYS) + 1:
+            if r.attempts >= MAX_CONNECTS:
                 continue
             p = self._session(addr)
             r.attempts += 1
-            r.next_at = now + RECONNECT_DELAYS[min(r.attempts - 1, len(RECONNECT_DELAYS) - 1)]
+            r.next_at = now + RECONNECT_DELAYS[min(r.failures, len(RECONNECT_DELAYS) - 1)]
+            r.failures += 1  # cleared once the connection proves useful
             try:
                 p.start_connect()
             except OSError as exc:
@@ -271,20 +294,33 @@ class _Worker:
         if ban:
             self.banned.add(p.addr)
             self.result_q.put(PeerBanned(self.cfg.worker_id, p.addr, reason))
-        elif p.state != CONNECTING and p.bytes_in > 0 and not p.inbound:
-            # it worked once: try again soon, from the start of the back-off ladder
-            self.retry[p.addr] = _Retry(attempts=1, next_at=time.monotonic() + 1.0)
+        elif p.useful and not p.inbound:
+            # It delivered data: try again soon, from the start of the back-off ladder
+            # (the total number of attempts stays capped, so a flapping peer cannot spin us).
+            r = self.retry.setdefault(p.addr, _Retry())
+            r.failures = 0
+            r.next_at = time.monotonic() + RECONNECT_DELAYS[0]
 
     def _check_timeouts(self, now: float) -> None:
+        t = self.cfg.timeouts
         for p in list(self.peers.values()):
-            if p.state == CONNECTING and now - p.started > CONNECT_TIMEOUT:
+            if p.state == CONNECTING and now - p.started > t.connect:
                 self._drop(p, "connect timed out")
-            elif p.state == HANDSHAKING and now - p.started > HANDSHAKE_TIMEOUT:
+            elif p.state == HANDSHAKING and now - p.started > t.handshake:
                 self._drop(p, "no handshake")
-            elif p.pending and now - p.last_block > SNUB_TIMEOUT:
+            elif p.pending and now - p.last_block > t.snub:
                 self._drop(p, "stalled with requests outstanding")
-            elif now - p.last_recv > IDLE_TIMEOUT:
+            elif now - p.last_message > t.idle:
                 self._drop(p, "idle")
+        for job in [j for j in self.jobs.values() if now - j.last_progress > t.piece]:
+            if not any(k[0] == job.index for q in self.peers.values() for k in q.pending):
+                self._give_back(job.index)
+
+    def _give_back(self, index: int) -> None:
+        self.jobs.pop(index, None)
+        if index in self.backlog:
+            self.backlog.remove(index)
+        self.result_q.put(Returned(self.cfg.worker_id, index))
 
     # -- socket events ------------------------------------------------------
 
@@ -308,6 +344,9 @@ class _Worker:
                 self._process(p)
             if mask & selectors.EVENT_WRITE:
                 self._flush(p)
+        except _SelfConnection:
+            self.banned.add(p.addr)  # never dial our own listener again
+            self._drop(p, "connected to ourselves")
         except ProtocolError as exc:
             self._drop(p, f"protocol error: {exc}", ban=True)
         except OSError as exc:
@@ -334,9 +373,12 @@ class _Worker:
                 return
             if isinstance(ev, wire.Piece):
                 self._on_block(p, ev)
-            elif isinstance(ev, wire.Handshake):
-                if ev.peer_id == self.peer_id:
-                    raise ProtocolError("connected to ourselves")
+                continue
+            if not isinstance(ev, wire.KeepAlive):
+                p.last_message = time.monotonic()
+            if isinstance(ev, wire.Handshake):
+                if ev.peer_id[:SELF_ID_LEN] == self.client_prefix:
+                    raise _SelfConnection
                 p.state = ACTIVE
             elif isinstance(ev, wire.Bitfield):
                 self.result_q.put(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
@@ -380,7 +422,8 @@ class _Worker:
     def _on_block(self, p: PeerSession, ev: wire.Piece) -> None:
         key = (ev.index, ev.begin)
         p.pending.discard(key)
-        p.last_block = time.monotonic()
+        p.last_block = p.last_message = time.monotonic()
+        p.useful = True
         job = self.jobs.get(ev.index)
         if job is None:
             return  # finished or dropped meanwhile (endgame duplicate)
@@ -391,6 +434,8 @@ class _Worker:
         job.buf[ev.begin : ev.begin + n] = ev.block
         job.received[blk] = 1
         job.nreceived += 1
+        job.senders[blk] = p.addr
+        job.last_progress = p.last_block
         job.contributors[p.addr] = job.contributors.get(p.addr, 0) + 1
         self.downloaded += n
         if job.requested[blk] > 1:
@@ -406,16 +451,12 @@ class _Worker:
                     q.queue(q.wire.send(wire.Cancel(index, begin, length)))
 
     def _complete(self, job: PieceJob) -> None:
-        del self.jobs[job.index]
-        for q in self.peers.values():
-            # drop any stale endgame requests for this piece
-            stale = [k for k in q.pending if k[0] == job.index]
-            for k in stale:
-                q.pending.discard(k)
-                if q.state == ACTIVE:
-                    q.queue(q.wire.send(wire.Cancel(k[0], k[1], job.block_len(k[1] // BLOCK))))
+        self._cancel_piece(job)
         peers = tuple(sorted(job.contributors, key=job.contributors.__getitem__, reverse=True))
         if hashlib.sha1(job.buf).digest() == self.cfg.meta.piece_hash(job.index):
+            del self.jobs[job.index]
+            if job.suspects:
+                self._smart_ban(job)
             if not self.done_map[job.index]:
                 self.storage.write_piece(job.index, job.buf)
                 self.done_map[job.index] = 1
@@ -425,18 +466,53 @@ class _Worker:
                 if q.state == ACTIVE:
                     q.queue(q.wire.send(have))
             return
+        reason = f"sent data that failed the hash check of piece {job.index}"
+        job.tries += 1
+        if len(peers) == 1:
+            # The sole contributor lied: ban it (libtorrent known_bad_peer).
+            self._ban(peers[0], reason)
+        elif job.tries < MAX_PIECE_TRIES:
+            # Several peers fed it: remember who sent which block, fetch it again,
+            # and ban whoever's blocks differ from the copy that verifies (smart ban).
+            for blk, sender in enumerate(job.senders):
+                if sender is not None:
+                    job.suspects.setdefault(blk, []).append((sender, job.block_digest(blk)))
+            self.result_q.put(PieceFailed(self.cfg.worker_id, job.index, peers, retrying=True))
+            job.reset()
+            return
+        else:
+            for addr in peers:
+                self.strikes[addr] = self.strikes.get(addr, 0) + 1
+                if self.strikes[addr] >= MAX_STRIKES:
+                    self._ban(addr, reason)
+        del self.jobs[job.index]
         self.result_q.put(PieceFailed(self.cfg.worker_id, job.index, peers))
-        for addr in peers:
-            self.strikes[addr] = self.strikes.get(addr, 0) + 1
-            sole = len(peers) == 1
-            if sole or self.strikes[addr] >= MAX_STRIKES:
-                q = self.peers.get(addr)
-                reason = f"sent data that failed the hash check of piece {job.index}"
-                if q is not None:
-                    self._drop(q, reason, ban=True)
-                else:
-                    self.banned.add(addr)
-                    self.result_q.put(PeerBanned(self.cfg.worker_id, addr, reason))
+
+    def _smart_ban(self, job: PieceJob) -> None:
+        for blk, claims in job.suspects.items():
+            good = job.block_digest(blk)
+            for sender, digest in claims:
+                if digest != good:
+                    self._ban(sender, f"sent a corrupt block of piece {job.index}")
+
+    def _ban(self, addr: PeerAddr, reason: str) -> None:
+        if addr in self.banned:
+            return
+        q = self.peers.get(addr)
+        if q is not None:
+            self._drop(q, reason, ban=True)
+        else:
+            self.banned.add(addr)
+            self.result_q.put(PeerBanned(self.cfg.worker_id, addr, reason))
+
+    def _cancel_piece(self, job: PieceJob) -> None:
+        """Withdraw every request still out for this piece (endgame duplicates)."""
+        for q in self.peers.values():
+            stale = [k for k in q.pending if k[0] == job.index]
+            for k in stale:
+                q.pending.discard(k)
+                if q.state == ACTIVE:
+                    q.queue(q.wire.send(wire.Cancel(k[0], k[1], job.block_len(k[1] // BLOCK))))
 
     def _fill(self, p: PeerSession) -> None:
         spare = p.spare
@@ -528,12 +604,7 @@ class _Worker:
     def _drop_finished_elsewhere(self) -> None:
         """Another worker verified a piece we are still on (endgame): let it go."""
         for index in [i for i in self.jobs if self.done_map[i]]:
-            job = self.jobs.pop(index)
-            for q in self.peers.values():
-                for k in [k for k in q.pending if k[0] == index]:
-                    q.pending.discard(k)
-                    if q.state == ACTIVE:
-                        q.queue(q.wire.send(wire.Cancel(index, k[1], job.block_len(k[1] // BLOCK))))
+            self._cancel_piece(self.jobs.pop(index))
         self.backlog = [i for i in self.backlog if not self.done_map[i]]
 
     def _return_orphans(self) -> None:
@@ -543,10 +614,7 @@ class _Worker:
             return
         for index in list(self.backlog) + list(self.jobs):
             if not any(q.wire.peer_has[index] for q in active):
-                self.jobs.pop(index, None)
-                if index in self.backlog:
-                    self.backlog.remove(index)
-                self.result_q.put(Returned(self.cfg.worker_id, index))
+                self._give_back(index)
 
 
 def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map: Any) -> None:
