@@ -5,18 +5,26 @@ module moves the bytes.  Every request has one deadline for the whole exchange
 (DNS aside): each socket read and write gets only the time that is left, so a
 tracker that drips one byte a second cannot hold us past ``timeout``.  Bodies
 are read against a hard cap, TLS certificates are always verified, redirects
-are bounded, and every failure is a one-line :class:`TrackerError`.  UDP
-trackers (BEP 15) will get their retry loop here as well.
+are bounded, and every failure is a one-line :class:`TrackerError`.
+
+UDP trackers (BEP 15) run the sans-IO :class:`~mptorrent.tracker.UDPExchange`
+over one connected datagram socket: the kernel then drops datagrams from any
+other address, and a closed port fails at once (ICMP port unreachable).
+Connection ids are kept for reuse within their minute.  :func:`announce` and
+:func:`scrape` pick the transport from the URL's scheme.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import math
 import socket
 import ssl
+import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 from mptorrent import __version__, bencode
@@ -26,6 +34,10 @@ from mptorrent.tracker import (
     AnnounceRequest,
     AnnounceResponse,
     ScrapeResult,
+    UDPAnnounce,
+    UDPExchange,
+    UDPRetry,
+    UDPScrape,
     announce_url,
     one_line,
     parse_announce,
@@ -145,7 +157,16 @@ def _where(parts: SplitResult) -> str:
         port = parts.port
     except ValueError:
         port = None
-    return f"tracker {host}:{port}" if port else f"tracker {host}"
+    kind = "UDP tracker" if parts.scheme.lower() == "udp" else "tracker"
+    return f"{kind} {host}:{port}" if port else f"{kind} {host}"
+
+
+def where(url: str) -> str:
+    """``tracker host:port`` (``UDP tracker host:port``): how messages name a tracker."""
+    try:
+        return _where(urlsplit(url))
+    except ValueError:
+        return "tracker ?"
 
 
 def _split(url: str) -> SplitResult:
@@ -298,3 +319,250 @@ def scrape_http(
     if target is None:
         raise TrackerError("this tracker has no scrape URL (its path does not end in 'announce')")
     return parse_scrape(_tracker_get(target, timeout, source_address), info_hash)
+
+
+# -- UDP (BEP 15) -------------------------------------------------------------
+
+_UDP_RECV = 65536  # larger than any datagram
+_MAX_CACHED = 256
+_connections: dict[tuple[str, int, str | None], tuple[int, float]] = {}
+_connections_lock = threading.Lock()
+_E = TypeVar("_E", bound="UDPExchange[Any]")
+
+
+def _split_udp(url: str) -> tuple[SplitResult, int, bytes]:
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise TrackerError("bad tracker URL: it contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TrackerError(f"bad tracker URL: {exc}") from None
+    if parts.scheme.lower() != "udp":
+        raise TrackerError(f"bad tracker URL: scheme {parts.scheme!r} is not udp")
+    if not parts.hostname:
+        raise TrackerError("bad tracker URL: no host")
+    if not port:
+        raise TrackerError("bad tracker URL: no port")
+    # BEP 41: the path and query travel with the announce (passkeys live there)
+    url_data = (parts.path + (f"?{parts.query}" if parts.query else "")).encode()
+    return parts, port, url_data
+
+
+_SockAddr = tuple[str, int] | tuple[str, int, int, int]
+
+
+def _udp_addresses(
+    host: str, port: int, source_address: str | None, where: str
+) -> list[tuple[socket.AddressFamily, _SockAddr]]:
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise TrackerError(f"{where}: cannot resolve the host ({exc.strerror})") from None
+    if source_address:
+        want = socket.AF_INET6 if ":" in source_address else socket.AF_INET
+        infos = [i for i in infos if i[0] == want]
+        if not infos:
+            version = "IPv6" if want == socket.AF_INET6 else "IPv4"
+            raise TrackerError(f"{where}: no {version} address to reach from {source_address}")
+    out = [(i[0], i[4]) for i in infos if i[0] in (socket.AF_INET, socket.AF_INET6)]
+    if not out:
+        raise TrackerError(f"{where}: cannot resolve the host (no IP address)")
+    return out  # type: ignore[return-value]
+
+
+def _is_ipv6(family: int, host: str) -> bool:
+    if family != socket.AF_INET6:
+        return False
+    ip = ipaddress.IPv6Address(host.partition("%")[0])
+    return ip.ipv4_mapped is None  # a mapped address carries IPv4 and 6-byte peers
+
+
+def _forget(key: tuple[str, int, str | None]) -> None:
+    with _connections_lock:
+        _connections.pop(key, None)
+
+
+def _udp_run(
+    ex: UDPExchange[Any],
+    family: socket.AddressFamily,
+    sockaddr: _SockAddr,
+    source_address: str | None,
+    deadline: float,
+) -> None:
+    """Drive ``ex`` to its end over one connected socket; raises OSError and TrackerError."""
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        if source_address:
+            sock.bind((source_address, 0))
+        sock.connect(sockaddr)  # fails at once without a route (an IPv6-less host, say)
+        sock.send(ex.start(time.monotonic()))
+        while not ex.done:
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimeoutError
+            if now >= ex.deadline:
+                sock.send(ex.timeout(now))
+                continue
+            sock.settimeout(max(min(ex.deadline, deadline) - now, 0.001))
+            try:
+                data = sock.recv(_UDP_RECV)
+            except TimeoutError:
+                continue
+            reply = ex.receive(data, time.monotonic())
+            if reply is not None:
+                sock.send(reply)
+
+
+def _udp_exchange(
+    url: str,
+    make: Callable[[bool, bytes, tuple[int, float] | None], _E],
+    *,
+    timeout: float,
+    source_address: str | None,
+) -> _E:
+    """Run one exchange against the tracker at ``url`` within ``timeout`` seconds.
+
+    A host name with several addresses is tried address by address, but only
+    past failures that come at once (no route, port unreachable): a silent
+    address uses up the whole timeout.
+    """
+    deadline = time.monotonic() + timeout
+    parts, port, url_data = _split_udp(url)
+    where = _where(parts)
+    addresses = _udp_addresses(parts.hostname or "", port, source_address, where)
+    for n, (family, sockaddr) in enumerate(addresses, 1):
+        key = (sockaddr[0], sockaddr[1], source_address)
+        with _connections_lock:
+            cached = _connections.get(key)
+        ex = make(_is_ipv6(family, sockaddr[0]), url_data, cached)
+        try:
+            _udp_run(ex, family, sockaddr, source_address, deadline)
+        except TimeoutError:
+            _forget(key)
+            msg = f"{where} did not answer within {timeout:g} s"
+            if ex.ignored:
+                msg += f" (ignored {ex.ignored} bad packets, last: {ex.last_ignored})"
+            raise TrackerError(msg) from None
+        except TrackerError as exc:
+            _forget(key)
+            raise TrackerError(f"{where}: {exc}") from None
+        except OSError as exc:
+            _forget(key)
+            if n < len(addresses) and time.monotonic() < deadline:
+                continue
+            if isinstance(exc, ConnectionRefusedError):
+                raise TrackerError(f"{where} refused the connection (port unreachable)") from None
+            raise TrackerError(f"{where}: {exc.strerror or exc}") from None
+        if ex.connection is not None:
+            with _connections_lock:
+                if len(_connections) >= _MAX_CACHED:
+                    _connections.clear()
+                _connections[key] = ex.connection
+        return ex
+    raise AssertionError("unreachable: _udp_addresses never returns an empty list")
+
+
+def announce_udp(
+    url: str,
+    req: AnnounceRequest,
+    *,
+    timeout: float,
+    source_address: str | None = None,
+    retry: UDPRetry | None = None,
+    max_peers: int = MAX_PEERS,
+) -> AnnounceResponse:
+    """Announce ``req`` to the UDP tracker at ``url`` (BEP 15).
+
+    ``retry`` is the retransmission schedule (BEP 15's own by default);
+    ``timeout`` caps the whole exchange whatever the schedule says.
+    """
+
+    def make(ipv6: bool, url_data: bytes, cached: tuple[int, float] | None) -> UDPAnnounce:
+        return UDPAnnounce(
+            req, ipv6=ipv6, url_data=url_data, max_peers=max_peers, retry=retry, connection=cached
+        )
+
+    ex = _udp_exchange(url, make, timeout=timeout, source_address=source_address)
+    assert ex.result is not None
+    return ex.result
+
+
+def scrape_udp(
+    url: str,
+    info_hash: bytes,
+    *,
+    timeout: float,
+    source_address: str | None = None,
+    retry: UDPRetry | None = None,
+) -> ScrapeResult:
+    """Scrape one torrent from the UDP tracker at ``url`` (BEP 15)."""
+
+    def make(_ipv6: bool, _url_data: bytes, cached: tuple[int, float] | None) -> UDPScrape:
+        return UDPScrape([info_hash], retry=retry, connection=cached)
+
+    ex = _udp_exchange(url, make, timeout=timeout, source_address=source_address)
+    assert ex.result is not None
+    return ex.result[0]
+
+
+# -- either transport ---------------------------------------------------------
+
+
+def _scheme(url: str) -> str:
+    return url.partition(":")[0].lower()
+
+
+def _named(url: str, exc: TrackerError) -> TrackerError:
+    # Reply errors ("tracker failure: ...") do not say which tracker sent them.
+    name = where(url)
+    if str(exc).startswith(name):
+        return exc
+    return TrackerError(f"{name}: {exc}")
+
+
+def announce(
+    url: str,
+    req: AnnounceRequest,
+    *,
+    timeout: float,
+    source_address: str | None = None,
+    udp_retry: UDPRetry | None = None,
+    max_peers: int = MAX_PEERS,
+) -> AnnounceResponse:
+    """Announce over HTTP(S) or UDP, as the URL says; every error names the tracker."""
+    scheme = _scheme(url)
+    try:
+        if scheme == "udp":
+            return announce_udp(
+                url, req, timeout=timeout, source_address=source_address,
+                retry=udp_retry, max_peers=max_peers,
+            )  # fmt: skip
+        if scheme in ("http", "https"):
+            return announce_http(
+                url, req, timeout=timeout, source_address=source_address, max_peers=max_peers
+            )
+    except TrackerError as exc:
+        raise _named(url, exc) from None
+    raise TrackerError(f"{where(url)}: scheme {scheme!r} is not http, https or udp")
+
+
+def scrape(
+    url: str,
+    info_hash: bytes,
+    *,
+    timeout: float,
+    source_address: str | None = None,
+    udp_retry: UDPRetry | None = None,
+) -> ScrapeResult:
+    """Scrape over HTTP(S) or UDP, as the URL says; every error names the tracker."""
+    scheme = _scheme(url)
+    try:
+        if scheme == "udp":
+            return scrape_udp(
+                url, info_hash, timeout=timeout, source_address=source_address, retry=udp_retry
+            )
+        if scheme in ("http", "https"):
+            return scrape_http(url, info_hash, timeout=timeout, source_address=source_address)
+    except TrackerError as exc:
+        raise _named(url, exc) from None
+    raise TrackerError(f"{where(url)}: scheme {scheme!r} is not http, https or udp")

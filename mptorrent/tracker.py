@@ -2,9 +2,11 @@
 
 Nothing here opens a socket or reads the clock; :mod:`mptorrent.net` moves the
 bytes.  HTTP trackers follow BEP 3 with compact peers (BEP 23), IPv6 peers
-(BEP 7) and the scrape convention (BEP 48).  UDP trackers (BEP 15) will get
-their packet codecs here too, sharing :class:`AnnounceRequest` and
-:class:`AnnounceResponse`.
+(BEP 7) and the scrape convention (BEP 48).  UDP trackers (BEP 15) share
+:class:`AnnounceRequest` and :class:`AnnounceResponse`: their packets are built
+and parsed here (both sides, so the test tracker and round-trip tests use the
+same code), and :class:`UDPAnnounce` / :class:`UDPScrape` are the client's
+state machines, with the clock as an input.
 
 A tracker reply is untrusted input: every decode is bounded, malformed optional
 fields are ignored the way libtorrent ignores them, and anything that is not a
@@ -17,9 +19,9 @@ import ipaddress
 import secrets
 import struct
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote_from_bytes, urlsplit, urlunsplit
 
 from mptorrent import bencode
@@ -348,3 +350,469 @@ def parse_scrape(body: bytes, info_hash: bytes) -> ScrapeResult:
         incomplete=_count(entry.get(b"incomplete")) or 0,
         downloaded=_count(entry.get(b"downloaded")) or 0,
     )
+
+
+# -- UDP trackers (BEP 15) ----------------------------------------------------
+
+UDP_PROTOCOL_ID = 0x41727101980
+CONNECT, ANNOUNCE, SCRAPE, ERROR = 0, 1, 2, 3  # BEP 15 actions
+CONNECTION_ID_LIFETIME = 60.0  # BEP 15: a client may use a connection id for one minute
+UDP_MAX_SCRAPE = 74  # info-hashes per scrape request (BEP 15)
+UDP_ANNOUNCE_SIZE = 98  # an announce request before any BEP 41 options
+_UDP_EVENTS: dict[str | None, int] = {None: 0, "completed": 1, "started": 2, "stopped": 3}
+_UDP_EVENT_NAMES = {code: name for name, code in _UDP_EVENTS.items()}
+_ACTION_NAMES = {CONNECT: "connect", ANNOUNCE: "announce", SCRAPE: "scrape", ERROR: "error"}
+_I64_MAX = 2**63 - 1  # BEP 15's 64-bit counters; libtorrent writes them signed
+_I32_MAX = 2**31 - 1
+_BEP41_END, _BEP41_NOP, _BEP41_URL_DATA = 0, 1, 2
+_CONNECT_REQ = struct.Struct("!QII")  # protocol id, action, transaction id
+_HEADER = struct.Struct("!II")  # action, transaction id: every reply starts so
+_CONNECT_REPLY = struct.Struct("!IIQ")
+_ANNOUNCE_REQ = struct.Struct("!QII20s20sqqqIIIiH")
+_ANNOUNCE_REPLY = struct.Struct("!IIIII")  # action, tid, interval, leechers, seeders
+_SCRAPE_ENTRY = struct.Struct("!III")  # seeders, completed, leechers
+
+
+class UDPIgnored(TrackerError):
+    """A datagram that is not the reply we wait for: drop it and keep waiting.
+
+    Anyone can send us a datagram, so a stray or spoofed one must not end an
+    exchange that a real reply could still complete.  Only a packet carrying
+    our random 32-bit transaction id is taken as the tracker's answer; a bad
+    one of those is a :class:`TrackerError` at once (as in libtorrent), since
+    the tracker would only say the same again.
+    """
+
+
+def _u32(name: str, value: int) -> int:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{name} must fit in 32 bits")
+    return value
+
+
+def _check_hashes(info_hashes: Sequence[bytes]) -> None:
+    if not 1 <= len(info_hashes) <= UDP_MAX_SCRAPE:
+        raise ValueError(f"a UDP scrape takes 1 to {UDP_MAX_SCRAPE} info-hashes")
+    for h in info_hashes:
+        if len(h) != 20:
+            raise ValueError(f"info_hash must be 20 bytes, not {len(h)}")
+
+
+# client -> tracker
+
+
+def udp_connect_request(tid: int) -> bytes:
+    return _CONNECT_REQ.pack(UDP_PROTOCOL_ID, CONNECT, _u32("transaction id", tid))
+
+
+def udp_announce_request(
+    connection_id: int, tid: int, req: AnnounceRequest, *, url_data: bytes = b""
+) -> bytes:
+    """An announce packet; ``url_data`` (the URL's path and query) goes in BEP 41 options.
+
+    Private UDP trackers read the passkey from that path, as libtorrent sends it.
+    """
+    if not 0 <= connection_id < 2**64:
+        raise ValueError("connection id must fit in 64 bits")
+    packet = _ANNOUNCE_REQ.pack(
+        connection_id, ANNOUNCE, _u32("transaction id", tid), req.info_hash, req.peer_id,
+        min(req.downloaded, _I64_MAX), min(req.left, _I64_MAX), min(req.uploaded, _I64_MAX),
+        _UDP_EVENTS[req.event], 0, req.key or 0, min(req.numwant, _I32_MAX), req.port,
+    )  # fmt: skip
+    options = [
+        bytes((_BEP41_URL_DATA, len(chunk))) + chunk
+        for chunk in (url_data[i : i + 255] for i in range(0, len(url_data), 255))
+    ]
+    return packet + b"".join(options)
+
+
+def udp_scrape_request(connection_id: int, tid: int, info_hashes: Sequence[bytes]) -> bytes:
+    if not 0 <= connection_id < 2**64:
+        raise ValueError("connection id must fit in 64 bits")
+    _check_hashes(info_hashes)
+    return _CONNECT_REQ.pack(connection_id, SCRAPE, _u32("transaction id", tid)) + b"".join(
+        info_hashes
+    )
+
+
+# tracker -> client, as the client checks it
+
+
+def _check_reply(data: bytes, tid: int, action: int, min_size: int) -> None:
+    """Raise UDPIgnored unless ``data`` answers ``tid``; TrackerError unless it is ``action``."""
+    if len(data) < _HEADER.size:
+        raise UDPIgnored(f"a {len(data)}-byte packet")
+    got_action, got_tid = _HEADER.unpack_from(data)
+    if got_tid != tid:
+        raise UDPIgnored("a wrong transaction id")
+    if got_action == ERROR:
+        message = data[_HEADER.size :].rstrip(b"\x00")  # some trackers NUL-terminate it
+        if message.strip():
+            raise TrackerError(f"tracker failure: {one_line(message)}")
+        raise TrackerError("tracker failure (an error packet without a message)")
+    if got_action != action:
+        name = _ACTION_NAMES.get(got_action, f"action {got_action}")
+        raise TrackerError(f"bad tracker reply: {name} reply to a {_ACTION_NAMES[action]} request")
+    if len(data) < min_size:
+        raise TrackerError(
+            f"bad tracker reply: {_ACTION_NAMES[action]} reply of {len(data)} bytes, "
+            f"under {min_size}"
+        )
+
+
+def parse_udp_connect(data: bytes, tid: int) -> int:
+    """The connection id in a connect reply."""
+    _check_reply(data, tid, CONNECT, _CONNECT_REPLY.size)
+    return int(_CONNECT_REPLY.unpack_from(data)[2])
+
+
+def parse_udp_announce(
+    data: bytes, tid: int, *, ipv6: bool = False, max_peers: int = MAX_PEERS
+) -> AnnounceResponse:
+    """An announce reply.  Peers are 18-byte entries when it came over IPv6 (BEP 15)."""
+    if len(data) == _HEADER.size and _HEADER.unpack(data) == (ANNOUNCE, tid):
+        # opentracker's answer for a torrent it does not serve (off its whitelist)
+        raise TrackerError("tracker failure: an empty announce reply (torrent not served here?)")
+    _check_reply(data, tid, ANNOUNCE, _ANNOUNCE_REPLY.size)
+    _, _, interval, leechers, seeders = _ANNOUNCE_REPLY.unpack_from(data)
+    blob = data[_ANNOUNCE_REPLY.size :]
+    return AnnounceResponse(
+        interval=min(interval, MAX_INTERVAL),
+        min_interval=None,
+        peers=_collect([_compact(blob, _COMPACT6 if ipv6 else _COMPACT4)], max(max_peers, 0)),
+        complete=seeders,
+        incomplete=leechers,
+        warning=None,
+        tracker_id=None,
+    )
+
+
+def parse_udp_scrape(data: bytes, tid: int, count: int) -> tuple[ScrapeResult, ...]:
+    """The counts of the ``count`` info-hashes a scrape asked for, in their order."""
+    _check_reply(data, tid, SCRAPE, _HEADER.size + _SCRAPE_ENTRY.size * count)
+    out = []
+    for i in range(count):
+        seeders, completed, leechers = _SCRAPE_ENTRY.unpack_from(
+            data, _HEADER.size + i * _SCRAPE_ENTRY.size
+        )
+        out.append(ScrapeResult(complete=seeders, incomplete=leechers, downloaded=completed))
+    return tuple(out)
+
+
+# tracker side: what a UDP tracker parses and sends (the test trackers use these)
+
+
+@dataclass(frozen=True, slots=True)
+class UDPConnectPacket:
+    tid: int
+
+
+@dataclass(frozen=True, slots=True)
+class UDPAnnouncePacket:
+    connection_id: int
+    tid: int
+    request: AnnounceRequest  # key 0 and numwant 50 stand for "none" and "default" (-1)
+    ip: int
+    url_data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UDPScrapePacket:
+    connection_id: int
+    tid: int
+    info_hashes: tuple[bytes, ...]
+
+
+def _url_data(options: bytes) -> bytes:
+    # BEP 41: type 0 ends the list, type 1 is one byte of padding, others carry a length
+    out = bytearray()
+    pos = 0
+    while pos < len(options):
+        kind = options[pos]
+        pos += 1
+        if kind == _BEP41_END:
+            break
+        if kind == _BEP41_NOP:
+            continue
+        if pos >= len(options):
+            break
+        size = options[pos]
+        chunk = options[pos + 1 : pos + 1 + size]
+        pos += 1 + size
+        if kind == _BEP41_URL_DATA:
+            out += chunk
+    return bytes(out)
+
+
+def parse_udp_request(data: bytes) -> UDPConnectPacket | UDPAnnouncePacket | UDPScrapePacket:
+    """A client's request as a UDP tracker reads it; :class:`TrackerError` if it is not one."""
+    if len(data) < _CONNECT_REQ.size:
+        raise TrackerError(f"bad UDP request: {len(data)} bytes")
+    connection_id, action, tid = _CONNECT_REQ.unpack_from(data)
+    if action == CONNECT:
+        if connection_id != UDP_PROTOCOL_ID:
+            raise TrackerError("bad UDP request: wrong protocol id")
+        return UDPConnectPacket(tid)
+    if action == SCRAPE:
+        hashes = data[_CONNECT_REQ.size :]
+        if not hashes or len(hashes) % 20 or len(hashes) > 20 * UDP_MAX_SCRAPE:
+            raise TrackerError("bad UDP request: scrape info-hashes")
+        return UDPScrapePacket(
+            connection_id, tid, tuple(hashes[i : i + 20] for i in range(0, len(hashes), 20))
+        )
+    if action != ANNOUNCE:
+        raise TrackerError(f"bad UDP request: action {action}")
+    if len(data) < UDP_ANNOUNCE_SIZE:
+        raise TrackerError(f"bad UDP request: a {len(data)}-byte announce")
+    (_, _, _, info_hash, peer_id, downloaded, left, uploaded,
+     event, ip, key, numwant, port) = _ANNOUNCE_REQ.unpack_from(data)  # fmt: skip
+    if event not in _UDP_EVENT_NAMES:
+        raise TrackerError(f"bad UDP request: event {event}")
+    try:
+        req = AnnounceRequest(
+            info_hash, peer_id, port, uploaded, downloaded, left, _UDP_EVENT_NAMES[event],
+            numwant=numwant if numwant >= 0 else 50, key=key,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise TrackerError(f"bad UDP request: {exc}") from None
+    return UDPAnnouncePacket(connection_id, tid, req, ip, _url_data(data[UDP_ANNOUNCE_SIZE:]))
+
+
+def compact_peers(peers: Iterable[PeerAddr], *, ipv6: bool) -> bytes:
+    """Peers of one family as compact entries (6 or 18 bytes); the other family is left out."""
+    out = bytearray()
+    for peer in peers:
+        ip = ipaddress.ip_address(peer.host)
+        if (ip.version == 6) == ipv6:
+            out += ip.packed + struct.pack("!H", peer.port)
+    return bytes(out)
+
+
+def udp_connect_reply(tid: int, connection_id: int) -> bytes:
+    return _CONNECT_REPLY.pack(CONNECT, tid, connection_id)
+
+
+def udp_announce_reply(
+    tid: int, *, interval: int, leechers: int, seeders: int, peers: bytes = b""
+) -> bytes:
+    """``peers`` is compact entries as they go on the wire (see :func:`compact_peers`)."""
+    return _ANNOUNCE_REPLY.pack(ANNOUNCE, tid, interval, leechers, seeders) + peers
+
+
+def udp_scrape_reply(tid: int, results: Iterable[ScrapeResult]) -> bytes:
+    return _HEADER.pack(SCRAPE, tid) + b"".join(
+        _SCRAPE_ENTRY.pack(r.complete, r.downloaded, r.incomplete) for r in results
+    )
+
+
+def udp_error_reply(tid: int, message: bytes | str) -> bytes:
+    text = message.encode() if isinstance(message, str) else message
+    return _HEADER.pack(ERROR, tid) + text
+
+
+# the client's side of one exchange, as a state machine
+
+
+@dataclass(frozen=True, slots=True)
+class UDPRetry:
+    """BEP 15 retransmission: the n-th send of a packet waits ``base * 2**n`` s for a reply.
+
+    BEP 15 itself says 15 s and up to 8 doublings (``UDPRetry()``: hours);
+    a command-line fetch wants ``UDPRetry(2, 2)``: a dead tracker costs 6 s.
+    """
+
+    base: float = 15.0
+    tries: int = 9  # sends of one packet, so n = 0..8
+
+    def __post_init__(self) -> None:
+        if not self.base > 0 or self.tries < 1:
+            raise ValueError("UDPRetry needs base > 0 and tries >= 1")
+
+    def wait(self, n: int) -> float:
+        return float(self.base * 2**n)
+
+    @property
+    def total(self) -> float:
+        """How long one packet is retried before the exchange gives up."""
+        return sum(self.wait(n) for n in range(self.tries))
+
+
+T = TypeVar("T")
+
+
+class UDPExchange(Generic[T]):
+    """One request to a UDP tracker: connect (unless a fresh connection id is known), then ask.
+
+    Sans-IO: send what :meth:`start`, :meth:`receive` and :meth:`timeout`
+    return; give every datagram from the tracker to :meth:`receive`; call
+    :meth:`timeout` once ``deadline`` has passed.  Time is always an argument.
+    When ``done``, ``result`` holds the answer (an error reply or running out
+    of tries raises :class:`TrackerError` instead).  ``connection`` is the
+    connection id and when it was received, for the caller to reuse: BEP 15
+    lets it serve for a minute.
+    """
+
+    what = "request"
+
+    def __init__(
+        self,
+        *,
+        retry: UDPRetry | None = None,
+        connection: tuple[int, float] | None = None,
+        new_tid: Callable[[], int] | None = None,
+    ) -> None:
+        self.retry = retry or UDPRetry()
+        self.connection = connection
+        self._new_tid = new_tid or (lambda: secrets.randbits(32))
+        self.done = False
+        self.result: T | None = None
+        self.ignored = 0  # stray datagrams dropped
+        self.last_ignored: str | None = None
+        self._stage: str | None = None  # "connect" or "request" once started
+        self._tid = 0
+        self._packet = b""
+        self._sends = 0  # of the current packet
+        self._sent_at = 0.0
+        self._began = 0.0
+        self._fresh = False  # the connection id came from this exchange's own connect
+        self._reconnected = False
+        self._asked = 0  # sends of the request before the latest reconnect
+
+    def _build(self, connection_id: int, tid: int) -> bytes:
+        raise NotImplementedError
+
+    def _parse(self, data: bytes, tid: int) -> T:
+        raise NotImplementedError
+
+    @property
+    def deadline(self) -> float:
+        """When the packet sent last stops waiting for its reply."""
+        return self._sent_at + self.retry.wait(self._sends - 1)
+
+    def start(self, now: float) -> bytes:
+        if self._stage is not None:
+            raise RuntimeError("exchange already started")
+        self._began = now
+        if self.connection is not None and now - self.connection[1] < CONNECTION_ID_LIFETIME:
+            return self._ask(now)
+        self.connection = None
+        return self._connect(now)
+
+    def _send(self, stage: str, packet: bytes, tid: int, now: float, sends: int = 1) -> bytes:
+        self._stage, self._packet, self._tid = stage, packet, tid
+        self._sends, self._sent_at = sends, now
+        return packet
+
+    def _connect(self, now: float) -> bytes:
+        tid = self._new_tid()
+        return self._send("connect", udp_connect_request(tid), tid, now)
+
+    def _ask(self, now: float) -> bytes:
+        assert self.connection is not None
+        tid = self._new_tid()
+        # After a reconnect the count goes on from where the request left it,
+        # so a tracker that answers connects but never requests cannot keep
+        # us retrying for ever.
+        packet = self._build(self.connection[0], tid)
+        return self._send("request", packet, tid, now, self._asked + 1)
+
+    def receive(self, data: bytes, now: float) -> bytes | None:
+        """Take one datagram; return the next packet to send, if any."""
+        if self.done or self._stage is None:
+            return None  # a late duplicate
+        try:
+            if self._stage == "connect":
+                self.connection = (parse_udp_connect(data, self._tid), now)
+                self._fresh = True
+                return self._ask(now)
+            self.result = self._parse(data, self._tid)
+        except UDPIgnored as exc:
+            self.ignored += 1
+            self.last_ignored = str(exc)
+            return None
+        except TrackerError:
+            if self._stage == "request" and not self._fresh and not self._reconnected:
+                # Some trackers answer an expired connection id with an error
+                # packet: one new connect tells that apart from a real refusal.
+                self._reconnected = True
+                self._asked = self._sends
+                return self._connect(now)
+            self.done = True
+            raise
+        self.done = True
+        return None
+
+    def timeout(self, now: float) -> bytes:
+        """The packet to send again; :class:`TrackerError` once the tries are used up."""
+        if self._stage is None or self.done:
+            raise RuntimeError("timeout() on an exchange that is not waiting")
+        if self._sends >= self.retry.tries:
+            self.done = True
+            what = "connect" if self._stage == "connect" else self.what
+            took = round(now - self._began, 1)
+            msg = f"no reply to {self._sends} {what} requests in {took:g} s"
+            if self.ignored:
+                msg += f"; ignored {self.ignored} bad packets (last: {self.last_ignored})"
+            raise TrackerError(msg)
+        sends = self._sends
+        if self._stage == "request" and (
+            not self._fresh
+            or self.connection is None
+            or now - self.connection[1] >= CONNECTION_ID_LIFETIME
+        ):
+            # Trackers drop packets with a stale connection id without a word
+            # (opentracker does): silence may mean "connect again".
+            self._asked = sends
+            self._connect(now)
+        self._sends = sends + 1
+        self._sent_at = now
+        return self._packet
+
+
+class UDPAnnounce(UDPExchange[AnnounceResponse]):
+    what = "announce"
+
+    def __init__(
+        self,
+        req: AnnounceRequest,
+        *,
+        ipv6: bool = False,
+        url_data: bytes = b"",
+        max_peers: int = MAX_PEERS,
+        retry: UDPRetry | None = None,
+        connection: tuple[int, float] | None = None,
+        new_tid: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(retry=retry, connection=connection, new_tid=new_tid)
+        self.req = req
+        self.ipv6 = ipv6
+        self.url_data = url_data
+        self.max_peers = max_peers
+
+    def _build(self, connection_id: int, tid: int) -> bytes:
+        return udp_announce_request(connection_id, tid, self.req, url_data=self.url_data)
+
+    def _parse(self, data: bytes, tid: int) -> AnnounceResponse:
+        return parse_udp_announce(data, tid, ipv6=self.ipv6, max_peers=self.max_peers)
+
+
+class UDPScrape(UDPExchange[tuple[ScrapeResult, ...]]):
+    what = "scrape"
+
+    def __init__(
+        self,
+        info_hashes: Sequence[bytes],
+        *,
+        retry: UDPRetry | None = None,
+        connection: tuple[int, float] | None = None,
+        new_tid: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(retry=retry, connection=connection, new_tid=new_tid)
+        _check_hashes(info_hashes)
+        self.info_hashes = tuple(info_hashes)
+
+    def _build(self, connection_id: int, tid: int) -> bytes:
+        return udp_scrape_request(connection_id, tid, self.info_hashes)
+
+    def _parse(self, data: bytes, tid: int) -> tuple[ScrapeResult, ...]:
+        return parse_udp_scrape(data, tid, len(self.info_hashes))

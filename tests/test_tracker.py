@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 import time
 
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mptorrent import bencode
+from mptorrent import tracker as tr
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
 from mptorrent.tracker import (
@@ -413,3 +415,419 @@ def test_random_replies_give_a_response_or_tracker_error(fields: dict[bytes, obj
         pass
     else:
         assert min(counts.complete, counts.incomplete, counts.downloaded) >= 0
+
+
+# -- UDP packets (BEP 15) -----------------------------------------------------
+
+TID = 0x01020304
+CID = 0x1122334455667788
+
+
+def udp_req(**kw: object) -> AnnounceRequest:
+    return req(peer_id=b"-MP0100-abcdefghijkl", **kw)
+
+
+def test_udp_connect_request_byte_for_byte() -> None:
+    assert tr.udp_connect_request(TID) == bytes.fromhex(
+        "0000041727101980" "00000000" "01020304"
+    )  # fmt: skip
+
+
+def test_udp_announce_request_byte_for_byte() -> None:
+    packet = tr.udp_announce_request(
+        CID, TID, udp_req(event="started", key=0xCAFEBABE, numwant=7, port=6881)
+    )
+    assert packet == (
+        bytes.fromhex("1122334455667788" "00000001" "01020304")
+        + INFO_HASH + b"-MP0100-abcdefghijkl"
+        + struct.pack("!qqq", 2, 3, 1)  # downloaded, left, uploaded: BEP 15's order
+        + struct.pack("!IIIiH", 2, 0, 0xCAFEBABE, 7, 6881)
+    )  # fmt: skip
+    assert len(packet) == tr.UDP_ANNOUNCE_SIZE
+
+
+@pytest.mark.parametrize(
+    ("event", "code"), [(None, 0), ("completed", 1), ("started", 2), ("stopped", 3)]
+)
+def test_udp_event_codes(event: str | None, code: int) -> None:
+    packet = tr.udp_announce_request(CID, TID, udp_req(event=event))
+    assert struct.unpack_from("!I", packet, 80)[0] == code
+
+
+def test_udp_announce_carries_the_url_in_bep41_options() -> None:
+    path = b"/announce?passkey=" + b"k" * 300
+    packet = tr.udp_announce_request(CID, TID, udp_req(), url_data=path)
+    options = packet[tr.UDP_ANNOUNCE_SIZE :]
+    assert options[:2] == bytes((2, 255)) and options[2:257] == path[:255]
+    assert options[257:259] == bytes((2, len(path) - 255))
+    parsed = tr.parse_udp_request(packet)
+    assert isinstance(parsed, tr.UDPAnnouncePacket)
+    assert parsed.url_data == path
+    # NOP and end-of-options, as BEP 41 defines them
+    parsed = tr.parse_udp_request(packet[:98] + b"\x01\x02\x03/ab\x00\x02\x02zz")
+    assert isinstance(parsed, tr.UDPAnnouncePacket) and parsed.url_data == b"/ab"
+
+
+def test_udp_scrape_request() -> None:
+    assert tr.udp_scrape_request(CID, TID, [INFO_HASH]) == (
+        bytes.fromhex("1122334455667788" "00000002" "01020304") + INFO_HASH
+    )  # fmt: skip
+    with pytest.raises(ValueError):
+        tr.udp_scrape_request(CID, TID, [])
+    with pytest.raises(ValueError):
+        tr.udp_scrape_request(CID, TID, [INFO_HASH] * 75)
+    with pytest.raises(ValueError):
+        tr.udp_connect_request(1 << 32)
+
+
+def test_parse_udp_connect() -> None:
+    assert tr.parse_udp_connect(tr.udp_connect_reply(TID, CID), TID) == CID
+
+
+def test_parse_udp_announce_ipv4_and_ipv6() -> None:
+    v4 = compact4(("10.0.0.1", 6881), ("10.0.0.2", 0), ("10.0.0.3", 7))
+    reply4 = tr.udp_announce_reply(TID, interval=1800, leechers=4, seeders=5, peers=v4 + b"\x0a")
+    resp = tr.parse_udp_announce(reply4, TID)
+    assert resp == AnnounceResponse(
+        interval=1800,
+        min_interval=None,
+        peers=(PeerAddr("10.0.0.1", 6881), PeerAddr("10.0.0.3", 7)),
+        complete=5,
+        incomplete=4,
+        warning=None,
+        tracker_id=None,
+    )
+    v6 = tr.compact_peers([PeerAddr("2001:db8::1", 6881), PeerAddr("10.0.0.1", 1)], ipv6=True)
+    assert len(v6) == 18
+    resp = tr.parse_udp_announce(
+        tr.udp_announce_reply(TID, interval=10**9, leechers=0, seeders=0, peers=v6), TID, ipv6=True
+    )
+    assert resp.peers == (PeerAddr("2001:db8::1", 6881),)
+    assert resp.interval == MAX_INTERVAL
+
+
+def test_parse_udp_scrape() -> None:
+    results = [ScrapeResult(1, 2, 3), ScrapeResult(4, 5, 6)]
+    assert tr.parse_udp_scrape(tr.udp_scrape_reply(TID, results), TID, 2) == tuple(results)
+
+
+def test_udp_error_packet_is_a_one_line_tracker_error() -> None:
+    packet = tr.udp_error_reply(TID, b"torrent not registered\n\x1b[2J\x00")
+    for parse in (
+        lambda: tr.parse_udp_connect(packet, TID),
+        lambda: tr.parse_udp_announce(packet, TID),
+        lambda: tr.parse_udp_scrape(packet, TID, 1),
+    ):
+        with pytest.raises(TrackerError) as info:
+            parse()
+        assert not isinstance(info.value, tr.UDPIgnored)
+        assert str(info.value) == "tracker failure: torrent not registered\\n\\x1b[2J"
+    with pytest.raises(TrackerError, match=r"^tracker failure \(an error packet without"):
+        tr.parse_udp_connect(tr.udp_error_reply(TID, b""), TID)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"",
+        b"\x00\x00\x00\x00\x01\x02\x03",  # too short to hold a transaction id
+        tr.udp_connect_reply(TID + 1, CID),
+        tr.udp_error_reply(TID ^ 0xFF, "not for you"),
+    ],
+)
+def test_stray_udp_packets_are_ignored(packet: bytes) -> None:
+    with pytest.raises(tr.UDPIgnored):
+        tr.parse_udp_connect(packet, TID)
+
+
+@pytest.mark.parametrize(
+    ("packet", "match"),
+    [
+        (tr.udp_scrape_reply(TID, []), "scrape reply to a connect request"),
+        (struct.pack("!II", 9, TID), "action 9 reply to a connect request"),
+        (tr.udp_connect_reply(TID, CID)[:15], "connect reply of 15 bytes, under 16"),
+    ],
+)
+def test_bad_replies_to_our_transaction_fail_at_once(packet: bytes, match: str) -> None:
+    # Our random transaction id proves the tracker sent it: waiting will not help.
+    with pytest.raises(TrackerError, match=match) as info:
+        tr.parse_udp_connect(packet, TID)
+    assert not isinstance(info.value, tr.UDPIgnored)
+
+
+def test_short_udp_announce_and_scrape_replies() -> None:
+    with pytest.raises(TrackerError, match="announce reply of 19 bytes"):
+        short = tr.udp_announce_reply(TID, interval=1, leechers=0, seeders=0)[:19]
+        tr.parse_udp_announce(short, TID)
+    with pytest.raises(TrackerError, match="scrape reply of 20 bytes, under 32"):
+        tr.parse_udp_scrape(tr.udp_scrape_reply(TID, [ScrapeResult(1, 1, 1)]), TID, 2)
+    # opentracker's reply for a torrent off its whitelist: a bare header
+    with pytest.raises(TrackerError, match="empty announce reply"):
+        tr.parse_udp_announce(struct.pack("!II", 1, TID), TID)
+
+
+@pytest.mark.parametrize(
+    ("packet", "match"),
+    [
+        (b"short", "5 bytes"),
+        (struct.pack("!QII", 5, 0, 1), "protocol id"),
+        (struct.pack("!QII", CID, 7, 1), "action 7"),
+        (struct.pack("!QII", CID, 2, 1) + b"x" * 19, "scrape info-hashes"),
+        (struct.pack("!QII", CID, 1, 1) + b"x" * 80, "96-byte announce"),
+        (tr.udp_announce_request(CID, 1, udp_req())[:80] + struct.pack("!I", 4) + bytes(14),
+         "event 4"),
+    ],
+)  # fmt: skip
+def test_parse_udp_request_refuses(packet: bytes, match: str) -> None:
+    with pytest.raises(TrackerError, match=match):
+        tr.parse_udp_request(packet)
+
+
+# -- the UDP exchange state machine (clock as input) --------------------------
+
+
+class Tids:
+    """Predictable transaction ids: 1, 2, 3, ..."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> int:
+        self.n += 1
+        return self.n
+
+
+def exchange(**kw: object) -> tr.UDPAnnounce:
+    args: dict[str, object] = {"retry": tr.UDPRetry(2, 2), "new_tid": Tids()}
+    args.update(kw)
+    return tr.UDPAnnounce(udp_req(), **args)  # type: ignore[arg-type]
+
+
+def answer(packet: bytes, peers: bytes = b"") -> bytes:
+    """What an honest tracker sends back."""
+    got = tr.parse_udp_request(packet)
+    if isinstance(got, tr.UDPConnectPacket):
+        return tr.udp_connect_reply(got.tid, CID)
+    assert isinstance(got, tr.UDPAnnouncePacket) and got.connection_id == CID
+    return tr.udp_announce_reply(got.tid, interval=900, leechers=1, seeders=2, peers=peers)
+
+
+def test_exchange_connects_then_announces() -> None:
+    ex = exchange()
+    first = ex.start(100.0)
+    assert isinstance(tr.parse_udp_request(first), tr.UDPConnectPacket)
+    assert ex.deadline == 102.0
+    second = ex.receive(answer(first), 100.5)
+    assert second is not None
+    got = tr.parse_udp_request(second)
+    assert isinstance(got, tr.UDPAnnouncePacket)
+    assert (got.connection_id, got.tid, got.request) == (CID, 2, udp_req(numwant=50, key=0))
+    assert ex.receive(answer(second, compact4(("10.0.0.9", 9))), 100.6) is None
+    assert ex.done and ex.result is not None
+    assert ex.result.peers == (PeerAddr("10.0.0.9", 9),)
+    assert ex.connection == (CID, 100.5)
+
+
+def test_retransmit_schedule_and_give_up() -> None:
+    ex = exchange(retry=tr.UDPRetry(2, 2))
+    packet = ex.start(0.0)
+    assert ex.deadline == 2.0
+    assert ex.timeout(2.0) == packet  # same packet, same transaction id
+    assert ex.deadline == 6.0
+    with pytest.raises(TrackerError, match=r"^no reply to 2 connect requests in 6 s$"):
+        ex.timeout(6.0)
+    assert ex.done
+
+
+def test_bep15_default_schedule() -> None:
+    retry = tr.UDPRetry()
+    assert [retry.wait(n) for n in range(retry.tries)] == [15 * 2**n for n in range(9)]
+    assert tr.UDPRetry(2, 2).total == 6.0  # what a command-line fetch uses
+    with pytest.raises(ValueError):
+        tr.UDPRetry(0, 1)
+    with pytest.raises(ValueError):
+        tr.UDPRetry(1, 0)
+
+
+def test_stray_packets_are_counted_and_the_wait_goes_on() -> None:
+    ex = exchange()
+    packet = ex.start(0.0)
+    assert ex.receive(tr.udp_connect_reply(999, 5), 0.1) is None
+    assert ex.receive(b"\x00", 0.2) is None
+    assert not ex.done and ex.ignored == 2
+    assert ex.receive(answer(packet), 0.3) is not None
+    ex.timeout(2.3)
+    with pytest.raises(TrackerError, match=r"ignored 2 bad packets \(last: a 1-byte packet\)"):
+        ex.timeout(6.3)
+
+
+def test_error_reply_ends_the_exchange() -> None:
+    ex = exchange()
+    packet = ex.start(0.0)
+    got = tr.parse_udp_request(packet)
+    assert isinstance(got, tr.UDPConnectPacket)
+    with pytest.raises(TrackerError, match="tracker failure: go away"):
+        ex.receive(tr.udp_error_reply(got.tid, "go away"), 0.1)
+    assert ex.done
+    assert ex.receive(answer(packet), 0.2) is None  # late replies change nothing
+
+
+def test_fresh_cached_connection_skips_connect() -> None:
+    ex = exchange(connection=(CID, 100.0))
+    got = tr.parse_udp_request(ex.start(159.9))
+    assert isinstance(got, tr.UDPAnnouncePacket) and got.connection_id == CID
+    stale = exchange(connection=(CID, 100.0))
+    assert isinstance(tr.parse_udp_request(stale.start(160.0)), tr.UDPConnectPacket)
+    assert stale.connection is None
+
+
+def test_silently_dropped_cached_connection_reconnects() -> None:
+    # opentracker drops a packet with a connection id it does not accept
+    ex = exchange(connection=(CID + 1, 0.0), retry=tr.UDPRetry(1, 4))
+    ex.start(10.0)
+    retry = ex.timeout(11.0)
+    assert isinstance(tr.parse_udp_request(retry), tr.UDPConnectPacket)
+    ask = ex.receive(answer(retry), 11.1)
+    assert ask is not None
+    got = tr.parse_udp_request(ask)
+    assert isinstance(got, tr.UDPAnnouncePacket) and got.connection_id == CID
+    assert ex.deadline == pytest.approx(11.1 + 2)  # the count went on: second wait, not first
+    ex.receive(answer(ask), 11.2)
+    assert ex.done and ex.connection == (CID, 11.1)
+
+
+def test_error_on_cached_connection_reconnects_once() -> None:
+    ex = exchange(connection=(CID + 1, 0.0))
+    got = tr.parse_udp_request(ex.start(1.0))
+    assert isinstance(got, tr.UDPAnnouncePacket)
+    again = ex.receive(tr.udp_error_reply(got.tid, "Connection ID missmatch"), 1.1)
+    assert again is not None and isinstance(tr.parse_udp_request(again), tr.UDPConnectPacket)
+    ask = ex.receive(answer(again), 1.2)
+    assert ask is not None
+    got = tr.parse_udp_request(ask)
+    assert isinstance(got, tr.UDPAnnouncePacket)
+    with pytest.raises(TrackerError, match="not authorized"):
+        ex.receive(tr.udp_error_reply(got.tid, "not authorized"), 1.3)
+
+
+def test_connection_id_expires_during_retries() -> None:
+    ex = exchange(retry=tr.UDPRetry(15, 9))
+    ask = ex.receive(answer(ex.start(0.0)), 0.0)
+    assert ask is not None
+    assert ex.timeout(15.0) == ask  # 15 s old: still good
+    assert ex.timeout(45.0) == ask
+    reconnect = ex.timeout(105.0)  # 105 s old: BEP 15 says connect again
+    assert isinstance(tr.parse_udp_request(reconnect), tr.UDPConnectPacket)
+
+
+def test_a_tracker_that_only_answers_connects_cannot_hold_us() -> None:
+    ex = exchange(retry=tr.UDPRetry(15, 9))
+    now = 0.0
+    packet = ex.start(now)
+    sends = 1
+    with pytest.raises(TrackerError, match="no reply to 9 announce requests"):
+        while True:
+            if isinstance(tr.parse_udp_request(packet), tr.UDPConnectPacket):
+                reply = ex.receive(answer(packet), now)
+                assert reply is not None
+                packet = reply
+            else:
+                now = ex.deadline
+                packet = ex.timeout(now)
+            sends += 1
+            assert sends < 40
+    assert now < 2 * tr.UDPRetry(15, 9).total
+
+
+def test_scrape_exchange() -> None:
+    ex = tr.UDPScrape([INFO_HASH, b"\x01" * 20], retry=tr.UDPRetry(1, 1), new_tid=Tids())
+    ask = ex.receive(answer(ex.start(0.0)), 0.1)
+    assert ask is not None
+    got = tr.parse_udp_request(ask)
+    assert isinstance(got, tr.UDPScrapePacket) and got.info_hashes == (INFO_HASH, b"\x01" * 20)
+    ex.receive(tr.udp_scrape_reply(got.tid, [ScrapeResult(1, 2, 3), ScrapeResult(0, 0, 0)]), 0.2)
+    assert ex.result == (ScrapeResult(1, 2, 3), ScrapeResult(0, 0, 0))
+
+
+# -- UDP fuzz and round trips -------------------------------------------------
+
+
+@given(st.binary(max_size=200), st.integers(0, 2**32 - 1), st.booleans())
+def test_random_bytes_into_udp_parsers(data: bytes, tid: int, ipv6: bool) -> None:
+    for parse in (
+        lambda: tr.parse_udp_connect(data, tid),
+        lambda: tr.parse_udp_announce(data, tid, ipv6=ipv6, max_peers=5),
+        lambda: tr.parse_udp_scrape(data, tid, 2),
+        lambda: tr.parse_udp_request(data),
+    ):
+        try:
+            parse()
+        except TrackerError:
+            pass
+
+
+@given(st.lists(st.binary(max_size=120), max_size=5))
+def test_random_datagrams_into_an_exchange(datagrams: list[bytes]) -> None:
+    ex = exchange(new_tid=lambda: 0)  # tid 0, so random packets can match it
+    ex.start(0.0)
+    for d in datagrams:
+        try:
+            out = ex.receive(d, 0.1)
+        except TrackerError:
+            assert ex.done
+            return
+        assert out is None or isinstance(tr.parse_udp_request(out), tr.UDPAnnouncePacket)
+
+
+_u32 = st.integers(0, 2**32 - 1)
+_u63 = st.integers(0, 2**63 - 1)
+
+
+@given(
+    cid=st.integers(0, 2**64 - 1), tid=_u32, info_hash=st.binary(min_size=20, max_size=20),
+    peer_id=st.binary(min_size=20, max_size=20), port=st.integers(0, 65535),
+    up=_u63, down=_u63, left=_u63, event=st.sampled_from([None, "started", "completed", "stopped"]),
+    key=_u32, numwant=st.integers(0, 2**31 - 1), url_data=st.binary(max_size=600),
+)  # fmt: skip
+def test_udp_requests_round_trip(
+    cid: int, tid: int, info_hash: bytes, peer_id: bytes, port: int, up: int, down: int,
+    left: int, event: str | None, key: int, numwant: int, url_data: bytes,
+) -> None:  # fmt: skip
+    r = AnnounceRequest(info_hash, peer_id, port, up, down, left, event, numwant=numwant, key=key)
+    got = tr.parse_udp_request(tr.udp_announce_request(cid, tid, r, url_data=url_data))
+    assert got == tr.UDPAnnouncePacket(cid, tid, r, 0, url_data)
+    assert tr.parse_udp_request(tr.udp_connect_request(tid)) == tr.UDPConnectPacket(tid)
+    hashes = (info_hash, peer_id)
+    assert tr.parse_udp_request(tr.udp_scrape_request(cid, tid, hashes)) == tr.UDPScrapePacket(
+        cid, tid, hashes
+    )
+
+
+_v4 = st.builds(PeerAddr, st.ip_addresses(v=4).map(str), st.integers(1, 65535))
+_v6 = st.builds(PeerAddr, st.ip_addresses(v=6).map(str), st.integers(1, 65535))
+
+
+@given(
+    tid=_u32, cid=st.integers(0, 2**64 - 1), interval=st.integers(0, MAX_INTERVAL),
+    leechers=_u32, seeders=_u32, v4=st.lists(_v4, max_size=20), v6=st.lists(_v6, max_size=20),
+    counts=st.lists(st.tuples(_u32, _u32, _u32), min_size=1, max_size=74),
+)  # fmt: skip
+def test_udp_replies_round_trip(
+    tid: int, cid: int, interval: int, leechers: int, seeders: int,
+    v4: list[PeerAddr], v6: list[PeerAddr], counts: list[tuple[int, int, int]],
+) -> None:  # fmt: skip
+    assert tr.parse_udp_connect(tr.udp_connect_reply(tid, cid), tid) == cid
+    for peers, ipv6 in ((v4, False), (v6, True)):
+        blob = tr.compact_peers(peers, ipv6=ipv6)
+        packet = tr.udp_announce_reply(
+            tid, interval=interval, leechers=leechers, seeders=seeders, peers=blob
+        )
+        resp = tr.parse_udp_announce(packet, tid, ipv6=ipv6)
+        assert (resp.interval, resp.incomplete, resp.complete) == (interval, leechers, seeders)
+        # what survives is exactly the usable peers, deduplicated, in order
+        hosts = [tr._usable(ipaddress.ip_address(p.host)) for p in peers]
+        usable = (PeerAddr(h, p.port) for h, p in zip(hosts, peers, strict=True) if h)
+        assert resp.peers == tuple(dict.fromkeys(usable))
+    results = [ScrapeResult(c, i, d) for c, i, d in counts]
+    packet = tr.udp_scrape_reply(tid, results)
+    assert tr.parse_udp_scrape(packet, tid, len(results)) == tuple(results)
