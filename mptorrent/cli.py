@@ -300,8 +300,10 @@ class BarProgress:
 @click.option(
     "--peer", "peers", multiple=True, callback=_peers, help="Add a peer HOST:PORT (repeatable)."
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=6881, show_default=True,
-              help="Port we report to trackers.")  # fmt: skip
+@click.option("--port", type=click.IntRange(0, 65535), default=6881, show_default=True,
+              help="Port to accept peers on and to announce (0: any free port).")  # fmt: skip
+@click.option("--bind", default="0.0.0.0", show_default=True,
+              help="Address to accept peers on and announce from.")  # fmt: skip
 @click.option("--max-peers", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="Connections per worker.")  # fmt: skip
 @click.option("--no-trackers", is_flag=True, help="Use only --peer addresses.")
@@ -309,7 +311,7 @@ class BarProgress:
 @verbose_option
 def fetch(
     torrent: Path, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
-    max_peers: int, no_trackers: bool, quiet: bool,
+    bind: str, max_peers: int, no_trackers: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Download a torrent with parallel worker processes."""
     from mptorrent.coordinator import FetchOptions, summary
@@ -317,7 +319,7 @@ def fetch(
 
     meta = metainfo.load(torrent)
     opts = FetchOptions(
-        jobs=jobs or default_jobs(), peers=peers, port=port, max_peers=max_peers,
+        jobs=jobs or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
         use_trackers=not no_trackers,
     )  # fmt: skip
     progress = BarProgress(quiet)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from mptorrent.messages import (
 from mptorrent.metainfo import Metainfo
 from mptorrent.mp import context
 from mptorrent.picker import Picker
+from mptorrent.seeder import reserve_port
 from mptorrent.storage import Layout, Storage, human_size, prepare
 from mptorrent.worker import WorkerConfig, run
 
@@ -82,6 +84,7 @@ class FetchOptions:
     jobs: int = 1
     peers: tuple[PeerAddr, ...] = ()
     port: int = 6881
+    bind: str | None = None  # accept peers on (bind, port) while fetching; None: only dial out
     max_peers: int = 50
     use_trackers: bool = True
     no_peers_timeout: float = NO_PEERS_TIMEOUT
@@ -121,14 +124,20 @@ class Coordinator:
         self.restarts = 0
         self.downloaded = 0  # payload bytes received, from worker stats
         self.verified_bytes = 0  # bytes of pieces verified in this run
+        self.hash_failures = 0
         self.pieces_per_worker: dict[int, int] = {}
         self.pieces_per_peer: dict[PeerAddr, int] = {}
         self.tracker_errors: list[str] = []
         self.trackers_pending = 0
         self._lock = threading.Lock()
+        self.listen: tuple[str, int] | None = None
+        self._holder: socket.socket | None = None
+        # trackers record the address a request comes from, so announce from the one we bind
+        source = None if opts.bind in (None, "0.0.0.0", "::") else opts.bind
         self.announcer = Announcer(
-            meta.trackers, info_hash=meta.info_hash, peer_id=self.peer_id, port=opts.port
-        )
+            meta.trackers, info_hash=meta.info_hash, peer_id=self.peer_id, port=opts.port,
+            source_address=source,
+        )  # fmt: skip
 
     # -- set-up -------------------------------------------------------------
 
@@ -160,20 +169,44 @@ class Coordinator:
                 self.done_map[i] = 1
         for addr in self.opts.peers:
             self._add_peer(addr)
-        if self.opts.use_trackers and self.announcer:
-            self._announce_all("started", wait=False)
-        elif not self.known:
+        if not (self.opts.use_trackers and self.announcer) and not self.known:
             raise DownloadError("no peers: the torrent lists no trackers and no --peer was given")
+        self._listen()
         try:
-            self._start_workers()
-            self._loop()
-        except BaseException:
+            if self.opts.use_trackers and self.announcer:
+                self._announce_all("started", wait=False)
+            try:
+                self._start_workers()
+                self._loop()
+            except BaseException:
+                self._stop_workers()
+                self._announce_all("stopped", wait=True)
+                raise
             self._stop_workers()
-            self._announce_all("stopped", wait=True)
-            raise
-        self._stop_workers()
-        self._announce_all("completed", wait=True)
+            self._announce_all("completed", wait=True)
+        finally:
+            if self._holder is not None:
+                self._holder.close()
         return self._result(t0, resumed)
+
+    def _listen(self) -> None:
+        """Hold the port every worker listens on (SO_REUSEPORT), so other peers can dial us."""
+        bind = self.opts.bind
+        if bind is None:
+            return
+        try:
+            self._holder = reserve_port(bind, self.opts.port)
+        except StorageError:
+            if self.opts.port == 0:
+                raise
+            # a busy incoming port is no reason to fail a download
+            self._holder = reserve_port(bind, 0)
+            self.progress.note(
+                f"port {self.opts.port} is busy; accepting peers on port "
+                f"{self._holder.getsockname()[1]}"
+            )
+        self.listen = (bind, self._holder.getsockname()[1])
+        self.announcer.port = self.listen[1]
 
     def _done_bytes(self, have: bytes | bytearray) -> int:
         return sum(self.layout.piece_size(i) for i, h in enumerate(have) if h)
@@ -239,6 +272,7 @@ class Coordinator:
             cfg = WorkerConfig(
                 worker_id=slot.wid, meta=self.meta, layout=self.layout, peers=tuple(slot.peers),
                 parent_pid=os.getpid(), max_peers=self.opts.max_peers, banned=tuple(self.banned),
+                listen=self.listen, client_id=self.peer_id[8:],
             )  # fmt: skip
             slot.proc = self.ctx.Process(
                 target=run, args=(cfg, self.work_q, self.result_q, slot.control, self.done_raw),
@@ -375,7 +409,9 @@ class Coordinator:
             self._piece_done(msg.index, msg.worker, msg.peers)
         elif isinstance(msg, PieceFailed):
             self.progress.note(f"piece {msg.index} failed its hash check")
-            p.release(msg.index, msg.worker)
+            self.hash_failures += 1
+            if not msg.retrying:
+                p.release(msg.index, msg.worker)
         elif isinstance(msg, Returned):
             p.release(msg.index, msg.worker)
         elif isinstance(msg, PeerBitfield):

@@ -42,13 +42,24 @@ class SeedStats:
 def reserve_port(host: str, port: int) -> socket.socket:
     """Hold ``host:port`` (a free one when 0) so every worker can bind it with SO_REUSEPORT."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    socks = []
     try:
+        if port:
+            # SO_REUSEPORT would let us join another process's listeners on this port and
+            # take half of its peers: first make sure nobody is listening there.
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(probe)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            probe.close()
+        s = socket.socket(family, socket.SOCK_STREAM)
+        socks.append(s)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind((host, port))
     except OSError as exc:
-        s.close()
+        for sock in socks:
+            sock.close()
         raise StorageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return s
 
@@ -79,6 +90,7 @@ class Seeder:
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.ready = threading.Event()
         self.stop_requested = threading.Event()
+        self.client_id = os.urandom(12)
 
     def run(self, *, progress: checker.Progress | None = None) -> SeedStats:
         """Serve until :meth:`stop` or KeyboardInterrupt (re-raised after a clean stop)."""
@@ -105,7 +117,7 @@ class Seeder:
             cfg = WorkerConfig(
                 worker_id=wid, meta=self.meta, layout=self.layout, peers=(),
                 parent_pid=os.getpid(), max_peers=self.max_peers,
-                listen=(self.bind, self.stats.port), seed_only=True,
+                listen=(self.bind, self.stats.port), seed_only=True, client_id=self.client_id,
             )  # fmt: skip
             control = self.ctx.Queue()
             p = self.ctx.Process(

@@ -89,6 +89,7 @@ class Uploader:
     def _unchoke(self, p: PeerSession, st: UploadState) -> None:
         p.queue(p.wire.send(wire.Unchoke()))
         st.unchoked_at = time.monotonic()
+        st.choked_requests = 0  # the cap is per choke: pipelined stragglers must not add up
 
     def _choke(self, p: PeerSession, st: UploadState) -> None:
         p.queue(p.wire.send(wire.Choke()))

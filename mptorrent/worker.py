@@ -54,6 +54,7 @@ SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
 RETURN_BACKOFF = 0.5  # after handing a piece back, wait before taking more
 MAX_BACKLOG = 8  # pieces held for other peers of this worker
+MAX_HANDED_BACK = 16  # pieces a worker may draw and return in one go before pausing
 
 
 @dataclass
@@ -153,6 +154,8 @@ class _Worker:
         self.banned.update(self.cfg.banned)
         self.num_pieces = self.cfg.meta.num_pieces
         self.have = self.done_map[: self.num_pieces]
+        # What our peers were told: the done-map as of our last HAVE broadcast.
+        self.told = bytearray(self.have)
         self.uploader = Uploader(self.storage, self.have, seeding=self.cfg.seed_only)
         self.listener: socket.socket | None = None
         if self.cfg.listen is not None:
@@ -175,6 +178,7 @@ class _Worker:
                 self._connect_peers(now)
                 self._check_timeouts(now)
                 self._drop_finished_elsewhere()
+                self._tell_new_pieces()
                 self._return_orphans()
                 for p in self.peers.values():
                     p.update_depth(now)
@@ -397,6 +401,25 @@ class _Worker:
                 self.uploader.on_event(p, ev)
             # Unchoke, KeepAlive and the rest change wire state only.
 
+    def _tell_new_pieces(self) -> None:
+        """HAVE to our peers for pieces any worker verified since we last looked.
+
+        Peers are spread over the workers, so each worker must announce the others'
+        pieces too, or a peer would hear of only the share its own worker fetched.
+        """
+        now_have = bytes(self.have)
+        if now_have != self.told:
+            told = self.told
+            self._tell([i for i, h in enumerate(now_have) if h and not told[i]])
+
+    def _tell(self, pieces: list[int]) -> None:
+        for i in pieces:
+            self.told[i] = 1
+        for q in self.peers.values():
+            # a peer still connecting gets them in the bitfield it is greeted with
+            if q.state in (HANDSHAKING, ACTIVE):
+                q.queue(b"".join(q.wire.send(wire.Have(i)) for i in pieces))
+
     def _report_haves(self) -> None:
         for addr, idx in self.haves.items():
             if idx:
@@ -461,10 +484,7 @@ class _Worker:
                 self.storage.write_piece(job.index, job.buf)
                 self.done_map[job.index] = 1
             self.result_q.put(PieceDone(self.cfg.worker_id, job.index, peers))
-            have = wire.Have(job.index)
-            for q in self.peers.values():
-                if q.state == ACTIVE:
-                    q.queue(q.wire.send(have))
+            self._tell([job.index])
             return
         reason = f"sent data that failed the hash check of piece {job.index}"
         job.tries += 1
@@ -556,11 +576,14 @@ class _Worker:
         now = time.monotonic()
         if now < self.pull_after:
             return None
+        handed_back = 0
         while True:
             try:
                 index = self.work_q.get_nowait()
             except queue.Empty:
                 self.queue_empty = True
+                if handed_back:
+                    self.pull_after = now + RETURN_BACKOFF
                 return None
             self.queue_empty = False
             # Always acknowledge, so the coordinator's count of queued pieces stays exact.
@@ -574,10 +597,14 @@ class _Worker:
                 if len(self.backlog) >= MAX_BACKLOG:
                     return None  # enough in hand for our other peers
                 continue
-            # none of our peers has it: hand it back and pause pulling for a moment
+            # None of our peers has it: hand it back and look further.  Stopping at the first
+            # such piece let workers whose peers hold different pieces keep drawing each
+            # other's pieces in lockstep, each pausing after every draw.
             self.result_q.put(Returned(self.cfg.worker_id, index))
-            self.pull_after = now + RETURN_BACKOFF
-            return None
+            handed_back += 1
+            if handed_back >= MAX_HANDED_BACK:
+                self.pull_after = now + RETURN_BACKOFF
+                return None
 
     def _new_job(self, index: int) -> PieceJob:
         job = PieceJob(index, self.cfg.layout.piece_size(index))
