@@ -1,15 +1,24 @@
-"""The main process of a fetch: storage, trackers, the work queue and the workers.
+"""The main process of a fetch: storage, trackers, the work queues and the workers.
 
-It owns the truth: the picker's table says which piece is needed, queued,
-taken by which worker, or done.  The ``multiprocessing.Queue`` of piece indices
-is only the delivery pipe, kept a little ahead of the workers.  Worker deaths
-are watched through process sentinels; because a worker killed inside
-``Queue.get()`` can leave the queue's lock held for ever, any abnormal death
-rebuilds both queues and restarts the workers, losing only unverified blocks.
+It owns the truth: the picker's table says which piece is needed, leased to
+which worker, or done.  Each worker gets its pieces through its own
+``multiprocessing.Queue``, kept a few pieces ahead and filled only with pieces
+that one of *that worker's* peers has (workers report their peers' bitfields),
+and reports back through its own result queue that drives the progress bar.
+
+Why a queue per worker rather than one shared queue: a worker killed inside
+``Queue.get()`` or ``Queue.put()`` leaves that queue's lock held for ever, so a
+shared queue would wedge every worker; with one queue per worker a death costs
+only that worker's queues, and it is restarted alone.  And a shared queue hands
+pieces to workers whose peers lack them, which thrashes on a swarm of partial
+peers.  Verified pieces are never lost: workers mark them in a shared done-map
+right after writing them, and the coordinator re-hashes any such claim whose
+report died with its worker.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import socket
@@ -20,8 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mptorrent import checker, tracker
-from mptorrent.announcer import Announcer
-from mptorrent.errors import DownloadError, StorageError
+from mptorrent.announcer import Announcer, TierResult
+from mptorrent.errors import DownloadError, OutputLocked, StorageError
 from mptorrent.messages import (
     AddPeers,
     PeerAddr,
@@ -38,17 +47,19 @@ from mptorrent.messages import (
 )
 from mptorrent.metainfo import Metainfo
 from mptorrent.mp import context
-from mptorrent.picker import Picker
-from mptorrent.seeder import reserve_port
+from mptorrent.peer import Timeouts
+from mptorrent.picker import DONE, Picker
 from mptorrent.storage import Layout, Storage, human_size, prepare
-from mptorrent.worker import WorkerConfig, run
+from mptorrent.worker import WorkerConfig, reserve_port, run
 
-QUEUE_AHEAD = 4  # pieces queued per worker beyond what they hold
+AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
+MIN_AHEAD, MAX_AHEAD = 2, 64
 MAX_RESTARTS = 20  # worker deaths tolerated before giving up
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STOP_GRACE = 3.0
-ENDGAME_SLACK = 0  # endgame starts when every missing piece is in flight
 SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
+ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
+PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 
 
 class ProgressSink(Protocol):
@@ -71,12 +82,14 @@ class _Quiet:
 @dataclass
 class FetchResult:
     total_length: int
-    downloaded: int  # payload bytes fetched in this run
+    downloaded: int  # bytes of pieces verified in this run
     elapsed: float
     resumed_pieces: int
     peers_used: int
     pieces_per_worker: dict[int, int]
     pieces_per_peer: dict[PeerAddr, int]
+    banned: dict[PeerAddr, str] = field(default_factory=dict)
+    hash_failures: int = 0
 
 
 @dataclass
@@ -88,21 +101,35 @@ class FetchOptions:
     max_peers: int = 50
     use_trackers: bool = True
     no_peers_timeout: float = NO_PEERS_TIMEOUT
+    timeouts: Timeouts = field(default_factory=Timeouts)
 
 
 @dataclass
 class _Slot:
-    """One worker position: its process and control queue, and the peers it owns."""
+    """One worker position: its process, its queues, and the peers it owns."""
 
     wid: int
     peers: list[PeerAddr] = field(default_factory=list)
+    gen: int = 0  # incarnation; messages from an earlier one are stale
     proc: Any = None
     control: Any = None
+    work: Any = None
+    results: Any = None
+    queued: int = 0  # pieces put on its queue and not yet taken
     stats_peers: int = 0
+    reported: set[PeerAddr] = field(default_factory=set)  # peers whose bitfield we hold
+    last_endgame: float = 0.0
 
 
 def output_path(meta: Metainfo, output: str | Path | None) -> Path:
     return Path(output) if output is not None else Path.cwd() / meta.name
+
+
+def lock_path(meta: Metainfo, output: Path) -> Path:
+    """Beside a single file, inside a multi-file torrent's directory."""
+    if meta.multi_file:
+        return output / ".mptorrent-lock"
+    return output.parent / f".{output.name}.mptorrent-lock"
 
 
 class Coordinator:
@@ -119,11 +146,13 @@ class Coordinator:
         self.peer_id = tracker.make_peer_id()
         self.slots = [_Slot(w) for w in range(max(1, opts.jobs))]
         self.known: set[PeerAddr] = set()
-        self.banned: set[PeerAddr] = set()
+        self.banned: dict[PeerAddr, str] = {}
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.restarts = 0
         self.downloaded = 0  # payload bytes received, from worker stats
-        self.verified_bytes = 0  # bytes of pieces verified in this run
+        self.uploaded = 0
+        self.verified_bytes = 0
+        self.done_bytes = 0
         self.hash_failures = 0
         self.pieces_per_worker: dict[int, int] = {}
         self.pieces_per_peer: dict[PeerAddr, int] = {}
@@ -132,7 +161,9 @@ class Coordinator:
         self._lock = threading.Lock()
         self.listen: tuple[str, int] | None = None
         self._holder: socket.socket | None = None
-        # trackers record the address a request comes from, so announce from the one we bind
+        self._lock_fd: int | None = None
+        self.ahead = max(MIN_AHEAD, min(MAX_AHEAD, AHEAD_BYTES // meta.piece_length))
+        # Trackers record the address a request comes from: announce from the one we bind.
         source = None if opts.bind in (None, "0.0.0.0", "::") else opts.bind
         self.announcer = Announcer(
             meta.trackers, info_hash=meta.info_hash, peer_id=self.peer_id, port=opts.port,
@@ -140,6 +171,36 @@ class Coordinator:
         )  # fmt: skip
 
     # -- set-up -------------------------------------------------------------
+
+    def _lock_output(self) -> None:
+        """One fetch per output: a second one would fight over the same pieces."""
+        path = lock_path(self.meta, self.output)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot create {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputLocked(
+                f"output {self.output} is locked by another mptorrent (pid {other})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        self._lock_file = path
+
+    def _unlock_output(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                os.unlink(self._lock_file)
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _prepare_storage(self) -> bytearray:
         existed = any(p is not None and os.path.exists(p) for p in self.layout.paths)
@@ -152,38 +213,49 @@ class Coordinator:
 
     def run(self) -> FetchResult:
         t0 = time.monotonic()
+        if self.opts.use_trackers and not self.announcer and not self.opts.peers:
+            why = "the torrent lists no usable trackers" if self.meta.trackers else (
+                "the torrent lists no trackers")  # fmt: skip
+            raise DownloadError(f"no peers: {why} and no --peer was given")
+        if not self.opts.use_trackers and not self.opts.peers:
+            raise DownloadError("no peers: trackers are turned off and no --peer was given")
+        self._lock_output()
+        try:
+            return self._run(t0)
+        finally:
+            self._unlock_output()
+
+    def _run(self, t0: float) -> FetchResult:
         have = self._prepare_storage()
         resumed = sum(have)
         self.picker = Picker(self.meta.num_pieces, have)
         self.done_bytes = self._done_bytes(have)
         self.progress.start(self.meta.total_length, self.done_bytes)
         if self.picker.remaining == 0:
-            self._announce_all("completed", wait=True)
             return self._result(t0, resumed)
-        # One shared done-map: workers see each other's verified pieces (endgame)
-        # and the last byte says "endgame".
+        # One shared done-map: workers see each other's verified pieces (endgame,
+        # HAVE messages), and its last byte says "endgame".
         self.done_raw = self.ctx.RawArray("B", self.meta.num_pieces + 1)
         self.done_map = memoryview(self.done_raw).cast("B")
-        for i, h in enumerate(have):
-            if h:
-                self.done_map[i] = 1
+        self.done_map[: self.meta.num_pieces] = have
         for addr in self.opts.peers:
             self._add_peer(addr)
-        if not (self.opts.use_trackers and self.announcer) and not self.known:
-            raise DownloadError("no peers: the torrent lists no trackers and no --peer was given")
         self._listen()
         try:
             if self.opts.use_trackers and self.announcer:
-                self._announce_all("started", wait=False)
+                self._announce_all("started", wait=None)
             try:
-                self._start_workers()
+                for slot in self.slots:
+                    self._start(slot)
                 self._loop()
             except BaseException:
                 self._stop_workers()
-                self._announce_all("stopped", wait=True)
+                self._announce_all("stopped", wait=2.0)
                 raise
             self._stop_workers()
-            self._announce_all("completed", wait=True)
+            # fetch does not stay to seed: say we completed, then that we left
+            self._announce_all("completed", wait=3.0)
+            self._announce_all("stopped", wait=2.0)
         finally:
             if self._holder is not None:
                 self._holder.close()
@@ -207,6 +279,8 @@ class Coordinator:
             )
         self.listen = (bind, self._holder.getsockname()[1])
         self.announcer.port = self.listen[1]
+        if bind not in ("0.0.0.0", "::"):
+            self.announcer.exclude_peer(bind, self.listen[1])
 
     def _done_bytes(self, have: bytes | bytearray) -> int:
         return sum(self.layout.piece_size(i) for i, h in enumerate(have) if h)
@@ -220,6 +294,8 @@ class Coordinator:
             peers_used=len(self.pieces_per_peer),
             pieces_per_worker=dict(self.pieces_per_worker),
             pieces_per_peer=dict(self.pieces_per_peer),
+            banned=dict(self.banned),
+            hash_failures=self.hash_failures,
         )
 
     # -- peers and trackers -------------------------------------------------
@@ -227,6 +303,8 @@ class Coordinator:
     def _add_peer(self, addr: PeerAddr) -> None:
         """Give a new peer to the worker with the fewest."""
         if addr in self.known or addr in self.banned or addr.port == 0:
+            return
+        if self.listen is not None and addr == PeerAddr(*self.listen):
             return
         self.known.add(addr)
         slot = min(self.slots, key=lambda s: len(s.peers))
@@ -243,56 +321,90 @@ class Coordinator:
         Done a little after start-up, so that peers from the first tracker replies
         are spread one per worker before any is doubled up.
         """
-        if not self.known:
+        usable = self.known - self.banned.keys()
+        if not usable:
             return
         for slot in self.slots:
             if not slot.peers:
-                users = {a: sum(a in s.peers for s in self.slots) for a in self.known}
+                users = {a: sum(a in s.peers for s in self.slots) for a in usable}
                 self._give(slot, min(users, key=lambda a: (users[a], str(a))))
 
-    def _announce_all(self, event: str | None, *, wait: bool) -> None:
+    def _tracker_result(self, r: TierResult) -> None:
+        self.inbox.put(("tracker", r))
+
+    def _announce_all(self, event: str | None, *, wait: float | None) -> None:
         if not self.announcer or not self.opts.use_trackers:
             return
-        left = self.meta.total_length - getattr(self, "done_bytes", 0)
         threads = self.announcer.announce(
-            event=event, left=left, downloaded=self.verified_bytes,
-            on_result=lambda r: self.inbox.put(("tracker", r)), wait=3.0 if wait else None,
+            event=event, left=self.meta.total_length - self.done_bytes,
+            downloaded=self.verified_bytes, uploaded=self.uploaded,
+            on_result=self._tracker_result, wait=wait,
         )  # fmt: skip
         with self._lock:
             self.trackers_pending += len(threads)
 
+    def _reannounce(self, now: float, peers: int) -> None:
+        if not self.announcer or not self.opts.use_trackers:
+            return
+        threads = self.announcer.maybe_reannounce(
+            now, peers_low=peers < min(PEERS_LOW, self.opts.max_peers),
+            left=self.meta.total_length - self.done_bytes, downloaded=self.verified_bytes,
+            uploaded=self.uploaded, on_result=self._tracker_result,
+        )  # fmt: skip
+        if threads:
+            with self._lock:
+                self.trackers_pending += len(threads)
+
     # -- workers ------------------------------------------------------------
 
-    def _start_workers(self) -> None:
-        self.work_q = self.ctx.Queue()
-        self.result_q = self.ctx.Queue()
-        self.queued = 0
-        for slot in self.slots:
-            slot.control = self.ctx.Queue()
-            cfg = WorkerConfig(
-                worker_id=slot.wid, meta=self.meta, layout=self.layout, peers=tuple(slot.peers),
-                parent_pid=os.getpid(), max_peers=self.opts.max_peers, banned=tuple(self.banned),
-                listen=self.listen, client_id=self.peer_id[8:],
-            )  # fmt: skip
-            slot.proc = self.ctx.Process(
-                target=run, args=(cfg, self.work_q, self.result_q, slot.control, self.done_raw),
-                name=f"mptorrent-worker-{slot.wid}", daemon=True,
-            )  # fmt: skip
-            slot.proc.start()
-        # A reader thread, so a worker that dies mid-message can only block this
-        # thread (abandoned at the next rebuild), never the coordinator.
-        rq = self.result_q
-        threading.Thread(target=self._pump, args=(rq,), daemon=True).start()
+    def _start(self, slot: _Slot) -> None:
+        slot.gen += 1
+        slot.work = self.ctx.Queue()
+        slot.results = self.ctx.Queue()
+        slot.control = self.ctx.Queue()
+        slot.queued = 0
+        slot.stats_peers = 0
+        slot.reported = set()
+        cfg = WorkerConfig(
+            worker_id=slot.wid, meta=self.meta, layout=self.layout, peers=tuple(slot.peers),
+            parent_pid=os.getpid(), max_peers=self.opts.max_peers,
+            banned=tuple(self.banned), listen=self.listen, client_id=self.peer_id[8:],
+            timeouts=self.opts.timeouts,
+            source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
+        )  # fmt: skip
+        slot.proc = self.ctx.Process(
+            target=run, args=(cfg, slot.work, slot.results, slot.control, self.done_raw),
+            name=f"mptorrent-worker-{slot.wid}", daemon=True,
+        )  # fmt: skip
+        slot.proc.start()
+        # A reader thread per worker: a worker that dies mid-message can only block
+        # its own reader (abandoned with that incarnation), never the coordinator.
+        threading.Thread(
+            target=self._pump, args=(slot.wid, slot.gen, slot.results), daemon=True
+        ).start()
 
-    def _pump(self, rq: Any) -> None:
+    def _pump(self, wid: int, gen: int, results: Any) -> None:
         while True:
             try:
-                msg = rq.get()
-            except Exception:  # the queue was closed or a writer died mid-message
+                msg = results.get()
+            except Exception:  # closed, or a writer died mid-message
                 return
             if msg is None:
                 return
-            self.inbox.put(("worker", (rq, msg)))
+            self.inbox.put(("worker", (wid, gen, msg)))
+
+    def _retire(self, slot: _Slot) -> None:
+        """Let go of one incarnation's queues without waiting on locks it may hold."""
+        for q in (slot.work, slot.control, slot.results):
+            if q is not None:
+                q.cancel_join_thread()  # a dead holder's lock must not hang our exit
+        try:
+            slot.results.put(None)  # ends the pump thread, unless a dead writer wedged it
+        except (ValueError, OSError, AttributeError):
+            pass
+        for q in (slot.work, slot.control, slot.results):
+            if q is not None:
+                q.close()
 
     def _stop_workers(self) -> None:
         for slot in self.slots:
@@ -309,32 +421,26 @@ class Coordinator:
             if slot.proc is not None and slot.proc.is_alive():
                 slot.proc.kill()
                 slot.proc.join(1.0)
-        try:
-            self.result_q.put(None)  # ends the pump thread
-        except (ValueError, OSError, AttributeError):
-            pass
-        for q in [getattr(self, "work_q", None), *(s.control for s in self.slots)]:
-            if q is not None:
-                q.cancel_join_thread()
-                q.close()
+            self._retire(slot)
 
-    def _rebuild(self, why: str) -> None:
+    def _restart(self, slot: _Slot, why: str) -> None:
         self.restarts += 1
-        self.progress.note(f"{why}; restarting workers")
         if self.restarts > MAX_RESTARTS:
             raise DownloadError(f"{why}; giving up after {MAX_RESTARTS} worker restarts")
-        self._stop_workers()
-        # Verified writes whose PieceDone was lost with the old result queue.
+        self.progress.note(f"{why}; restarting it")
+        if slot.proc is not None:
+            slot.proc.join(0.1)
+        self._retire(slot)
+        # Its leases and its peers' availability die with it.
+        self.picker.forget_worker(slot.wid, [(slot.wid, slot.gen, a) for a in slot.reported])
+        self.picker.release_worker(slot.wid)
         self._recover_done()
-        self.picker.release_all()
-        for slot in self.slots:
-            slot.stats_peers = 0
-        self._start_workers()
+        self._start(slot)
 
     def _recover_done(self) -> None:
-        claimed = [
-            i for i in range(self.meta.num_pieces) if self.done_map[i] and self.picker.state[i] != 3
-        ]
+        """Verified writes whose report was lost with a dead worker's result queue."""
+        n = self.meta.num_pieces
+        claimed = [i for i in range(n) if self.done_map[i] and self.picker.state[i] != DONE]
         if not claimed:
             return
         with Storage(self.layout) as st:
@@ -350,10 +456,11 @@ class Coordinator:
         last_peer_seen = started = time.monotonic()
         shared = False
         while self.picker.remaining:
-            if not shared and time.monotonic() - started > SHARE_AFTER:
+            now = time.monotonic()
+            if not shared and now - started > SHARE_AFTER:
                 shared = True
                 self._share_peers()
-            self._refill()
+            self._refill(now)
             try:
                 kind, payload = self.inbox.get(timeout=0.1)
             except queue.Empty:
@@ -367,104 +474,117 @@ class Coordinator:
             self._check_workers()
             peers = sum(s.stats_peers for s in self.slots)
             now = time.monotonic()
+            self._reannounce(now, peers)
             if peers:
                 last_peer_seen = now
-            elif now - last_peer_seen > self.opts.no_peers_timeout and self.trackers_pending == 0:
-                raise DownloadError(self._no_peers_reason())
-            if not self.known and self.trackers_pending == 0:
-                raise DownloadError(self._no_peers_reason())
+            elif self.trackers_pending == 0:
+                usable = self.known - self.banned.keys()
+                if not usable and self.banned and not self.announcer:
+                    raise DownloadError(self._no_peers_reason())
+                if now - last_peer_seen > self.opts.no_peers_timeout:
+                    raise DownloadError(self._no_peers_reason())
             workers = sum(1 for s in self.slots if s.proc is not None and s.proc.is_alive())
             self.progress.update(self.done_bytes, peers, workers)
 
     def _no_peers_reason(self) -> str:
-        if self.tracker_errors:
+        if self.banned:
+            reasons = sorted({r.split(" of piece")[0] for r in self.banned.values()})
+            return (
+                f"could not complete: no usable peers ({len(self.banned)} banned: "
+                f"{'; '.join(reasons)[:200]})"
+            )
+        if self.tracker_errors and not self.known:
             return "no peers: " + self.tracker_errors[-1]
         if not self.known:
             return "no peers: the trackers returned none"
         return f"no peer could be reached for {self.opts.no_peers_timeout:.0f} s"
 
     def _handle(self, kind: str, payload: Any) -> None:
-        if kind == "peers":
-            for addr in payload:
-                self._add_peer(addr)
-        elif kind == "tracker":
+        if kind == "tracker":
             with self._lock:
                 self.trackers_pending -= 1
             for err in payload.errors:
+                if err not in self.tracker_errors[-5:]:
+                    self.progress.note(f"tracker error: {err}")
                 self.tracker_errors.append(err)
-                self.progress.note(f"tracker error: {err}")
+            if payload.warning:
+                self.progress.note(f"tracker warning: {payload.warning}")
             for addr in payload.peers:
                 self._add_peer(addr)
         elif kind == "worker":
-            rq, msg = payload
-            if rq is self.result_q:  # ignore stragglers from before a rebuild
-                self._on_worker(msg)
+            wid, gen, msg = payload
+            slot = self.slots[wid]
+            if gen == slot.gen:  # ignore stragglers from a dead incarnation
+                self._on_worker(slot, msg)
+            elif isinstance(msg, PieceDone):
+                self._piece_done(msg.index, wid, msg.peers)  # verified is verified
 
-    def _on_worker(self, msg: Any) -> None:
+    def _on_worker(self, slot: _Slot, msg: Any) -> None:
         p = self.picker
+        wid = slot.wid
         if isinstance(msg, Took):
-            self.queued = max(0, self.queued - 1)
-            p.took(msg.index, msg.worker)
+            slot.queued = max(0, slot.queued - 1)
         elif isinstance(msg, PieceDone):
-            self._piece_done(msg.index, msg.worker, msg.peers)
+            self._piece_done(msg.index, wid, msg.peers)
         elif isinstance(msg, PieceFailed):
             self.progress.note(f"piece {msg.index} failed its hash check")
             self.hash_failures += 1
             if not msg.retrying:
-                p.release(msg.index, msg.worker)
+                p.release(msg.index, wid)
         elif isinstance(msg, Returned):
-            p.release(msg.index, msg.worker)
+            p.release(msg.index, wid)
         elif isinstance(msg, PeerBitfield):
-            p.peer_bitfield((msg.worker, msg.peer), msg.bits)
+            if msg.bits is None:
+                slot.reported.discard(msg.peer)
+            else:
+                slot.reported.add(msg.peer)
+            p.peer_bitfield((wid, slot.gen, msg.peer), msg.bits, wid)
         elif isinstance(msg, PeerHaves):
             for i in msg.indices:
-                p.peer_have((msg.worker, msg.peer), i)
+                p.peer_have((wid, slot.gen, msg.peer), i, wid)
         elif isinstance(msg, PeerBanned):
             if msg.peer not in self.banned:
-                self.banned.add(msg.peer)
+                self.banned[msg.peer] = msg.reason
                 self.progress.note(f"banned {msg.peer}: {msg.reason}")
         elif isinstance(msg, WorkerStats):
-            self.slots[msg.worker].stats_peers = msg.peers
+            slot.stats_peers = msg.peers
             self.downloaded += msg.downloaded
+            self.uploaded += msg.uploaded
         elif isinstance(msg, WorkerFailed):
             if msg.storage:
                 raise StorageError(msg.message)
-            # A bug in a worker: show it, requeue its pieces, carry on (capped).
+            # A bug in a worker: say so; its exit then restarts it (capped).
             self.progress.note(msg.message)
-            self._failed_worker = msg
 
     def _piece_done(self, index: int, worker: int | None, peers: tuple[PeerAddr, ...]) -> None:
         if not self.picker.finished(index):
             return
         self.done_map[index] = 1
-        self.verified_bytes += self.layout.piece_size(index)
-        self.done_bytes += self.layout.piece_size(index)
+        size = self.layout.piece_size(index)
+        self.verified_bytes += size
+        self.done_bytes += size
         if worker is not None:
             self.pieces_per_worker[worker] = self.pieces_per_worker.get(worker, 0) + 1
         if peers:  # credited to the peer that sent most of its blocks
             self.pieces_per_peer[peers[0]] = self.pieces_per_peer.get(peers[0], 0) + 1
 
-    def _refill(self) -> None:
+    def _refill(self, now: float) -> None:
         p = self.picker
-        target = len(self.slots) * QUEUE_AHEAD
-        if self.queued < target:
-            for index in p.pick(target - self.queued):
-                self.work_q.put(index)
-                self.queued += 1
-        if (
-            self.queued == 0
-            and p.remaining
-            and p.remaining <= len(p.owner) + ENDGAME_SLACK
-            and not p.needed_available
-        ):
-            # Endgame: everything left is in flight; let idle workers duplicate it.
-            if not self.done_map[self.meta.num_pieces]:
-                self.done_map[self.meta.num_pieces] = 1
-            now = time.monotonic()
-            if now - getattr(self, "_last_endgame", 0.0) > 1.0:
-                self._last_endgame = now
-                for index in p.endgame_pick(len(self.slots)):
-                    self.work_q.put(index)
+        for slot in self.slots:
+            if slot.work is None or slot.queued >= self.ahead:
+                continue
+            got = p.pick_for(slot.wid, self.ahead - slot.queued)
+            if not got and slot.queued == 0 and now - slot.last_endgame > ENDGAME_EVERY:
+                # Endgame: nothing left this worker can start, but pieces are still in
+                # flight elsewhere: fetch some of them too; the first copy wins.
+                slot.last_endgame = now
+                if p.remaining <= len(p.owner) or not p.needed_for(slot.wid):
+                    got = p.endgame_for(slot.wid, 2)
+                    if got and not self.done_map[self.meta.num_pieces]:
+                        self.done_map[self.meta.num_pieces] = 1
+            for index in got:
+                slot.work.put(index)
+            slot.queued += len(got)
 
     def _check_workers(self) -> None:
         for slot in self.slots:
@@ -476,17 +596,13 @@ class Coordinator:
                 raise StorageError(
                     f"worker {slot.wid} was killed by SIGBUS: disk I/O error or disk full"
                 )
-            failed = getattr(self, "_failed_worker", None)
-            if failed is not None and failed.worker == slot.wid:
-                self._failed_worker = None
-                self._rebuild(failed.message)
-                return
-            why = (
-                f"worker {slot.wid} died (signal {-code})" if code < 0
-                else f"worker {slot.wid} exited unexpectedly (status {code})"
-            )  # fmt: skip
-            self._rebuild(why)
-            return
+            if code == -11:
+                why = f"worker {slot.wid} crashed (signal 11)"
+            elif code < 0:
+                why = f"worker {slot.wid} died (signal {-code})"
+            else:
+                why = f"worker {slot.wid} exited unexpectedly (status {code})"
+            self._restart(slot, why)
 
 
 def fetch(
@@ -498,8 +614,12 @@ def fetch(
 
 def summary(res: FetchResult) -> str:
     rate = res.downloaded / res.elapsed if res.elapsed > 0 else 0.0
-    return (
+    text = (
         f"done: {human_size(res.total_length)} in {res.elapsed:.1f} s, "
         f"{human_size(rate)}/s average, {res.peers_used} peer(s) used"
-        + (f", {res.resumed_pieces} piece(s) already on disk" if res.resumed_pieces else "")
     )
+    if res.resumed_pieces:
+        text += f", {res.resumed_pieces} piece(s) already on disk"
+    if res.banned:
+        text += f", {len(res.banned)} peer(s) banned"
+    return text

@@ -65,6 +65,7 @@ class PeerSession:
         self.reported_bits = False
         self.inbound = False
         self.useful = False  # delivered at least one block
+        self.source_address: str | None = None
         # rate estimate over a sliding window of (time, bytes) samples
         self._samples: deque[tuple[float, int]] = deque()
         self._window_bytes = 0
@@ -80,6 +81,8 @@ class PeerSession:
         # a large receive buffer lets one recv_into take many blocks at once
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock = sock
+        if self.source_address and (":" in self.source_address) == (family == socket.AF_INET6):
+            sock.bind((self.source_address, 0))  # peers and trackers see our bind address
         err = sock.connect_ex((self.addr.host, self.addr.port))
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             raise OSError(err, errno.errorcode.get(err, "connect failed"))

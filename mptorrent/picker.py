@@ -8,6 +8,8 @@ soon something to trade), then rarest first with random ties.
 from __future__ import annotations
 
 import random
+import time
+from array import array
 from collections.abc import Hashable, Iterable
 
 NEEDED, QUEUED, TAKEN, DONE = 0, 1, 2, 3
@@ -32,25 +34,39 @@ class Picker:
         self._order: list[int] = []
         self._cursor = 0
         self._dirty = True
+        self._built_at = 0.0
         self.picked = 0
+        # per worker: how many of its peers have each piece, and where its scan of
+        # the shared rarest-first order has got to
+        self._wavail: dict[int, array[int]] = {}
+        self._wcursor: dict[int, int] = {}
 
     # -- availability ---------------------------------------------------------
 
-    def peer_bitfield(self, peer: Hashable, bits: bytes | None) -> None:
-        """Replace one peer's have-set (one byte per piece); None when it left."""
+    def peer_bitfield(self, peer: Hashable, bits: bytes | None, worker: int | None = None) -> None:
+        """Replace one peer's have-set (one byte per piece); None when it left.
+
+        ``worker`` is the worker process connected to that peer: pieces are only
+        handed to a worker that has a peer to fetch them from.
+        """
+        wav = self._worker_avail(worker)
         old = self._peer_bits.pop(peer, None)
         if old is not None:
             for i, h in enumerate(old):
                 if h:
                     self.availability[i] -= 1
+                    if wav is not None:
+                        wav[i] -= 1
         if bits is not None:
             self._peer_bits[peer] = bits
             for i, h in enumerate(bits):
                 if h:
                     self.availability[i] += 1
+                    if wav is not None:
+                        wav[i] += 1
         self._dirty = True
 
-    def peer_have(self, peer: Hashable, index: int) -> None:
+    def peer_have(self, peer: Hashable, index: int, worker: int | None = None) -> None:
         bits = self._peer_bits.get(peer)
         if bits is None:
             bits = bytes(self.num_pieces)
@@ -59,9 +75,35 @@ class Picker:
             b[index] = 1
             self._peer_bits[peer] = bytes(b)
             self.availability[index] += 1
+            wav = self._worker_avail(worker)
+            if wav is not None:
+                wav[index] += 1
             self._dirty = True
 
+    def _worker_avail(self, worker: int | None) -> array[int] | None:
+        if worker is None:
+            return None
+        wav = self._wavail.get(worker)
+        if wav is None:
+            wav = self._wavail[worker] = array("I", bytes(4 * self.num_pieces))
+        return wav
+
+    def forget_worker(self, worker: int, peers: Iterable[Hashable]) -> None:
+        """A worker died: its peers' availability goes with it."""
+        for peer in peers:
+            self.peer_bitfield(peer, None, worker)
+        self._wavail.pop(worker, None)
+        self._wcursor.pop(worker, None)
+
     # -- picking --------------------------------------------------------------
+
+    def _maybe_rebuild(self, exhausted: bool) -> None:
+        # Rebuilding sorts every needed piece; under a stream of HAVEs do it at most
+        # twice a second unless the current order has run dry.
+        now = time.monotonic()
+        if self._dirty and (exhausted or now - self._built_at > 0.5):
+            self._rebuild()
+            self._built_at = now
 
     def _rebuild(self) -> None:
         needed = [
@@ -76,6 +118,7 @@ class Picker:
             needed.sort(key=lambda i: (self.availability[i], keys[i]))
         self._order = needed
         self._cursor = 0
+        self._wcursor.clear()
         self._dirty = False
 
     def pick(self, n: int) -> list[int]:
@@ -91,6 +134,57 @@ class Picker:
                 out.append(i)
         self.picked += len(out)
         return out
+
+    def pick_for(self, worker: int, n: int) -> list[int]:
+        """Up to ``n`` needed pieces that ``worker``'s peers have; they become TAKEN by it."""
+        wav = self._wavail.get(worker)
+        if wav is None or n <= 0:
+            return []
+        out = self._scan_for(worker, wav, n)
+        if len(out) < n and self._dirty:
+            self._maybe_rebuild(exhausted=True)
+            out += self._scan_for(worker, wav, n - len(out))
+        for i in out:
+            self.took(i, worker)
+        self.picked += len(out)
+        return out
+
+    def _scan_for(self, worker: int, wav: array[int], n: int) -> list[int]:
+        self._maybe_rebuild(exhausted=False)
+        order, state = self._order, self.state
+        k = self._wcursor.get(worker, 0)
+        out: list[int] = []
+        # The cursor is this worker's own: pieces it cannot serve stay NEEDED for others.
+        while len(out) < n and k < len(order):
+            i = order[k]
+            k += 1
+            if state[i] == NEEDED and wav[i]:
+                out.append(i)
+                state[i] = QUEUED
+        self._wcursor[worker] = k
+        return out
+
+    def endgame_for(self, worker: int, n: int) -> list[int]:
+        """Pieces in flight at other workers that ``worker`` could fetch too."""
+        wav = self._wavail.get(worker)
+        if wav is None:
+            return []
+        out = [
+            i for i, owners in self.owner.items()
+            if worker not in owners and self.state[i] == TAKEN and wav[i] and len(owners) < 2
+        ]  # fmt: skip
+        self._rng.shuffle(out)
+        out = out[:n]
+        for i in out:
+            self.took(i, worker)
+        return out
+
+    def needed_for(self, worker: int) -> bool:
+        """Is any needed piece servable by this worker's peers?"""
+        wav = self._wavail.get(worker)
+        if wav is None:
+            return False
+        return any(self.state[i] == NEEDED and wav[i] for i in range(self.num_pieces))
 
     def endgame_pick(self, n: int, exclude: Iterable[int] = ()) -> list[int]:
         """In-flight pieces worth asking a second worker for (nothing else is left)."""

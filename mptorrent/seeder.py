@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from mptorrent.messages import Stop, WorkerFailed, WorkerStats
 from mptorrent.metainfo import Metainfo
 from mptorrent.mp import context
 from mptorrent.storage import Layout
-from mptorrent.worker import WorkerConfig, run
+from mptorrent.worker import WorkerConfig, reserve_port, run
 
 DEFAULT_INTERVAL = 1800
 MIN_INTERVAL = 30
@@ -37,31 +36,6 @@ class SeedStats:
     valid_pieces: int = 0
     port: int = 0
     per_worker_peers: dict[int, int] = field(default_factory=dict)
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Hold ``host:port`` (a free one when 0) so every worker can bind it with SO_REUSEPORT."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    socks = []
-    try:
-        if port:
-            # SO_REUSEPORT would let us join another process's listeners on this port and
-            # take half of its peers: first make sure nobody is listening there.
-            probe = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(probe)
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-            probe.close()
-        s = socket.socket(family, socket.SOCK_STREAM)
-        socks.append(s)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.bind((host, port))
-    except OSError as exc:
-        for sock in socks:
-            sock.close()
-        raise StorageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return s
 
 
 class Seeder:

@@ -12,6 +12,7 @@ its queues and the shared done-map, so fork, spawn and forkserver all work.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import queue
 import random
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mptorrent import wire
-from mptorrent.errors import MptorrentError, ProtocolError
+from mptorrent.errors import MptorrentError, ProtocolError, StorageError
 from mptorrent.messages import (
     AddPeers,
     PeerAddr,
@@ -52,9 +53,7 @@ MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
 MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban) before release
 SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
-RETURN_BACKOFF = 0.5  # after handing a piece back, wait before taking more
 MAX_BACKLOG = 8  # pieces held for other peers of this worker
-MAX_HANDED_BACK = 16  # pieces a worker may draw and return in one go before pausing
 
 
 @dataclass
@@ -70,6 +69,7 @@ class WorkerConfig:
     listen: tuple[str, int] | None = None  # accept peers here (SO_REUSEPORT, one per worker)
     seed_only: bool = False  # serve, never request
     client_id: bytes = b""  # shared by all workers of one client: spots self-connections
+    source_address: str | None = None  # dial out from this address (the one we bind)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -134,13 +134,13 @@ class _Worker:
     peers: dict[PeerAddr, PeerSession] = field(default_factory=dict)
     retry: dict[PeerAddr, _Retry] = field(default_factory=dict)
     banned: set[PeerAddr] = field(default_factory=set)
+    banned_hosts: set[str] = field(default_factory=set)  # incoming offenders, by address
     strikes: dict[PeerAddr, int] = field(default_factory=dict)
     jobs: dict[int, PieceJob] = field(default_factory=dict)
     backlog: list[int] = field(default_factory=list)  # taken, not started
     haves: dict[PeerAddr, list[int]] = field(default_factory=dict)
     stopping: bool = False
     queue_empty: bool = False
-    pull_after: float = 0.0
     downloaded: int = 0
     uploaded: int = 0
 
@@ -173,7 +173,7 @@ class _Worker:
             if now - last_slow >= 0.2:
                 last_slow = now
                 self._check_control()
-                if os.getppid() != self.cfg.parent_pid:
+                if not _parent_alive(self.cfg.parent_pid):
                     return  # the coordinator died: nothing left to report to
                 self._connect_peers(now)
                 self._check_timeouts(now)
@@ -221,7 +221,12 @@ class _Worker:
                 return  # e.g. out of file descriptors: keep serving who we have
             addr = PeerAddr(raw[0], raw[1])
             live = sum(1 for p in self.peers.values() if p.state != CLOSED)
-            if addr in self.banned or addr in self.peers or live >= self.cfg.max_peers:
+            if (
+                addr.host in self.banned_hosts
+                or addr in self.banned
+                or addr in self.peers
+                or live >= self.cfg.max_peers
+            ):
                 sock.close()
                 continue
             p = self._session(addr)
@@ -269,6 +274,7 @@ class _Worker:
             if r.attempts >= MAX_CONNECTS:
                 continue
             p = self._session(addr)
+            p.source_address = self.cfg.source_address
             r.attempts += 1
             r.next_at = now + RECONNECT_DELAYS[min(r.failures, len(RECONNECT_DELAYS) - 1)]
             r.failures += 1  # cleared once the connection proves useful
@@ -297,6 +303,9 @@ class _Worker:
         self.haves.pop(p.addr, None)
         if ban:
             self.banned.add(p.addr)
+            if p.inbound:
+                # An incoming peer's port is temporary: ban the address it comes from.
+                self.banned_hosts.add(p.addr.host)
             self.result_q.put(PeerBanned(self.cfg.worker_id, p.addr, reason))
         elif p.useful and not p.inbound:
             # It delivered data: try again soon, from the start of the back-off ladder
@@ -573,17 +582,11 @@ class _Worker:
             if has[index]:
                 del self.backlog[k]
                 return self._new_job(index)
-        now = time.monotonic()
-        if now < self.pull_after:
-            return None
-        handed_back = 0
         while True:
             try:
                 index = self.work_q.get_nowait()
             except queue.Empty:
                 self.queue_empty = True
-                if handed_back:
-                    self.pull_after = now + RETURN_BACKOFF
                 return None
             self.queue_empty = False
             # Always acknowledge, so the coordinator's count of queued pieces stays exact.
@@ -597,14 +600,8 @@ class _Worker:
                 if len(self.backlog) >= MAX_BACKLOG:
                     return None  # enough in hand for our other peers
                 continue
-            # None of our peers has it: hand it back and look further.  Stopping at the first
-            # such piece let workers whose peers hold different pieces keep drawing each
-            # other's pieces in lockstep, each pausing after every draw.
+            # The coordinator only sends pieces our peers have; that peer has just left.
             self.result_q.put(Returned(self.cfg.worker_id, index))
-            handed_back += 1
-            if handed_back >= MAX_HANDED_BACK:
-                self.pull_after = now + RETURN_BACKOFF
-                return None
 
     def _new_job(self, index: int) -> PieceJob:
         job = PieceJob(index, self.cfg.layout.piece_size(index))
@@ -642,6 +639,15 @@ class _Worker:
         for index in list(self.backlog) + list(self.jobs):
             if not any(q.wire.peer_has[index] for q in active):
                 self._give_back(index)
+
+
+def _parent_alive(parent_pid: int) -> bool:
+    # Under forkserver our OS parent is the fork server, so ask multiprocessing
+    # about the process that started us; fall back to the pid for plain forks.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        return parent.is_alive()
+    return os.getppid() == parent_pid
 
 
 def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map: Any) -> None:
@@ -686,3 +692,28 @@ def listen_socket(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Hold ``host:port`` (a free one when 0) so every worker can bind it with SO_REUSEPORT."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    try:
+        if port:
+            # SO_REUSEPORT would let us join another process's listeners on this port and
+            # take half of its peers: first make sure nobody is listening there.
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(probe)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            probe.close()
+        s = socket.socket(family, socket.SOCK_STREAM)
+        socks.append(s)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((host, port))
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise StorageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return s
