@@ -478,6 +478,9 @@ class Coordinator:
             if peers:
                 last_peer_seen = now
             elif self.trackers_pending == 0:
+                if not self.known:
+                    # Every tracker has answered (or failed) and nobody gave us a peer.
+                    raise DownloadError(self._no_peers_reason())
                 usable = self.known - self.banned.keys()
                 if not usable and self.banned and not self.announcer:
                     raise DownloadError(self._no_peers_reason())
