@@ -19,7 +19,7 @@ import click
 from tqdm import tqdm
 
 from mptorrent import __version__, checker, metainfo
-from mptorrent.errors import ExitStatus, MptorrentError
+from mptorrent.errors import DownloadError, ExitStatus, MptorrentError
 from mptorrent.messages import PeerAddr
 from mptorrent.mp import default_jobs
 from mptorrent.storage import Layout, human_size
@@ -466,6 +466,36 @@ def demo(size: int, peers: int, jobs: int, piece_size: int | None, keep: Path | 
     click.echo("demo: SHA-256 of the download matches the original: verified")
     if keep is not None:
         click.echo(f"demo: kept everything in {res.workdir}")
+
+
+# -- scrape -------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("torrent", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--timeout", type=click.FloatRange(0.5, 120), default=10.0, show_default=True,
+              help="Seconds to wait for the trackers.")  # fmt: skip
+@verbose_option
+def scrape(torrent: Path, timeout: float) -> None:
+    """Ask each tracker (HTTP and UDP) how many seeders and leechers a torrent has."""
+    from mptorrent.announcer import scrape_all
+
+    meta = metainfo.load(torrent)
+    rows = scrape_all(meta.trackers, meta.info_hash, timeout)
+    if not rows:
+        raise DownloadError("the torrent lists no usable trackers")
+    ok = 0
+    for url, r in rows:
+        if isinstance(r, str):
+            click.echo(f"{safe_text(url)}  error: {safe_text(r)}")
+        else:
+            ok += 1
+            click.echo(
+                f"{safe_text(url)}  seeders {r.complete}  leechers {r.incomplete}  "
+                f"completed {r.downloaded}"
+            )
+    if not ok:
+        sys.exit(int(ExitStatus.ERROR))
 
 
 def main() -> None:
