@@ -203,6 +203,7 @@ class Storage:
         for s in self.layout.slices(start, len(src)):
             m = self._maps[s.file_index]
             if m is not None:
+                _prefault_write(m, s.file_offset, s.length)
                 m[s.file_offset : s.file_offset + s.length] = src[pos : pos + s.length]
             elif not self.layout.files[s.file_index].padding:
                 raise StorageError(f"{self.layout.paths[s.file_index]} is not open for writing")
@@ -216,6 +217,25 @@ class Storage:
 
 class _Unavailable(Exception):
     pass
+
+
+# Linux 5.14's MADV_POPULATE_WRITE (Python 3.11 does not name it): fault a range in,
+# writable, with one call.  Copying into a fresh shared file mapping otherwise takes a
+# write fault per 4 KiB page, which measured 4x slower than the copy itself.
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+_PAGE = mmap.PAGESIZE
+_populate_ok = hasattr(mmap.mmap, "madvise")
+
+
+def _prefault_write(m: mmap.mmap, offset: int, length: int) -> None:
+    global _populate_ok
+    if not _populate_ok:
+        return
+    aligned = offset - offset % _PAGE
+    try:
+        m.madvise(_MADV_POPULATE_WRITE, aligned, length + offset - aligned)
+    except OSError:
+        _populate_ok = False  # an older kernel: plain page faults it is
 
 
 def _update_zeros(h: hashlib._Hash, n: int) -> None:
