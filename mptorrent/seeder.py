@@ -25,9 +25,6 @@ from mptorrent.mp import context
 from mptorrent.storage import Layout
 from mptorrent.worker import WorkerConfig, reserve_port, run
 
-DEFAULT_INTERVAL = 1800
-MIN_INTERVAL = 30
-
 
 @dataclass
 class SeedStats:
@@ -82,6 +79,7 @@ class Seeder:
         announcer = Announcer(
             self.meta.trackers, info_hash=self.meta.info_hash, peer_id=tracker.make_peer_id(),
             port=self.stats.port, source_address=source,
+            exclude=[(source, self.stats.port)] if source else (),
         )  # fmt: skip
         results: Any = self.ctx.Queue()
         idle_q: Any = self.ctx.Queue()  # seeders never take work
@@ -101,8 +99,6 @@ class Seeder:
             p.start()
             procs[wid] = (p, control)
 
-        interval = DEFAULT_INTERVAL
-
         def on_result(r: TierResult) -> None:
             self.inbox.put(r)
 
@@ -112,7 +108,6 @@ class Seeder:
             if self.use_trackers and announcer:
                 announcer.announce(event="started", left=left, on_result=on_result, wait=5.0)
             self.ready.set()
-            next_announce = time.monotonic() + interval
             while not self.stop_requested.is_set():
                 try:
                     msg = results.get(timeout=0.2)
@@ -128,17 +123,16 @@ class Seeder:
                     r = self.inbox.get_nowait()
                     for err in r.errors:
                         self.note(f"tracker error: {err}")
-                    if r.interval:
-                        interval = max(MIN_INTERVAL, r.interval)
                 for wid, (p, _c) in list(procs.items()):
                     if p.exitcode is not None:
                         self.note(f"seed worker {wid} exited ({p.exitcode}); restarting it")
                         start(wid)
-                if self.use_trackers and announcer and time.monotonic() >= next_announce:
-                    next_announce = time.monotonic() + interval
-                    announcer.announce(
-                        event=None, left=left, uploaded=self.stats.uploaded, on_result=on_result
-                    )
+                if self.use_trackers and announcer:
+                    # at the tracker's interval, per tier (never blocks)
+                    announcer.maybe_reannounce(
+                        time.monotonic(), left=left, uploaded=self.stats.uploaded,
+                        on_result=on_result,
+                    )  # fmt: skip
         finally:
             for _p, control in procs.values():
                 try:
