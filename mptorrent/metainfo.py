@@ -1,9 +1,15 @@
-"""Validated, typed view of a .torrent file (BEP 3, 12, 19, 27, 47).
+"""Validated, typed view of a .torrent file (BEP 3, 12, 19, 27, 47, 52).
 
 Everything in a .torrent is untrusted input from the internet.  Parsing either
 returns a frozen :class:`Metainfo` whose every path is a safe relative path and
 whose lengths, offsets and piece hashes agree, or raises :class:`BadTorrent`
 with a one-line reason.
+
+What the download needs (info dict, piece hashes, paths) is checked strictly.
+What it can do without (trackers, web seeds) is checked leniently: a bad entry
+is skipped and described in :attr:`Metainfo.warnings`, one printable line each.
+BitTorrent v2-only torrents (BEP 52) are refused; hybrid v1+v2 torrents are
+read through their v1 fields.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mptorrent import bencode
 from mptorrent.errors import BadTorrent, BencodeError
@@ -22,8 +29,12 @@ MAX_PIECES = 2_097_152  # libtorrent max_pieces
 MAX_FILES = 200_000
 MAX_PIECE_LENGTH = 256 * 1024 * 1024
 MAX_COMPONENT_BYTES = 255  # what common filesystems allow for one name
+MAX_PATH_BYTES = 4095  # Linux PATH_MAX (4096) less the NUL: longer can never be created
 MAX_TOTAL_LENGTH = 1 << 53  # 8 PiB; beyond any real torrent, keeps arithmetic exact
 HASH_LEN = 20
+META_VERSION_V2 = 2  # BEP 52; a higher version must be refused
+TRACKER_SCHEMES = frozenset({"http", "https", "udp"})
+MAX_WARNINGS = 10  # a hostile torrent could hold a million bad tracker entries
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -54,6 +65,8 @@ class Metainfo:
     created_by: str | None = None
     creation_date: int | None = None
     info_bytes: bytes = field(default=b"", repr=False)  # raw info dict, for BEP 9
+    # Skipped tracker and web seed entries and other oddities: printable lines for the user.
+    warnings: tuple[str, ...] = ()
 
     @property
     def num_pieces(self) -> int:
@@ -106,6 +119,8 @@ def parse(data: bytes) -> Metainfo:
     start, end = spans[b"info"]
     info_bytes = bytes(data[start:end])
     info_hash = hashlib.sha1(info_bytes).digest()
+    _check_version(info)
+    warnings = _Warnings()
 
     piece_length = _int(info, b"piece length", "info")
     if not 0 < piece_length <= MAX_PIECE_LENGTH:
@@ -121,6 +136,8 @@ def parse(data: bytes) -> Metainfo:
     if b"files" in info:
         multi = True
         files = _parse_files(info[b"files"])
+        if b"length" in info:  # A11: libtorrent lets the file list win too
+            warnings.add("info has both 'length' and 'files'; it is read as multi-file")
     elif b"length" in info:
         multi = False
         length = _int(info, b"length", "info")
@@ -130,6 +147,7 @@ def parse(data: bytes) -> Metainfo:
     else:
         raise BadTorrent("info has neither 'length' nor 'files'")
     _check_component(name, "name")
+    _check_path_lengths(name, files, multi)
     total = sum(f.length for f in files)
     if total > MAX_TOTAL_LENGTH:
         raise BadTorrent(f"total length {total} is absurd")
@@ -150,8 +168,8 @@ def parse(data: bytes) -> Metainfo:
         total_length=total,
         files=tuple(files),
         multi_file=multi,
-        trackers=_trackers(top),
-        web_seeds=_web_seeds(top),
+        trackers=_trackers(top, warnings),
+        web_seeds=_web_seeds(top, warnings),
         private=info.get(b"private") == 1,
         comment=_opt_text(top, b"comment"),
         created_by=_opt_text(top, b"created by"),
@@ -159,7 +177,20 @@ def parse(data: bytes) -> Metainfo:
         if isinstance(top.get(b"creation date"), int)
         else None,
         info_bytes=info_bytes,
+        warnings=warnings.lines(),
     )
+
+
+def _check_version(info: dict) -> None:
+    """Refuse v2-only torrents (BEP 52) and meta versions from the future."""
+    version = info.get(b"meta version")
+    if version is not None:
+        if not isinstance(version, int):
+            raise BadTorrent("'meta version' in info is not an integer")
+        if version > META_VERSION_V2:
+            raise BadTorrent(f"meta version {version} is not supported")
+    if b"pieces" not in info and (version == META_VERSION_V2 or b"file tree" in info):
+        raise BadTorrent("BitTorrent v2-only torrents are not supported")
 
 
 def _parse_files(raw: Any) -> list[FileEntry]:
@@ -209,15 +240,38 @@ def _parse_files(raw: Any) -> list[FileEntry]:
 
 def _check_component(text: str, where: str) -> None:
     """Refuse any path component that could leave the output directory."""
-    shown = text.encode("unicode_escape").decode("ascii")[:80]
+    shown = _shown(text, 80)
     if text in ("", ".", ".."):
-        raise BadTorrent(f"unsafe path component {shown!r} in {where}")
+        raise BadTorrent(f"unsafe path component '{shown}' in {where}")
     if "/" in text or "\\" in text or "\0" in text:
-        raise BadTorrent(f"unsafe path component {shown!r} in {where}")
+        raise BadTorrent(f"unsafe path component '{shown}' in {where}")
     if _DRIVE.match(text):
-        raise BadTorrent(f"unsafe path component {shown!r} in {where} (drive letter)")
+        raise BadTorrent(f"unsafe path component '{shown}' in {where} (drive letter)")
     if len(text.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
         raise BadTorrent(f"path component longer than {MAX_COMPONENT_BYTES} bytes in {where}")
+
+
+def _check_path_lengths(name: str, files: list[FileEntry], multi: bool) -> None:
+    """Refuse paths no Linux filesystem can create, whatever the output directory."""
+    if not multi:
+        return  # the single file is just the name, checked as a component
+    root = len(name.encode("utf-8", "surrogatepass"))
+    for i, f in enumerate(files):
+        size = root + sum(1 + len(c.encode("utf-8", "surrogatepass")) for c in f.path)
+        if size > MAX_PATH_BYTES:
+            shown = _shown("/".join(f.path), 60)
+            raise BadTorrent(
+                f"path of {size} bytes in files[{i}] ({shown}) is over the "
+                f"{MAX_PATH_BYTES}-byte limit"
+            )
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters, with anything unprintable escaped."""
+    out = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit]
+    )
+    return out + "..." if len(text) > limit else out
 
 
 def _text(raw: bytes) -> str:
@@ -255,45 +309,127 @@ def _opt_text(d: dict, key: bytes) -> str | None:
     return _text(v) if isinstance(v, bytes) else None
 
 
-def _url(v: Any, what: str) -> str:
-    if not isinstance(v, bytes):
-        raise BadTorrent(f"{what} is not a string")
-    return _text(v).strip()
+class _Warnings:
+    """Collects warnings, keeping the first MAX_WARNINGS and counting the rest."""
+
+    def __init__(self) -> None:
+        self._kept: list[str] = []
+        self._dropped = 0
+
+    def add(self, text: str) -> None:
+        if text in self._kept:
+            return
+        if len(self._kept) < MAX_WARNINGS:
+            self._kept.append(text)
+        else:
+            self._dropped += 1
+
+    def lines(self) -> tuple[str, ...]:
+        if self._dropped:
+            return (*self._kept, f"... and {self._dropped} more warnings like these")
+        return tuple(self._kept)
 
 
-def _trackers(top: dict) -> tuple[tuple[str, ...], ...]:
+def _redact(url: str) -> str:
+    # scheme://host:port only: private trackers put passkeys in paths and queries
+    try:
+        parts = urlsplit(url)
+        if parts.scheme and parts.netloc:
+            return _shown(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}", 80)
+    except ValueError:
+        pass
+    return _shown(url, 40)
+
+
+def tracker_url_problem(url: str) -> str | None:
+    """Why mptorrent cannot announce to ``url``, or None if it can."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        return "it contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"it is not a valid URL ({_shown(str(exc), 60)})"
+    scheme = parts.scheme.lower()
+    if scheme not in TRACKER_SCHEMES:
+        return f"scheme {_shown(scheme, 20)!r} is not supported" if scheme else "it has no scheme"
+    if not parts.hostname:
+        return "it has no host"
+    if scheme == "udp" and not port:
+        return "a UDP tracker URL needs a port"
+    return None
+
+
+def _tracker(value: Any, where: str, warnings: _Warnings) -> str | None:
+    """One announce URL, or None (with a warning) if it is unusable."""
+    if not isinstance(value, bytes):
+        warnings.add(f"skipped a tracker in {where}: a {_kind(value)}, not a string")
+        return None
+    url = _text(value).strip()
+    if not url:
+        warnings.add(f"skipped an empty tracker URL in {where}")
+        return None
+    problem = tracker_url_problem(url)
+    if problem is not None:
+        warnings.add(f"skipped tracker {_redact(url)} in {where}: {problem}")
+        return None
+    return url
+
+
+def _kind(value: Any) -> str:
+    return {int: "number", bytes: "string", list: "list", dict: "dictionary"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _trackers(top: dict, warnings: _Warnings) -> tuple[tuple[str, ...], ...]:
+    """BEP 12 tiers of usable trackers; every skipped entry leaves a warning."""
     tiers: list[tuple[str, ...]] = []
     seen: set[str] = set()
-    if b"announce-list" in top:
-        raw = top[b"announce-list"]
-        if not isinstance(raw, list):
-            raise BadTorrent("'announce-list' is not a list")
-        for tier in raw:
+    raw = top.get(b"announce-list")
+    if raw is not None and not isinstance(raw, list):
+        warnings.add(f"ignored 'announce-list': a {_kind(raw)}, not a list of tiers")
+    elif raw is not None:
+        for n, tier in enumerate(raw):
+            where = f"'announce-list' tier {n}"
             if not isinstance(tier, list):
-                raise BadTorrent("'announce-list' tier is not a list")
+                warnings.add(f"skipped {where}: a {_kind(tier)}, not a list")
+                continue
             urls = []
-            for u in tier:
-                url = _url(u, "tracker URL in 'announce-list'")
-                if url and url not in seen:
+            for value in tier:
+                url = _tracker(value, where, warnings)
+                if url is not None and url not in seen:
                     seen.add(url)
                     urls.append(url)
             if urls:
                 tiers.append(tuple(urls))
+            elif not tier:
+                warnings.add(f"skipped {where}: it is empty")
+    # BEP 12: 'announce' counts only when 'announce-list' gives nothing usable
     if not tiers and b"announce" in top:
-        url = _url(top[b"announce"], "'announce'")
-        if url:
+        url = _tracker(top[b"announce"], "'announce'", warnings)
+        if url is not None:
             tiers.append((url,))
     return tuple(tiers)
 
 
-def _web_seeds(top: dict) -> tuple[str, ...]:
+def _web_seeds(top: dict, warnings: _Warnings) -> tuple[str, ...]:
     raw = top.get(b"url-list")
     if raw is None:
         return ()
     items = [raw] if isinstance(raw, bytes) else raw
     if not isinstance(items, list):
-        raise BadTorrent("'url-list' is neither a string nor a list")
-    return tuple(u for u in (_url(x, "web seed URL") for x in items) if u)
+        warnings.add(f"ignored 'url-list': a {_kind(raw)}, neither a string nor a list")
+        return ()
+    seeds = []
+    for value in items:
+        if not isinstance(value, bytes):
+            warnings.add(f"skipped a web seed in 'url-list': a {_kind(value)}, not a string")
+            continue
+        url = _text(value).strip()
+        if url:
+            seeds.append(url)
+    return tuple(seeds)
 
 
 def build(

@@ -1,0 +1,97 @@
+"""Fuzz target: mptorrent.metainfo.parse gives a Metainfo or BadTorrent, nothing else.
+
+A Metainfo that comes out must keep every promise the module makes: safe relative
+paths, lengths that agree with the piece hashes, an info-hash over the raw info
+bytes, usable trackers only, printable warnings.
+
+    python fuzz/fuzz_metainfo.py -runs=20000         # atheris (pip install atheris)
+    python fuzz/fuzz_metainfo.py --hypothesis 2000   # without atheris
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+from mptorrent import bencode, metainfo
+from mptorrent.errors import BadTorrent
+
+
+def TestOneInput(data: bytes) -> None:
+    try:
+        m = metainfo.parse(data)
+    except BadTorrent as exc:
+        msg = str(exc)
+        assert msg and msg.isprintable() and "\n" not in msg, msg
+        return
+    check(m, data)
+
+
+def check(m: metainfo.Metainfo, data: bytes) -> None:
+    """Everything a parsed torrent promises its users."""
+    assert m.info_hash == hashlib.sha1(m.info_bytes).digest()
+    assert m.info_bytes in data
+    assert 0 < m.piece_length <= metainfo.MAX_PIECE_LENGTH
+    assert 0 < m.total_length <= metainfo.MAX_TOTAL_LENGTH
+    assert len(m.pieces) % metainfo.HASH_LEN == 0
+    assert m.num_pieces == -(-m.total_length // m.piece_length) <= metainfo.MAX_PIECES
+    assert 0 < m.piece_size(m.num_pieces - 1) <= m.piece_length
+    offset = 0
+    seen: set[tuple[str, ...]] = set()
+    for f in m.files:
+        assert f.offset == offset and f.length >= 0
+        offset += f.length
+        assert f.path
+        for part in (m.name, *f.path):
+            assert part not in ("", ".", ".."), part
+            assert not any(c in part for c in "/\\\0"), part
+            assert len(part.encode("utf-8", "surrogatepass")) <= metainfo.MAX_COMPONENT_BYTES
+        if not f.padding:
+            assert f.path not in seen, f.path
+            seen.add(f.path)
+    assert offset == m.total_length
+    if not m.multi_file:
+        assert m.files[0].path == (m.name,)
+    for tier in m.trackers:
+        assert tier
+        for url in tier:
+            assert metainfo.tracker_url_problem(url) is None, url
+    assert len(m.warnings) <= metainfo.MAX_WARNINGS + 1
+    for w in m.warnings:
+        assert w.isprintable(), w
+
+
+def seeds() -> list[bytes]:
+    pl = 16384
+    single = metainfo.build(name="movie.mp4", piece_length=pl, pieces=bytes(60), length=40000,
+                            trackers=[["http://t.example/announce"], ["udp://u.example:80"]],
+                            web_seeds=["http://ws.example/"], creation_date=0)  # fmt: skip
+    multi = metainfo.build(name="album", piece_length=pl, pieces=bytes(40),
+                           files=[(("a.txt",), 1000), (("sub", "b.bin"), 30000), (("e",), 0)],
+                           private=True, comment="hi", creation_date=0)  # fmt: skip
+    padded = bencode.encode({b"info": {
+        b"files": [
+            {b"length": 1000, b"path": [b"a"]},
+            {b"attr": b"p", b"length": pl - 1000, b"path": [b".pad", b"15384"]},
+            {b"length": 5, b"path": [b"b"], b"path.utf-8": [b"b\xc3\xa9"]},
+        ],
+        b"name": b"pad", b"name.utf-8": b"p\xc3\xa4d", b"piece length": pl, b"pieces": bytes(40),
+    }})  # fmt: skip
+    hybrid = bencode.encode({b"info": {
+        b"file tree": {b"h": {b"": {b"length": 10, b"pieces root": bytes(32)}}},
+        b"length": 10, b"meta version": 2, b"name": b"h", b"piece length": pl,
+        b"pieces": bytes(20),
+    }})  # fmt: skip
+    return [single, multi, padded, hybrid]
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+    from fuzz.engine import main as run
+
+    run(TestOneInput, seeds())
+
+
+if __name__ == "__main__":
+    main()

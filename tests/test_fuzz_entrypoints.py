@@ -1,0 +1,170 @@
+"""fuzz/'s atheris entry points, exercised without atheris.
+
+Each ``TestOneInput`` gets its own seeds, every truncation and a spread of bit
+flips of them, and a shared list of inputs that have broken bencode and wire
+parsers elsewhere; each must take all of them (a result or the documented
+error).  Then each is shown to let a foreign exception or a broken promise
+through, so the rule it checks is not vacuous, and fuzz/run.py is run briefly
+with its hypothesis engine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from fuzz import fuzz_bencode, fuzz_metainfo, fuzz_tracker, fuzz_wire
+from mptorrent import bencode, metainfo, wire
+from mptorrent import tracker as tr
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS: dict[str, ModuleType] = {
+    "bencode": fuzz_bencode,
+    "metainfo": fuzz_metainfo,
+    "wire": fuzz_wire,
+    "tracker": fuzz_tracker,
+}
+
+NASTY: list[bytes] = [
+    b"", b"\x00", b"e", b"i", b"ie", b"i-e", b"i-0e", b"i01e", b"i+1e", b"i 1e", b"i1_0e",
+    b"0:", b"1:", b"-1:", b"01:a", b"1_0:aaaaaaaaaa", b"99999999999999999999999:",
+    b"4294967296:", b"i" + b"9" * 100 + b"e", b"l" * 100_000, b"l" * 100_000 + b"e" * 100_000,
+    b"d" * 5000, b"d1:a" * 5000 + b"i1e" + b"e" * 5000, b"d1:b0:1:a0:e", b"d1:a0:1:a0:e",
+    b"d4:infoi1ee", b"d4:infod4:name2:..ee", b"\xff" * 64, bytes(64),
+    b"\xff\xff\xff\xff\x07", b"\x00\x00\x00\x00", b"\x80\x00\x00\x00\x05",
+    b"\x00\x00\x00\x0d\x06" + bytes(12), b"\x00\x00\x40\x09\x07" + bytes(8) + bytes(16384),
+    b"\x13BitTorrent protocol" + bytes(48), b"\x13BitTorrent protocoX",
+    b"d14:failure reason2:\x1b[e", b"d5:peers" + b"7:" + bytes(7) + b"e",
+    b"d5:peersld2:ipi1e4:porti0eeee", bytes(8) + b"\x00" * 12, b"\x00\x00\x00\x03" + bytes(12),
+    (0x41727101980).to_bytes(8, "big") + bytes(8),
+]  # fmt: skip
+
+
+def corpus(module: ModuleType) -> Iterator[bytes]:
+    for data in NASTY:
+        yield data
+        yield b"\x00" + data  # fuzz_wire's two modes
+        yield b"\x01" + data
+    for seed in module.seeds():
+        yield seed
+        yield seed + seed
+        yield seed + b"e"
+        for cut in range(len(seed)):
+            yield seed[:cut]
+        step = max(1, len(seed) // 60)
+        for at in range(0, len(seed), step):
+            for value in (seed[at] ^ 0x01, seed[at] ^ 0x80, 0x00, 0xFF, ord("e"), ord(":")):
+                yield seed[:at] + bytes([value]) + seed[at + 1 :]
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_entry_point_takes_the_whole_corpus(name: str) -> None:
+    target = TARGETS[name].TestOneInput
+    count = 0
+    for data in corpus(TARGETS[name]):
+        target(data)
+        count += 1
+    assert count > 500
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_every_seed_is_accepted_by_its_parser(name: str) -> None:
+    # Seeds that the parser refuses would leave the fuzzer starting from nothing.
+    for seed in TARGETS[name].seeds():
+        if name == "bencode":
+            bencode.decode(seed, max_size=len(seed))
+        elif name == "metainfo":
+            metainfo.parse(seed)
+    if name == "wire":
+        assert fuzz_wire.seeds()[0][0] == 0 and fuzz_wire.seeds()[1][0] == 1
+
+
+def _raise(*_args: Any, **_kw: Any) -> Any:
+    raise ValueError("a bug in the parser")
+
+
+# Each parser swapped for one that fails in a way the rule must catch.
+BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
+    "bencode": [
+        (bencode, "decode_with_spans", _raise),
+        (bencode, "encode", lambda value: b"not the input"),
+    ],
+    "metainfo": [
+        (metainfo, "parse", _raise),
+        (metainfo, "parse", lambda data, real=metainfo.parse: replace(
+            real(data), files=(metainfo.FileEntry(("..",), 40000, 0),))),
+        (metainfo, "parse", lambda data, real=metainfo.parse: replace(
+            real(data), warnings=("\x1b[2J",))),
+    ],
+    "wire": [
+        (wire.Connection, "next_event", _raise),
+        (wire.Connection, "send", lambda self, ev, real=wire.Connection.send: real(self, ev)
+         + (b"x" if not isinstance(ev, wire.Handshake) else b"")),
+    ],
+    "tracker": [
+        (tr, "parse_announce", _raise),
+        (tr, "parse_udp_connect", _raise),
+        (tr, "parse_announce", lambda body, max_peers=2000, real=tr.parse_announce: replace(
+            real(body), interval=-1)),
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "index"), [(n, i) for n, cases in BREAKS.items() for i in range(len(cases))]
+)
+def test_entry_point_reports_a_broken_parser(
+    name: str, index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, attr, fake = BREAKS[name][index]
+    seeds = TARGETS[name].seeds()
+    monkeypatch.setattr(owner, attr, fake)
+    with pytest.raises((ValueError, AssertionError)):
+        for seed in seeds:
+            TARGETS[name].TestOneInput(seed)
+
+
+def test_entry_points_import_without_atheris() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['atheris'] = None  # any import of it now fails\n"
+        "import fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker\n"
+        "for m in (fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker):\n"
+        "    assert callable(m.TestOneInput) and callable(m.main)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bounded_run_with_the_hypothesis_engine() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "fuzz" / "run.py"), "--engine", "hypothesis",
+         "--examples", "30"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in TARGETS:
+        assert f"fuzz_{name}: ok (hypothesis)" in proc.stdout
+    assert "4 of 4 targets clean" in proc.stdout
+
+
+def test_bounded_run_with_atheris_when_installed() -> None:
+    probe = subprocess.run([sys.executable, "-c", "import atheris"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("atheris is not installed (fuzz/run.py installs it for the CI run)")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "fuzz" / "run.py"), "--engine", "atheris", "--runs", "300",
+         "--seconds", "5", "--no-install"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 of 4 targets clean" in proc.stdout
