@@ -86,6 +86,16 @@ def byte_bar(total: int, desc: str, quiet: bool) -> Iterator[Callable[[int], Non
 # -- info ---------------------------------------------------------------------
 
 
+def load_torrent(path: Path, *, quiet: bool = False) -> metainfo.Metainfo:
+    """Parse a .torrent and show its warnings (skipped trackers...) on stderr."""
+    meta = metainfo.load(path)
+    if not quiet:
+        for w in meta.warnings:
+            click.echo(f"mptorrent: warning: {safe_text(w)}", err=True)
+    return meta
+
+
+
 def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
     return {
         "name": meta.name,
@@ -98,6 +108,7 @@ def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
         "trackers": [list(t) for t in meta.trackers],
         "web_seeds": list(meta.web_seeds),
         "comment": meta.comment,
+        "warnings": list(meta.warnings),
         "created_by": meta.created_by,
         "creation_date": meta.creation_date,
         "files": [
@@ -113,9 +124,10 @@ def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
 @verbose_option
 def info(torrent: Path, as_json: bool) -> None:
     """Show what a .torrent file holds."""
-    meta = metainfo.load(torrent)
+    meta = load_torrent(torrent)
     if as_json:
-        click.echo(json.dumps(info_dict(meta), indent=2, ensure_ascii=False))
+        # ASCII escapes keep bidi overrides and other tricks in names off the terminal
+        click.echo(json.dumps(info_dict(meta), indent=2, ensure_ascii=True))
         return
     s = safe_text
     click.echo(f"name:        {s(meta.name)}")
@@ -217,7 +229,7 @@ def create(
 @verbose_option
 def verify(torrent: Path, path: Path, jobs: int | None, quiet: bool) -> None:
     """Recheck downloaded data against a .torrent; exit 0 only if all pieces verify."""
-    meta = metainfo.load(torrent)
+    meta = load_torrent(torrent, quiet=quiet)
     layout = Layout.for_torrent(meta, path)
     with byte_bar(meta.total_length, "verifying", quiet) as update:
         report = checker.verify(meta, layout, jobs=jobs or default_jobs(), progress=update)
@@ -317,7 +329,11 @@ def fetch(
     from mptorrent.coordinator import FetchOptions, summary
     from mptorrent.coordinator import fetch as run_fetch
 
-    meta = metainfo.load(torrent)
+    meta = load_torrent(torrent, quiet=quiet)
+    if not peers and (no_trackers or not meta.trackers):
+        # decided before anything is created on disk
+        why = "trackers are turned off" if no_trackers else "the torrent lists no usable trackers"
+        raise DownloadError(f"no peers: {why} and no --peer was given")
     opts = FetchOptions(
         jobs=jobs or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
         use_trackers=not no_trackers,
@@ -366,7 +382,7 @@ def seed(
     """Serve a torrent's data to other peers until Ctrl-C."""
     from mptorrent.seeder import Seeder
 
-    meta = metainfo.load(torrent)
+    meta = load_torrent(torrent, quiet=quiet)
     seeder = Seeder(
         meta, path, jobs=jobs or default_jobs(), bind=bind, port=port,
         use_trackers=not no_trackers, note=lambda t: click.echo(f"mptorrent: {t}", err=True),
@@ -480,7 +496,7 @@ def scrape(torrent: Path, timeout: float) -> None:
     """Ask each tracker (HTTP and UDP) how many seeders and leechers a torrent has."""
     from mptorrent.announcer import scrape_all
 
-    meta = metainfo.load(torrent)
+    meta = load_torrent(torrent)
     rows = scrape_all(meta.trackers, meta.info_hash, timeout)
     if not rows:
         raise DownloadError("the torrent lists no usable trackers")
