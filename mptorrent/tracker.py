@@ -183,13 +183,17 @@ def one_line(text: bytes | str, limit: int = MAX_MESSAGE) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     out = []
+    size = used = 0
     for ch in text[:limit]:
         # C* covers control and bidi-override characters; Zl/Zp are line breaks
         if unicodedata.category(ch) in _UNPRINTABLE:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    if len(text) > limit:
+            ch = ch.encode("unicode_escape").decode("ascii")
+        if size + len(ch) > limit:
+            break  # the cap holds after escaping, so NULs cannot make a 4x longer line
+        out.append(ch)
+        size += len(ch)
+        used += 1
+    if used < len(text):
         out.append("...")
     return "".join(out)
 
