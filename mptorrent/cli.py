@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from tqdm import tqdm
@@ -23,6 +24,9 @@ from mptorrent.errors import DownloadError, ExitStatus, MptorrentError
 from mptorrent.messages import PeerAddr
 from mptorrent.mp import default_jobs
 from mptorrent.storage import Layout, human_size
+
+if TYPE_CHECKING:
+    from mptorrent.seeder import SeedStats
 
 
 def safe_text(text: str) -> str:
@@ -319,11 +323,16 @@ class BarProgress:
 @click.option("--max-peers", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="Connections per worker.")  # fmt: skip
 @click.option("--no-trackers", is_flag=True, help="Use only --peer addresses.")
+@click.option("--seed-ratio", type=click.FloatRange(min=0, min_open=True),
+              help="After completing, keep seeding until uploaded/size reaches R.")  # fmt: skip
+@click.option("--seed-time", type=click.FloatRange(min=0, min_open=True),
+              help="After completing, keep seeding for MIN minutes.")  # fmt: skip
 @quiet_option
 @verbose_option
 def fetch(
     torrent: Path, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
-    bind: str, max_peers: int, no_trackers: bool, quiet: bool,
+    bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
+    seed_time: float | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Download a torrent with parallel worker processes."""
     from mptorrent.coordinator import FetchOptions, summary
@@ -345,6 +354,33 @@ def fetch(
         finally:
             progress.close()
     click.echo(summary(result), err=True)
+    if seed_ratio is None and seed_time is None:
+        return
+    from mptorrent.coordinator import output_path
+    from mptorrent.seeder import Seeder
+
+    # Seeding after completion: the same serve-only workers as `mptorrent seed`, stopped
+    # by whichever limit is reached first (the fetch's own uploads count for the ratio).
+    deadline = time.monotonic() + seed_time * 60 if seed_time is not None else None
+    target = seed_ratio * meta.total_length if seed_ratio is not None else None
+
+    def done(stats: SeedStats) -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        return target is not None and result.uploaded + stats.uploaded >= target
+
+    seeder = Seeder(
+        meta, output_path(meta, output), jobs=opts.jobs, bind=bind, port=port,
+        use_trackers=not no_trackers, until=done,
+        note=lambda t: None if quiet else click.echo(f"mptorrent: {t}", err=True),
+    )  # fmt: skip
+    if not quiet:
+        click.echo("mptorrent: seeding until the ratio or time limit; Ctrl-C stops", err=True)
+    with _sigterm_as_interrupt():
+        stats = seeder.run()
+    click.echo(
+        f"seeded: {human_size(result.uploaded + stats.uploaded)} uploaded in all", err=True
+    )
 
 
 @contextmanager

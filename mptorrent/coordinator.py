@@ -90,6 +90,7 @@ class FetchResult:
     pieces_per_peer: dict[PeerAddr, int]
     banned: dict[PeerAddr, str] = field(default_factory=dict)
     hash_failures: int = 0
+    uploaded: int = 0
 
 
 @dataclass
@@ -179,7 +180,12 @@ class Coordinator:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
-            raise StorageError(f"cannot create {path}: {exc.strerror}") from None
+            # mkdir says "File exists" when a file stands where a directory must be
+            blocker = next((q for q in path.parents if os.path.lexists(q)), None)
+            why = exc.strerror
+            if blocker is not None and not blocker.is_dir():
+                why = f"{blocker} is not a directory"
+            raise StorageError(f"cannot create {path}: {why}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -253,6 +259,7 @@ class Coordinator:
                 self._announce_all("stopped", wait=2.0)
                 raise
             self._stop_workers()
+            self._drain_counts()
             # fetch does not stay to seed: say we completed, then that we left
             self._announce_all("completed", wait=3.0)
             self._announce_all("stopped", wait=2.0)
@@ -296,6 +303,7 @@ class Coordinator:
             pieces_per_peer=dict(self.pieces_per_peer),
             banned=dict(self.banned),
             hash_failures=self.hash_failures,
+            uploaded=self.uploaded,
         )
 
     # -- peers and trackers -------------------------------------------------
@@ -422,6 +430,17 @@ class Coordinator:
                 slot.proc.kill()
                 slot.proc.join(1.0)
             self._retire(slot)
+
+    def _drain_counts(self) -> None:
+        """Take in the stopped workers' last reports (byte counts for the summary)."""
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            try:
+                kind, payload = self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                return
+            if kind == "worker" and isinstance(payload[2], WorkerStats | PieceDone):
+                self._handle(kind, payload)
 
     def _restart(self, slot: _Slot, why: str) -> None:
         self.restarts += 1

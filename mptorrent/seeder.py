@@ -47,6 +47,7 @@ class Seeder:
         use_trackers: bool = True,
         max_peers: int = 200,
         note: Callable[[str], None] | None = None,
+        until: Callable[[SeedStats], bool] | None = None,
     ) -> None:
         self.meta = meta
         self.layout = Layout.for_torrent(meta, path)
@@ -56,6 +57,7 @@ class Seeder:
         self.use_trackers = use_trackers
         self.max_peers = max_peers
         self.note = note or (lambda _t: None)
+        self.until = until  # checked a few times a second: True ends seeding
         self.ctx = context()
         self.stats = SeedStats()
         self.inbox: queue.Queue[Any] = queue.Queue()
@@ -109,6 +111,8 @@ class Seeder:
                 announcer.announce(event="started", left=left, on_result=on_result, wait=5.0)
             self.ready.set()
             while not self.stop_requested.is_set():
+                if self.until is not None and self.until(self.stats):
+                    break
                 try:
                     msg = results.get(timeout=0.2)
                 except queue.Empty:

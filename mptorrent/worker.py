@@ -361,7 +361,9 @@ class _Worker:
             self.banned.add(p.addr)  # never dial our own listener again
             self._drop(p, "connected to ourselves")
         except ProtocolError as exc:
-            self._drop(p, f"protocol error: {exc}", ban=True)
+            # A refused handshake is another protocol or another torrent, not a liar:
+            # libtorrent closes it without a ban, and the capped retries bound the cost.
+            self._drop(p, f"protocol error: {exc}", ban=p.wire.handshake_received)
         except OSError as exc:
             self._drop(p, f"connection error: {exc.strerror or exc}")
 
@@ -677,6 +679,8 @@ def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map:
     finally:
         if w is not None:
             w.shutdown()
+            # the last counts, so a seed ratio sees every byte we uploaded
+            result_q.put(WorkerStats(cfg.worker_id, w.downloaded, w.uploader.uploaded, 0))
         # let the queue's feeder thread deliver what we put before we exit
         result_q.close()
         result_q.join_thread()
