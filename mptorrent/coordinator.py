@@ -57,6 +57,7 @@ MIN_AHEAD, MAX_AHEAD = 2, 64
 MAX_RESTARTS = 20  # worker deaths tolerated before giving up
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STOP_GRACE = 3.0
+LAST_WORDS_WAIT = 0.5  # seconds to read a dead worker's last reports before restarting it
 SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
@@ -120,6 +121,7 @@ class _Slot:
     stats_peers: int = 0
     reported: set[PeerAddr] = field(default_factory=set)  # peers whose bitfield we hold
     last_endgame: float = 0.0
+    pump: threading.Thread | None = None  # moves its result queue into the inbox
 
 
 def output_path(meta: Metainfo, output: str | Path | None) -> Path:
@@ -387,9 +389,10 @@ class Coordinator:
         slot.proc.start()
         # A reader thread per worker: a worker that dies mid-message can only block
         # its own reader (abandoned with that incarnation), never the coordinator.
-        threading.Thread(
+        slot.pump = threading.Thread(
             target=self._pump, args=(slot.wid, slot.gen, slot.results), daemon=True
-        ).start()
+        )
+        slot.pump.start()
 
     def _pump(self, wid: int, gen: int, results: Any) -> None:
         while True:
@@ -593,26 +596,50 @@ class Coordinator:
     def _refill(self, now: float) -> None:
         p = self.picker
         for slot in self.slots:
-            if slot.work is None or slot.queued >= self.ahead:
+            # A worker that has not finished a piece yet gets only a few: its peers may
+            # be snubbing it, and queued pieces stay leased to it.
+            ahead = self.ahead if self.pieces_per_worker.get(slot.wid) else MIN_AHEAD
+            if slot.work is None or slot.queued >= ahead:
                 continue
-            got = p.pick_for(slot.wid, self.ahead - slot.queued)
+            got = p.pick_for(slot.wid, ahead - slot.queued)
             if not got and slot.queued == 0 and now - slot.last_endgame > ENDGAME_EVERY:
                 # Endgame: nothing left this worker can start, but pieces are still in
                 # flight elsewhere: fetch some of them too; the first copy wins.
                 slot.last_endgame = now
                 if p.remaining <= len(p.owner) or not p.needed_for(slot.wid):
                     got = p.endgame_for(slot.wid, 2)
-                    if got and not self.done_map[self.meta.num_pieces]:
+                    # with one worker there is no other to share with, but its own
+                    # idle peers may still duplicate slow blocks (block-level endgame)
+                    if (got or p.remaining <= len(p.owner)) and not self.done_map[
+                        self.meta.num_pieces
+                    ]:
                         self.done_map[self.meta.num_pieces] = 1
             for index in got:
                 slot.work.put(index)
             slot.queued += len(got)
+
+    def _last_words(self, slot: _Slot) -> None:
+        """Handle what a dead worker reported before it exited (a crash, a disk error)
+        before acting on its exit: its pump thread may not have passed that on yet."""
+        try:
+            slot.results.put(None)  # queued behind everything the worker wrote
+        except (ValueError, OSError, AttributeError):
+            return
+        if slot.pump is not None:
+            slot.pump.join(LAST_WORDS_WAIT)  # a writer killed mid-message wedges it
+        while True:
+            try:
+                kind, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(kind, payload)
 
     def _check_workers(self) -> None:
         for slot in self.slots:
             proc = slot.proc
             if proc is None or proc.exitcode is None:
                 continue
+            self._last_words(slot)
             code = proc.exitcode
             if code == -7:
                 raise StorageError(
