@@ -1,0 +1,264 @@
+"""Table E of reliability.md §4: resource ceilings, asserted as bounds, never as timings.
+
+- E1: the anonymous memory of a worker process, read from /proc/PID/status while a real
+  fetch runs against three unthrottled libtorrent seeders, grows by at most the pieces it
+  can have in flight (its request pipelines rounded up to whole pieces) plus a constant.  The
+  output mmap is file-backed, so it shows in RssFile, not in RssAnon.
+- E2: the largest torrent mptorrent accepts has MAX_TORRENT_SIZE / 20 pieces (10 MiB of
+  hashes); ``mptorrent info`` on it and the coordinator's per-piece structures for it
+  (picker, done-map, layout, a few dozen peers' bitfields, a rarest-first rebuild) stay
+  within a budget.  Each is measured in a fresh interpreter.
+- E3: a tracker reply listing 100,000 peers (dictionary, compact and IPv6 forms) leaves
+  at most MAX_PEERS of them; the transient cost of decoding it is bounded by the reply's
+  size, which the HTTP client caps at MAX_TRACKER_REPLY_SIZE.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mptorrent import bencode, metainfo
+from mptorrent import tracker as tr
+from mptorrent.bencode import MAX_TORRENT_SIZE, MAX_TRACKER_REPLY_SIZE
+from mptorrent.peer import MAX_DEPTH, RECV_SIZE
+from mptorrent.wire import BLOCK_SIZE
+from tests.adversarial.test_process import REPO, Fetch, Seeders
+from tests.swarm import KiB, MiB, TorrentCase, same_tree, single_file_case
+
+HASH = 20
+
+
+def status(pid: int | str = "self") -> dict[str, int]:
+    """RssAnon, VmRSS and VmHWM of a process in KiB (empty once it is gone)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "VmRSS", "VmHWM"):
+                    out[key] = int(value.split()[0])
+    except OSError:
+        return {}
+    return out
+
+
+def reset_peak() -> None:
+    """Start VmHWM afresh from the current RSS (Linux 4.0+), after a collection."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def run_probe(call: str, *args: str) -> dict[str, int]:
+    """Run ``tests.adversarial.test_resources.<call>(*args)`` in a fresh interpreter."""
+    code = f"import sys; from tests.adversarial.test_resources import {call} as f; f(*sys.argv[1:])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, int] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+# -- E1: worker memory during a real fetch --------------------------------------------------
+
+E1_SIZE = 64 * MiB
+E1_PIECE = 1 * MiB
+E1_SEEDERS = ["127.0.5.11", "127.0.5.12", "127.0.5.13"]
+
+
+@pytest.fixture(scope="module")
+def e1_case(tmp_path_factory: pytest.TempPathFactory) -> TorrentCase:
+    return single_file_case(tmp_path_factory.mktemp("e1-src"), E1_SIZE, E1_PIECE, seed=1)
+
+
+@pytest.fixture(scope="module")
+def e1_seeders(e1_case: TorrentCase) -> Iterator[Seeders]:
+    with Seeders(e1_case, E1_SEEDERS, 0) as s:
+        yield s
+
+
+@pytest.mark.interop
+def test_e1_worker_memory_is_bounded_by_pieces_in_flight(
+    e1_case: TorrentCase, e1_seeders: Seeders, tmp_path: Path
+) -> None:
+    torrent = tmp_path / "e1.torrent"
+    torrent.write_bytes(e1_case.torrent)
+    out = tmp_path / "out.bin"
+    first: dict[int, int] = {}
+    peak: dict[int, int] = {}
+    main_peak = 0
+    # One worker talks to every seeder: the most a worker can have in flight, and a worker
+    # that kept the pieces it fetched would hold the whole torrent.
+    with Fetch(torrent, out, e1_seeders.args(), jobs=1) as f:
+        while f.proc.poll() is None:
+            for pid in f.workers():
+                anon = status(pid).get("RssAnon")
+                if anon is not None:
+                    first.setdefault(pid, anon)
+                    peak[pid] = max(peak.get(pid, 0), anon)
+            main_peak = max(main_peak, status(f.pid).get("RssAnon", 0))
+            time.sleep(0.005)
+        assert f.wait(5) == 0, f.stderr()
+    assert same_tree(out, e1_case.payload.root)
+    assert len(first) == 1, first  # the worker was seen, and never restarted
+    # A worker holds a buffer for each piece it has requests out for: at most its request
+    # pipelines (MAX_DEPTH blocks per peer) rounded up to whole pieces, plus one partly
+    # requested piece per peer; each peer also has a receive buffer.
+    peers = len(E1_SEEDERS)
+    in_flight = peers * (-(-MAX_DEPTH * BLOCK_SIZE // E1_PIECE) + 1)
+    bound = in_flight * E1_PIECE + peers * RECV_SIZE + 8 * MiB
+    assert bound < E1_SIZE
+    growth = {pid: (peak[pid] - first[pid]) * KiB for pid in first}
+    assert all(g <= bound for g in growth.values()), (growth, bound)
+    # The coordinator never holds piece data: interpreter, click, tqdm and bookkeeping.
+    assert main_peak * KiB < 48 * MiB, main_peak
+    print(f"E1: worker RssAnon growth {sorted(g // KiB for g in growth.values())} KiB, "
+          f"bound {bound // KiB} KiB; coordinator peak {main_peak} KiB")  # fmt: skip
+
+
+# -- E2: the largest torrent we accept ------------------------------------------------------
+
+E2_PIECES = (MAX_TORRENT_SIZE - 200) // HASH  # the hashes alone fill the size cap
+E2_PIECE_LENGTH = 16 * KiB
+E2_WORKERS = 2
+E2_PEERS = 20  # bitfields the coordinator holds: one byte per piece each
+
+
+def big_torrent(path: Path, pieces: int) -> Path:
+    info = {
+        b"name": b"big.bin", b"piece length": E2_PIECE_LENGTH,
+        b"length": pieces * E2_PIECE_LENGTH, b"pieces": os.urandom(HASH * pieces),
+    }  # fmt: skip
+    path.write_bytes(bencode.encode({b"announce": b"http://127.0.0.1:9/announce", b"info": info}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def e2_torrent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = big_torrent(tmp_path_factory.mktemp("e2") / "big.torrent", E2_PIECES)
+    assert path.stat().st_size <= MAX_TORRENT_SIZE
+    assert metainfo.MAX_PIECES * HASH > MAX_TORRENT_SIZE  # the piece cap is never reached
+    return path
+
+
+def peak_rss_of(args: list[str]) -> int:
+    """Peak RSS in bytes of a child process, from the kernel's own accounting."""
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, code, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(code)
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    return usage.ru_maxrss * KiB
+
+
+def test_e2_info_on_the_largest_torrent(e2_torrent: Path, tmp_path: Path) -> None:
+    small = big_torrent(tmp_path / "small.torrent", 3)
+    base = peak_rss_of([sys.executable, "-m", "mptorrent", "info", "--json", str(small)])
+    big = peak_rss_of([sys.executable, "-m", "mptorrent", "info", "--json", str(e2_torrent)])
+    size = e2_torrent.stat().st_size
+    # the file, its decoded hash string and the info-dict span: a few copies, nothing per piece
+    assert big - base <= 4 * size, (big, base, size)
+
+
+def coordinator_probe(torrent: str, workers: str, peers: str) -> None:
+    """In a fresh interpreter: build what the coordinator keeps per piece for ``torrent``
+    and print the memory figures (KiB) as JSON."""
+    from mptorrent.mp import context
+    from mptorrent.picker import Picker
+    from mptorrent.storage import Layout
+
+    meta = metainfo.load(torrent)
+    n = meta.num_pieces
+    reset_peak()  # loading the file is measured by the info test
+    before = status()
+    layout = Layout.for_torrent(meta, Path(torrent).with_suffix(".out"))
+    picker = Picker(n, bytearray(n))
+    done = context().RawArray("B", n + 1)
+    everything = bytes([1]) * n
+    nw, np_ = int(workers), int(peers)
+    for k in range(np_):
+        # each PeerBitfield arrives unpickled: its own bytes object
+        picker.peer_bitfield((k % nw, 1, k), bytes(bytearray(everything)), k % nw)
+    for w in range(nw):
+        picker.pick_for(w, 64)  # the first pick sorts every needed piece (rarest first)
+    after = status()
+    assert layout.num_pieces == n and len(done) == n + 1
+    print(json.dumps({
+        "pieces": n, "anon_before": before["RssAnon"], "rss_before": before["VmRSS"],
+        "anon_after": after["RssAnon"], "hwm_after": after["VmHWM"],
+    }))  # fmt: skip
+
+
+def test_e2_coordinator_structures_for_the_largest_torrent(e2_torrent: Path) -> None:
+    r = run_probe("coordinator_probe", str(e2_torrent), str(E2_WORKERS), str(E2_PEERS))
+    n = r["pieces"]
+    assert n == E2_PIECES
+    kept = (r["anon_after"] - r["anon_before"]) * KiB
+    peak = (r["hwm_after"] - r["rss_before"]) * KiB
+    # Per piece: state, availability, per-worker counts, done-map, the rarest-first order
+    # (a list of ints), plus one byte per piece for each peer's bitfield.
+    assert kept <= n * (128 + E2_PEERS), (kept, n)
+    # The rebuild of the order is transient: keys and the sort's own list on top.
+    assert peak <= n * (320 + E2_PEERS), (peak, n)
+    assert r["hwm_after"] * KiB < 256 * MiB, r
+    print(f"E2: {n} pieces, kept {kept / n:.0f} B/piece, peak {peak / n:.0f} B/piece, "
+          f"process peak {r['hwm_after'] // KiB} MiB")  # fmt: skip
+
+
+# -- E3: 100,000 peers in one tracker reply -------------------------------------------------
+
+E3_PEERS = 100_000
+
+
+def reply_body(form: str) -> bytes:
+    if form == "dictionary":
+        peers: object = [
+            {b"ip": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}".encode(), b"port": 6881}
+            for i in range(E3_PEERS)
+        ]
+        return bencode.encode({b"interval": 1800, b"peers": peers})
+    if form == "compact":
+        blob = b"".join(struct.pack("!IH", 0x0A000000 + i, 6881) for i in range(E3_PEERS))
+        return bencode.encode({b"interval": 1800, b"peers": blob})
+    v6 = b"".join(
+        struct.pack("!QQH", 0x20010DB8 << 32, i + 1, 6881) for i in range(E3_PEERS)
+    )  # fmt: skip
+    return bencode.encode({b"interval": 1800, b"peers": b"", b"peers6": v6})
+
+
+def tracker_reply_probe(form: str) -> None:
+    """In a fresh interpreter: parse a 100,000-peer reply, print memory figures (KiB)."""
+    body = reply_body(form)
+    reset_peak()  # building the reply is not the client's cost
+    before = status()
+    reply = tr.parse_announce(body)
+    after = status()
+    print(json.dumps({
+        "body": len(body), "peers": len(reply.peers), "unique": len(set(reply.peers)),
+        "rss_before": before["VmRSS"], "hwm_after": after["VmHWM"],
+    }))  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["dictionary", "compact", "ipv6"])
+def test_e3_100000_peer_reply_keeps_only_the_cap(form: str) -> None:
+    r = run_probe("tracker_reply_probe", form)
+    assert r["peers"] == r["unique"] == tr.MAX_PEERS
+    assert r["body"] <= MAX_TRACKER_REPLY_SIZE  # what the HTTP client would read at most
+    transient = (r["hwm_after"] - r["rss_before"]) * KiB
+    # bencoder.pyx builds the whole reply (100,000 small dicts) before the cap applies
+    assert transient <= 16 * r["body"], (transient, r)
+    assert transient <= 16 * MAX_TRACKER_REPLY_SIZE
+    print(f"E3 [{form}]: body {r['body']} B, transient {transient // KiB} KiB")
