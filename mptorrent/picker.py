@@ -32,7 +32,6 @@ class Picker:
         self.owner: dict[int, set[int]] = {}  # piece -> workers that took it
         self._rng = random.Random(seed)
         self._order: list[int] = []
-        self._cursor = 0
         self._dirty = True
         self._built_at = 0.0
         self.picked = 0
@@ -117,23 +116,8 @@ class Picker:
         else:
             needed.sort(key=lambda i: (self.availability[i], keys[i]))
         self._order = needed
-        self._cursor = 0
         self._wcursor.clear()
         self._dirty = False
-
-    def pick(self, n: int) -> list[int]:
-        """Up to ``n`` needed pieces that some peer has, best first; they become QUEUED."""
-        if self._dirty:
-            self._rebuild()
-        out: list[int] = []
-        while len(out) < n and self._cursor < len(self._order):
-            i = self._order[self._cursor]
-            self._cursor += 1
-            if self.state[i] == NEEDED:
-                self.state[i] = QUEUED
-                out.append(i)
-        self.picked += len(out)
-        return out
 
     def pick_for(self, worker: int, n: int) -> list[int]:
         """Up to ``n`` needed pieces that ``worker``'s peers have; they become TAKEN by it."""
@@ -185,24 +169,6 @@ class Picker:
         if wav is None:
             return False
         return any(self.state[i] == NEEDED and wav[i] for i in range(self.num_pieces))
-
-    def endgame_pick(self, n: int, exclude: Iterable[int] = ()) -> list[int]:
-        """In-flight pieces worth asking a second worker for (nothing else is left)."""
-        skip = set(exclude)
-        out = [
-            i for i in range(self.num_pieces)
-            if self.state[i] == TAKEN and i not in skip and self.availability[i] > 0
-        ]  # fmt: skip
-        self._rng.shuffle(out)
-        return out[:n]
-
-    @property
-    def needed_available(self) -> int:
-        return sum(
-            1
-            for i in range(self.num_pieces)
-            if self.state[i] == NEEDED and self.availability[i] > 0
-        )
 
     @property
     def remaining(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mptorrent.picker import DONE, NEEDED, QUEUED, RANDOM_FIRST, TAKEN, Picker
+from mptorrent.picker import DONE, NEEDED, RANDOM_FIRST, TAKEN, Picker
 
 
 def bits(s: str) -> bytes:
@@ -10,22 +10,31 @@ def bits(s: str) -> bytes:
     return bytes(1 if c == "1" else 0 for c in s)
 
 
-def test_nothing_is_picked_that_no_peer_has() -> None:
+def test_nothing_is_handed_out_that_no_peer_of_the_worker_has() -> None:
     p = Picker(4, seed=1)
-    assert p.pick(10) == []
-    p.peer_bitfield("a", bits("0100"))
-    assert p.pick(10) == [1]
+    assert p.pick_for(0, 10) == []
+    p.peer_bitfield("a", bits("0100"), worker=0)
+    assert p.pick_for(0, 10) == [1]
+    assert p.state[1] == TAKEN
+
+
+def test_each_worker_gets_only_what_its_own_peers_have() -> None:
+    p = Picker(4, seed=10)
+    p.peer_bitfield("a", bits("1100"), worker=0)
+    p.peer_bitfield("b", bits("0011"), worker=1)
+    assert sorted(p.pick_for(1, 10)) == [2, 3]
+    assert sorted(p.pick_for(0, 10)) == [0, 1]
 
 
 def test_rarest_first_after_the_random_start() -> None:
     p = Picker(10, seed=2)
-    p.peer_bitfield("a", bits("1111111111"))
-    p.peer_bitfield("b", bits("1111111110"))
-    p.peer_bitfield("c", bits("1111111100"))
-    first = p.pick(RANDOM_FIRST)
+    p.peer_bitfield("a", bits("1111111111"), worker=0)
+    p.peer_bitfield("b", bits("1111111110"), worker=0)
+    p.peer_bitfield("c", bits("1111111100"), worker=0)
+    first = p.pick_for(0, RANDOM_FIRST)
     assert len(first) == RANDOM_FIRST
     rest = [i for i in range(10) if i not in first]
-    order = p.pick(10)
+    order = p.pick_for(0, 10)
     assert sorted(order) == rest
     avail = [p.availability[i] for i in order]
     assert avail == sorted(avail)  # rarest first
@@ -33,23 +42,19 @@ def test_rarest_first_after_the_random_start() -> None:
 
 def test_have_pieces_are_done_and_never_picked() -> None:
     p = Picker(4, bits("1010"), seed=3)
-    p.peer_bitfield("a", bits("1111"))
-    assert sorted(p.pick(10)) == [1, 3]
+    p.peer_bitfield("a", bits("1111"), worker=0)
+    assert sorted(p.pick_for(0, 10)) == [1, 3]
     assert p.remaining == 2
 
 
 def test_lease_lifecycle_and_release_on_failure() -> None:
     p = Picker(3, seed=4)
-    p.peer_bitfield("a", bits("111"))
-    picked = p.pick(1)
-    (i,) = picked
-    assert p.state[i] == QUEUED
-    p.took(i, worker=0)
-    assert p.state[i] == TAKEN
+    p.peer_bitfield("a", bits("111"), worker=0)
+    (i,) = p.pick_for(0, 1)
+    assert p.owner[i] == {0}
     p.release(i, worker=0)  # hash failure or hand-back
     assert p.state[i] == NEEDED
-    assert i in p.pick(3)
-    p.took(i, 1)
+    assert i in p.pick_for(0, 3)
     assert p.finished(i) is True
     assert p.state[i] == DONE
     assert p.finished(i) is False  # an endgame duplicate does not count twice
@@ -57,32 +62,34 @@ def test_lease_lifecycle_and_release_on_failure() -> None:
 
 def test_release_keeps_a_piece_another_worker_still_holds() -> None:
     p = Picker(1, seed=5)
-    p.peer_bitfield("a", bits("1"))
-    p.pick(1)
-    p.took(0, 0)
-    p.took(0, 1)  # endgame duplicate
+    p.peer_bitfield("a", bits("1"), worker=0)
+    p.peer_bitfield("b", bits("1"), worker=1)
+    assert p.pick_for(0, 1) == [0]
+    assert p.endgame_for(1, 1) == [0]  # duplicated to the idle worker
     p.release(0, 0)
     assert p.state[0] == TAKEN
     p.release(0, 1)
     assert p.state[0] == NEEDED
 
 
-def test_worker_death_releases_its_pieces_only() -> None:
+def test_worker_death_releases_its_pieces_and_forgets_its_peers() -> None:
     p = Picker(4, seed=6)
-    p.peer_bitfield("a", bits("1111"))
-    got = p.pick(4)
-    p.took(got[0], 0)
-    p.took(got[1], 1)
+    p.peer_bitfield("a", bits("1100"), worker=0)
+    p.peer_bitfield("b", bits("0011"), worker=1)
+    got0 = p.pick_for(0, 4)
+    got1 = p.pick_for(1, 4)
+    p.forget_worker(0, ["a"])
     p.release_worker(0)
-    assert p.state[got[0]] == NEEDED
-    assert p.state[got[1]] == TAKEN
+    assert all(p.state[i] == NEEDED for i in got0)
+    assert all(p.state[i] == TAKEN for i in got1)
+    assert p.availability == [0, 0, 1, 1]
+    assert p.pick_for(0, 4) == []
 
 
 def test_release_all_keeps_done_pieces() -> None:
     p = Picker(3, seed=7)
-    p.peer_bitfield("a", bits("111"))
-    for i in p.pick(3):
-        p.took(i, 0)
+    p.peer_bitfield("a", bits("111"), worker=0)
+    p.pick_for(0, 3)
     p.finished(0)
     p.release_all()
     assert [p.state[i] for i in range(3)] == [DONE, NEEDED, NEEDED]
@@ -90,19 +97,20 @@ def test_release_all_keeps_done_pieces() -> None:
 
 def test_peer_leaving_lowers_availability() -> None:
     p = Picker(2, seed=8)
-    p.peer_bitfield("a", bits("11"))
-    p.peer_have("b", 1)
+    p.peer_bitfield("a", bits("11"), worker=0)
+    p.peer_have("b", 1, worker=0)
     assert p.availability == [1, 2]
-    p.peer_bitfield("a", None)
+    p.peer_bitfield("a", None, worker=0)
     assert p.availability == [0, 1]
-    assert p.pick(5) == [1]
+    assert p.pick_for(0, 5) == [1]
 
 
-def test_endgame_offers_only_pieces_in_flight() -> None:
+def test_endgame_offers_only_pieces_in_flight_elsewhere() -> None:
     p = Picker(3, seed=9)
-    p.peer_bitfield("a", bits("111"))
-    for i in p.pick(3):
-        p.took(i, 0)
+    p.peer_bitfield("a", bits("111"), worker=0)
+    p.peer_bitfield("b", bits("111"), worker=1)
+    p.pick_for(0, 3)
     p.finished(1)
-    assert sorted(p.endgame_pick(5)) == [0, 2]
-    assert p.needed_available == 0
+    assert not p.needed_for(1)
+    assert sorted(p.endgame_for(1, 5)) == [0, 2]
+    assert p.endgame_for(1, 5) == []  # already its own
