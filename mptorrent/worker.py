@@ -485,7 +485,10 @@ class _Worker:
                     q.queue(q.wire.send(wire.Cancel(index, begin, length)))
 
     def _complete(self, job: PieceJob) -> None:
-        self._cancel_piece(job)
+        # Requests for this piece can still be out only where a block was asked of two
+        # peers (endgame); skip scanning every peer's pending set for the common case.
+        if max(job.requested) > 1:
+            self._cancel_piece(job)
         peers = tuple(sorted(job.contributors, key=job.contributors.__getitem__, reverse=True))
         if hashlib.sha1(job.buf).digest() == self.cfg.meta.piece_hash(job.index):
             del self.jobs[job.index]
