@@ -397,12 +397,12 @@ class Coordinator:
     def _pump(self, wid: int, gen: int, results: Any) -> None:
         while True:
             try:
-                msg = results.get()
+                batch = results.get()
             except Exception:  # closed, or a writer died mid-message
                 return
-            if msg is None:
+            if batch is None:
                 return
-            self.inbox.put(("worker", (wid, gen, msg)))
+            self.inbox.put(("worker", (wid, gen, batch)))  # a worker's list of reports
 
     def _retire(self, slot: _Slot) -> None:
         """Let go of one incarnation's queues without waiting on locks it may hold."""
@@ -442,8 +442,10 @@ class Coordinator:
                 kind, payload = self.inbox.get(timeout=0.05)
             except queue.Empty:
                 return
-            if kind == "worker" and isinstance(payload[2], WorkerStats | PieceDone):
-                self._handle(kind, payload)
+            if kind == "worker":
+                wid, gen, batch = payload
+                kept = [m for m in batch if isinstance(m, WorkerStats | PieceDone)]
+                self._handle(kind, (wid, gen, kept))
 
     def _restart(self, slot: _Slot, why: str) -> None:
         self.restarts += 1
@@ -537,20 +539,21 @@ class Coordinator:
             for addr in payload.peers:
                 self._add_peer(addr)
         elif kind == "worker":
-            wid, gen, msg = payload
+            wid, gen, batch = payload
             slot = self.slots[wid]
-            if gen == slot.gen:  # ignore stragglers from a dead incarnation
-                self._on_worker(slot, msg)
-            elif isinstance(msg, PieceDone):
-                self._piece_done(msg.index, wid, msg.peers)  # verified is verified
+            for msg in batch:
+                if gen == slot.gen:  # ignore stragglers from a dead incarnation
+                    self._on_worker(slot, msg)
+                elif isinstance(msg, PieceDone):
+                    self._piece_done(msg.index, wid, msg.peers)  # verified is verified
 
     def _on_worker(self, slot: _Slot, msg: Any) -> None:
         p = self.picker
         wid = slot.wid
-        if isinstance(msg, Took):
-            slot.queued = max(0, slot.queued - 1)
-        elif isinstance(msg, PieceDone):
+        if isinstance(msg, PieceDone):
             self._piece_done(msg.index, wid, msg.peers)
+        elif isinstance(msg, Took):
+            slot.queued = max(0, slot.queued - len(msg.indices))
         elif isinstance(msg, PieceFailed):
             self.progress.note(f"piece {msg.index} failed its hash check")
             self.hash_failures += 1
@@ -599,7 +602,8 @@ class Coordinator:
             # A worker that has not finished a piece yet gets only a few: its peers may
             # be snubbing it, and queued pieces stay leased to it.
             ahead = self.ahead if self.pieces_per_worker.get(slot.wid) else MIN_AHEAD
-            if slot.work is None or slot.queued >= ahead:
+            # Top up at half: batches of several pieces per put (and per Took).
+            if slot.work is None or slot.queued > ahead // 2:
                 continue
             got = p.pick_for(slot.wid, ahead - slot.queued)
             if not got and slot.queued == 0 and now - slot.last_endgame > ENDGAME_EVERY:
@@ -614,9 +618,9 @@ class Coordinator:
                         self.meta.num_pieces
                     ]:
                         self.done_map[self.meta.num_pieces] = 1
-            for index in got:
-                slot.work.put(index)
-            slot.queued += len(got)
+            if got:
+                slot.work.put(list(got))
+                slot.queued += len(got)
 
     def _last_words(self, slot: _Slot) -> None:
         """Handle what a dead worker reported before it exited (a crash, a disk error)

@@ -17,13 +17,17 @@ class PeerAddr(NamedTuple):
 
 
 # -- worker -> coordinator (the result queue) ---------------------------------
+# A worker puts a *list* of these records per report: one pickle and one pipe
+# write for everything since the last report, not one per piece (reports go out
+# every few tens of milliseconds, at once for anything the coordinator acts on).
+# The coordinator's work queue likewise carries lists of piece indices.
 
 
 class Took(NamedTuple):
-    """A worker took a piece from the work queue (the coordinator's lease table)."""
+    """A worker took a batch of pieces from its work queue (the coordinator's count)."""
 
     worker: int
-    index: int
+    indices: tuple[int, ...]
 
 
 class PieceDone(NamedTuple):

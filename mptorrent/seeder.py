@@ -114,15 +114,16 @@ class Seeder:
                 if self.until is not None and self.until(self.stats):
                     break
                 try:
-                    msg = results.get(timeout=0.2)
+                    batch = results.get(timeout=0.2)  # a worker's list of reports
                 except queue.Empty:
-                    msg = None
-                if isinstance(msg, WorkerStats):
-                    self.stats.uploaded += msg.uploaded
-                    self.stats.per_worker_peers[msg.worker] = msg.peers
-                    self.stats.peers = sum(self.stats.per_worker_peers.values())
-                elif isinstance(msg, WorkerFailed):
-                    self.note(msg.message)
+                    batch = []
+                for msg in batch:
+                    if isinstance(msg, WorkerStats):
+                        self.stats.uploaded += msg.uploaded
+                        self.stats.per_worker_peers[msg.worker] = msg.peers
+                        self.stats.peers = sum(self.stats.per_worker_peers.values())
+                    elif isinstance(msg, WorkerFailed):
+                        self.note(msg.message)
                 while not self.inbox.empty():
                     r = self.inbox.get_nowait()
                     for err in r.errors:

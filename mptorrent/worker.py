@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,9 @@ MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
 MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban) before release
 SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
-MAX_BACKLOG = 8  # pieces held for other peers of this worker
+REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
+MAX_BACKLOG = 128  # pieces taken from the work queue and not started
+MAX_FREE_BUFFERS = 16  # piece buffers kept for reuse
 
 
 @dataclass
@@ -78,20 +81,20 @@ class _SelfConnection(Exception):
 
 
 class PieceJob:
-    __slots__ = ("buf", "contributors", "index", "last_progress", "nblocks", "nreceived",
+    __slots__ = ("buf", "index", "last_progress", "nblocks", "nreceived",
                  "received", "requested", "senders", "size", "started", "suspects", "todo",
                  "tries")  # fmt: skip
 
-    def __init__(self, index: int, size: int) -> None:
+    def __init__(self, index: int, size: int, buf: bytearray | None = None) -> None:
         self.index = index
         self.size = size
-        self.buf = bytearray(size)
+        # a recycled buffer holds an old piece: every block is overwritten before the hash
+        self.buf = buf if buf is not None and len(buf) == size else bytearray(size)
         self.nblocks = -(-size // BLOCK)
         self.requested = bytearray(self.nblocks)  # how many peers asked for each block
         self.received = bytearray(self.nblocks)
         self.nreceived = 0
         self.todo = list(range(self.nblocks - 1, -1, -1))  # stack of blocks nobody asked for
-        self.contributors: dict[PeerAddr, int] = {}  # blocks each peer sent
         self.senders: list[PeerAddr | None] = [None] * self.nblocks
         self.suspects: dict[int, list[tuple[PeerAddr, bytes]]] = {}  # from failed tries
         self.tries = 0
@@ -103,7 +106,6 @@ class PieceJob:
         self.received = bytearray(self.nblocks)
         self.nreceived = 0
         self.todo = list(range(self.nblocks - 1, -1, -1))
-        self.contributors = {}
         self.senders = [None] * self.nblocks
         self.last_progress = time.monotonic()
 
@@ -113,6 +115,16 @@ class PieceJob:
 
     def block_len(self, blk: int) -> int:
         return min(BLOCK, self.size - blk * BLOCK)
+
+    def take(self, n: int) -> list[int]:
+        """Up to ``n`` blocks that nobody has been asked for yet."""
+        out: list[int] = []
+        todo, received, requested = self.todo, self.received, self.requested
+        while todo and len(out) < n:
+            b = todo.pop()
+            if not received[b] and not requested[b]:
+                out.append(b)
+        return out
 
 
 @dataclass
@@ -143,6 +155,12 @@ class _Worker:
     queue_empty: bool = False
     downloaded: int = 0
     uploaded: int = 0
+    now: float = 0.0  # the loop's clock, read once per turn
+    outbox: list[Any] = field(default_factory=list)  # reports not yet sent
+    urgent: bool = False  # the outbox holds something the coordinator acts on
+    last_report: float = 0.0
+    to_tell: list[int] = field(default_factory=list)  # verified here, HAVE not yet sent
+    free_bufs: list[bytearray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.storage = Storage(self.cfg.layout, writable=True)
@@ -169,7 +187,7 @@ class _Worker:
     def run(self) -> None:
         last_slow = last_stats = 0.0
         while not self.stopping:
-            now = time.monotonic()
+            now = self.now = time.monotonic()
             if now - last_slow >= 0.2:
                 last_slow = now
                 self._check_control()
@@ -183,11 +201,16 @@ class _Worker:
                 for p in self.peers.values():
                     p.update_depth(now)
                 self.uploader.rechoke(now)
-            for key, mask in self.sel.select(TICK):
+            events = self.sel.select(TICK)
+            self.now = time.monotonic()
+            for key, mask in events:
                 if key.data is None:
                     self._accept()
                 else:
                     self._on_event(key.data, mask)
+            if self.to_tell:
+                self._tell(self.to_tell)
+                self.to_tell = []
             for p in list(self.peers.values()):
                 if p.state == ACTIVE:
                     if not self.cfg.seed_only:
@@ -200,8 +223,30 @@ class _Worker:
                 active = sum(1 for p in self.peers.values() if p.state == ACTIVE)
                 up = self.uploader.uploaded
                 self.uploader.uploaded = 0
-                self.result_q.put(WorkerStats(self.cfg.worker_id, self.downloaded, up, active))
+                self._emit(
+                    WorkerStats(self.cfg.worker_id, self.downloaded, up, active), urgent=False
+                )
                 self.downloaded = 0
+            self._send_reports()
+
+    def _emit(self, msg: Any, *, urgent: bool = True) -> None:
+        self.outbox.append(msg)
+        self.urgent = self.urgent or urgent
+
+    def _send_reports(self, *, force: bool = False) -> None:
+        """One put for everything reported since the last one.
+
+        Routine reports wait up to REPORT_EVERY; anything the coordinator acts on
+        (a batch taken, a piece returned, a peer's pieces) goes at once, and so does
+        everything when this worker has no piece left in hand.
+        """
+        if not self.outbox:
+            return
+        if force or self.urgent or not self.jobs or self.now - self.last_report >= REPORT_EVERY:
+            self.result_q.put(self.outbox)
+            self.outbox = []
+            self.urgent = False
+            self.last_report = self.now
 
     def shutdown(self) -> None:
         for p in list(self.peers.values()):
@@ -299,14 +344,14 @@ class _Worker:
         self.uploader.detach(p)
         self.peers.pop(p.addr, None)
         if p.reported_bits:
-            self.result_q.put(PeerBitfield(self.cfg.worker_id, p.addr, None))
+            self._emit(PeerBitfield(self.cfg.worker_id, p.addr, None))
         self.haves.pop(p.addr, None)
         if ban:
             self.banned.add(p.addr)
             if p.inbound:
                 # An incoming peer's port is temporary: ban the address it comes from.
                 self.banned_hosts.add(p.addr.host)
-            self.result_q.put(PeerBanned(self.cfg.worker_id, p.addr, reason))
+            self._emit(PeerBanned(self.cfg.worker_id, p.addr, reason))
         elif p.useful and not p.inbound:
             # It delivered data: try again soon, from the start of the back-off ladder
             # (the total number of attempts stays capped, so a flapping peer cannot spin us).
@@ -333,7 +378,7 @@ class _Worker:
         self.jobs.pop(index, None)
         if index in self.backlog:
             self.backlog.remove(index)
-        self.result_q.put(Returned(self.cfg.worker_id, index))
+        self._emit(Returned(self.cfg.worker_id, index))
 
     # -- socket events ------------------------------------------------------
 
@@ -382,13 +427,38 @@ class _Worker:
 
     def _process(self, p: PeerSession) -> None:
         conn = p.wire
+        jobs = self.jobs
+        pending = p.pending
+        now = self.now
+        blocks = 0
         while True:
             ev = conn.next_event()
-            if ev is wire.NEED_DATA:
-                return
-            if isinstance(ev, wire.Piece):
-                self._on_block(p, ev)
+            if type(ev) is wire.Piece:
+                # The bulk of all traffic, kept inline: a call per block is measurable.
+                blocks += 1
+                index, begin = ev.index, ev.begin
+                pending.discard((index, begin))
+                job = jobs.get(index)
+                if job is None:
+                    continue  # finished or dropped meanwhile (endgame duplicate)
+                blk = begin // BLOCK
+                if job.received[blk]:
+                    continue
+                block = ev.block
+                n = len(block)
+                job.buf[begin : begin + n] = block
+                job.received[blk] = 1
+                job.nreceived += 1
+                job.senders[blk] = p.addr
+                job.last_progress = now
+                self.downloaded += n
+                if job.requested[blk] > 1:
+                    self._cancel_others(p, index, begin, n)
+                if job.nreceived == job.nblocks:
+                    self._complete(job)
                 continue
+            if ev is wire.NEED_DATA:
+                break
             if not isinstance(ev, wire.KeepAlive):
                 p.last_message = time.monotonic()
             if isinstance(ev, wire.Handshake):
@@ -396,13 +466,11 @@ class _Worker:
                     raise _SelfConnection
                 p.state = ACTIVE
             elif isinstance(ev, wire.Bitfield):
-                self.result_q.put(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
+                self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
                 p.reported_bits = True
             elif isinstance(ev, wire.Have):
                 if not p.reported_bits:
-                    self.result_q.put(
-                        PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has))
-                    )
+                    self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
                     p.reported_bits = True
                 else:
                     self.haves.setdefault(p.addr, []).append(ev.index)
@@ -411,6 +479,9 @@ class _Worker:
             elif isinstance(ev, (wire.Request, wire.Cancel, wire.Interested, wire.NotInterested)):
                 self.uploader.on_event(p, ev)
             # Unchoke, KeepAlive and the rest change wire state only.
+        if blocks:
+            p.last_block = p.last_message = now
+            p.useful = True
 
     def _tell_new_pieces(self) -> None:
         """HAVE to our peers for pieces any worker verified since we last looked.
@@ -434,7 +505,7 @@ class _Worker:
     def _report_haves(self) -> None:
         for addr, idx in self.haves.items():
             if idx:
-                self.result_q.put(PeerHaves(self.cfg.worker_id, addr, tuple(idx)))
+                self._emit(PeerHaves(self.cfg.worker_id, addr, tuple(idx)), urgent=False)
         self.haves.clear()
 
     # -- blocks and pieces --------------------------------------------------
@@ -453,30 +524,6 @@ class _Worker:
         p.pending.clear()
         p.wire.clear_requests()
 
-    def _on_block(self, p: PeerSession, ev: wire.Piece) -> None:
-        key = (ev.index, ev.begin)
-        p.pending.discard(key)
-        p.last_block = p.last_message = time.monotonic()
-        p.useful = True
-        job = self.jobs.get(ev.index)
-        if job is None:
-            return  # finished or dropped meanwhile (endgame duplicate)
-        blk = ev.begin // BLOCK
-        if job.received[blk]:
-            return
-        n = len(ev.block)
-        job.buf[ev.begin : ev.begin + n] = ev.block
-        job.received[blk] = 1
-        job.nreceived += 1
-        job.senders[blk] = p.addr
-        job.last_progress = p.last_block
-        job.contributors[p.addr] = job.contributors.get(p.addr, 0) + 1
-        self.downloaded += n
-        if job.requested[blk] > 1:
-            self._cancel_others(p, ev.index, ev.begin, n)
-        if job.nreceived == job.nblocks:
-            self._complete(job)
-
     def _cancel_others(self, got: PeerSession, index: int, begin: int, length: int) -> None:
         for q in self.peers.values():
             if q is not got and (index, begin) in q.pending:
@@ -489,7 +536,8 @@ class _Worker:
         # peers (endgame); skip scanning every peer's pending set for the common case.
         if max(job.requested) > 1:
             self._cancel_piece(job)
-        peers = tuple(sorted(job.contributors, key=job.contributors.__getitem__, reverse=True))
+        # who sent its blocks, most first (credit, and suspects on a failure)
+        peers = tuple(a for a, _ in Counter(job.senders).most_common() if a is not None)
         if hashlib.sha1(job.buf).digest() == self.cfg.meta.piece_hash(job.index):
             del self.jobs[job.index]
             if job.suspects:
@@ -497,8 +545,9 @@ class _Worker:
             if not self.done_map[job.index]:
                 self.storage.write_piece(job.index, job.buf)
                 self.done_map[job.index] = 1
-            self.result_q.put(PieceDone(self.cfg.worker_id, job.index, peers))
-            self._tell([job.index])
+            self._emit(PieceDone(self.cfg.worker_id, job.index, peers), urgent=False)
+            self.to_tell.append(job.index)
+            self._recycle(job)
             return
         reason = f"sent data that failed the hash check of piece {job.index}"
         job.tries += 1
@@ -511,7 +560,7 @@ class _Worker:
             for blk, sender in enumerate(job.senders):
                 if sender is not None:
                     job.suspects.setdefault(blk, []).append((sender, job.block_digest(blk)))
-            self.result_q.put(PieceFailed(self.cfg.worker_id, job.index, peers, retrying=True))
+            self._emit(PieceFailed(self.cfg.worker_id, job.index, peers, retrying=True))
             job.reset()
             return
         else:
@@ -520,7 +569,8 @@ class _Worker:
                 if self.strikes[addr] >= MAX_STRIKES:
                     self._ban(addr, reason)
         del self.jobs[job.index]
-        self.result_q.put(PieceFailed(self.cfg.worker_id, job.index, peers))
+        self._recycle(job)
+        self._emit(PieceFailed(self.cfg.worker_id, job.index, peers))
 
     def _smart_ban(self, job: PieceJob) -> None:
         for blk, claims in job.suspects.items():
@@ -537,7 +587,7 @@ class _Worker:
             self._drop(q, reason, ban=True)
         else:
             self.banned.add(addr)
-            self.result_q.put(PeerBanned(self.cfg.worker_id, addr, reason))
+            self._emit(PeerBanned(self.cfg.worker_id, addr, reason))
 
     def _cancel_piece(self, job: PieceJob) -> None:
         """Withdraw every request still out for this piece (endgame duplicates)."""
@@ -550,68 +600,81 @@ class _Worker:
 
     def _fill(self, p: PeerSession) -> None:
         spare = p.spare
-        if spare <= 0:
+        # Top up once a quarter of the pipeline is free: fewer, fuller sends.
+        if spare <= 0 or (p.pending and spare < p.depth // 4):
             return
-        reqs: list[wire.Request] = []
         if not p.pending:
-            p.last_block = time.monotonic()  # the snub clock starts with the first request
-        while spare > 0:
-            blk = self._next_block(p)
-            if blk is None:
-                break
-            job, b = blk
-            job.requested[b] += 1
-            n = job.block_len(b)
-            p.pending.add((job.index, b * BLOCK))
-            reqs.append(wire.Request(job.index, b * BLOCK, n))
-            spare -= 1
-        if reqs:
-            p.queue(b"".join(p.wire.send(r) for r in reqs))
-
-    def _next_block(self, p: PeerSession) -> tuple[PieceJob, int] | None:
+            p.last_block = self.now  # the snub clock starts with the first request
         has = p.wire.peer_has
-        for job in self.jobs.values():
-            if has[job.index]:
-                while job.todo:
-                    b = job.todo.pop()
-                    if not job.received[b] and job.requested[b] == 0:
-                        return job, b
-        job = self._start_piece(p)
-        if job is not None:
-            return job, job.todo.pop()
-        return self._endgame_block(p)
+        keys: list[tuple[int, int, int]] = []
+        while spare > 0:
+            blocks: list[int] = []
+            for job in self.jobs.values():
+                if job.todo and has[job.index]:
+                    blocks = job.take(spare)
+                    if blocks:
+                        break
+            else:
+                job = self._start_piece(p)
+                if job is not None:
+                    blocks = job.take(spare)
+                else:
+                    found = self._endgame_block(p)
+                    if found is None:
+                        break
+                    job, b = found
+                    blocks = [b]
+            index = job.index
+            requested = job.requested
+            for b in blocks:
+                requested[b] += 1
+                keys.append((index, b * BLOCK, job.block_len(b)))
+            # now, not after the loop: the endgame search skips what is pending
+            p.pending.update([(index, b * BLOCK) for b in blocks])
+            spare -= len(blocks)
+        if keys:
+            p.queue(p.wire.send_requests(keys))
 
     def _start_piece(self, p: PeerSession) -> PieceJob | None:
         has = p.wire.peer_has
-        for k, index in enumerate(self.backlog):
-            if has[index]:
-                del self.backlog[k]
-                return self._new_job(index)
         while True:
-            try:
-                index = self.work_q.get_nowait()
-            except queue.Empty:
-                self.queue_empty = True
+            for k, index in enumerate(self.backlog):
+                if has[index]:
+                    del self.backlog[k]
+                    return self._new_job(index)
+            if len(self.backlog) >= MAX_BACKLOG or not self._take_work():
                 return None
-            self.queue_empty = False
-            # Always acknowledge, so the coordinator's count of queued pieces stays exact.
-            self.result_q.put(Took(self.cfg.worker_id, index))
+
+    def _take_work(self) -> bool:
+        """Move one batch from the work queue to the backlog; False if there is none."""
+        try:
+            batch = self.work_q.get_nowait()
+        except queue.Empty:
+            self.queue_empty = True
+            return False
+        self.queue_empty = False
+        # Always acknowledge, so the coordinator's count of queued pieces stays exact.
+        self._emit(Took(self.cfg.worker_id, tuple(batch)))
+        active = [q for q in self.peers.values() if q.state == ACTIVE]
+        for index in batch:
             if self.done_map[index] or index in self.jobs or index in self.backlog:
                 continue
-            if has[index]:
-                return self._new_job(index)
-            if any(q.wire.peer_has[index] for q in self.peers.values() if q.state == ACTIVE):
+            if any(q.wire.peer_has[index] for q in active):
                 self.backlog.append(index)
-                if len(self.backlog) >= MAX_BACKLOG:
-                    return None  # enough in hand for our other peers
-                continue
-            # The coordinator only sends pieces our peers have; that peer has just left.
-            self.result_q.put(Returned(self.cfg.worker_id, index))
+            else:
+                # The coordinator only sends pieces our peers have; that peer has left.
+                self._emit(Returned(self.cfg.worker_id, index))
+        return True
 
     def _new_job(self, index: int) -> PieceJob:
-        job = PieceJob(index, self.cfg.layout.piece_size(index))
+        buf = self.free_bufs.pop() if self.free_bufs else None
+        job = PieceJob(index, self.cfg.layout.piece_size(index), buf)
         self.jobs[index] = job
         return job
+
+    def _recycle(self, job: PieceJob) -> None:
+        if len(self.free_bufs) < MAX_FREE_BUFFERS and len(job.buf) == self.cfg.meta.piece_length:
+            self.free_bufs.append(job.buf)
 
     def _endgame_block(self, p: PeerSession) -> tuple[PieceJob, int] | None:
         """Nothing new to fetch: ask this peer for blocks others are slow to send."""
@@ -662,28 +725,30 @@ def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     random.seed()
     w = None
+    failed: WorkerFailed | None = None
     try:
         w = _Worker(cfg, work_q, result_q, control_q, memoryview(done_map).cast("B"))
         w.run()
     except MptorrentError as exc:
-        result_q.put(WorkerFailed(cfg.worker_id, str(exc), traceback.format_exc(), storage=True))
+        failed = WorkerFailed(cfg.worker_id, str(exc), traceback.format_exc(), storage=True)
     except OSError as exc:
-        result_q.put(
-            WorkerFailed(
-                cfg.worker_id, f"disk or system error: {exc}", traceback.format_exc(), storage=True
-            )
+        failed = WorkerFailed(
+            cfg.worker_id, f"disk or system error: {exc}", traceback.format_exc(), storage=True
         )
     except Exception as exc:
-        result_q.put(
-            WorkerFailed(
-                cfg.worker_id, f"worker {cfg.worker_id} crashed: {exc!r}", traceback.format_exc()
-            )
+        failed = WorkerFailed(
+            cfg.worker_id, f"worker {cfg.worker_id} crashed: {exc!r}", traceback.format_exc()
         )
     finally:
+        last: list[Any] = []
         if w is not None:
             w.shutdown()
-            # the last counts, so a seed ratio sees every byte we uploaded
-            result_q.put(WorkerStats(cfg.worker_id, w.downloaded, w.uploader.uploaded, 0))
+            # what was still batched, and the last counts (a seed ratio sees every byte)
+            last = w.outbox
+            last.append(WorkerStats(cfg.worker_id, w.downloaded, w.uploader.uploaded, 0))
+        if failed is not None:
+            last.append(failed)
+        result_q.put(last)
         # let the queue's feeder thread deliver what we put before we exit
         result_q.close()
         result_q.join_thread()
