@@ -66,6 +66,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("mmap: prefault (MADV_POPULATE_WRITE)", "copy into mmap"),
     ("mmap: copy piece", "copy into mmap"),
     ("mmap: other", "copy into mmap"),
+    ("pwrite: write piece", "copy into mmap"),
     ("requests: pick blocks, build messages", "requests and sends"),
     ("send (sock.send)", "requests and sends"),
     ("pending-set scans (cancels, timeouts)", "requests and sends"),
@@ -95,6 +96,13 @@ def _src(file: str, line: int) -> str:
     if not file.startswith("mptorrent/"):
         return ""
     return linecache.getline(str(REPO / file), line)
+
+
+# Lines of the block path that worker._process runs inline for every received block.
+_BLOCK_PATH = ("type(ev) is wire.Piece", "blocks += 1", "index, begin = ev", "pending.discard",
+               "jobs.get(index)", "job is None", "blk = begin", "job.received", "block = ev.block",
+               "n = len(block)", "job.nreceived", "job.senders", "job.last_progress",
+               "self.downloaded", "job.requested[blk]", "continue")  # fmt: skip
 
 
 def classify_frame(file: str, func: str, line: int) -> str | None:
@@ -146,6 +154,8 @@ def classify_frame(file: str, func: str, line: int) -> str | None:
             return "mmap: prefault (MADV_POPULATE_WRITE)"
         if short == "write_piece":
             return "mmap: copy piece" if "] = src[" in text else "mmap: other"
+        if short == "_pwrite_all":
+            return "pwrite: write piece"
         if short in ("read", "_views", "has_piece_data"):
             return "upload (serving peers)"
         if short == "close":
@@ -175,6 +185,10 @@ def classify_frame(file: str, func: str, line: int) -> str | None:
         if owner == "_flush":
             return "send (sock.send)"
         if owner == "_process":
+            if "job.buf[" in text:
+                return "copy block into piece buffer"
+            if any(m in text for m in _BLOCK_PATH):
+                return "block bookkeeping (_on_block)"
             return "parse: event dispatch (worker._process)"
         if owner in ("_tell", "_tell_new_pieces"):
             return "HAVE broadcast"
@@ -352,7 +366,10 @@ def run_tree(cmd: Sequence[str], *, timeout: float, split: bool = False) -> Run:
 
 
 def fetch_cmd(setup: SwarmSetup, out_dir: Path, jobs: int) -> list[str]:
-    return vs_anchors.client_cmd(Client("mptorrent", jobs), setup, out_dir)
+    return vs_anchors.client_cmd(Client("mptorrent", jobs, IO[0]), setup, out_dir)
+
+
+IO = ["auto"]  # mptorrent's --io (set from the command line)
 
 
 def measured(setup: SwarmSetup, work: Path, prefix: list[str], jobs: int, *, timeout: float,
@@ -649,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="1GiB", help="file size (default 1GiB)")
     ap.add_argument("--piece-size", default="1MiB", help="piece length (default 1MiB)")
     ap.add_argument("--jobs", default="1,2", help="worker counts (default 1,2)")
+    ap.add_argument("--io", default="auto", help="mptorrent's --io (default auto)")
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second (250)")
     ap.add_argument("--no-perf", action="store_true", help="skip perf stat and perf record")
     ap.add_argument("--keep-raw", action="store_true", help="keep the raw py-spy stacks")
@@ -661,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="per download, seconds")
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR / "profile_fetch.json")
     args = ap.parse_args(argv)
+    IO[0] = args.io
     vs_anchors.on_sigterm()
 
     size = common.parse_size(args.size)

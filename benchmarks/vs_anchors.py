@@ -253,10 +253,13 @@ def swarm(workdir: Path, wl: Workload, *, start_timeout: float = 600.0) -> Itera
 class Client:
     kind: str  # "mptorrent", LT or ARIA2
     jobs: int = 0
+    io: str = "auto"  # mptorrent's --io
 
     @property
     def label(self) -> str:
-        return f"mptorrent -j {self.jobs}" if self.kind == "mptorrent" else self.kind
+        if self.kind != "mptorrent":
+            return self.kind
+        return f"mptorrent -j {self.jobs}" + (f" --io {self.io}" if self.io != "auto" else "")
 
 
 def free_port(host: str) -> int:
@@ -274,7 +277,7 @@ def client_cmd(client: Client, setup: SwarmSetup, out_dir: Path) -> list[str]:
     if client.kind == "mptorrent":
         return [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o",
                 str(out_dir / wl.name), "-j", str(client.jobs), "--bind", MP_IP, "--port", "0",
-                "-q"]  # fmt: skip
+                "--io", client.io, "-q"]  # fmt: skip
     if client.kind == LT:
         return [sys.executable, str(Path(__file__).resolve()), "lt-leech", str(torrent),
                 str(out_dir), "--tracker", setup.tracker_url, "--ip", LT_IP]  # fmt: skip
@@ -477,11 +480,11 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
     return True
 
 
-def parse_clients(text: str, jobs: list[int]) -> list[Client]:
+def parse_clients(text: str, jobs: list[int], ios: Sequence[str] = ("auto",)) -> list[Client]:
     out: list[Client] = []
     for name in (t.strip() for t in text.split(",") if t.strip()):
         if name == "mptorrent":
-            out += [Client("mptorrent", j) for j in jobs]
+            out += [Client("mptorrent", j, io) for io in ios for j in jobs]
         elif name in (LT, ARIA2):
             if name == ARIA2 and aria2_binary() is None:
                 print("aria2c is not installed: skipping aria2", file=sys.stderr)
@@ -498,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated: 1g-1m, 1g-256k, multi (default: all)")  # fmt: skip
     ap.add_argument("--runs", type=int, default=3, help="timed runs per client (default 3)")
     ap.add_argument("--jobs", default="1,2,4", help="mptorrent worker counts (default 1,2,4)")
+    ap.add_argument("--io", default="auto",
+                    help="mptorrent's --io values, comma-separated (default auto)")  # fmt: skip
     ap.add_argument("--clients", default=f"mptorrent,{LT},{ARIA2}",
                     help="comma-separated: mptorrent, libtorrent, aria2 (default: all; aria2 "
                          "only where aria2c is installed)")  # fmt: skip
@@ -535,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         wls = [table[k] for k in keys]
         jobs = [int(j) for j in args.jobs.split(",")]
         name = "vs_anchors"
-    clients = parse_clients(args.clients, jobs)
+    ios = [t.strip() for t in args.io.split(",") if t.strip()]
+    clients = parse_clients(args.clients, jobs, ios)
     if not clients:
         raise SystemExit("no client to measure")
     from tests.interop.opentracker import opentracker_binary

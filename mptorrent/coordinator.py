@@ -49,7 +49,7 @@ from mptorrent.metainfo import Metainfo
 from mptorrent.mp import context
 from mptorrent.peer import Timeouts
 from mptorrent.picker import DONE, Picker
-from mptorrent.storage import Layout, Storage, human_size, prepare
+from mptorrent.storage import Layout, Storage, choose_io, human_size, prepare
 from mptorrent.worker import WorkerConfig, reserve_port, run
 
 AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
@@ -103,6 +103,7 @@ class FetchOptions:
     max_peers: int = 50
     use_trackers: bool = True
     no_peers_timeout: float = NO_PEERS_TIMEOUT
+    io: str = "auto"  # "mmap", "pwrite", or "auto" (pwrite on network/FUSE filesystems)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -145,6 +146,7 @@ class Coordinator:
         self.opts = opts
         self.progress = progress or _Quiet()
         self.layout = Layout.for_torrent(meta, self.output)
+        self.io = choose_io(opts.io, self.output)
         self.ctx = context()
         self.peer_id = tracker.make_peer_id()
         self.slots = [_Slot(w) for w in range(max(1, opts.jobs))]
@@ -166,6 +168,7 @@ class Coordinator:
         self._holder: socket.socket | None = None
         self._lock_fd: int | None = None
         self.ahead = max(MIN_AHEAD, min(MAX_AHEAD, AHEAD_BYTES // meta.piece_length))
+        self.first_ahead = max(MIN_AHEAD, self.ahead // 4)
         # Trackers record the address a request comes from: announce from the one we bind.
         source = None if opts.bind in (None, "0.0.0.0", "::") else opts.bind
         self.announcer = Announcer(
@@ -379,7 +382,7 @@ class Coordinator:
             worker_id=slot.wid, meta=self.meta, layout=self.layout, peers=tuple(slot.peers),
             parent_pid=os.getpid(), max_peers=self.opts.max_peers,
             banned=tuple(self.banned), listen=self.listen, client_id=self.peer_id[8:],
-            timeouts=self.opts.timeouts,
+            timeouts=self.opts.timeouts, io=self.io,
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
         )  # fmt: skip
         slot.proc = self.ctx.Process(
@@ -599,9 +602,9 @@ class Coordinator:
     def _refill(self, now: float) -> None:
         p = self.picker
         for slot in self.slots:
-            # A worker that has not finished a piece yet gets only a few: its peers may
-            # be snubbing it, and queued pieces stay leased to it.
-            ahead = self.ahead if self.pieces_per_worker.get(slot.wid) else MIN_AHEAD
+            # A worker that has not finished a piece yet gets fewer: its peers may be
+            # snubbing it, and queued pieces stay leased to it.
+            ahead = self.ahead if self.pieces_per_worker.get(slot.wid) else self.first_ahead
             # Top up at half: batches of several pieces per put (and per Took).
             if slot.work is None or slot.queued > ahead // 2:
                 continue

@@ -54,6 +54,7 @@ MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
 MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban) before release
 SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
+CONTROL_EVERY = 0.02  # seconds between looks at the control queue
 REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
 MAX_BACKLOG = 128  # pieces taken from the work queue and not started
 MAX_FREE_BUFFERS = 16  # piece buffers kept for reuse
@@ -73,6 +74,7 @@ class WorkerConfig:
     seed_only: bool = False  # serve, never request
     client_id: bytes = b""  # shared by all workers of one client: spots self-connections
     source_address: str | None = None  # dial out from this address (the one we bind)
+    io: str = "mmap"  # how verified pieces reach the output (storage.IO_MODES)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -163,7 +165,7 @@ class _Worker:
     free_bufs: list[bytearray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.storage = Storage(self.cfg.layout, writable=True)
+        self.storage = Storage(self.cfg.layout, writable=True, io=self.cfg.io)
         # Distinct per worker (peers refuse a second connection from one peer id),
         # with a prefix shared by the whole client so we recognise ourselves.
         cid = (self.cfg.client_id or os.urandom(20))[: SELF_ID_LEN - len(self.cfg.peer_id_prefix)]
@@ -185,12 +187,15 @@ class _Worker:
     # -- main loop ----------------------------------------------------------
 
     def run(self) -> None:
-        last_slow = last_stats = 0.0
+        last_slow = last_stats = last_control = 0.0
         while not self.stopping:
             now = self.now = time.monotonic()
+            if now - last_control >= CONTROL_EVERY:
+                # Often: new peers at start-up and Stop at the end are latency, not work.
+                last_control = now
+                self._check_control()
             if now - last_slow >= 0.2:
                 last_slow = now
-                self._check_control()
                 if not _parent_alive(self.cfg.parent_pid):
                     return  # the coordinator died: nothing left to report to
                 self._connect_peers(now)
@@ -306,6 +311,7 @@ class _Worker:
                 for addr in msg.peers:
                     if addr not in self.banned:
                         self.retry.setdefault(addr, _Retry())
+                self._connect_peers(time.monotonic())  # now, not at the next slow tick
 
     # -- connections --------------------------------------------------------
 

@@ -16,7 +16,17 @@ from hypothesis import strategies as st
 from mptorrent import metainfo
 from mptorrent.errors import DiskFull, ExitStatus, StorageError, UnsafePath
 from mptorrent.metainfo import FileEntry
-from mptorrent.storage import Layout, Slice, Storage, check_safe, human_size, prepare
+from mptorrent.storage import (
+    IO_MODES,
+    Layout,
+    Slice,
+    Storage,
+    check_safe,
+    choose_io,
+    filesystem_type,
+    human_size,
+    prepare,
+)
 
 Spec = list[tuple[str, int]]  # (relative path, or "" for a padding file; length)
 
@@ -163,17 +173,18 @@ def torrent_bytes(lay: Layout, seed: int = 1) -> bytes:
     return bytes(out)
 
 
-def test_write_read_hash(mixed: tuple[Layout, Path]) -> None:
+@pytest.mark.parametrize("io", IO_MODES)
+def test_write_read_hash(mixed: tuple[Layout, Path], io: str) -> None:
     lay, root = mixed
     data = torrent_bytes(lay)
-    with Storage(lay, writable=True) as s:
+    with Storage(lay, writable=True, io=io) as s:
         for i in range(lay.num_pieces):
             s.write_piece(i, data[i * 8 : i * 8 + lay.piece_size(i)])
         s.flush()
     assert (root / "b").read_bytes() == data[0:10]
     assert (root / "dir" / "d").read_bytes() == data[16:36]
     assert (root / "a").read_bytes() == b"" and (root / "e").read_bytes() == b""
-    with Storage(lay) as s:
+    with Storage(lay, io=io) as s:
         for i in range(lay.num_pieces):
             assert s.has_piece_data(i)
             chunk = data[i * 8 : i * 8 + lay.piece_size(i)]
@@ -183,30 +194,53 @@ def test_write_read_hash(mixed: tuple[Layout, Path]) -> None:
         assert s.read(10, 6) == bytes(6)  # padding reads as zeros
 
 
-def test_padding_in_written_piece_is_not_stored(mixed: tuple[Layout, Path]) -> None:
+@pytest.mark.parametrize("io", IO_MODES)
+def test_padding_in_written_piece_is_not_stored(mixed: tuple[Layout, Path], io: str) -> None:
     lay, root = mixed
-    with Storage(lay, writable=True) as s:
+    with Storage(lay, writable=True, io=io) as s:
         s.write_piece(1, b"BB" + b"\xff" * 6)  # bytes over padding are dropped
     assert (root / "b").read_bytes()[8:] == b"BB"
-    with Storage(lay) as s:
+    with Storage(lay, io=io) as s:
         assert s.read(8, 8) == b"BB" + bytes(6)
 
 
-def test_missing_or_wrong_size_file_is_unavailable(mixed: tuple[Layout, Path]) -> None:
+@pytest.mark.parametrize("io", IO_MODES)
+def test_missing_or_wrong_size_file_is_unavailable(mixed: tuple[Layout, Path], io: str) -> None:
     lay, root = mixed
     (root / "b").unlink()
-    with Storage(lay) as s:
+    with Storage(lay, io=io) as s:
         assert [s.has_piece_data(i) for i in range(5)] == [False, False, True, True, True]
         assert s.hash_piece(0) is None and s.hash_piece(1) is None
         assert s.hash_piece(2) == hashlib.sha1(bytes(8)).digest()
     (root / "b").write_bytes(b"short")
-    with Storage(lay) as s:
+    with Storage(lay, io=io) as s:
         assert s.hash_piece(0) is None
     with pytest.raises(StorageError, match="does not have the expected size"):
-        Storage(lay, writable=True)
+        Storage(lay, writable=True, io=io)
     (root / "b").unlink()
     with pytest.raises(StorageError, match="vanished"):
-        Storage(lay, writable=True)
+        Storage(lay, writable=True, io=io)
+
+
+def test_pwrite_storage_sees_a_file_shrink_as_unavailable(mixed: tuple[Layout, Path]) -> None:
+    lay, root = mixed
+    with Storage(lay, io="pwrite") as s:
+        assert s.hash_piece(3) is not None
+        os.truncate(root / "dir" / "d", 4)  # under an open Storage: no SIGBUS with pread
+        assert s.hash_piece(3) is None
+
+
+def test_io_mode_is_checked(mixed: tuple[Layout, Path]) -> None:
+    with pytest.raises(ValueError, match="io must be one of"):
+        Storage(mixed[0], io="aio")
+
+
+def test_auto_io_follows_the_filesystem(tmp_path: Path) -> None:
+    fstype = filesystem_type(tmp_path / "not" / "yet")  # an existing ancestor decides
+    assert fstype is not None and fstype == filesystem_type(tmp_path)
+    assert choose_io("auto", tmp_path) == ("pwrite" if fstype.startswith("fuse") else "mmap")
+    assert choose_io("pwrite", tmp_path) == "pwrite"
+    assert filesystem_type("/proc/self") == "proc"
 
 
 def test_storage_does_not_follow_symlinked_file(tmp_path: Path) -> None:
@@ -384,6 +418,22 @@ def test_disk_full_before_touching_anything(small_tmpfs: Path) -> None:
         prepare(lay, root)
     assert e.value.exit_status == ExitStatus.STORAGE
     assert list(small_tmpfs.iterdir()) == []
+
+
+def test_pwrite_on_a_full_disk_is_an_error_not_a_crash(small_tmpfs: Path) -> None:
+    assert filesystem_type(small_tmpfs) == "tmpfs"
+    root = small_tmpfs / "out"
+    piece = 512 * 1024
+    lay = make_layout(root, [("a", 4 * piece)], piece)
+    root.mkdir()
+    with open(root / "a", "wb") as f:
+        f.truncate(4 * piece)  # sparse: writing past 1 MiB runs out of room
+    with Storage(lay, writable=True, io="pwrite") as s:
+        s.write_piece(0, b"\x01" * piece)  # what fits is written
+        with pytest.raises(OSError) as e:  # pwrite fails where an mmap write would SIGBUS
+            for i in range(1, 4):
+                s.write_piece(i, b"\x01" * piece)
+    assert e.value.errno == errno.ENOSPC
 
 
 def test_disk_fits_exactly_what_is_free(small_tmpfs: Path) -> None:

@@ -1245,3 +1245,51 @@ def benchmark(megabytes: int = 256, recv_size: int = 256 * 1024) -> None:
 
 if __name__ == "__main__":
     benchmark()
+
+
+# -- send_requests: the batched hot path ------------------------------------------
+
+
+def test_send_requests_is_byte_for_byte_a_run_of_requests() -> None:
+    pair = Pair()
+    pair.expect_same(pair.a, Unchoke())
+    blocks = [(0, 0, BLOCK_SIZE), (0, BLOCK_SIZE, BLOCK_SIZE), (4, 0, LAST_SIZE)]
+    data = pair.b.send_requests(blocks)
+    assert data == b"".join(_request_bytes(*blk) for blk in blocks)
+    assert pair.b.list_requests() == [Request(*blk) for blk in blocks]
+    assert feed_zero_copy(pair.a, data) == [Request(*blk) for blk in blocks]
+    # The blocks arrive as Piece events like any requested block.
+    got = pair.deliver(pair.a, Piece(4, 0, b"z" * LAST_SIZE))
+    assert got == [Piece(4, 0, b"z" * LAST_SIZE)]
+    assert pair.b.outstanding_requests == 2
+    assert pair.b.send_requests([]) == b""
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        [(0, 0, BLOCK_SIZE), (5, 0, BLOCK_SIZE)],  # a piece beyond the torrent
+        [(0, 0, BLOCK_SIZE), (4, 0, BLOCK_SIZE)],  # past the end of the short last piece
+        [(0, 0, BLOCK_SIZE), (0, 0, BLOCK_SIZE)],  # the same block twice
+        [(1, 0, BLOCK_SIZE), (0, 0, BLOCK_SIZE)],  # (0, 0) is already outstanding
+        [(0, -1, BLOCK_SIZE)],
+    ],
+    ids=["beyond", "past-last", "twice", "outstanding", "negative"],
+)
+def test_send_requests_records_all_or_nothing(blocks: list[tuple[int, int, int]]) -> None:
+    pair = Pair()
+    pair.expect_same(pair.a, Unchoke())
+    pair.b.send_requests([(0, 0, BLOCK_SIZE)])
+    with pytest.raises(LocalProtocolError):
+        pair.b.send_requests(blocks)
+    assert pair.b.list_requests() == [Request(0, 0, BLOCK_SIZE)]
+
+
+def test_send_requests_needs_a_handshake_and_an_unchoke() -> None:
+    conn = new_conn()
+    with pytest.raises(LocalProtocolError, match="handshake"):
+        conn.send_requests([(0, 0, BLOCK_SIZE)])
+    pair = Pair()
+    with pytest.raises(LocalProtocolError, match="chokes"):
+        pair.b.send_requests([(0, 0, BLOCK_SIZE)])
+    assert pair.b.outstanding_requests == 0
