@@ -261,6 +261,9 @@ class Announcer:
         on_result: OnResult | None,
         wait: float | None,
     ) -> list[threading.Thread]:
+        with self._lock:
+            urls = [url for t in tiers for url in t.urls]
+        net.prepare(urls)  # imports, before the threads: see net.prepare
         threads = []
         for t in tiers:
             sent = "started" if event is None and not t.started else event

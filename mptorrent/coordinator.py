@@ -52,7 +52,7 @@ from mptorrent.picker import DONE, Picker
 from mptorrent.storage import Layout, Storage, choose_io, human_size, prepare
 from mptorrent.worker import WorkerConfig, reserve_port, run
 
-AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
+AHEAD_BYTES = 24 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
 MIN_AHEAD, MAX_AHEAD = 2, 64
 MAX_RESTARTS = 20  # worker deaths tolerated before giving up
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)

@@ -6,12 +6,17 @@ client under each start method; Python 3.14 changed the POSIX default.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from multiprocessing.context import BaseContext
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
 
 
 def context() -> BaseContext:
+    # imported here: the CLI needs default_jobs() before it knows whether it starts processes
+    import multiprocessing
+
     method = os.environ.get("MPTORRENT_START_METHOD") or None
     return multiprocessing.get_context(method)
 

@@ -16,14 +16,13 @@ Connection ids are kept for reuse within their minute.  :func:`announce` and
 
 from __future__ import annotations
 
-import http.client
+import functools
 import ipaddress
 import math
 import socket
-import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, urljoin, urlsplit
 
@@ -47,7 +46,13 @@ from mptorrent.tracker import (
 )
 
 if TYPE_CHECKING:
+    import http.client
+    import ssl
+
     from _typeshed import ReadableBuffer, WriteableBuffer
+
+    # host, port, deadline, source address
+    _MakeConnection = Callable[[str, int, float, str | None], http.client.HTTPConnection]
 
 USER_AGENT = f"mptorrent/{__version__}"
 MAX_REDIRECTS = 5
@@ -86,16 +91,33 @@ class _DeadlineSocket(socket.socket):
         super().sendall(data, flags)
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    deadline = math.inf
+# http.client and ssl (with the email package) cost tens of milliseconds to import, and a
+# fetch that uses only --peer or UDP trackers never needs them: the classes built on them
+# are made on first use.  ``net._DeadlineSSLSocket`` still works (PEP 562).
+def __getattr__(name: str) -> Any:
+    if name == "_DeadlineSSLSocket":
+        return _deadline_ssl_socket()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
-        self.settimeout(_remaining(self.deadline))
-        return super().recv_into(buffer, nbytes, flags)  # type: ignore[arg-type]
 
-    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
-        self.settimeout(_remaining(self.deadline))
-        super().sendall(data, flags)
+@functools.cache
+def _deadline_ssl_socket() -> type[ssl.SSLSocket]:
+    import ssl
+
+    class _DeadlineSSLSocket(ssl.SSLSocket):
+        deadline = math.inf
+
+        def recv_into(
+            self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0
+        ) -> int:
+            self.settimeout(_remaining(self.deadline))
+            return super().recv_into(buffer, nbytes, flags)  # type: ignore[arg-type]
+
+        def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+            self.settimeout(_remaining(self.deadline))
+            super().sendall(data, flags)
+
+    return _DeadlineSSLSocket
 
 
 _tls_context: ssl.SSLContext | None = None
@@ -105,8 +127,10 @@ def _tls() -> ssl.SSLContext:
     # Built once: loading the system CA store costs milliseconds per request.
     global _tls_context
     if _tls_context is None:
+        import ssl
+
         ctx = ssl.create_default_context()  # CERT_REQUIRED and hostname checks
-        ctx.sslsocket_class = _DeadlineSSLSocket
+        ctx.sslsocket_class = _deadline_ssl_socket()
         _tls_context = ctx
     return _tls_context
 
@@ -122,30 +146,40 @@ def _open_socket(
     return sock
 
 
-class _Connection(http.client.HTTPConnection):
-    def __init__(self, host: str, port: int, deadline: float, source_address: str | None) -> None:
-        source = (source_address, 0) if source_address else None
-        super().__init__(host, port, timeout=_remaining(deadline), source_address=source)
-        self._deadline = deadline
-        self._source = source_address
+@functools.cache
+def _connection_classes() -> tuple[_MakeConnection, _MakeConnection]:
+    """The plain and the TLS connection class, built on first use (see ``__getattr__``)."""
+    import http.client
 
-    def connect(self) -> None:
-        self.sock = _open_socket(self.host, self.port, self._deadline, self._source)
+    class _Connection(http.client.HTTPConnection):
+        def __init__(
+            self, host: str, port: int, deadline: float, source_address: str | None
+        ) -> None:
+            source = (source_address, 0) if source_address else None
+            super().__init__(host, port, timeout=_remaining(deadline), source_address=source)
+            self._deadline = deadline
+            self._source = source_address
 
+        def connect(self) -> None:
+            self.sock = _open_socket(self.host, self.port, self._deadline, self._source)
 
-class _TLSConnection(_Connection):
-    def connect(self) -> None:
-        raw = _open_socket(self.host, self.port, self._deadline, self._source)
-        try:
-            tls = _tls().wrap_socket(raw, server_hostname=self.host, do_handshake_on_connect=False)
-        except BaseException:
-            raw.close()
-            raise
-        assert isinstance(tls, _DeadlineSSLSocket)
-        self.sock = tls
-        tls.deadline = self._deadline
-        tls.settimeout(_remaining(self._deadline))
-        tls.do_handshake()
+    class _TLSConnection(_Connection):
+        def connect(self) -> None:
+            raw = _open_socket(self.host, self.port, self._deadline, self._source)
+            try:
+                tls = _tls().wrap_socket(
+                    raw, server_hostname=self.host, do_handshake_on_connect=False
+                )
+            except BaseException:
+                raw.close()
+                raise
+            assert isinstance(tls, _deadline_ssl_socket())
+            self.sock = tls
+            tls.deadline = self._deadline  # type: ignore[attr-defined]
+            tls.settimeout(_remaining(self._deadline))
+            tls.do_handshake()
+
+    return _Connection, _TLSConnection
 
 
 def _where(parts: SplitResult) -> str:
@@ -208,8 +242,8 @@ def _get_once(
     """One GET: (status, reason, Location header, body). Raises OSError/HTTPException."""
     tls = parts.scheme.lower() == "https"
     port = parts.port or (443 if tls else 80)
-    cls = _TLSConnection if tls else _Connection
-    conn = cls(parts.hostname or "", port, deadline, source_address)
+    plain, secure = _connection_classes()
+    conn = (secure if tls else plain)(parts.hostname or "", port, deadline, source_address)
     where = _where(parts)
     try:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -245,6 +279,9 @@ def http_get(
     address.  Any failure raises a one-line :class:`TrackerError`
     (:class:`HTTPStatusError` for a status other than 200).
     """
+    import http.client  # here, not at the top: see __getattr__ above
+    import ssl
+
     deadline = time.monotonic() + timeout
     max_redirects = max(max_redirects, 0)
     for _ in range(max_redirects + 1):
@@ -506,6 +543,16 @@ def scrape_udp(
 
 
 # -- either transport ---------------------------------------------------------
+
+
+def prepare(urls: Iterable[str]) -> None:
+    """Import what talking to ``urls`` needs, in the calling thread.
+
+    Announces run in threads while the coordinator forks workers, and a fork in the
+    middle of another thread's import leaves the child that module's lock, held for ever.
+    """
+    if any(_scheme(u) in ("http", "https") for u in urls):
+        _connection_classes()
 
 
 def _scheme(url: str) -> str:
