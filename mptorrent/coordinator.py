@@ -52,7 +52,7 @@ from mptorrent.picker import DONE, Picker
 from mptorrent.storage import Layout, Storage, choose_io, human_size, prepare
 from mptorrent.worker import WorkerConfig, reserve_port, run
 
-AHEAD_BYTES = 24 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
+AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
 MIN_AHEAD, MAX_AHEAD = 2, 64
 MAX_RESTARTS = 20  # worker deaths tolerated before giving up
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
@@ -440,9 +440,14 @@ class Coordinator:
     def _drain_counts(self) -> None:
         """Take in the stopped workers' last reports (byte counts for the summary)."""
         deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline:
+        # Each reader thread ends after the None that _retire queued behind its worker's
+        # last report: once they have, everything is in the inbox.
+        for slot in self.slots:
+            if slot.pump is not None:
+                slot.pump.join(max(0.0, deadline - time.monotonic()))
+        while True:
             try:
-                kind, payload = self.inbox.get(timeout=0.05)
+                kind, payload = self.inbox.get_nowait()
             except queue.Empty:
                 return
             if kind == "worker":

@@ -55,6 +55,7 @@ MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban
 SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
 CONTROL_EVERY = 0.02  # seconds between looks at the control queue
+IDLE_TICK = 0.005  # select timeout of a worker with nothing left to fetch (endgame)
 REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
 MAX_BACKLOG = 128  # pieces taken from the work queue and not started
 MAX_FREE_BUFFERS = 16  # piece buffers kept for reuse
@@ -190,7 +191,7 @@ class _Worker:
         last_slow = last_stats = last_control = 0.0
         while not self.stopping:
             now = self.now = time.monotonic()
-            if now - last_control >= CONTROL_EVERY:
+            if now - last_control >= CONTROL_EVERY or not self.jobs:
                 # Often: new peers at start-up and Stop at the end are latency, not work.
                 last_control = now
                 self._check_control()
@@ -206,7 +207,9 @@ class _Worker:
                 for p in self.peers.values():
                     p.update_depth(now)
                 self.uploader.rechoke(now)
-            events = self.sel.select(TICK)
+            # Near the end an idle worker waits for Stop: look at the control queue often.
+            idle = not self.jobs and self.queue_empty and self.done_map[self.num_pieces]
+            events = self.sel.select(IDLE_TICK if idle and not self.cfg.seed_only else TICK)
             self.now = time.monotonic()
             for key, mask in events:
                 if key.data is None:
