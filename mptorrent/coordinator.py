@@ -92,6 +92,7 @@ class FetchResult:
     banned: dict[PeerAddr, str] = field(default_factory=dict)
     hash_failures: int = 0
     uploaded: int = 0
+    received: int = 0  # block payload that arrived, duplicates and failed pieces included
 
 
 @dataclass
@@ -309,6 +310,7 @@ class Coordinator:
             banned=dict(self.banned),
             hash_failures=self.hash_failures,
             uploaded=self.uploaded,
+            received=self.downloaded,
         )
 
     # -- peers and trackers -------------------------------------------------
@@ -683,4 +685,7 @@ def summary(res: FetchResult) -> str:
         text += f", {res.resumed_pieces} piece(s) already on disk"
     if res.banned:
         text += f", {len(res.banned)} peer(s) banned"
+    wasted = res.received - res.downloaded
+    if wasted > res.total_length // 100:  # endgame duplicates, failed pieces
+        text += f", {human_size(wasted)} received twice or discarded"
     return text

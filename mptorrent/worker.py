@@ -55,7 +55,7 @@ MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban
 SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
 CONTROL_EVERY = 0.02  # seconds between looks at the control queue
-IDLE_TICK = 0.005  # select timeout of a worker with nothing left to fetch (endgame)
+IDLE_TICK = 0.005  # select timeout of a worker with no piece in hand
 REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
 MAX_BACKLOG = 128  # pieces taken from the work queue and not started
 MAX_FREE_BUFFERS = 16  # piece buffers kept for reuse
@@ -207,9 +207,10 @@ class _Worker:
                 for p in self.peers.values():
                     p.update_depth(now)
                 self.uploader.rechoke(now)
-            # Near the end an idle worker waits for Stop: look at the control queue often.
-            idle = not self.jobs and self.queue_empty and self.done_map[self.num_pieces]
-            events = self.sel.select(IDLE_TICK if idle and not self.cfg.seed_only else TICK)
+            # A worker with no piece in hand waits for work, peers or (at the end) Stop,
+            # which arrive on queues the selector cannot watch: look at them often.
+            idle = not self.jobs and not self.cfg.seed_only
+            events = self.sel.select(IDLE_TICK if idle else TICK)
             self.now = time.monotonic()
             for key, mask in events:
                 if key.data is None:
