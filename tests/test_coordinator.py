@@ -405,3 +405,21 @@ def test_trackers_turned_off_and_no_peers(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="no peers") as err:
         fetch(meta, tmp_path / "out.bin", FetchOptions(jobs=1, use_trackers=False))
     assert "lists no trackers" not in str(err.value)
+
+
+def _result(**kw: object) -> FetchResult:
+    base: dict[str, object] = dict(
+        total_length=100 * MiB, downloaded=100 * MiB, elapsed=2.0, resumed_pieces=0,
+        peers_used=3, pieces_per_worker={}, pieces_per_peer={},
+    )  # fmt: skip
+    base.update(kw)
+    return FetchResult(**base)  # type: ignore[arg-type]
+
+
+def test_summary_names_wasted_bytes_beyond_one_percent() -> None:
+    from mptorrent.coordinator import summary
+
+    clean = summary(_result(received=100 * MiB + MiB // 2))
+    assert clean == "done: 100.0 MiB in 2.0 s, 50.0 MiB/s average, 3 peer(s) used"
+    wasted = summary(_result(received=103 * MiB))
+    assert wasted.endswith(", 3.0 MiB received twice or discarded")
