@@ -179,7 +179,7 @@ def classify_frame(file: str, func: str, line: int) -> str | None:
             owner == "_check_timeouts" and "pending" in text
         ):
             return "pending-set scans (cancels, timeouts)"
-        if owner in ("_fill", "_next_block", "_start_piece", "_endgame_block", "block_len",
+        if owner in ("_fill", "_next_block", "_start_piece", "_endgame_blocks", "block_len",
                      "_release_pending"):  # fmt: skip
             return "requests: pick blocks, build messages"
         if owner == "_flush":

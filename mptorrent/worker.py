@@ -508,14 +508,16 @@ class _Worker:
         for i in pieces:
             self.told[i] = 1
         for q in self.peers.values():
-            # a peer still connecting gets them in the bitfield it is greeted with
-            if q.state in (HANDSHAKING, ACTIVE):
+            # A peer still connecting gets them in the bitfield it is greeted with; a
+            # seed needs none (libtorrent's send_redundant_have off: it would only wake
+            # the seed to read them).
+            if q.state in (HANDSHAKING, ACTIVE) and not q.wire.peer_is_seed:
                 q.queue(b"".join(q.wire.send(wire.Have(i)) for i in pieces))
 
     def _report_haves(self) -> None:
         for addr, idx in self.haves.items():
             if idx:
-                self._emit(PeerHaves(self.cfg.worker_id, addr, tuple(idx)), urgent=False)
+                self._emit(PeerHaves(self.cfg.worker_id, addr, tuple(idx)))
         self.haves.clear()
 
     # -- blocks and pieces --------------------------------------------------
@@ -610,8 +612,9 @@ class _Worker:
 
     def _fill(self, p: PeerSession) -> None:
         spare = p.spare
-        # Top up once a quarter of the pipeline is free: fewer, fuller sends.
-        if spare <= 0 or (p.pending and spare < p.depth // 4):
+        # Top up once half the pipeline is free: fewer, fuller sends (each one also
+        # wakes the peer), and still half a second of data in flight.
+        if spare <= 0 or (p.pending and spare < p.depth // 2):
             return
         if not p.pending:
             p.last_block = self.now  # the snub clock starts with the first request
@@ -629,11 +632,10 @@ class _Worker:
                 if job is not None:
                     blocks = job.take(spare)
                 else:
-                    found = self._endgame_block(p)
+                    found = self._endgame_blocks(p, spare)
                     if found is None:
                         break
-                    job, b = found
-                    blocks = [b]
+                    job, blocks = found
             index = job.index
             requested = job.requested
             for b in blocks:
@@ -686,21 +688,24 @@ class _Worker:
         if len(self.free_bufs) < MAX_FREE_BUFFERS and len(job.buf) == self.cfg.meta.piece_length:
             self.free_bufs.append(job.buf)
 
-    def _endgame_block(self, p: PeerSession) -> tuple[PieceJob, int] | None:
-        """Nothing new to fetch: ask this peer for blocks others are slow to send."""
+    def _endgame_blocks(self, p: PeerSession, n: int) -> tuple[PieceJob, list[int]] | None:
+        """Nothing new to fetch: ask this peer for up to ``n`` blocks of one piece that
+        others are slow to send."""
         if not self.queue_empty or not self.done_map[self.num_pieces]:
             return None
         has = p.wire.peer_has
+        pending = p.pending
         for job in self.jobs.values():
             if not has[job.index]:
                 continue
-            for b in range(job.nblocks):
-                if (
-                    not job.received[b]
-                    and job.requested[b] == 1
-                    and (job.index, b * BLOCK) not in p.pending
-                ):
-                    return job, b
+            received, requested, index = job.received, job.requested, job.index
+            found = [
+                b
+                for b in range(job.nblocks)
+                if not received[b] and requested[b] == 1 and (index, b * BLOCK) not in pending
+            ][:n]
+            if found:
+                return job, found
         return None
 
     def _drop_finished_elsewhere(self) -> None:

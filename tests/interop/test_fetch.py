@@ -38,6 +38,7 @@ FETCH_TIMEOUT = 60.0
 SUMMARY = re.compile(
     r"done: [\d.]+ \S+ in [\d.]+ s, [\d.]+ \S+/s average, (?P<peers>\d+) peer\(s\) used"
     r"(, (?P<resumed>\d+) piece\(s\) already on disk)?"
+    r"(, [\d.]+ \S+ received twice or discarded)?"
 )
 # SIGINT is delivered only if the interpreter starts with it unignored; a test run from a
 # shell's background job inherits SIG_IGN, so the child installs Python's handler itself.

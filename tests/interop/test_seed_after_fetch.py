@@ -30,8 +30,11 @@ def test_seed_ratio_serves_a_libtorrent_leecher_then_exits(
     with mptorrent_seed(torrent, single_case.payload.root, fresh_ip(), "--no-trackers") as src:
         fetch = start_fetch(
             torrent, out, "-j", "2", "--no-trackers", "--peer", str(src.addr),
-            "--bind", fetch_ip, "--port", str(port), "--seed-ratio", "0.5",
+            "--bind", fetch_ip, "--port", str(port), "--seed-ratio", "1",
         )  # fmt: skip
+        # Ratio 1: the leecher's only source is the fetch, so the fetch may leave only once
+        # it has uploaded the whole torrent.  (With 0.5 it may rightly leave as soon as
+        # it completes, if the leecher already took half during the download.)
         try:
             wait_listening((fetch_ip, port))
             with LtPeer(
