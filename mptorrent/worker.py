@@ -58,7 +58,9 @@ CONTROL_EVERY = 0.02  # seconds between looks at the control queue
 IDLE_TICK = 0.005  # select timeout of a worker with no piece in hand
 REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
 MAX_BACKLOG = 128  # pieces taken from the work queue and not started
-MAX_FREE_BUFFERS = 16  # piece buffers kept for reuse
+# Piece buffers are kept for reuse, up to the most pieces ever in hand at once (the
+# peak memory is the same): a fresh one costs a malloc, page faults and zeroing.
+MAX_FREE_BUFFERS = 256
 
 
 @dataclass
