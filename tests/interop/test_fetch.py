@@ -293,8 +293,10 @@ def test_interrupt_and_resume(single_case: TorrentCase, tmp_path: Path) -> None:
     assert same_tree(out, single_case.payload.root)
     resumed = int(m["resumed"] or 0)
     kept = piece_bytes(meta, range(resumed))  # all pieces but the last are full size
-    # Blocks of pieces that were unfinished at the interrupt are lost; nothing else.
-    slack = 16 * meta.piece_length
+    # Blocks of pieces that were unfinished at the interrupt are lost; nothing else.  Each
+    # worker keeps about a second of data in flight per peer (here 3 workers x 3 peers x
+    # ~1.5 MiB, spread over the pieces each worker holds), so up to ~24 pieces' worth.
+    slack = 24 * meta.piece_length
     assert kept >= first_run - slack, (kept, first_run)
     assert total - first_run <= size - kept + slack, (total, first_run, kept)
     assert total <= size + slack, (total, size)
