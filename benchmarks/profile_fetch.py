@@ -99,8 +99,8 @@ def _src(file: str, line: int) -> str:
 
 
 # Lines of the block path that worker._process runs inline for every received block.
-_BLOCK_PATH = ("type(ev) is wire.Piece", "blocks += 1", "index, begin = ev", "pending.discard",
-               "jobs.get(index)", "job is None", "blk = begin", "job.received", "block = ev.block",
+_BLOCK_PATH = ("type(ev) is wire.Piece", "blocks += 1", "index, begin, block = ev",
+               "pending.discard", "jobs.get(index)", "job is None", "blk = begin", "job.received",
                "n = len(block)", "job.nreceived", "job.senders", "job.last_progress",
                "self.downloaded", "job.requested[blk]", "continue")  # fmt: skip
 

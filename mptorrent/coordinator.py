@@ -409,7 +409,7 @@ class Coordinator:
                 return
             self.inbox.put(("worker", (wid, gen, batch)))  # a worker's list of reports
 
-    def _retire(self, slot: _Slot) -> None:
+    def _retire(self, slot: _Slot, *, close: bool = True) -> None:
         """Let go of one incarnation's queues without waiting on locks it may hold."""
         for q in (slot.work, slot.control, slot.results):
             if q is not None:
@@ -418,6 +418,13 @@ class Coordinator:
             slot.results.put(None)  # ends the pump thread, unless a dead writer wedged it
         except (ValueError, OSError, AttributeError):
             pass
+        if close:
+            self._close_queues(slot)
+
+    @staticmethod
+    def _close_queues(slot: _Slot) -> None:
+        # Closing the result queue also closes its reading end here once the None is
+        # written: a reader thread still behind would lose what it had not read.
         for q in (slot.work, slot.control, slot.results):
             if q is not None:
                 q.close()
@@ -437,16 +444,18 @@ class Coordinator:
             if slot.proc is not None and slot.proc.is_alive():
                 slot.proc.kill()
                 slot.proc.join(1.0)
-            self._retire(slot)
-
-    def _drain_counts(self) -> None:
-        """Take in the stopped workers' last reports (byte counts for the summary)."""
+            self._retire(slot, close=False)
+        # Each reader thread ends at the None queued behind its worker's last report:
+        # once they have, everything is in the inbox and the queues can close.
         deadline = time.monotonic() + 0.5
-        # Each reader thread ends after the None that _retire queued behind its worker's
-        # last report: once they have, everything is in the inbox.
         for slot in self.slots:
             if slot.pump is not None:
                 slot.pump.join(max(0.0, deadline - time.monotonic()))
+        for slot in self.slots:
+            self._close_queues(slot)
+
+    def _drain_counts(self) -> None:
+        """Take in the stopped workers' last reports (byte counts for the summary)."""
         while True:
             try:
                 kind, payload = self.inbox.get_nowait()
@@ -616,6 +625,8 @@ class Coordinator:
             if slot.work is None or slot.queued > ahead // 2:
                 continue
             got = p.pick_for(slot.wid, ahead - slot.queued)
+            if not got and slot.queued == 0 and self._take_back(slot):
+                got = p.pick_for(slot.wid, ahead - slot.queued)
             if not got and slot.queued == 0 and now - slot.last_endgame > ENDGAME_EVERY:
                 # Endgame: nothing left this worker can start, but pieces are still in
                 # flight elsewhere: fetch some of them too; the first copy wins.
@@ -631,6 +642,24 @@ class Coordinator:
             if got:
                 slot.work.put(list(got))
                 slot.queued += len(got)
+
+    def _take_back(self, idle: _Slot) -> bool:
+        """An idle worker while others still have pieces queued: take those batches back
+        (the workers have not seen them) so that whoever can fetch them does.  A worker
+        whose peer snubs it would otherwise sit on its queue until the endgame."""
+        moved = False
+        for slot in self.slots:
+            if slot is idle or slot.work is None or slot.queued == 0:
+                continue
+            try:
+                batch = slot.work.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                continue
+            slot.queued = max(0, slot.queued - len(batch))  # no Took will come for these
+            for index in batch:
+                self.picker.release(index, slot.wid)
+            moved = True
+        return moved
 
     def _last_words(self, slot: _Slot) -> None:
         """Handle what a dead worker reported before it exited (a crash, a disk error)

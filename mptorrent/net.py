@@ -553,6 +553,8 @@ def prepare(urls: Iterable[str]) -> None:
     """
     if any(_scheme(u) in ("http", "https") for u in urls):
         _connection_classes()
+    if any(_scheme(u) == "https" for u in urls):
+        _tls()  # built here, once: two announce threads building it would race
 
 
 def _scheme(url: str) -> str:

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import mmap
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -156,7 +157,10 @@ class Storage:
                 m.close()
         for fd in self._fds:
             if fd is not None:
-                os.close(fd)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # written pages are in the page cache; close the rest
         self._maps = [None] * len(self.layout.files)
         self._fds = [None] * len(self.layout.files)
 
@@ -236,7 +240,15 @@ class Storage:
                 _prefault_write(m, s.file_offset, s.length)
                 m[s.file_offset : s.file_offset + s.length] = src[pos : pos + s.length]
             elif fd is not None:
-                _pwrite_all(fd, src[pos : pos + s.length], s.file_offset)
+                try:
+                    _pwrite_all(fd, src[pos : pos + s.length], s.file_offset)
+                except OSError as exc:
+                    # A disk error, not the peer's: it must end the fetch (exit 4), not
+                    # pass for a connection error in the worker's socket handling.
+                    path = self.layout.paths[s.file_index]
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise DiskFull(f"disk full writing {path}") from None
+                    raise StorageError(f"cannot write {path}: {exc.strerror}") from None
             elif not self.layout.files[s.file_index].padding:
                 raise StorageError(f"{self.layout.paths[s.file_index]} is not open for writing")
             pos += s.length
@@ -298,6 +310,9 @@ def choose_io(io: str, root: str | Path) -> str:
     return "mmap"
 
 
+_MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")  # mountinfo writes " " as \040 etc.
+
+
 def filesystem_type(path: str | Path) -> str | None:
     """The type of the filesystem holding ``path`` (Linux mountinfo), or None."""
     p = os.path.realpath(_existing_ancestor(Path(os.path.abspath(path))))
@@ -309,9 +324,10 @@ def filesystem_type(path: str | Path) -> str | None:
                 fields = left.split()
                 if len(fields) < 5 or not right:
                     continue
-                mount = fields[4].replace("\\040", " ")
+                mount = _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4])
                 inside = p == mount or p.startswith(mount.rstrip("/") + "/")
-                if inside and len(mount) > best:
+                # >=: of two mounts on one point, the later line is the one on top
+                if inside and len(mount) >= best:
                     best, fstype = len(mount), right.split()[0]
     except OSError:
         return None

@@ -57,7 +57,7 @@ STATS_EVERY = 0.25
 CONTROL_EVERY = 0.02  # seconds between looks at the control queue
 IDLE_TICK = 0.005  # select timeout of a worker with no piece in hand
 REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
-MAX_BACKLOG = 128  # pieces taken from the work queue and not started
+MAX_BACKLOG = 8  # no new batch while this many taken pieces wait for other peers
 # Piece buffers are kept for reuse, up to the most pieces ever in hand at once (the
 # peak memory is the same): a fresh one costs a malloc, page faults and zeroing.
 MAX_FREE_BUFFERS = 256
@@ -165,6 +165,7 @@ class _Worker:
     urgent: bool = False  # the outbox holds something the coordinator acts on
     last_report: float = 0.0
     to_tell: list[int] = field(default_factory=list)  # verified here, HAVE not yet sent
+    empty_at: float = -1.0  # loop turn in which the work queue was last found empty
     free_bufs: list[bytearray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -448,7 +449,9 @@ class _Worker:
             if type(ev) is wire.Piece:
                 # The bulk of all traffic, kept inline: a call per block is measurable.
                 blocks += 1
-                index, begin = ev.index, ev.begin
+                index, begin, block = ev.index, ev.begin, ev.block
+                n = len(block)
+                self.downloaded += n  # every byte received, duplicates included
                 pending.discard((index, begin))
                 job = jobs.get(index)
                 if job is None:
@@ -456,14 +459,11 @@ class _Worker:
                 blk = begin // BLOCK
                 if job.received[blk]:
                     continue
-                block = ev.block
-                n = len(block)
                 job.buf[begin : begin + n] = block
                 job.received[blk] = 1
                 job.nreceived += 1
                 job.senders[blk] = p.addr
                 job.last_progress = now
-                self.downloaded += n
                 if job.requested[blk] > 1:
                     self._cancel_others(p, index, begin, n)
                 if job.nreceived == job.nblocks:
@@ -661,10 +661,13 @@ class _Worker:
 
     def _take_work(self) -> bool:
         """Move one batch from the work queue to the backlog; False if there is none."""
+        if self.queue_empty and self.empty_at == self.now:
+            return False  # looked this turn already (once per turn, not once per peer)
         try:
             batch = self.work_q.get_nowait()
         except queue.Empty:
             self.queue_empty = True
+            self.empty_at = self.now
             return False
         self.queue_empty = False
         # Always acknowledge, so the coordinator's count of queued pieces stays exact.
@@ -681,8 +684,10 @@ class _Worker:
         return True
 
     def _new_job(self, index: int) -> PieceJob:
-        buf = self.free_bufs.pop() if self.free_bufs else None
-        job = PieceJob(index, self.cfg.layout.piece_size(index), buf)
+        size = self.cfg.layout.piece_size(index)
+        full = size == self.cfg.meta.piece_length  # the short last piece gets its own
+        buf = self.free_bufs.pop() if full and self.free_bufs else None
+        job = PieceJob(index, size, buf)
         self.jobs[index] = job
         return job
 
@@ -741,6 +746,8 @@ def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     random.seed()
+    if cfg.io == "pwrite":
+        _raise_fd_limit()  # every file of the torrent stays open, besides the sockets
     w = None
     failed: WorkerFailed | None = None
     try:
@@ -759,7 +766,14 @@ def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map:
     finally:
         last: list[Any] = []
         if w is not None:
-            w.shutdown()
+            try:
+                w.shutdown()
+            except OSError as exc:  # e.g. a deferred write error reported by close()
+                if failed is None:
+                    failed = WorkerFailed(
+                        cfg.worker_id, f"disk or system error: {exc}", traceback.format_exc(),
+                        storage=True,
+                    )  # fmt: skip
             # what was still batched, and the last counts (a seed ratio sees every byte)
             last = w.outbox
             last.append(WorkerStats(cfg.worker_id, w.downloaded, w.uploader.uploaded, 0))
@@ -769,6 +783,17 @@ def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map:
         # let the queue's feeder thread deliver what we put before we exit
         result_q.close()
         result_q.join_thread()
+
+
+def _raise_fd_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # as many as we may: Storage says which file it could not open
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
