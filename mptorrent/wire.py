@@ -874,18 +874,7 @@ class Connection:
         return _pack_header(self._bitfield_len, _BITFIELD) + ev.bits
 
     def _send_request(self, ev: Request) -> bytes:
-        index, begin, length = ev.index, ev.begin, ev.length
-        self._check_block_out(index, begin, length)
-        if self._peer_choking:
-            raise LocalProtocolError("cannot request while the peer chokes us")
-        key = (index, begin, length)
-        if key in self._outstanding:
-            raise LocalProtocolError(f"block {key} is already requested")
-        self._cancelled.pop(key, None)
-        self._lost.pop(key, None)
-        self._outstanding[key] = True
-        self._bitfield_out_open = False
-        return _pack_block(13, _REQUEST, index, begin, length)
+        return self.send_requests(((ev.index, ev.begin, ev.length),))
 
     def send_requests(self, keys: Sequence[tuple[int, int, int]]) -> bytes:
         """The bytes of one Request per ``(index, begin, length)``, checked as
@@ -895,14 +884,12 @@ class Connection:
         """
         if not self._handshake_sent:
             raise LocalProtocolError("the handshake must be sent first")
+        for key in keys:
+            self._check_block_out(*key)
         if self._peer_choking:
             raise LocalProtocolError("cannot request while the peer chokes us")
         outstanding = self._outstanding
-        block_ok = self._block_ok
         for key in keys:
-            index, begin, length = key
-            if index < 0 or begin < 0 or not block_ok(index, begin, length):
-                raise LocalProtocolError(f"block {key} is not inside the torrent")
             if key in outstanding:
                 raise LocalProtocolError(f"block {key} is already requested")
         if len(set(keys)) != len(keys):
