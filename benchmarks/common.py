@@ -28,6 +28,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -204,6 +205,15 @@ def own_cpu() -> float:
     """CPU-seconds of this process (seeders included) and its reaped children."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def add_run_options(ap: argparse.ArgumentParser, *, settle: float) -> None:
+    """--dir, --settle and --timeout, as every download benchmark here takes them."""
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
+                    help="where data and downloads go (default: the temp folder)")  # fmt: skip
+    ap.add_argument("--settle", type=float, default=settle,
+                    help="before each run, wait up to this many s for a quiet machine")  # fmt: skip
+    ap.add_argument("--timeout", type=float, default=600.0, help="per download, seconds")
 
 
 def wait_for_quiet(max_wait: float, threshold: float = 0.15) -> float:

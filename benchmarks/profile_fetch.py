@@ -166,21 +166,18 @@ def classify_frame(file: str, func: str, line: int) -> str | None:
             return "mmap: other"
         return "start-up: torrent, storage, workers"
     if mod == "worker":
-        if owner == "_on_block":
-            return "copy block into piece buffer" if "job.buf[" in text else (
-                "block bookkeeping (_on_block)")  # fmt: skip
         if owner == "_complete":
             return "hash: SHA-1" if "sha1" in text else "block bookkeeping (_on_block)"
         if owner in ("block_digest", "_smart_ban"):
             return "hash: SHA-1"
-        if owner == "_new_job" or func.startswith("PieceJob.__init__"):
+        if owner in ("_new_job", "_recycle") or func.startswith("PieceJob.__init__"):
             return "piece buffer allocation"
         if owner in ("_cancel_piece", "_cancel_others") or (
             owner == "_check_timeouts" and "pending" in text
         ):
             return "pending-set scans (cancels, timeouts)"
-        if owner in ("_fill", "_next_block", "_start_piece", "_endgame_blocks", "block_len",
-                     "_release_pending"):  # fmt: skip
+        if owner in ("_fill", "take", "_start_piece", "_take_work", "_endgame_blocks",
+                     "block_len", "_release_pending"):  # fmt: skip
             return "requests: pick blocks, build messages"
         if owner == "_flush":
             return "send (sock.send)"
@@ -672,11 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-raw", action="store_true", help="keep the raw py-spy stacks")
     ap.add_argument("--no-copy-paths", action="store_true",
                     help="skip the in-process benchmark of the copy paths")  # fmt: skip
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                    help="where data and downloads go (default: the temp folder)")  # fmt: skip
-    ap.add_argument("--settle", type=float, default=30.0,
-                    help="before each run, wait up to this many s for a quiet machine")  # fmt: skip
-    ap.add_argument("--timeout", type=float, default=600.0, help="per download, seconds")
+    common.add_run_options(ap, settle=30.0)
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR / "profile_fetch.json")
     args = ap.parse_args(argv)
     IO[0] = args.io

@@ -161,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="e.g. 500M,2G: the scenario at each size; compare memory")  # fmt: skip
     ap.add_argument("--no-libtorrent", action="store_true", help="skip the libtorrent leecher")
     ap.add_argument("--pss", action="store_true", help="also sample Pss_Anon (costs CPU)")
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                    help="where data and downloads go (default: the temp folder)")  # fmt: skip
-    ap.add_argument("--settle", type=float, default=20.0,
-                    help="before each run, wait up to this many s for a quiet machine")  # fmt: skip
-    ap.add_argument("--timeout", type=float, default=600.0, help="per download, seconds")
+    common.add_run_options(ap, settle=20.0)
     ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/...)")
     args = ap.parse_args(argv)
 

@@ -516,11 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-sizes", default="1GiB,4GiB", help="for --memory-scale")
     ap.add_argument("--warmups", type=int, default=1, help="untimed downloads first (default 1)")
     ap.add_argument("--pss", action="store_true", help="also sample Pss_Anon (costs CPU)")
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                    help="where data and downloads go (default: the temp folder)")  # fmt: skip
-    ap.add_argument("--settle", type=float, default=30.0,
-                    help="before each run, wait up to this many s for a quiet machine")  # fmt: skip
-    ap.add_argument("--timeout", type=float, default=600.0, help="per download, seconds")
+    common.add_run_options(ap, settle=30.0)
     ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/...)")
     args = ap.parse_args(argv)
     on_sigterm()

@@ -100,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", default="1,2,3,4,8", help="worker counts (default 1,2,3,4,8)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each variant (default 3)")
     ap.add_argument("--no-libtorrent", action="store_true", help="skip the libtorrent leecher")
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                    help="where data and downloads go (default: the temp folder)")  # fmt: skip
-    ap.add_argument("--settle", type=float, default=20.0,
-                    help="before each run, wait up to this many s for a quiet machine")  # fmt: skip
-    ap.add_argument("--timeout", type=float, default=600.0, help="per download, seconds")
+    common.add_run_options(ap, settle=20.0)
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR / "workers.json",
                     help="JSON file; the PNG goes next to it")  # fmt: skip
     args = ap.parse_args(argv)
