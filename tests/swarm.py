@@ -189,6 +189,13 @@ def num_pieces(torrent: bytes) -> int:
     return int(lt.torrent_info(torrent).num_pieces())
 
 
+def write_torrent(directory: Path, torrent: bytes, name: str = "case.torrent") -> Path:
+    """Put a .torrent where a client under test can be pointed at it."""
+    path = directory / name
+    path.write_bytes(torrent)
+    return path
+
+
 @dataclass(frozen=True)
 class TorrentCase:
     """A payload on disk and a libtorrent-made .torrent of it."""

@@ -36,6 +36,7 @@ from tests.swarm import (
     multi_file_case,
     same_tree,
     single_file_case,
+    write_torrent,
 )
 
 pytestmark = pytest.mark.interop
@@ -138,16 +139,12 @@ def multi(tmp_path_factory: pytest.TempPathFactory) -> TorrentCase:
 
 @pytest.fixture(scope="module")
 def torrent(case: TorrentCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("disk-torrent") / "single.torrent"
-    path.write_bytes(case.torrent)
-    return path
+    return write_torrent(tmp_path_factory.mktemp("disk-torrent"), case.torrent, "single.torrent")
 
 
 @pytest.fixture(scope="module")
 def multi_torrent(multi: TorrentCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("disk-torrent") / "multi.torrent"
-    path.write_bytes(multi.torrent)
-    return path
+    return write_torrent(tmp_path_factory.mktemp("disk-torrent"), multi.torrent, "multi.torrent")
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,15 @@ from mptorrent.coordinator import AHEAD_BYTES, MAX_AHEAD, MAX_RESTARTS, MIN_AHEA
 from mptorrent.metainfo import Metainfo
 from mptorrent.peer import MIN_DEPTH
 from mptorrent.worker import MAX_BACKLOG
-from tests.swarm import KiB, LtPeer, MiB, TorrentCase, same_tree, single_file_case
+from tests.swarm import (
+    KiB,
+    LtPeer,
+    MiB,
+    TorrentCase,
+    same_tree,
+    single_file_case,
+    write_torrent,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -307,9 +315,7 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> TorrentCase:
 
 @pytest.fixture(scope="module")
 def torrent(case: TorrentCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("proc-torrent") / "payload.torrent"
-    path.write_bytes(case.torrent)
-    return path
+    return write_torrent(tmp_path_factory.mktemp("proc-torrent"), case.torrent, "payload.torrent")
 
 
 @pytest.fixture(scope="module")

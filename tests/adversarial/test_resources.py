@@ -33,7 +33,7 @@ from mptorrent.bencode import MAX_TORRENT_SIZE, MAX_TRACKER_REPLY_SIZE
 from mptorrent.peer import MAX_DEPTH, RECV_SIZE
 from mptorrent.wire import BLOCK_SIZE
 from tests.adversarial.test_process import REPO, Fetch, Seeders
-from tests.swarm import KiB, MiB, TorrentCase, same_tree, single_file_case
+from tests.swarm import KiB, MiB, TorrentCase, same_tree, single_file_case, write_torrent
 
 HASH = 20
 
@@ -93,8 +93,7 @@ def e1_seeders(e1_case: TorrentCase) -> Iterator[Seeders]:
 def test_e1_worker_memory_is_bounded_by_pieces_in_flight(
     e1_case: TorrentCase, e1_seeders: Seeders, tmp_path: Path
 ) -> None:
-    torrent = tmp_path / "e1.torrent"
-    torrent.write_bytes(e1_case.torrent)
+    torrent = write_torrent(tmp_path, e1_case.torrent, "e1.torrent")
     out = tmp_path / "out.bin"
     first: dict[int, int] = {}
     peak: dict[int, int] = {}

@@ -14,7 +14,7 @@ import pytest
 
 from mptorrent import metainfo
 from tests.fakes.evil_tracker import need_ipv6_loopback
-from tests.swarm import TorrentCase, same_tree, session_settings
+from tests.swarm import TorrentCase, same_tree, session_settings, write_torrent
 
 pytestmark = pytest.mark.interop
 
@@ -55,8 +55,7 @@ def _fetch(torrent: Path, out: Path, *args: str) -> subprocess.CompletedProcess[
 def test_fetch_from_a_libtorrent_seeder_on_ipv6_loopback_via_peer(
     single_case: TorrentCase, v6_seeder: int, tmp_path: Path
 ) -> None:
-    torrent = tmp_path / "t.torrent"
-    torrent.write_bytes(single_case.torrent)
+    torrent = write_torrent(tmp_path, single_case.torrent, "t.torrent")
     out = tmp_path / "out.bin"
     r = _fetch(torrent, out, "--no-trackers", "--peer", f"[::1]:{v6_seeder}", "--bind", "::1",
                "--port", "0")  # fmt: skip

@@ -36,6 +36,7 @@ from tests.swarm import (
     make_torrent,
     run_lt_leecher,
     same_tree,
+    write_torrent,
 )
 
 pytestmark = pytest.mark.interop
@@ -108,12 +109,6 @@ def start_fetch(torrent: Path, out: Path, *args: str | Path) -> subprocess.Popen
         mptorrent("fetch", torrent, "-o", out, "-q", *args),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-
-
-def write_torrent(directory: Path, torrent: bytes) -> Path:
-    path = directory / "case.torrent"
-    path.write_bytes(torrent)
-    return path
 
 
 def peers_used(stderr: str) -> int:

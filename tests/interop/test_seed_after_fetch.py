@@ -13,9 +13,8 @@ from tests.interop.test_seed import (
     mptorrent_seed,
     start_fetch,
     wait_listening,
-    write_torrent,
 )
-from tests.swarm import LtPeer, TorrentCase, same_tree
+from tests.swarm import LtPeer, TorrentCase, same_tree, write_torrent
 
 pytestmark = pytest.mark.interop
 
