@@ -95,6 +95,11 @@ class Uploader:
         p.queue(p.wire.send(wire.Choke()))
         st.queue.clear()
 
+    def backlogged(self, p: PeerSession) -> bool:
+        """Requests are queued that serve() has not put in the send buffer yet."""
+        st = self.state.get(p)
+        return st is not None and bool(st.queue) and not p.wire.am_choking
+
     def serve(self, p: PeerSession) -> None:
         """Move queued requests into the send buffer, up to the high-water mark."""
         st = self.state.get(p)

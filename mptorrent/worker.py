@@ -433,7 +433,12 @@ class _Worker:
         except OSError as exc:
             self._drop(p, f"send failed: {exc.strerror or exc}")
             return
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if more else 0)
+        # Requests still queued for upload count as more to send: the buffer may have
+        # drained in one send, and waiting for readability would stall them a tick.
+        if more or self.uploader.backlogged(p):
+            want = selectors.EVENT_READ | selectors.EVENT_WRITE
+        else:
+            want = selectors.EVENT_READ
         key = self.sel.get_key(p.sock)
         if key.events != want:
             self.sel.modify(p.sock, want, p)
