@@ -216,16 +216,26 @@ class Storage:
         return h.digest()
 
     def read(self, start: int, length: int) -> bytes:
-        """Bytes ``[start, start+length)`` of the torrent (for serving peers)."""
+        """Bytes ``[start, start+length)`` of the torrent (for serving peers).
+
+        Raises ``StorageError`` naming the file if one is missing or has shrunk
+        since it was verified: data we announced is gone, which ends the transfer
+        as a disk problem, not as a crash.
+        """
         out = bytearray(length)
         pos = 0
-        for s, view in zip(
-            self.layout.slices(start, length), self._views(start, length), strict=True
-        ):
-            if view is not None:
-                out[pos : pos + s.length] = view
-                view.release()
-            pos += s.length
+        slices = list(self.layout.slices(start, length))
+        k = 0  # the slice being read; _views raises while producing its view
+        try:
+            for s, view in zip(slices, self._views(start, length), strict=True):
+                if view is not None:
+                    out[pos : pos + s.length] = view
+                    view.release()
+                pos += s.length
+                k += 1
+        except _Unavailable:
+            path = self.layout.paths[slices[k].file_index]
+            raise StorageError(f"{path} is missing or shorter than expected") from None
         return bytes(out)
 
     def write_piece(self, index: int, data: bytes | bytearray | memoryview) -> None:

@@ -228,6 +228,9 @@ def test_pwrite_storage_sees_a_file_shrink_as_unavailable(mixed: tuple[Layout, P
         assert s.hash_piece(3) is not None
         os.truncate(root / "dir" / "d", 4)  # under an open Storage: no SIGBUS with pread
         assert s.hash_piece(3) is None
+        # serving a peer from it is a storage error naming the file, not a crash
+        with pytest.raises(StorageError, match=r"dir/d is missing or shorter than expected"):
+            s.read(3 * lay.piece_length, lay.piece_size(3))
 
 
 def test_io_mode_is_checked(mixed: tuple[Layout, Path]) -> None:
