@@ -43,18 +43,24 @@ class MptorrentGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MptorrentError as exc:
-            self._fail(ctx, str(exc), exc.exit_status)
+            self._fail(ctx, str(exc), exc.exit_status, exc.detail)
         except KeyboardInterrupt:
             self._fail(ctx, "interrupted", ExitStatus.INTERRUPTED)
 
     @staticmethod
-    def _fail(ctx: click.Context, message: str, status: int) -> None:
+    def _fail(ctx: click.Context, message: str, status: int, detail: str = "") -> None:
         if ctx.meta.get("mptorrent.verbose"):
             import traceback
 
             traceback.print_exc()
+            if detail:  # where a worker process met it
+                click.echo(detail.rstrip(), err=True)
         click.echo(f"mptorrent: error: {safe_text(message)}", err=True)
         ctx.exit(int(status))
+
+
+def _verbose() -> bool:
+    return bool(click.get_current_context().meta.get("mptorrent.verbose"))
 
 
 def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -63,6 +69,13 @@ def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> bo
     return value
 
 
+io_option = click.option(
+    "--io", "io", type=click.Choice(["auto", "mmap", "pwrite"]), default="auto",
+    show_default=True,
+    help="How workers reach the data: through its memory map, or with pread/pwrite (less "
+    "CPU per byte written; auto picks it on network and FUSE filesystems, where a failed "
+    "page fault would crash a worker).",
+)  # fmt: skip
 verbose_option = click.option(
     "-v", "--verbose", is_flag=True, expose_value=False, is_eager=True,
     callback=_set_verbose, help="Show tracebacks and more detail.",
@@ -315,8 +328,9 @@ def _peers(
 class BarProgress:
     """Feeds the coordinator's progress into one tqdm bar on stderr."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, verbose: bool = False) -> None:
         self.quiet = quiet
+        self.verbose = verbose
         self.bar: tqdm | None = None
 
     def start(self, total: int, done: int) -> None:
@@ -344,6 +358,13 @@ class BarProgress:
         else:  # tqdm.write keeps the line clear of the bar
             self.bar.write(f"mptorrent: {safe_text(text)}", file=sys.stderr)
 
+    def debug(self, text: str) -> None:
+        if self.verbose and text:
+            if self.bar is None:
+                click.echo(text.rstrip(), err=True)
+            else:
+                self.bar.write(text.rstrip(), file=sys.stderr)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -368,11 +389,7 @@ class BarProgress:
               help="After completing, keep seeding until uploaded/size reaches R.")  # fmt: skip
 @click.option("--seed-time", type=click.FloatRange(min=0, min_open=True),
               help="After completing, keep seeding for MIN minutes.")  # fmt: skip
-@click.option("--io", "io", type=click.Choice(["auto", "mmap", "pwrite"]), default="auto",
-              show_default=True,
-              help="How verified pieces reach the output: copied into its memory map, or "
-              "written with pwrite (less CPU per byte; auto picks it on network and FUSE "
-              "filesystems, where a failed page fault would crash a worker).")  # fmt: skip
+@io_option
 @quiet_option
 @verbose_option
 def fetch(
@@ -393,7 +410,7 @@ def fetch(
         jobs=jobs or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
         use_trackers=not no_trackers, io=io,
     )  # fmt: skip
-    progress = BarProgress(quiet)
+    progress = BarProgress(quiet, verbose=_verbose())
     with _sigterm_as_interrupt():
         try:
             result = run_fetch(meta, output, opts, progress)
@@ -418,7 +435,7 @@ def fetch(
 
     seeder = Seeder(
         meta, output_path(meta, output), jobs=opts.jobs, bind=bind, port=port,
-        use_trackers=not no_trackers, until=done,
+        use_trackers=not no_trackers, until=done, io=io,
         note=lambda t: None if quiet else click.echo(f"mptorrent: {t}", err=True),
     )  # fmt: skip
     if not quiet:
@@ -456,18 +473,19 @@ def _sigterm_as_interrupt() -> Iterator[None]:
               help="Port to listen on (0: any free port).")  # fmt: skip
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--no-trackers", is_flag=True, help="Do not announce.")
+@io_option
 @quiet_option
 @verbose_option
 def seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
-    quiet: bool,
+    io: str, quiet: bool,
 ) -> None:  # fmt: skip
     """Serve a torrent's data to other peers until Ctrl-C."""
     from mptorrent.seeder import Seeder
 
     meta = load_torrent(torrent, quiet=quiet)
     seeder = Seeder(
-        meta, path, jobs=jobs or default_jobs(), bind=bind, port=port,
+        meta, path, jobs=jobs or default_jobs(), bind=bind, port=port, io=io,
         use_trackers=not no_trackers, note=lambda t: click.echo(f"mptorrent: {t}", err=True),
     )  # fmt: skip
 
@@ -540,7 +558,7 @@ def demo(size: int, peers: int, jobs: int, piece_size: int | None, keep: Path | 
     def say(text: str) -> None:
         click.echo(f"demo: {text}", err=True)
 
-    progress = BarProgress(quiet)
+    progress = BarProgress(quiet, verbose=_verbose())
     with _sigterm_as_interrupt():
         try:
             res = run_demo(

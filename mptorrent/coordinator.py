@@ -67,6 +67,7 @@ class ProgressSink(Protocol):
     def start(self, total: int, done: int) -> None: ...
     def update(self, done: int, peers: int, workers: int) -> None: ...
     def note(self, text: str) -> None: ...
+    def debug(self, text: str) -> None: ...  # detail for -v (a worker's traceback)
 
 
 class _Quiet:
@@ -77,6 +78,9 @@ class _Quiet:
         pass
 
     def note(self, text: str) -> None:
+        pass
+
+    def debug(self, text: str) -> None:
         pass
 
 
@@ -599,9 +603,12 @@ class Coordinator:
             self.uploaded += msg.uploaded
         elif isinstance(msg, WorkerFailed):
             if msg.storage:
-                raise StorageError(msg.message)
+                err = StorageError(msg.message)
+                err.detail = msg.detail
+                raise err
             # A bug in a worker: say so; its exit then restarts it (capped).
             self.progress.note(msg.message)
+            self.progress.debug(msg.detail)
 
     def _piece_done(self, index: int, worker: int | None, peers: tuple[PeerAddr, ...]) -> None:
         if not self.picker.finished(index):

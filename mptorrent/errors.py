@@ -22,6 +22,7 @@ class MptorrentError(Exception):
     """Root of every error mptorrent raises on purpose."""
 
     exit_status: ExitStatus = ExitStatus.ERROR
+    detail: str = ""  # more for -v: the traceback of the worker process that failed
 
 
 class BencodeError(MptorrentError):

@@ -166,6 +166,7 @@ class Recorder:
         self.total = 0
         self.done = 0
         self.notes: list[str] = []
+        self.details: list[str] = []
         self.updated = threading.Event()
 
     def start(self, total: int, done: int) -> None:
@@ -177,6 +178,9 @@ class Recorder:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def debug(self, text: str) -> None:
+        self.details.append(text)
 
 
 # -- fixtures -----------------------------------------------------------------------------

@@ -108,6 +108,7 @@ class Recorder:
     def __init__(self) -> None:
         self.total = 0
         self.notes: list[str] = []
+        self.details: list[str] = []
         self.complete_at: float | None = None
 
     def start(self, total: int, done: int) -> None:
@@ -119,6 +120,9 @@ class Recorder:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def debug(self, text: str) -> None:
+        self.details.append(text)
 
 
 def _proc_status(pid: int, key: str) -> int:

@@ -535,6 +535,22 @@ def test_d3_storage_error_in_a_worker_ends_the_fetch_with_exit_4(
         assert lines == ["mptorrent: error: injected disk error"], lines
 
 
+def test_d3_verbose_shows_the_worker_traceback(
+    torrent: Path, silent_peer: str, tmp_path: Path
+) -> None:
+    """-v shows where in the worker the error happened, not only the coordinator's side."""
+    env = {"BUG": "storage", "BUG_MARKER": str(tmp_path / "unused")}
+    with Fetch(torrent, tmp_path / "out.bin", ["--peer", silent_peer], "-v", method="fork",
+               jobs=1, code=BUGGY_CLI, env=env) as f:  # fmt: skip
+        code = f.wait(30)
+        err = f.stderr()
+    assert code == 4, err
+    assert err.splitlines()[-1] == "mptorrent: error: injected disk error", err
+    # the worker's own traceback, down to the function that raised
+    assert re.search(r'File ".*", line \d+, in disk_error\n(.*\n)?mptorrent\.errors\.'
+                     r"StorageError: injected disk error\n", err), err  # fmt: skip
+
+
 # -- D4: SIGKILL the main process -----------------------------------------------------------
 
 
