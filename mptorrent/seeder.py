@@ -22,7 +22,7 @@ from mptorrent.errors import StorageError
 from mptorrent.messages import Stop, WorkerFailed, WorkerStats
 from mptorrent.metainfo import Metainfo
 from mptorrent.mp import context
-from mptorrent.storage import Layout
+from mptorrent.storage import Layout, choose_io
 from mptorrent.worker import WorkerConfig, reserve_port, run
 
 
@@ -48,9 +48,11 @@ class Seeder:
         max_peers: int = 200,
         note: Callable[[str], None] | None = None,
         until: Callable[[SeedStats], bool] | None = None,
+        io: str = "auto",
     ) -> None:
         self.meta = meta
         self.layout = Layout.for_torrent(meta, path)
+        self.io = choose_io(io, path)  # as fetch: pread where a fault could SIGBUS a worker
         self.jobs = max(1, jobs)
         self.bind = bind
         self.port = port
@@ -92,6 +94,7 @@ class Seeder:
                 worker_id=wid, meta=self.meta, layout=self.layout, peers=(),
                 parent_pid=os.getpid(), max_peers=self.max_peers,
                 listen=(self.bind, self.stats.port), seed_only=True, client_id=self.client_id,
+                io=self.io,
             )  # fmt: skip
             control = self.ctx.Queue()
             p = self.ctx.Process(

@@ -120,13 +120,18 @@ def peers_used(stderr: str) -> int:
 # -- libtorrent downloads from `mptorrent seed` ---------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["single", "multi"])
+@pytest.mark.parametrize(
+    ("which", "io"), [("single", "auto"), ("multi", "auto"), ("multi", "pwrite")],
+    ids=["single", "multi", "multi-pwrite"],
+)  # fmt: skip
 def test_libtorrent_leecher_downloads_from_mptorrent_seed_alone(
-    which: str, request: pytest.FixtureRequest, tmp_path: Path, fresh_ip: IpSource
+    which: str, io: str, request: pytest.FixtureRequest, tmp_path: Path, fresh_ip: IpSource
 ) -> None:
     case: TorrentCase = request.getfixturevalue(f"{which}_case")
     torrent = write_torrent(tmp_path, case.torrent)
-    with mptorrent_seed(torrent, case.payload.root, fresh_ip(), "--no-trackers") as seed:
+    with mptorrent_seed(
+        torrent, case.payload.root, fresh_ip(), "--no-trackers", "--io", io
+    ) as seed:
         run_lt_leecher(case.torrent, tmp_path / "lt", [seed.addr], ip=fresh_ip(), timeout=60)
         status, err = seed.interrupt()
     assert same_tree(case.payload.root, tmp_path / "lt" / case.payload.root.name)
