@@ -126,6 +126,12 @@ class Seeder:
                         self.stats.per_worker_peers[msg.worker] = msg.peers
                         self.stats.peers = sum(self.stats.per_worker_peers.values())
                     elif isinstance(msg, WorkerFailed):
+                        if msg.storage:
+                            # The data went away under us (a file shrank, a disk error):
+                            # a restarted worker would meet it again.  Exit 4, as fetch.
+                            err = StorageError(msg.message)
+                            err.detail = msg.detail
+                            raise err
                         self.note(msg.message)
                 while not self.inbox.empty():
                     r = self.inbox.get_nowait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -32,6 +33,7 @@ from mptorrent.trackerserver import TrackerServer
 from tests.interop.opentracker import opentracker_binary, run_opentracker
 from tests.swarm import (
     LtPeer,
+    SwarmError,
     TorrentCase,
     make_torrent,
     run_lt_leecher,
@@ -136,6 +138,28 @@ def test_libtorrent_leecher_downloads_from_mptorrent_seed_alone(
         status, err = seed.interrupt()
     assert same_tree(case.payload.root, tmp_path / "lt" / case.payload.root.name)
     assert status == 130, err
+
+
+def test_seed_whose_data_shrinks_stops_with_exit_4_naming_the_file(
+    single_case: TorrentCase, tmp_path: Path, fresh_ip: IpSource
+) -> None:
+    """Data verified at start and then cut short under the seeder is a storage error (exit
+    4, the file named), not a crash and not a loop of restarted workers."""
+    torrent = write_torrent(tmp_path, single_case.torrent)
+    data = tmp_path / "data" / single_case.payload.root.name
+    data.parent.mkdir()
+    shutil.copyfile(single_case.payload.root, data)
+    with mptorrent_seed(torrent, data, fresh_ip(), "--no-trackers", "--io", "pwrite") as seed:
+        os.truncate(data, 1000)
+        with pytest.raises(SwarmError):
+            run_lt_leecher(single_case.torrent, tmp_path / "lt", [seed.addr], ip=fresh_ip(),
+                           timeout=5)  # fmt: skip
+        _, err = seed.proc.communicate(timeout=15)
+    assert seed.proc.returncode == 4, err
+    assert err.splitlines()[-1] == (
+        f"mptorrent: error: {data} is missing or shorter than expected"
+    ), err
+    assert "restarting" not in err, err
 
 
 @pytest.mark.parametrize("tracker_kind", ["mptorrent", "opentracker"])
