@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from mptorrent import metainfo
+    from mptorrent.coordinator import FetchResult, SeedAfter
     from mptorrent.messages import PeerAddr
-    from mptorrent.seeder import SeedStats
 
 
 def safe_text(text: str) -> str:
@@ -368,6 +368,7 @@ class BarProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None  # later notes (while seeding) print as plain lines
 
 
 @cli.command()
@@ -406,45 +407,52 @@ def fetch(
         # decided before anything is created on disk
         why = "trackers are turned off" if no_trackers else "the torrent lists no usable trackers"
         raise DownloadError(f"no peers: {why} and no --peer was given")
+    progress = BarProgress(quiet, verbose=_verbose())
+    seed_after = None
+    if seed_ratio is not None or seed_time is not None:
+        seed_after = _seed_after(meta.total_length, seed_ratio, seed_time, progress, quiet)
     opts = FetchOptions(
         jobs=jobs or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
-        use_trackers=not no_trackers, io=io,
+        use_trackers=not no_trackers, io=io, seed_after=seed_after,
     )  # fmt: skip
-    progress = BarProgress(quiet, verbose=_verbose())
     with _sigterm_as_interrupt():
         try:
             result = run_fetch(meta, output, opts, progress)
         finally:
             progress.close()
-    click.echo(summary(result), err=True)
-    if seed_ratio is None and seed_time is None:
-        return
-    from mptorrent.coordinator import output_path
-    from mptorrent.seeder import Seeder
-    from mptorrent.storage import human_size
+    if seed_after is None:
+        click.echo(summary(result), err=True)
+    else:
+        from mptorrent.storage import human_size
 
-    # Seeding after completion: the same serve-only workers as `mptorrent seed`, stopped
-    # by whichever limit is reached first (the fetch's own uploads count for the ratio).
-    deadline = time.monotonic() + seed_time * 60 if seed_time is not None else None
-    target = seed_ratio * meta.total_length if seed_ratio is not None else None
+        click.echo(f"seeded: {human_size(result.uploaded)} uploaded in all", err=True)
 
-    def done(stats: SeedStats) -> bool:
+
+def _seed_after(
+    total: int, ratio: float | None, minutes: float | None, progress: BarProgress, quiet: bool
+) -> SeedAfter:
+    """Seeding once complete, by the fetch's own workers, until whichever limit comes
+    first; uploads during the download count towards the ratio."""
+    from mptorrent.coordinator import SeedAfter, summary
+
+    target = ratio * total if ratio is not None else None
+    deadline: float | None = None
+
+    def started(download: FetchResult) -> None:
+        nonlocal deadline
+        if minutes is not None:
+            deadline = time.monotonic() + minutes * 60
+        progress.close()
+        click.echo(summary(download), err=True)
+        if not quiet:
+            click.echo("mptorrent: seeding until the ratio or time limit; Ctrl-C stops", err=True)
+
+    def until(uploaded: int) -> bool:
         if deadline is not None and time.monotonic() >= deadline:
             return True
-        return target is not None and result.uploaded + stats.uploaded >= target
+        return target is not None and uploaded >= target
 
-    seeder = Seeder(
-        meta, output_path(meta, output), jobs=opts.jobs, bind=bind, port=port,
-        use_trackers=not no_trackers, until=done, io=io,
-        note=lambda t: None if quiet else click.echo(f"mptorrent: {t}", err=True),
-    )  # fmt: skip
-    if not quiet:
-        click.echo("mptorrent: seeding until the ratio or time limit; Ctrl-C stops", err=True)
-    with _sigterm_as_interrupt():
-        stats = seeder.run()
-    click.echo(
-        f"seeded: {human_size(result.uploaded + stats.uploaded)} uploaded in all", err=True
-    )
+    return SeedAfter(until=until, started=started)
 
 
 @contextmanager

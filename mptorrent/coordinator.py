@@ -24,6 +24,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ from mptorrent.messages import (
     PieceDone,
     PieceFailed,
     Returned,
+    SeedOnly,
     Stop,
     Took,
     WorkerFailed,
@@ -110,6 +112,16 @@ class FetchOptions:
     no_peers_timeout: float = NO_PEERS_TIMEOUT
     io: str = "auto"  # "mmap", "pwrite", or "auto" (pwrite on network/FUSE filesystems)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    seed_after: SeedAfter | None = None  # keep serving once complete; None: leave at once
+
+
+@dataclass(frozen=True)
+class SeedAfter:
+    """Seeding after the download (fetch --seed-ratio/--seed-time), by the same workers
+    on the same connections, so peers that were downloading with us keep going."""
+
+    until: Callable[[int], bool]  # given the bytes uploaded in all: True ends seeding
+    started: Callable[[FetchResult], None] = lambda _result: None  # the download's result
 
 
 @dataclass
@@ -247,7 +259,9 @@ class Coordinator:
         self.picker = Picker(self.meta.num_pieces, have)
         self.done_bytes = self._done_bytes(have)
         self.progress.start(self.meta.total_length, self.done_bytes)
-        if self.picker.remaining == 0:
+        seed_after = self.opts.seed_after
+        was_complete = self.picker.remaining == 0
+        if was_complete and seed_after is None:
             return self._result(t0, resumed)
         # One shared done-map: workers see each other's verified pieces (endgame,
         # HAVE messages), and its last byte says "endgame".
@@ -264,14 +278,19 @@ class Coordinator:
                 for slot in self.slots:
                     self._start(slot)
                 self._loop()
+                if seed_after is not None:
+                    if not was_complete:
+                        self._announce_all("completed", wait=3.0)
+                    self._seed(seed_after, self._result(t0, resumed))
             except BaseException:
                 self._stop_workers()
                 self._announce_all("stopped", wait=2.0)
                 raise
             self._stop_workers()
             self._drain_counts()
-            # fetch does not stay to seed: say we completed, then that we left
-            self._announce_all("completed", wait=3.0)
+            if seed_after is None:
+                # fetch does not stay to seed: say we completed, then that we left
+                self._announce_all("completed", wait=3.0)
             self._announce_all("stopped", wait=2.0)
         finally:
             if self._holder is not None:
@@ -390,6 +409,7 @@ class Coordinator:
             banned=tuple(self.banned), listen=self.listen, client_id=self.peer_id[8:],
             timeouts=self.opts.timeouts, io=self.io,
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
+            seed_only=self.picker.remaining == 0,  # a restart while seeding, or nothing to get
         )  # fmt: skip
         slot.proc = self.ctx.Process(
             target=run, args=(cfg, slot.work, slot.results, slot.control, self.done_raw),
@@ -508,16 +528,7 @@ class Coordinator:
                 shared = True
                 self._share_peers()
             self._refill(now)
-            try:
-                kind, payload = self.inbox.get(timeout=0.1)
-            except queue.Empty:
-                kind, payload = None, None
-            while kind is not None:
-                self._handle(kind, payload)
-                try:
-                    kind, payload = self.inbox.get_nowait()
-                except queue.Empty:
-                    kind = None
+            self._take_inbox(0.1)
             self._check_workers()
             peers = sum(s.stats_peers for s in self.slots)
             now = time.monotonic()
@@ -535,6 +546,33 @@ class Coordinator:
                     raise DownloadError(self._no_peers_reason())
             workers = sum(1 for s in self.slots if s.proc is not None and s.proc.is_alive())
             self.progress.update(self.done_bytes, peers, workers)
+
+    def _take_inbox(self, timeout: float) -> None:
+        """Handle everything reported, waiting up to ``timeout`` for the first report."""
+        try:
+            kind, payload = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._handle(kind, payload)
+            try:
+                kind, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _seed(self, plan: SeedAfter, download: FetchResult) -> None:
+        """Complete: the workers stop asking and serve on, until ``plan.until``."""
+        for slot in self.slots:
+            if slot.control is not None:
+                try:
+                    slot.control.put(SeedOnly())
+                except (ValueError, OSError):
+                    pass  # a dying worker: its restart starts serve-only
+        plan.started(download)
+        while not plan.until(self.uploaded):
+            self._take_inbox(0.2)
+            self._check_workers()
+            self._reannounce(time.monotonic(), sum(s.stats_peers for s in self.slots))
 
     def _no_peers_reason(self) -> str:
         if self.banned:

@@ -99,3 +99,8 @@ class AddPeers(NamedTuple):
 
 class Stop(NamedTuple):
     pass
+
+
+class SeedOnly(NamedTuple):
+    """The download is complete and the user wants to seed: stop asking, keep serving,
+    on the connections already open (peers need not re-dial a new seeder)."""

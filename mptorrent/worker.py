@@ -36,6 +36,7 @@ from mptorrent.messages import (
     PieceDone,
     PieceFailed,
     Returned,
+    SeedOnly,
     Stop,
     Took,
     WorkerFailed,
@@ -167,6 +168,8 @@ class _Worker:
     to_tell: list[int] = field(default_factory=list)  # verified here, HAVE not yet sent
     empty_at: float = -1.0  # loop turn in which the work queue was last found empty
     free_bufs: list[bytearray] = field(default_factory=list)
+    seed_only: bool = False  # serve, never request (from the start, or after SeedOnly)
+    complete_peers: set[PeerAddr] = field(default_factory=set)  # seeds we left as a seed
 
     def __post_init__(self) -> None:
         self.storage = Storage(self.cfg.layout, writable=True, io=self.cfg.io)
@@ -180,7 +183,8 @@ class _Worker:
         self.have = self.done_map[: self.num_pieces]
         # What our peers were told: the done-map as of our last HAVE broadcast.
         self.told = bytearray(self.have)
-        self.uploader = Uploader(self.storage, self.have, seeding=self.cfg.seed_only)
+        self.seed_only = self.cfg.seed_only
+        self.uploader = Uploader(self.storage, self.have, seeding=self.seed_only)
         self.listener: socket.socket | None = None
         if self.cfg.listen is not None:
             self.listener = listen_socket(*self.cfg.listen)
@@ -212,7 +216,7 @@ class _Worker:
                 self.uploader.rechoke(now)
             # A worker with no piece in hand waits for work, peers or (at the end) Stop,
             # which arrive on queues the selector cannot watch: look at them often.
-            idle = not self.jobs and not self.cfg.seed_only
+            idle = not self.jobs and not self.seed_only
             events = self.sel.select(IDLE_TICK if idle else TICK)
             self.now = time.monotonic()
             for key, mask in events:
@@ -225,7 +229,7 @@ class _Worker:
                 self.to_tell = []
             for p in list(self.peers.values()):
                 if p.state == ACTIVE:
-                    if not self.cfg.seed_only:
+                    if not self.seed_only:
                         self._fill(p)
                     self.uploader.serve(p)
                 self._flush(p)
@@ -304,7 +308,7 @@ class _Worker:
         )
 
     def _greet(self, p: PeerSession) -> None:
-        p.greet(self.have, interested=not self.cfg.seed_only)
+        p.greet(self.have, interested=not self.seed_only)
 
     def _check_control(self) -> None:
         while True:
@@ -314,11 +318,39 @@ class _Worker:
                 return
             if isinstance(msg, Stop):
                 self.stopping = True
+            elif isinstance(msg, SeedOnly):
+                self._become_seed()
             elif isinstance(msg, AddPeers):
                 for addr in msg.peers:
-                    if addr not in self.banned:
+                    if addr not in self.banned and addr not in self.complete_peers:
                         self.retry.setdefault(addr, _Retry())
                 self._connect_peers(time.monotonic())  # now, not at the next slow tick
+
+    def _become_seed(self) -> None:
+        """The download is complete: withdraw what is still asked (endgame duplicates),
+        tell peers we want nothing more, and leave the seeds, who want nothing of us."""
+        self.seed_only = True
+        self.uploader.seeding = True
+        for index in list(self.jobs):
+            job = self.jobs.pop(index)
+            self._cancel_piece(job)  # sends Cancel, so late blocks are dropped quietly
+            self._recycle(job)
+        self.backlog.clear()
+        for p in list(self.peers.values()):
+            if self._leave_if_seed(p):
+                continue
+            if p.state in (HANDSHAKING, ACTIVE) and p.wire.am_interested:
+                p.queue(p.wire.send(wire.NotInterested()))
+
+    def _leave_if_seed(self, p: PeerSession) -> bool:
+        """As a seed, close a peer that has every piece (as libtorrent does) and do not
+        dial it again.  True if it was closed."""
+        if not (self.seed_only and p.wire.peer_is_seed):
+            return False
+        self.complete_peers.add(p.addr)
+        self._drop(p, "both complete")
+        self.retry.pop(p.addr, None)
+        return True
 
     # -- connections --------------------------------------------------------
 
@@ -483,9 +515,13 @@ class _Worker:
                     raise _SelfConnection
                 p.state = ACTIVE
             elif isinstance(ev, wire.Bitfield):
+                if self._leave_if_seed(p):
+                    return
                 self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
                 p.reported_bits = True
             elif isinstance(ev, wire.Have):
+                if self._leave_if_seed(p):
+                    return
                 if not p.reported_bits:
                     self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
                     p.reported_bits = True

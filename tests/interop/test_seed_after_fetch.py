@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +16,14 @@ from tests.interop.test_seed import (
     start_fetch,
     wait_listening,
 )
-from tests.swarm import LtPeer, TorrentCase, same_tree, write_torrent
+from tests.swarm import (
+    LtPeer,
+    Swarm,
+    TorrentCase,
+    run_lt_leecher,
+    same_tree,
+    write_torrent,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -42,18 +51,21 @@ def test_seed_ratio_serves_a_libtorrent_leecher_then_exits(
             ) as leecher:  # fmt: skip
                 # The source seeder is unknown to the leecher: every byte it gets
                 # comes from the fetch, during the download or after it completed.
-                deadline = time.monotonic() + 60
-                while fetch.poll() is None and time.monotonic() < deadline:
-                    leecher.add_peer(fetch_ip, port)  # re-dial once fetch turns seeder
-                    time.sleep(0.5)
-                _, err = fetch.communicate(timeout=10)
+                # It is told of the fetch once: the fetch seeds on the same connection,
+                # so the leecher never has to re-dial (libtorrent would wait 60 s,
+                # its min_reconnect_time, to dial a peer that had closed on it).
+                leecher.add_peer(fetch_ip, port)
+                _, err = fetch.communicate(timeout=30)
                 leecher.wait_finished(timeout=10)
         finally:
             if fetch.poll() is None:
                 fetch.kill()
                 fetch.communicate()
     assert fetch.returncode == 0, err[-2000:]
-    assert "seeded:" in err
+    # -q: the download's summary when it completed, then the total uploaded
+    lines = err.splitlines()
+    assert lines[-2].startswith("done: "), lines
+    assert re.fullmatch(r"seeded: \d+\.\d (KiB|MiB) uploaded in all", lines[-1]), lines
     assert same_tree(out, single_case.payload.root)
     assert same_tree(tmp_path / "lt" / single_case.payload.root.name, single_case.payload.root)
 
@@ -72,3 +84,63 @@ def test_seed_time_stops_after_the_time_limit(
     assert fetch.returncode == 0, err[-2000:]
     assert time.monotonic() - t0 >= 3.0  # 0.05 min of seeding after the download
     assert "seeded:" in err
+
+
+def test_complete_output_with_seed_time_seeds_without_downloading(
+    single_case: TorrentCase, tmp_path: Path, fresh_ip: IpSource
+) -> None:
+    """Nothing left to fetch: the existing data is checked, then served by the same
+    serve-only workers for the time asked; a libtorrent leecher gets all of it."""
+    torrent = write_torrent(tmp_path, single_case.torrent)
+    out = tmp_path / "out.bin"
+    shutil.copyfile(single_case.payload.root, out)
+    fetch_ip = fresh_ip()
+    port = free_port(fetch_ip)
+    fetch = start_fetch(
+        torrent, out, "--no-trackers", "--peer", "127.0.0.1:9", "--bind", fetch_ip,
+        "--port", str(port), "--seed-time", "0.1",
+    )  # fmt: skip
+    try:
+        wait_listening((fetch_ip, port))
+        run_lt_leecher(single_case.torrent, tmp_path / "lt", [(fetch_ip, port)], ip=fresh_ip(),
+                       timeout=10)  # fmt: skip
+        _, err = fetch.communicate(timeout=30)
+    finally:
+        if fetch.poll() is None:
+            fetch.kill()
+            fetch.communicate()
+    assert fetch.returncode == 0, err[-2000:]
+    assert f"{single_case.meta.num_pieces} piece(s) already on disk" in err, err
+    assert re.search(r"^seeded: \d+\.\d (KiB|MiB) uploaded in all$", err, re.M), err
+    assert same_tree(tmp_path / "lt" / single_case.payload.root.name, single_case.payload.root)
+
+
+def test_seeding_fetch_leaves_the_seeds_it_downloaded_from(
+    single_case: TorrentCase, lt_swarm: Swarm, tmp_path: Path, fresh_ip: IpSource
+) -> None:
+    """Once complete, a connection to a seed serves nobody: the workers close it (as
+    libtorrent does between two seeds) and keep seeding for the time asked."""
+    torrent = write_torrent(tmp_path, single_case.torrent)
+    peer_args = [a for addr in lt_swarm.addrs for a in ("--peer", str(addr))]
+    fetch = start_fetch(
+        torrent, tmp_path / "out.bin", "-j", "2", "--no-trackers", *peer_args,
+        "--bind", fresh_ip(), "--port", "0", "--seed-time", "0.1",
+    )  # fmt: skip
+    connected = seeding_alone = False
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and fetch.poll() is None:
+            n = sum(st.num_peers for st in lt_swarm.stats())
+            connected = connected or n > 0
+            if connected and n == 0:
+                seeding_alone = fetch.poll() is None  # left them, still seeding
+                break
+            time.sleep(0.05)
+        _, err = fetch.communicate(timeout=30)
+    finally:
+        if fetch.poll() is None:
+            fetch.kill()
+            fetch.communicate()
+    assert fetch.returncode == 0, err[-2000:]
+    assert connected and seeding_alone, err[-2000:]
+    assert same_tree(tmp_path / "out.bin", single_case.payload.root)
