@@ -41,6 +41,7 @@ from mptorrent.messages import (
     PieceDone,
     PieceFailed,
     Returned,
+    Seeding,
     SeedOnly,
     Stop,
     Took,
@@ -171,6 +172,7 @@ class Coordinator:
         self.banned: dict[PeerAddr, str] = {}
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.restarts = 0
+        self.seeding_acks = 0  # workers that answered SeedOnly
         self.downloaded = 0  # payload bytes received, from worker stats
         self.uploaded = 0
         self.verified_bytes = 0
@@ -279,9 +281,7 @@ class Coordinator:
                     self._start(slot)
                 self._loop()
                 if seed_after is not None:
-                    if not was_complete:
-                        self._announce_all("completed", wait=3.0)
-                    self._seed(seed_after, self._result(t0, resumed))
+                    self._seed(seed_after, t0, resumed, announce_completed=not was_complete)
             except BaseException:
                 self._stop_workers()
                 self._announce_all("stopped", wait=2.0)
@@ -560,18 +560,31 @@ class Coordinator:
             except queue.Empty:
                 return
 
-    def _seed(self, plan: SeedAfter, download: FetchResult) -> None:
+    def _seed(self, plan: SeedAfter, t0: float, resumed: int, *, announce_completed: bool) -> None:
         """Complete: the workers stop asking and serve on, until ``plan.until``."""
+        asked = 0
         for slot in self.slots:
             if slot.control is not None:
                 try:
                     slot.control.put(SeedOnly())
+                    asked += 1
                 except (ValueError, OSError):
                     pass  # a dying worker: its restart starts serve-only
-        plan.started(download)
+        # Each worker answers after its last download counts: the summary is final.
+        deadline = time.monotonic() + 1.0
+        while self.seeding_acks < asked and time.monotonic() < deadline:
+            self._take_inbox(0.05)
+        plan.started(self._result(t0, resumed))
+        if announce_completed:
+            self._announce_all("completed", wait=None)  # answers arrive in the loop below
         while not plan.until(self.uploaded):
             self._take_inbox(0.2)
-            self._check_workers()
+            try:
+                self._check_workers()
+            except DownloadError as exc:
+                # A crash loop ends the seeding, not the download that already succeeded.
+                self.progress.note(f"{exc}; seeding stops")
+                return
             self._reannounce(time.monotonic(), sum(s.stats_peers for s in self.slots))
 
     def _no_peers_reason(self) -> str:
@@ -639,6 +652,8 @@ class Coordinator:
             slot.stats_peers = msg.peers
             self.downloaded += msg.downloaded
             self.uploaded += msg.uploaded
+        elif isinstance(msg, Seeding):
+            self.seeding_acks += 1
         elif isinstance(msg, WorkerFailed):
             if msg.storage:
                 err = StorageError(msg.message)

@@ -104,3 +104,9 @@ class Stop(NamedTuple):
 class SeedOnly(NamedTuple):
     """The download is complete and the user wants to seed: stop asking, keep serving,
     on the connections already open (peers need not re-dial a new seeder)."""
+
+
+class Seeding(NamedTuple):
+    """A worker's answer to SeedOnly, after its last download counts."""
+
+    worker: int

@@ -36,6 +36,7 @@ from mptorrent.messages import (
     PieceDone,
     PieceFailed,
     Returned,
+    Seeding,
     SeedOnly,
     Stop,
     Took,
@@ -172,7 +173,9 @@ class _Worker:
     complete_peers: set[PeerAddr] = field(default_factory=set)  # seeds we left as a seed
 
     def __post_init__(self) -> None:
-        self.storage = Storage(self.cfg.layout, writable=True, io=self.cfg.io)
+        # Serve-only workers open read-only: a file missing from partial data leaves its
+        # pieces unserved (they are not in the have-map) instead of failing the start.
+        self.storage = Storage(self.cfg.layout, writable=not self.cfg.seed_only, io=self.cfg.io)
         # Distinct per worker (peers refuse a second connection from one peer id),
         # with a prefix shared by the whole client so we recognise ourselves.
         cid = (self.cfg.client_id or os.urandom(20))[: SELF_ID_LEN - len(self.cfg.peer_id_prefix)]
@@ -332,15 +335,20 @@ class _Worker:
         self.seed_only = True
         self.uploader.seeding = True
         for index in list(self.jobs):
-            job = self.jobs.pop(index)
-            self._cancel_piece(job)  # sends Cancel, so late blocks are dropped quietly
-            self._recycle(job)
+            self._cancel_piece(self.jobs.pop(index))  # Cancel: late blocks drop quietly
         self.backlog.clear()
+        self.free_bufs.clear()  # piece buffers: seeding may last hours and needs none
         for p in list(self.peers.values()):
             if self._leave_if_seed(p):
                 continue
             if p.state in (HANDSHAKING, ACTIVE) and p.wire.am_interested:
                 p.queue(p.wire.send(wire.NotInterested()))
+        # the download's last counts, then the answer: the coordinator's summary waits
+        active = sum(1 for p in self.peers.values() if p.state == ACTIVE)
+        up, self.uploader.uploaded = self.uploader.uploaded, 0
+        self._emit(WorkerStats(self.cfg.worker_id, self.downloaded, up, active))
+        self.downloaded = 0
+        self._emit(Seeding(self.cfg.worker_id))
 
     def _leave_if_seed(self, p: PeerSession) -> bool:
         """As a seed, close a peer that has every piece (as libtorrent does) and do not
@@ -515,14 +523,17 @@ class _Worker:
                     raise _SelfConnection
                 p.state = ACTIVE
             elif isinstance(ev, wire.Bitfield):
-                if self._leave_if_seed(p):
-                    return
-                self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
-                p.reported_bits = True
+                if self.seed_only:  # availability matters only while downloading
+                    if self._leave_if_seed(p):
+                        return
+                else:
+                    self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
+                    p.reported_bits = True
             elif isinstance(ev, wire.Have):
-                if self._leave_if_seed(p):
-                    return
-                if not p.reported_bits:
+                if self.seed_only:
+                    if self._leave_if_seed(p):
+                        return
+                elif not p.reported_bits:
                     self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
                     p.reported_bits = True
                 else:

@@ -28,6 +28,7 @@ import pytest
 from mptorrent.messages import PeerAddr
 from mptorrent.metainfo import Metainfo
 from mptorrent.net import announce_http
+from mptorrent.storage import Layout
 from mptorrent.tracker import AnnounceRequest
 from mptorrent.trackerserver import TrackerServer
 from tests.interop.opentracker import opentracker_binary, run_opentracker
@@ -35,6 +36,7 @@ from tests.swarm import (
     LtPeer,
     SwarmError,
     TorrentCase,
+    advertised_pieces,
     make_torrent,
     run_lt_leecher,
     same_tree,
@@ -160,6 +162,26 @@ def test_seed_whose_data_shrinks_stops_with_exit_4_naming_the_file(
         f"mptorrent: error: {data} is missing or shorter than expected"
     ), err
     assert "restarting" not in err, err
+
+
+def test_seed_with_a_file_missing_serves_the_other_pieces(
+    multi_case: TorrentCase, tmp_path: Path, fresh_ip: IpSource
+) -> None:
+    """Partial data: the pieces of the missing file are neither announced nor a reason
+    to fail (serve-only workers open the files read-only and skip what is absent)."""
+    torrent = write_torrent(tmp_path, multi_case.torrent)
+    data = tmp_path / "data" / multi_case.payload.root.name
+    shutil.copytree(multi_case.payload.root, data)
+    meta = multi_case.meta
+    layout = Layout.for_torrent(meta, data)
+    gone = max(range(len(meta.files)), key=lambda i: meta.files[i].length)
+    Path(layout.paths[gone]).unlink()
+    expected = set(range(meta.num_pieces)) - set(layout.file_pieces(gone))
+    with mptorrent_seed(torrent, data, fresh_ip(), "--no-trackers") as seed:
+        assert advertised_pieces(seed.addr, multi_case.torrent, source_ip=fresh_ip()) == expected
+        status, err = seed.interrupt()
+    assert status == 130, err
+    assert err.splitlines() == ["mptorrent: error: interrupted"], err  # nothing went wrong
 
 
 @pytest.mark.parametrize("tracker_kind", ["mptorrent", "opentracker"])
