@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,18 @@ from tests.swarm import (
 pytestmark = pytest.mark.interop
 
 
+@contextmanager
+def fetching(torrent: Path, out: Path, *args: str | Path) -> Iterator[subprocess.Popen[str]]:
+    """A quiet `mptorrent fetch`, killed on the way out if it is still running."""
+    proc = start_fetch(torrent, out, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_seed_ratio_serves_a_libtorrent_leecher_then_exits(
     single_case: TorrentCase, tmp_path: Path, fresh_ip: IpSource
 ) -> None:
@@ -35,32 +50,29 @@ def test_seed_ratio_serves_a_libtorrent_leecher_then_exits(
     out = tmp_path / "out.bin"
     fetch_ip = fresh_ip()
     port = free_port(fetch_ip)
-    with mptorrent_seed(torrent, single_case.payload.root, fresh_ip(), "--no-trackers") as src:
-        fetch = start_fetch(
+    # Ratio 1: the leecher's only source is the fetch, so the fetch may leave only once it
+    # has uploaded the whole torrent.  (With 0.5 it may rightly leave as soon as it
+    # completes, if the leecher already took half during the download.)
+    with (
+        mptorrent_seed(torrent, single_case.payload.root, fresh_ip(), "--no-trackers") as src,
+        fetching(
             torrent, out, "-j", "2", "--no-trackers", "--peer", str(src.addr),
             "--bind", fetch_ip, "--port", str(port), "--seed-ratio", "1",
-        )  # fmt: skip
-        # Ratio 1: the leecher's only source is the fetch, so the fetch may leave only once
-        # it has uploaded the whole torrent.  (With 0.5 it may rightly leave as soon as
-        # it completes, if the leecher already took half during the download.)
-        try:
-            wait_listening((fetch_ip, port))
-            with LtPeer(
-                single_case.torrent, tmp_path / "lt", ip=fresh_ip(), role="leech",
-                use_trackers=False,
-            ) as leecher:  # fmt: skip
-                # The source seeder is unknown to the leecher: every byte it gets
-                # comes from the fetch, during the download or after it completed.
-                # It is told of the fetch once: the fetch seeds on the same connection,
-                # so the leecher never has to re-dial (libtorrent would wait 60 s,
-                # its min_reconnect_time, to dial a peer that had closed on it).
-                leecher.add_peer(fetch_ip, port)
-                _, err = fetch.communicate(timeout=30)
-                leecher.wait_finished(timeout=10)
-        finally:
-            if fetch.poll() is None:
-                fetch.kill()
-                fetch.communicate()
+        ) as fetch,
+    ):  # fmt: skip
+        wait_listening((fetch_ip, port))
+        with LtPeer(
+            single_case.torrent, tmp_path / "lt", ip=fresh_ip(), role="leech",
+            use_trackers=False,
+        ) as leecher:  # fmt: skip
+            # The source seeder is unknown to the leecher: every byte it gets comes from
+            # the fetch, during the download or after it completed.  It is told of the
+            # fetch once: the fetch seeds on the same connection, so the leecher never
+            # has to re-dial (libtorrent would wait 60 s, its min_reconnect_time, to dial
+            # a peer that had closed on it).
+            leecher.add_peer(fetch_ip, port)
+            _, err = fetch.communicate(timeout=30)
+            leecher.wait_finished(timeout=10)
     assert fetch.returncode == 0, err[-2000:]
     # -q: the download's summary when it completed, then the total uploaded
     lines = err.splitlines()
@@ -96,19 +108,14 @@ def test_complete_output_with_seed_time_seeds_without_downloading(
     shutil.copyfile(single_case.payload.root, out)
     fetch_ip = fresh_ip()
     port = free_port(fetch_ip)
-    fetch = start_fetch(
+    with fetching(
         torrent, out, "--no-trackers", "--peer", "127.0.0.1:9", "--bind", fetch_ip,
         "--port", str(port), "--seed-time", "0.1",
-    )  # fmt: skip
-    try:
+    ) as fetch:  # fmt: skip
         wait_listening((fetch_ip, port))
         run_lt_leecher(single_case.torrent, tmp_path / "lt", [(fetch_ip, port)], ip=fresh_ip(),
                        timeout=10)  # fmt: skip
         _, err = fetch.communicate(timeout=30)
-    finally:
-        if fetch.poll() is None:
-            fetch.kill()
-            fetch.communicate()
     assert fetch.returncode == 0, err[-2000:]
     assert f"{single_case.meta.num_pieces} piece(s) already on disk" in err, err
     assert re.search(r"^seeded: \d+\.\d (KiB|MiB) uploaded in all$", err, re.M), err
@@ -122,12 +129,11 @@ def test_seeding_fetch_leaves_the_seeds_it_downloaded_from(
     libtorrent does between two seeds) and keep seeding for the time asked."""
     torrent = write_torrent(tmp_path, single_case.torrent)
     peer_args = [a for addr in lt_swarm.addrs for a in ("--peer", str(addr))]
-    fetch = start_fetch(
+    connected = seeding_alone = False
+    with fetching(
         torrent, tmp_path / "out.bin", "-j", "2", "--no-trackers", *peer_args,
         "--bind", fresh_ip(), "--port", "0", "--seed-time", "0.1",
-    )  # fmt: skip
-    connected = seeding_alone = False
-    try:
+    ) as fetch:  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and fetch.poll() is None:
             n = sum(st.num_peers for st in lt_swarm.stats())
@@ -137,10 +143,6 @@ def test_seeding_fetch_leaves_the_seeds_it_downloaded_from(
                 break
             time.sleep(0.05)
         _, err = fetch.communicate(timeout=30)
-    finally:
-        if fetch.poll() is None:
-            fetch.kill()
-            fetch.communicate()
     assert fetch.returncode == 0, err[-2000:]
     assert connected and seeding_alone, err[-2000:]
     assert same_tree(tmp_path / "out.bin", single_case.payload.root)
