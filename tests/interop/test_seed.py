@@ -115,6 +115,18 @@ def start_fetch(torrent: Path, out: Path, *args: str | Path) -> subprocess.Popen
     )  # fmt: skip
 
 
+@contextmanager
+def fetching(torrent: Path, out: Path, *args: str | Path) -> Iterator[subprocess.Popen[str]]:
+    """A quiet `mptorrent fetch`, killed on the way out if it is still running."""
+    proc = start_fetch(torrent, out, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def peers_used(stderr: str) -> int:
     m = SUMMARY.search(stderr)
     assert m, stderr[-2000:]
@@ -294,27 +306,24 @@ def test_fetch_serves_what_it_has_while_downloading(
     fetch_ip = fresh_ip()
     port = free_port(fetch_ip)
     # Slow enough that the fetch is still running when the libtorrent leecher asks it.
-    with LtPeer(
-        multi_case.torrent, multi_case.save_dir, ip=fresh_ip(), use_trackers=False,
-        upload_rate_limit=total // 2,
-    ) as seeder:  # fmt: skip
-        fetch = start_fetch(
+    with (
+        LtPeer(
+            multi_case.torrent, multi_case.save_dir, ip=fresh_ip(), use_trackers=False,
+            upload_rate_limit=total // 2,
+        ) as seeder,
+        fetching(
             torrent, tmp_path / "out", "-j", "2", "--no-trackers", "--peer", str(seeder.addr),
             "--bind", fetch_ip, "--port", str(port),
-        )  # fmt: skip
-        try:
-            wait_listening((fetch_ip, port))
-            with LtPeer(
-                multi_case.torrent, tmp_path / "lt", ip=fresh_ip(), role="leech",
-                use_trackers=False,
-            ) as leecher:  # fmt: skip
-                leecher.add_peer(fetch_ip, port)
-                _, err = fetch.communicate(timeout=60)
-                got = leecher.stats()
-        finally:
-            if fetch.poll() is None:
-                fetch.kill()
-                fetch.communicate()
+        ) as fetch,
+    ):  # fmt: skip
+        wait_listening((fetch_ip, port))
+        with LtPeer(
+            multi_case.torrent, tmp_path / "lt", ip=fresh_ip(), role="leech",
+            use_trackers=False,
+        ) as leecher:  # fmt: skip
+            leecher.add_peer(fetch_ip, port)
+            _, err = fetch.communicate(timeout=60)
+            got = leecher.stats()
     assert fetch.returncode == 0, err[-2000:]
     # The leecher knew only the fetch; libtorrent checked every piece it counts.
     assert got.num_pieces > 0
@@ -354,26 +363,23 @@ def test_every_fetch_worker_tells_its_peers_about_every_verified_piece(
         multi_case.torrent, multi_case.save_dir, ip=fresh_ip(), use_trackers=False,
         have_pieces=evens, upload_rate_limit=meta.total_length // 2,
     ) as lt:  # fmt: skip
-        fetch = start_fetch(
+        watchers: list[HaveWatcher] = []
+        with fetching(
             torrent, tmp_path / "out", "-j", "2", "--no-trackers", "--peer", str(lt.addr),
             "--bind", fetch_ip, "--port", str(port),
-        )  # fmt: skip
-        watchers: list[HaveWatcher] = []
-        try:
-            wait_listening((fetch_ip, port))
-            # Several connections, so that the kernel hands some to each worker.
-            for _ in range(4):
-                watchers.append(
-                    HaveWatcher((fetch_ip, port), meta.info_hash, meta.num_pieces, fresh_ip())
-                )
-            collect_until(watchers, evens, time.monotonic() + 20)
-            status, err = _interrupt(fetch)
-        finally:
-            for w in watchers:
-                w.close()
-            if fetch.poll() is None:
-                fetch.kill()
-                fetch.communicate()
+        ) as fetch:  # fmt: skip
+            try:
+                wait_listening((fetch_ip, port))
+                # Several connections, so that the kernel hands some to each worker.
+                for _ in range(4):
+                    watchers.append(
+                        HaveWatcher((fetch_ip, port), meta.info_hash, meta.num_pieces, fresh_ip())
+                    )
+                collect_until(watchers, evens, time.monotonic() + 20)
+                status, err = _interrupt(fetch)
+            finally:
+                for w in watchers:
+                    w.close()
     assert [sorted(evens - w.have) for w in watchers] == [[]] * len(watchers)
     assert all(not (w.have - evens) for w in watchers)
     assert status == 130, err

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.interop.test_seed import (
     IpSource,
+    fetching,
     free_port,
     mptorrent_seed,
     start_fetch,
@@ -29,18 +27,6 @@ from tests.swarm import (
 )
 
 pytestmark = pytest.mark.interop
-
-
-@contextmanager
-def fetching(torrent: Path, out: Path, *args: str | Path) -> Iterator[subprocess.Popen[str]]:
-    """A quiet `mptorrent fetch`, killed on the way out if it is still running."""
-    proc = start_fetch(torrent, out, *args)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 def test_seed_ratio_serves_a_libtorrent_leecher_then_exits(
