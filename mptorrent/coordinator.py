@@ -656,9 +656,7 @@ class Coordinator:
             self.seeding_acks += 1
         elif isinstance(msg, WorkerFailed):
             if msg.storage:
-                err = StorageError(msg.message)
-                err.detail = msg.detail
-                raise err
+                raise StorageError(msg.message).with_detail(msg.detail)
             # A bug in a worker: say so; its exit then restarts it (capped).
             self.progress.note(msg.message)
             self.progress.debug(msg.detail)

@@ -24,6 +24,10 @@ class MptorrentError(Exception):
     exit_status: ExitStatus = ExitStatus.ERROR
     detail: str = ""  # more for -v: the traceback of the worker process that failed
 
+    def with_detail(self, detail: str) -> MptorrentError:
+        self.detail = detail
+        return self
+
 
 class BencodeError(MptorrentError):
     """Input that is not canonical, bounded bencode."""

@@ -129,9 +129,7 @@ class Seeder:
                         if msg.storage:
                             # The data went away under us (a file shrank, a disk error):
                             # a restarted worker would meet it again.  Exit 4, as fetch.
-                            err = StorageError(msg.message)
-                            err.detail = msg.detail
-                            raise err
+                            raise StorageError(msg.message).with_detail(msg.detail)
                         self.note(msg.message)
                 while not self.inbox.empty():
                     r = self.inbox.get_nowait()
