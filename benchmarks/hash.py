@@ -26,8 +26,9 @@ from pathlib import Path
 
 import libtorrent as lt
 
-from mptorrent import checker, create, metainfo
-from mptorrent.storage import Layout
+from mptorrent.disk import checker, create
+from mptorrent.disk.storage import Layout
+from mptorrent.proto import metainfo
 
 MiB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results" / "hash.json"

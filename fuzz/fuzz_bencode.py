@@ -1,4 +1,4 @@
-"""Fuzz target: mptorrent.bencode.decode gives a value or BencodeError, nothing else.
+"""Fuzz target: mptorrent.proto.bencode.decode gives a value or BencodeError, nothing else.
 
 Only canonical input is accepted, so whatever decodes must re-encode to the very
 same bytes (anacrolix FuzzInterfaceRoundTrip).
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mptorrent import bencode
 from mptorrent.errors import BencodeError
+from mptorrent.proto import bencode
 
 # Small limits so a short run reaches them; the scanner is the same code at any limit.
 LIMITS = {"max_size": 1 << 16, "max_depth": 20, "max_tokens": 2000, "max_string": 4096}

@@ -1,4 +1,4 @@
-"""Fuzz target: mptorrent.metainfo.parse gives a Metainfo or BadTorrent, nothing else.
+"""Fuzz target: mptorrent.proto.metainfo.parse gives a Metainfo or BadTorrent, nothing else.
 
 A Metainfo that comes out must keep every promise the module makes: safe relative
 paths, lengths that agree with the piece hashes, an info-hash over the raw info
@@ -14,8 +14,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-from mptorrent import bencode, metainfo
 from mptorrent.errors import BadTorrent
+from mptorrent.proto import bencode, metainfo
 
 
 def TestOneInput(data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Fuzz target: mptorrent.tracker's codecs give a result or TrackerError, nothing else.
+"""Fuzz target: mptorrent.proto.tracker's codecs give a result or TrackerError, nothing else.
 
 Every input goes through every parser: the HTTP announce and scrape replies,
 the UDP replies (the transaction id is the input's first four bytes, so the
@@ -15,10 +15,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mptorrent import bencode
-from mptorrent import tracker as tr
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
+from mptorrent.proto import bencode
+from mptorrent.proto import tracker as tr
 
 IH = bytes(range(20))
 REQ = tr.AnnounceRequest(IH, b"-MP0100-abcdefghijkl", 6881, 0, 0, 1000, "started")

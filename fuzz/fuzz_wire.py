@@ -1,4 +1,4 @@
-"""Fuzz target: mptorrent.wire gives events or RemoteProtocolError, nothing else.
+"""Fuzz target: mptorrent.proto.wire gives events or RemoteProtocolError, nothing else.
 
 The first byte picks the mode.  Odd: the rest is the peer's whole byte stream,
 handshake included, fed in two pieces.  Even: the rest follows a valid
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mptorrent.wire import (
+from mptorrent.proto.wire import (
     BLOCK_SIZE,
     EXTENSION_RESERVED,
     MAX_MESSAGE,

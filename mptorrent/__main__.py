@@ -1,4 +1,4 @@
-from mptorrent.cli import main
+from mptorrent.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 import libtorrent as lt
 
-from mptorrent import metainfo
 from mptorrent.messages import PeerAddr
-from mptorrent.metainfo import Metainfo
+from mptorrent.proto import metainfo
+from mptorrent.proto.metainfo import Metainfo
 
 KiB = 1024
 MiB = 1024 * KiB

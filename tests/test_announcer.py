@@ -1,4 +1,4 @@
-"""mptorrent.announcer: tiers (BEP 12), re-announce timing, hostile trackers, scrape_all.
+"""mptorrent.netio.announcer: tiers (BEP 12), re-announce timing, hostile trackers, scrape_all.
 
 Everything runs over real loopback sockets: the good tier is our embedded
 TrackerServer, the bad ones are tests/fakes/evil_tracker.py.  Our client
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from mptorrent import bencode, net
-from mptorrent import tracker as tr
-from mptorrent.announcer import (
+from mptorrent.messages import PeerAddr
+from mptorrent.netio import net
+from mptorrent.netio.announcer import (
     LOW_PEERS_WAIT,
     MIN_REANNOUNCE,
     RETRY_BASE,
@@ -29,9 +29,10 @@ from mptorrent.announcer import (
     scrape_all,
     usable,
 )
-from mptorrent.messages import PeerAddr
-from mptorrent.tracker import AnnounceRequest, ScrapeResult, UDPRetry, make_peer_id
-from mptorrent.trackerserver import TrackerServer
+from mptorrent.netio.trackerserver import TrackerServer
+from mptorrent.proto import bencode
+from mptorrent.proto import tracker as tr
+from mptorrent.proto.tracker import AnnounceRequest, ScrapeResult, UDPRetry, make_peer_id
 from tests.fakes.evil_tracker import (
     EvilTracker,
     HttpReply,

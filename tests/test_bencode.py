@@ -1,4 +1,4 @@
-"""mptorrent.bencode: canonical-only, bounded decoding (reliability.md §3.1, table A)."""
+"""mptorrent.proto.bencode: canonical-only, bounded decoding (reliability.md §3.1, table A)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mptorrent import bencode
 from mptorrent.errors import BencodeError, ExitStatus
+from mptorrent.proto import bencode
 
 CAP = 1 << 20
 
@@ -198,7 +198,7 @@ def test_deep_nesting_regression_in_subprocess() -> None:
     code = textwrap.dedent(
         """
         import sys
-        from mptorrent import bencode
+        from mptorrent.proto import bencode
         from mptorrent.errors import BencodeError
         for data in (b"l" * 100000 + b"e" * 100000, b"d1:k" * 100000 + b"e" * 100000):
             try:

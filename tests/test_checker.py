@@ -1,4 +1,4 @@
-"""mptorrent.checker: parallel piece hashing for create, verify and resume."""
+"""mptorrent.disk.checker: parallel piece hashing for create, verify and resume."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mptorrent import checker, create, metainfo
-from mptorrent.checker import VerifyReport
-from mptorrent.metainfo import Metainfo
-from mptorrent.storage import Layout
+from mptorrent.disk import checker, create
+from mptorrent.disk.checker import VerifyReport
+from mptorrent.disk.storage import Layout
+from mptorrent.proto import metainfo
+from mptorrent.proto.metainfo import Metainfo
 
 PL = 16384
 

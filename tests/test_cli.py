@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from mptorrent import bencode, metainfo
-from mptorrent.cli import cli
+from mptorrent.cli.main import cli
 from mptorrent.errors import ExitStatus
+from mptorrent.proto import bencode, metainfo
 
 PL = 16384
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from mptorrent import metainfo, net, tracker
-from mptorrent.cli import cli
-from mptorrent.trackerserver import TrackerServer
+from mptorrent.cli.main import cli
+from mptorrent.netio import net
+from mptorrent.netio.trackerserver import TrackerServer
+from mptorrent.proto import metainfo, tracker
 
 
 def _torrent(tmp_path: Path, tiers: list[list[str]]) -> tuple[Path, bytes]:

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from mptorrent import metainfo
-from mptorrent.coordinator import FetchOptions, FetchResult, fetch
-from mptorrent.create import create
+from mptorrent.disk.create import create
+from mptorrent.engine.coordinator import FetchOptions, FetchResult, fetch
 from mptorrent.errors import DownloadError
 from mptorrent.messages import PeerAddr
-from mptorrent.metainfo import Metainfo
+from mptorrent.proto import metainfo
+from mptorrent.proto.metainfo import Metainfo
 from tests.fakes.evil_tracker import EvilTracker
 
 KiB = 1024
@@ -421,7 +421,7 @@ def _result(**kw: object) -> FetchResult:
 
 
 def test_summary_names_wasted_bytes_beyond_one_percent() -> None:
-    from mptorrent.coordinator import summary
+    from mptorrent.engine.coordinator import summary
 
     clean = summary(_result(received=100 * MiB + MiB // 2))
     assert clean == "done: 100.0 MiB in 2.0 s, 50.0 MiB/s average, 3 peer(s) used"

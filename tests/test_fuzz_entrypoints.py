@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from fuzz import fuzz_bencode, fuzz_metainfo, fuzz_tracker, fuzz_wire
-from mptorrent import bencode, metainfo, wire
-from mptorrent import tracker as tr
+from mptorrent.proto import bencode, metainfo, wire
+from mptorrent.proto import tracker as tr
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS: dict[str, ModuleType] = {

@@ -1,6 +1,18 @@
 """Import hygiene: no cycles, nothing imports the CLI, lower layers never import upper ones.
 
-Modules are found on disk, so new ones are covered as they land (style.md §4).
+Modules are found on disk, walking every subpackage, so new ones are covered as they land.
+The layers, lowest first, are the folders of ``mptorrent/`` (docs/architecture.md):
+
+    base     errors, messages, mp          (top-level modules every layer may use)
+    proto    sans-IO codecs                (bencode, metainfo, wire, tracker)
+    policy   decisions without I/O         (picker, download policy)
+    disk     storage, hashing pools
+    netio    sockets around the codecs
+    worker   the worker process
+    engine   coordinator, pool, seeder
+    cli      the command line and demo
+
+A module may import its own layer and any layer below it, never one above.
 """
 
 from __future__ import annotations
@@ -15,33 +27,67 @@ import pytest
 import mptorrent
 
 PKG = Path(mptorrent.__file__).parent
-MODULES = sorted(p.stem for p in PKG.glob("*.py") if p.stem != "__init__")
+LAYERS = ["base", "proto", "policy", "disk", "netio", "worker", "engine", "cli"]
 
-LOWER = ["errors", "bencode", "metainfo", "messages", "storage", "wire", "tracker"]
-UPPER = {"worker", "coordinator", "seeder", "cli"}
+
+def dotted(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+MODULES = sorted(dotted(p) for p in PKG.rglob("*.py") if dotted(p))
+
+
+def layer_of(module: str) -> str:
+    """The layer a dotted module name (relative to mptorrent) lives in."""
+    head = module.split(".")[0]
+    if head == "__main__":  # ``python -m mptorrent`` is the command line's front door
+        return "cli"
+    return head if head in LAYERS else "base"
+
+
+def resolve(module: str, node: ast.ImportFrom) -> list[str]:
+    """The mptorrent modules (relative dotted names) an ``ImportFrom`` node names."""
+    if node.level:
+        pkg = module.split(".")
+        # a module's package is its name minus the last part; __init__ files are packages
+        is_pkg = (PKG / module.replace(".", "/") / "__init__.py").exists()
+        base = pkg if is_pkg else pkg[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        if node.module:
+            base = base + node.module.split(".")
+    elif node.module and node.module.split(".")[0] == "mptorrent":
+        base = node.module.split(".")[1:]
+    else:
+        return []
+    found = []
+    for alias in node.names:
+        cand = [*base, alias.name]
+        if (PKG.joinpath(*cand).with_suffix(".py")).exists() or (
+            PKG.joinpath(*cand) / "__init__.py"
+        ).exists():
+            found.append(".".join(cand))
+        elif base:
+            found.append(".".join(base))
+    return found
 
 
 def project_imports(module: str) -> set[str]:
-    """Names of the mptorrent modules ``module`` imports anywhere (lazy imports included)."""
-    tree = ast.parse((PKG / f"{module}.py").read_text(), filename=f"{module}.py")
+    """Dotted names of the mptorrent modules ``module`` imports anywhere (lazy ones too)."""
+    path = PKG / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = PKG / module.replace(".", "/") / "__init__.py"
+    tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == "mptorrent" and len(parts) > 1:
-                    found.add(parts[1])
+                    found.add(".".join(parts[1:]))
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = [] if node.module is None else node.module.split(".")
-            elif node.module and node.module.split(".")[0] == "mptorrent":
-                base = node.module.split(".")[1:]
-            else:
-                continue
-            if base:
-                found.add(base[0])
-            else:  # from mptorrent import x / from . import x: x may be a module
-                found.update(a.name for a in node.names if (PKG / f"{a.name}.py").exists())
+            found.update(resolve(module, node))
     return found
 
 
@@ -73,21 +119,38 @@ def test_imports_alone(
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("module", [m for m in MODULES if m not in ("cli", "__main__")])
+@pytest.mark.parametrize("module", [m for m in MODULES if layer_of(m) != "cli"])
 def test_nothing_imports_cli(module: str) -> None:
-    assert "cli" not in project_imports(module)
+    assert not {m for m in project_imports(module) if layer_of(m) == "cli"}
 
 
-@pytest.mark.parametrize("module", LOWER)
+@pytest.mark.parametrize("module", MODULES)
 def test_lower_layers_do_not_import_upper(module: str) -> None:
-    if not (PKG / f"{module}.py").exists():
-        pytest.skip(f"mptorrent/{module}.py does not exist yet")
-    assert not project_imports(module) & UPPER
+    rank = LAYERS.index(layer_of(module))
+    above = {m for m in project_imports(module) if LAYERS.index(layer_of(m)) > rank}
+    assert not above, f"{module} ({layer_of(module)}) imports upper layers: {sorted(above)}"
+
+
+def test_every_folder_is_a_known_layer() -> None:
+    # A new folder must be placed in LAYERS (and docs/architecture.md), not slip past the test.
+    folders = {p.parent.name for p in PKG.rglob("__init__.py") if p.parent != PKG}
+    assert folders <= set(LAYERS), folders - set(LAYERS)
 
 
 def test_import_parser_sees_every_form() -> None:
-    # The checks above are only as good as project_imports; pin its behaviour on cli.py,
+    # The checks above are only as good as project_imports; pin its behaviour on cli.main,
     # which imports in all the styles we use (plain, from-package, lazy in a function).
-    found = project_imports("cli")
-    assert {"errors", "metainfo", "checker", "storage", "create"} <= found
-    assert project_imports("__main__") == {"cli"}
+    found = project_imports("cli.main")
+    assert {"errors", "proto.metainfo", "disk.checker", "disk.storage", "disk.create"} <= found
+    assert project_imports("__main__") == {"cli.main"}
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path: Path) -> None:
+    # A planted upward import (proto -> engine) must be reported, or the check is blind.
+    tree = ast.parse("from mptorrent.engine import coordinator\nfrom . import wire\n")
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names.update(resolve("proto.bencode", node))
+    assert names == {"engine.coordinator", "proto.wire"}
+    assert LAYERS.index(layer_of("engine.coordinator")) > LAYERS.index(layer_of("proto.bencode"))

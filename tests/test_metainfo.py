@@ -1,4 +1,4 @@
-"""mptorrent.metainfo: validated .torrent parsing (reliability.md table A)."""
+"""mptorrent.proto.metainfo: validated .torrent parsing (reliability.md table A)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz.fuzz_metainfo import TestOneInput as metainfo_rule
-from mptorrent import bencode, metainfo
 from mptorrent.errors import BadTorrent, ExitStatus
-from mptorrent.metainfo import FileEntry, Metainfo
+from mptorrent.proto import bencode, metainfo
+from mptorrent.proto.metainfo import FileEntry, Metainfo
 
 PL = 16384
 

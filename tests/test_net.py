@@ -1,4 +1,4 @@
-"""mptorrent.net's UDP side (BEP 15) over real loopback sockets, and the scheme dispatch.
+"""mptorrent.netio.net's UDP side (BEP 15) over real loopback sockets, and the scheme dispatch.
 
 The HTTP client's own tests live in test_trackerserver.py.  The tracker here is
 tests/fakes/evil_tracker.py: honest unless a test scripts it otherwise.
@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from mptorrent import bencode, net
-from mptorrent import tracker as tr
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
-from mptorrent.tracker import AnnounceRequest, ScrapeResult, UDPRetry, make_peer_id
+from mptorrent.netio import net
+from mptorrent.proto import bencode
+from mptorrent.proto import tracker as tr
+from mptorrent.proto.tracker import AnnounceRequest, ScrapeResult, UDPRetry, make_peer_id
 from tests.fakes.evil_tracker import EvilTracker, HttpReply, HttpRequest, need_ipv6_loopback
 
 IH = bytes.fromhex("00112233445566778899aabbccddeeff00112233")

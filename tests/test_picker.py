@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mptorrent.picker import DONE, NEEDED, RANDOM_FIRST, TAKEN, Picker
+from mptorrent.policy.picker import DONE, NEEDED, RANDOM_FIRST, TAKEN, Picker
 
 
 def bits(s: str) -> bytes:

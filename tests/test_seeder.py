@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from mptorrent import metainfo
-from mptorrent.create import create
+from mptorrent.disk.create import create
+from mptorrent.engine.seeder import reserve_port
 from mptorrent.errors import StorageError
 from mptorrent.messages import PeerAddr
-from mptorrent.metainfo import Metainfo
-from mptorrent.seeder import reserve_port
-from mptorrent.trackerserver import TrackerServer
-from mptorrent.worker import listen_socket
+from mptorrent.netio.trackerserver import TrackerServer
+from mptorrent.proto import metainfo
+from mptorrent.proto.metainfo import Metainfo
+from mptorrent.worker.process import listen_socket
 
 PIECE = 32 * 1024
 SIZE = 10 * PIECE + 123

@@ -1,4 +1,4 @@
-"""mptorrent.storage: the byte-range map, mmap I/O and the coordinator's preflight."""
+"""mptorrent.disk.storage: the byte-range map, mmap I/O and the coordinator's preflight."""
 
 from __future__ import annotations
 
@@ -13,10 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mptorrent import metainfo
-from mptorrent.errors import DiskFull, ExitStatus, StorageError, UnsafePath
-from mptorrent.metainfo import FileEntry
-from mptorrent.storage import (
+from mptorrent.disk.storage import (
     IO_MODES,
     Layout,
     Slice,
@@ -27,6 +24,9 @@ from mptorrent.storage import (
     human_size,
     prepare,
 )
+from mptorrent.errors import DiskFull, ExitStatus, StorageError, UnsafePath
+from mptorrent.proto import metainfo
+from mptorrent.proto.metainfo import FileEntry
 
 Spec = list[tuple[str, int]]  # (relative path, or "" for a padding file; length)
 

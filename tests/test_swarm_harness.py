@@ -12,7 +12,7 @@ from urllib.parse import quote_from_bytes
 import libtorrent as lt
 import pytest
 
-from mptorrent import metainfo
+from mptorrent.proto import metainfo
 from tests.swarm import (
     DEFAULT_TREE,
     IpPool,

@@ -1,4 +1,4 @@
-"""mptorrent.tracker: the sans-IO announce/scrape codecs (BEP 3, 7, 23, 48)."""
+"""mptorrent.proto.tracker: the sans-IO announce/scrape codecs (BEP 3, 7, 23, 48)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mptorrent import bencode
-from mptorrent import tracker as tr
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
-from mptorrent.tracker import (
+from mptorrent.proto import bencode
+from mptorrent.proto import tracker as tr
+from mptorrent.proto.tracker import (
     DEFAULT_INTERVAL,
     MAX_INTERVAL,
     PEER_ID_PREFIX,

@@ -1,4 +1,4 @@
-"""mptorrent.trackerserver and mptorrent.net: our tracker, our HTTP client, over loopback.
+"""mptorrent.netio.trackerserver and mptorrent.netio.net: our tracker and HTTP client, on loopback.
 
 The first part drives :class:`TrackerState` directly (no sockets, a fake
 clock).  The second runs :class:`TrackerServer` and talks to it with
@@ -24,12 +24,13 @@ from urllib.parse import quote_from_bytes
 
 import pytest
 
-from mptorrent import bencode, net, trackerserver
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
-from mptorrent.net import HTTPStatusError, announce_http, http_get, scrape_http
-from mptorrent.tracker import AnnounceRequest, ScrapeResult, make_peer_id, parse_announce
-from mptorrent.trackerserver import TrackerServer, TrackerState, parse_query, serve
+from mptorrent.netio import net, trackerserver
+from mptorrent.netio.net import HTTPStatusError, announce_http, http_get, scrape_http
+from mptorrent.netio.trackerserver import TrackerServer, TrackerState, parse_query, serve
+from mptorrent.proto import bencode
+from mptorrent.proto.tracker import AnnounceRequest, ScrapeResult, make_peer_id, parse_announce
 
 IH = bytes.fromhex("aa" * 20)
 IH2 = bytes.fromhex("bb" * 20)

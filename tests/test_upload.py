@@ -1,6 +1,6 @@
 """Upload safety: a raw BitTorrent client on a real socket against a seeding worker process.
 
-Everything the seeder sends is parsed here by hand, not by ``mptorrent.wire``, so a bug in our
+Everything the seeder sends is parsed here by hand, not by ``mptorrent.proto.wire``, so a bug in our
 codec cannot hide a matching bug in what goes out.  Requests are served first in, first out,
 which lets a test prove that a request was dropped without waiting for a timeout: when the
 block asked for *after* it arrives first, the earlier one was never queued.
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from mptorrent import metainfo
-from mptorrent.create import create
-from mptorrent.metainfo import Metainfo
-from mptorrent.seeder import Seeder
-from mptorrent.upload import MAX_CHOKED_REQUESTS, MAX_QUEUED_REQUESTS
+from mptorrent.disk.create import create
+from mptorrent.engine.seeder import Seeder
+from mptorrent.proto import metainfo
+from mptorrent.proto.metainfo import Metainfo
+from mptorrent.worker.upload import MAX_CHOKED_REQUESTS, MAX_QUEUED_REQUESTS
 
 KiB = 1024
 PIECE = 32 * KiB  # two blocks a piece

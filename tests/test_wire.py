@@ -1,4 +1,4 @@
-"""Tests for mptorrent.wire, the sans-IO peer wire protocol.
+"""Tests for mptorrent.proto.wire, the sans-IO peer wire protocol.
 
 Two real Connections talk through an in-memory link (h11's ConnectionPair
 habit); adversarial cases are named for what they defend against.  Run this
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mptorrent.errors import ProtocolError
-from mptorrent.wire import (
+from mptorrent.proto.wire import (
     BLOCK_SIZE,
     EXTENSION_BIT,
     EXTENSION_RESERVED,

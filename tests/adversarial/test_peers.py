@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pytest
 
-from mptorrent.coordinator import Coordinator, FetchOptions, FetchResult, summary
+from mptorrent.engine.coordinator import Coordinator, FetchOptions, FetchResult, summary
 from mptorrent.errors import DownloadError
 from mptorrent.messages import PeerAddr
-from mptorrent.peer import Timeouts
-from mptorrent.wire import MAX_MESSAGE
-from mptorrent.worker import MAX_CONNECTS
+from mptorrent.netio.peer import Timeouts
+from mptorrent.proto.wire import MAX_MESSAGE
+from mptorrent.worker.process import MAX_CONNECTS
 from tests.fakes.evil_peer import (
     BLOCK,
     EXTENSION_RESERVED,

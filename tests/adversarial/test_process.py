@@ -36,10 +36,10 @@ from typing import IO, Any
 import libtorrent as lt
 import pytest
 
-from mptorrent.coordinator import AHEAD_BYTES, MAX_AHEAD, MAX_RESTARTS, MIN_AHEAD
-from mptorrent.metainfo import Metainfo
-from mptorrent.peer import MIN_DEPTH
-from mptorrent.worker import MAX_BACKLOG
+from mptorrent.engine.coordinator import AHEAD_BYTES, MAX_AHEAD, MAX_RESTARTS, MIN_AHEAD
+from mptorrent.netio.peer import MIN_DEPTH
+from mptorrent.proto.metainfo import Metainfo
+from mptorrent.worker.process import MAX_BACKLOG
 from tests.swarm import (
     KiB,
     LtPeer,
@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLI = (
     "import resource, signal, sys; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
     "signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from mptorrent.cli import main; sys.argv[0] = 'mptorrent'; main()"
+    "from mptorrent.cli.main import main; sys.argv[0] = 'mptorrent'; main()"
 )
 SIZE = 12 * MiB - 4_321  # 192 pieces of 64 KiB, the last one short
 PIECE = 64 * KiB
@@ -450,7 +450,7 @@ BUGGY_CLI = textwrap.dedent("""
     import os, resource, sys
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     from mptorrent.errors import StorageError
-    from mptorrent.worker import _Worker
+    from mptorrent.worker.process import _Worker
 
     real_complete = _Worker._complete
 
@@ -473,7 +473,7 @@ BUGGY_CLI = textwrap.dedent("""
         _Worker.run = disk_error
     else:
         _Worker.run = run
-    from mptorrent.cli import main
+    from mptorrent.cli.main import main
     sys.argv[0] = "mptorrent"
     main()
 """)

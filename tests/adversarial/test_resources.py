@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from mptorrent import bencode, metainfo
-from mptorrent import tracker as tr
-from mptorrent.bencode import MAX_TORRENT_SIZE, MAX_TRACKER_REPLY_SIZE
-from mptorrent.peer import MAX_DEPTH, RECV_SIZE
-from mptorrent.wire import BLOCK_SIZE
+from mptorrent.netio.peer import MAX_DEPTH, RECV_SIZE
+from mptorrent.proto import bencode, metainfo
+from mptorrent.proto import tracker as tr
+from mptorrent.proto.bencode import MAX_TORRENT_SIZE, MAX_TRACKER_REPLY_SIZE
+from mptorrent.proto.wire import BLOCK_SIZE
 from tests.adversarial.test_process import REPO, Fetch, Seeders
 from tests.swarm import KiB, MiB, TorrentCase, same_tree, single_file_case, write_torrent
 
@@ -175,9 +175,9 @@ def test_e2_info_on_the_largest_torrent(e2_torrent: Path, tmp_path: Path) -> Non
 def coordinator_probe(torrent: str, workers: str, peers: str) -> None:
     """In a fresh interpreter: build what the coordinator keeps per piece for ``torrent``
     and print the memory figures (KiB) as JSON."""
+    from mptorrent.disk.storage import Layout
     from mptorrent.mp import context
-    from mptorrent.picker import Picker
-    from mptorrent.storage import Layout
+    from mptorrent.policy.picker import Picker
 
     meta = metainfo.load(torrent)
     n = meta.num_pieces

@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from mptorrent import bencode, metainfo
-from mptorrent.cli import cli
-from mptorrent.create import create
+from mptorrent.cli.main import cli
+from mptorrent.disk.create import create
 from mptorrent.errors import BadTorrent, ExitStatus
+from mptorrent.proto import bencode, metainfo
 from tests.fakes.evil_tracker import EvilTracker
 
 PL = 16384
@@ -403,7 +403,7 @@ def test_a9_the_largest_torrent_that_fits_loads_without_per_piece_objects(tmp_pa
     big.write_bytes(torrent(single_info(n * PL, pieces=bytes(20 * n))))
     script = (
         "import resource, sys, time\n"
-        "from mptorrent import metainfo\n"
+        "from mptorrent.proto import metainfo\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "t = time.perf_counter()\n"
         "m = metainfo.load(sys.argv[1])\n"

@@ -30,14 +30,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from mptorrent import bencode, net
-from mptorrent import tracker as tr
-from mptorrent.announcer import MIN_REANNOUNCE, Announcer, TierResult
-from mptorrent.cli import cli
+from mptorrent.cli.main import cli
 from mptorrent.errors import ExitStatus, TrackerError
 from mptorrent.messages import PeerAddr
-from mptorrent.tracker import AnnounceRequest, UDPRetry, make_peer_id
-from mptorrent.trackerserver import TrackerServer
+from mptorrent.netio import net
+from mptorrent.netio.announcer import MIN_REANNOUNCE, Announcer, TierResult
+from mptorrent.netio.trackerserver import TrackerServer
+from mptorrent.proto import bencode
+from mptorrent.proto import tracker as tr
+from mptorrent.proto.tracker import AnnounceRequest, UDPRetry, make_peer_id
 from tests.fakes.evil_tracker import EvilTracker, HttpReply, HttpRequest, compact
 
 IH = bytes.fromhex("bb" * 20)

@@ -12,7 +12,7 @@ Every connection, accepted or dialled out (:meth:`EvilPeer.dial`), runs the scri
 thread of its own.  A reader thread parses whatever the client sends and records how and
 when the connection ended; after the script returns the connection stays open until the
 client closes it or the peer is stopped.  It is an adversary, not a mock: everything goes
-over real sockets, the bytes are built here by hand (not by ``mptorrent.wire``), and the
+over real sockets, the bytes are built here by hand (not by ``mptorrent.proto.wire``), and the
 scripts may break any rule of the protocol.
 """
 

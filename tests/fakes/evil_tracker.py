@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from mptorrent import bencode
-from mptorrent import tracker as tr
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
-from mptorrent.trackerserver import parse_query
+from mptorrent.netio.trackerserver import parse_query
+from mptorrent.proto import bencode
+from mptorrent.proto import tracker as tr
 
 CONNECTION_ID = 0x0123456789ABCDEF
 

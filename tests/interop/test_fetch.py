@@ -23,7 +23,7 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
-from mptorrent import metainfo
+from mptorrent.proto import metainfo
 from tests.interop.opentracker import OpenTracker, opentracker_binary, run_opentracker
 from tests.swarm import Swarm, TorrentCase, same_tree
 
@@ -44,7 +44,7 @@ SUMMARY = re.compile(
 # shell's background job inherits SIG_IGN, so the child installs Python's handler itself.
 CLI_WITH_SIGINT = (
     "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from mptorrent.cli import main; sys.argv[0] = 'mptorrent'; main()"
+    "from mptorrent.cli.main import main; sys.argv[0] = 'mptorrent'; main()"
 )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
-from mptorrent import metainfo
+from mptorrent.proto import metainfo
 from tests.fakes.evil_tracker import need_ipv6_loopback
 from tests.swarm import TorrentCase, same_tree, session_settings, write_torrent
 
@@ -67,8 +67,9 @@ def test_fetch_from_a_libtorrent_seeder_on_ipv6_loopback_via_peer(
 def test_fetch_finds_an_ipv6_seeder_through_peers6(
     single_case: TorrentCase, v6_seeder: int, tmp_path: Path
 ) -> None:
-    from mptorrent import net, tracker
-    from mptorrent.trackerserver import TrackerServer
+    from mptorrent.netio import net
+    from mptorrent.netio.trackerserver import TrackerServer
+    from mptorrent.proto import tracker
 
     meta = single_case.meta
     with TrackerServer("::1", 0) as srv:

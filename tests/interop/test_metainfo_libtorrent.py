@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from mptorrent import bencode, checker, metainfo
-from mptorrent.metainfo import Metainfo
-from mptorrent.storage import Layout
+from mptorrent.disk import checker
+from mptorrent.disk.storage import Layout
+from mptorrent.proto import bencode, metainfo
+from mptorrent.proto.metainfo import Metainfo
 
 lt = pytest.importorskip("libtorrent")
 

@@ -17,9 +17,9 @@ import pytest
 
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
-from mptorrent.net import HTTPStatusError, announce_http, scrape_http
-from mptorrent.tracker import AnnounceRequest, AnnounceResponse, ScrapeResult, make_peer_id
-from mptorrent.trackerserver import TrackerServer
+from mptorrent.netio.net import HTTPStatusError, announce_http, scrape_http
+from mptorrent.netio.trackerserver import TrackerServer
+from mptorrent.proto.tracker import AnnounceRequest, AnnounceResponse, ScrapeResult, make_peer_id
 from tests.interop.opentracker import OpenTracker, opentracker_binary, run_opentracker
 
 pytestmark = pytest.mark.interop

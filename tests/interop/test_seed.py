@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from mptorrent.disk.storage import Layout
 from mptorrent.messages import PeerAddr
-from mptorrent.metainfo import Metainfo
-from mptorrent.net import announce_http
-from mptorrent.storage import Layout
-from mptorrent.tracker import AnnounceRequest
-from mptorrent.trackerserver import TrackerServer
+from mptorrent.netio.net import announce_http
+from mptorrent.netio.trackerserver import TrackerServer
+from mptorrent.proto.metainfo import Metainfo
+from mptorrent.proto.tracker import AnnounceRequest
 from tests.interop.opentracker import opentracker_binary, run_opentracker
 from tests.swarm import (
     LtPeer,

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from mptorrent import net
-from mptorrent.announcer import UDP_RETRY, Announcer, TierResult
 from mptorrent.messages import PeerAddr
-from mptorrent.tracker import AnnounceRequest, UDPRetry, make_peer_id
-from mptorrent.trackerserver import TrackerServer
+from mptorrent.netio import net
+from mptorrent.netio.announcer import UDP_RETRY, Announcer, TierResult
+from mptorrent.netio.trackerserver import TrackerServer
+from mptorrent.proto.tracker import AnnounceRequest, UDPRetry, make_peer_id
 from tests.interop.opentracker import OpenTracker, opentracker_binary, run_opentracker
 
 pytestmark = pytest.mark.interop

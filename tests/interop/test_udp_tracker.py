@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from mptorrent import net
-from mptorrent.announcer import Announcer, TierResult, redact, scrape_all
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
-from mptorrent.tracker import AnnounceRequest, AnnounceResponse, ScrapeResult, make_peer_id
+from mptorrent.netio import net
+from mptorrent.netio.announcer import Announcer, TierResult, redact, scrape_all
+from mptorrent.proto.tracker import AnnounceRequest, AnnounceResponse, ScrapeResult, make_peer_id
 from tests.interop.opentracker import OpenTracker, opentracker_binary, run_opentracker
 from tests.swarm import LtPeer, TorrentCase, single_file_case
 

@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-from mptorrent import net, tracker
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
+from mptorrent.netio import net
+from mptorrent.proto import tracker
 
 ANNOUNCE_TIMEOUT = 10.0
 SCRAPE_TIMEOUT = 10.0

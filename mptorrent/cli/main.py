@@ -26,9 +26,9 @@ from mptorrent.mp import default_jobs
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-    from mptorrent import metainfo
-    from mptorrent.coordinator import FetchResult, SeedAfter
+    from mptorrent.engine.coordinator import FetchResult, SeedAfter
     from mptorrent.messages import PeerAddr
+    from mptorrent.proto import metainfo
 
 
 def safe_text(text: str) -> str:
@@ -125,7 +125,7 @@ def byte_bar(total: int, desc: str, quiet: bool) -> Iterator[Callable[[int], Non
 
 def load_torrent(path: Path, *, quiet: bool = False) -> metainfo.Metainfo:
     """Parse a .torrent and show its warnings (skipped trackers...) on stderr."""
-    from mptorrent import metainfo
+    from mptorrent.proto import metainfo
 
     meta = metainfo.load(path)
     if not quiet:
@@ -163,7 +163,7 @@ def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
 @verbose_option
 def info(torrent: Path, as_json: bool) -> None:
     """Show what a .torrent file holds."""
-    from mptorrent.storage import human_size
+    from mptorrent.disk.storage import human_size
 
     meta = load_torrent(torrent)
     if as_json:
@@ -212,7 +212,7 @@ def info(torrent: Path, as_json: bool) -> None:
 
 
 def _piece_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int | None:
-    from mptorrent.create import parse_piece_size
+    from mptorrent.disk.create import parse_piece_size
 
     try:
         return parse_piece_size(value)
@@ -239,10 +239,10 @@ def create(
     jobs: int | None, private: bool, comment: str | None, webseeds: tuple[str, ...], quiet: bool,
 ) -> None:  # fmt: skip
     """Make a .torrent from a file or a directory."""
-    from mptorrent import metainfo
-    from mptorrent.create import create as make
-    from mptorrent.create import scan
-    from mptorrent.storage import human_size
+    from mptorrent.disk.create import create as make
+    from mptorrent.disk.create import scan
+    from mptorrent.disk.storage import human_size
+    from mptorrent.proto import metainfo
 
     src = scan(path)
     out = output or Path(f"{src.name}.torrent")
@@ -274,8 +274,8 @@ def create(
 @verbose_option
 def verify(torrent: Path, path: Path, jobs: int | None, quiet: bool) -> None:
     """Recheck downloaded data against a .torrent; exit 0 only if all pieces verify."""
-    from mptorrent import checker
-    from mptorrent.storage import Layout
+    from mptorrent.disk import checker
+    from mptorrent.disk.storage import Layout
 
     meta = load_torrent(torrent, quiet=quiet)
     layout = Layout.for_torrent(meta, path)
@@ -399,8 +399,8 @@ def fetch(
     seed_time: float | None, io: str, quiet: bool,
 ) -> None:  # fmt: skip
     """Download a torrent with parallel worker processes."""
-    from mptorrent.coordinator import FetchOptions, summary
-    from mptorrent.coordinator import fetch as run_fetch
+    from mptorrent.engine.coordinator import FetchOptions, summary
+    from mptorrent.engine.coordinator import fetch as run_fetch
 
     meta = load_torrent(torrent, quiet=quiet)
     if not peers and (no_trackers or not meta.trackers):
@@ -423,7 +423,7 @@ def fetch(
     if seed_after is None:
         click.echo(summary(result), err=True)
     else:
-        from mptorrent.storage import human_size
+        from mptorrent.disk.storage import human_size
 
         click.echo(f"seeded: {human_size(result.uploaded)} uploaded in all", err=True)
 
@@ -433,7 +433,7 @@ def _seed_after(
 ) -> SeedAfter:
     """Seeding once complete, by the fetch's own workers, until whichever limit comes
     first; uploads during the download count towards the ratio."""
-    from mptorrent.coordinator import SeedAfter, summary
+    from mptorrent.engine.coordinator import SeedAfter, summary
 
     target = ratio * total if ratio is not None else None
     deadline: float | None = None
@@ -489,7 +489,7 @@ def seed(
     io: str, quiet: bool,
 ) -> None:  # fmt: skip
     """Serve a torrent's data to other peers until Ctrl-C."""
-    from mptorrent.seeder import Seeder
+    from mptorrent.engine.seeder import Seeder
 
     meta = load_torrent(torrent, quiet=quiet)
     seeder = Seeder(
@@ -521,7 +521,7 @@ def seed(
 @verbose_option
 def tracker_cmd(bind: str, port: int, interval: int) -> None:
     """Run a small HTTP tracker (for a LAN or tests) until Ctrl-C."""
-    from mptorrent.trackerserver import serve
+    from mptorrent.netio.trackerserver import serve
 
     def ready(srv: Any) -> None:
         click.echo(f"tracker on {srv.announce_url}", err=True)
@@ -561,7 +561,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
 def demo(size: int, peers: int, jobs: int, piece_size: int | None, keep: Path | None,
          quiet: bool) -> None:  # fmt: skip
     """The reference scenario: a loopback swarm serves BigMovie.mp4 to a parallel fetch."""
-    from mptorrent.demo import run_demo
+    from mptorrent.cli.demo import run_demo
 
     def say(text: str) -> None:
         click.echo(f"demo: {text}", err=True)
@@ -603,7 +603,7 @@ def demo(size: int, peers: int, jobs: int, piece_size: int | None, keep: Path | 
 @verbose_option
 def scrape(torrent: Path, timeout: float) -> None:
     """Ask each tracker (HTTP and UDP) how many seeders and leechers a torrent has."""
-    from mptorrent.announcer import scrape_all
+    from mptorrent.netio.announcer import scrape_all
 
     meta = load_torrent(torrent)
     rows = scrape_all(meta.trackers, meta.info_hash, timeout)

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mptorrent import metainfo
-from mptorrent.coordinator import FetchOptions, FetchResult, ProgressSink, fetch
-from mptorrent.create import create
+from mptorrent.disk.create import create
+from mptorrent.engine.coordinator import FetchOptions, FetchResult, ProgressSink, fetch
 from mptorrent.errors import DownloadError, MptorrentError
 from mptorrent.messages import PeerAddr
-from mptorrent.trackerserver import TrackerServer
+from mptorrent.netio.trackerserver import TrackerServer
+from mptorrent.proto import metainfo
 
 PEER_NAMES = [f"Peer{chr(ord('A') + i)}" for i in range(26)]
 SEEDER_READY_TIMEOUT = 120.0

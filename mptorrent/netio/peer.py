@@ -13,8 +13,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from mptorrent import wire
 from mptorrent.messages import PeerAddr
+from mptorrent.proto import wire
 
 
 @dataclass(frozen=True)

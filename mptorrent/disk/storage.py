@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mptorrent.errors import DiskFull, StorageError, UnsafePath
-from mptorrent.metainfo import FileEntry, Metainfo
+from mptorrent.proto.metainfo import FileEntry, Metainfo
 
 
 @dataclass(frozen=True, slots=True)

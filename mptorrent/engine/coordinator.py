@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mptorrent import checker, tracker
-from mptorrent.announcer import Announcer, TierResult
+from mptorrent.disk import checker
+from mptorrent.disk.storage import Layout, Storage, choose_io, human_size, prepare
 from mptorrent.errors import DownloadError, OutputLocked, StorageError
 from mptorrent.messages import (
     AddPeers,
@@ -48,12 +48,13 @@ from mptorrent.messages import (
     WorkerFailed,
     WorkerStats,
 )
-from mptorrent.metainfo import Metainfo
 from mptorrent.mp import context
-from mptorrent.peer import Timeouts
-from mptorrent.picker import DONE, Picker
-from mptorrent.storage import Layout, Storage, choose_io, human_size, prepare
-from mptorrent.worker import WorkerConfig, reserve_port, run
+from mptorrent.netio.announcer import Announcer, TierResult
+from mptorrent.netio.peer import Timeouts
+from mptorrent.policy.picker import DONE, Picker
+from mptorrent.proto import tracker
+from mptorrent.proto.metainfo import Metainfo
+from mptorrent.worker.process import WorkerConfig, reserve_port, run
 
 AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
 MIN_AHEAD, MAX_AHEAD = 2, 64

@@ -1,13 +1,13 @@
 """Tracker I/O: the only module that opens sockets to talk to trackers.
 
-The codecs in :mod:`mptorrent.tracker` build URLs and parse replies; this
+The codecs in :mod:`mptorrent.proto.tracker` build URLs and parse replies; this
 module moves the bytes.  Every request has one deadline for the whole exchange
 (DNS aside): each socket read and write gets only the time that is left, so a
 tracker that drips one byte a second cannot hold us past ``timeout``.  Bodies
 are read against a hard cap, TLS certificates are always verified, redirects
 are bounded, and every failure is a one-line :class:`TrackerError`.
 
-UDP trackers (BEP 15) run the sans-IO :class:`~mptorrent.tracker.UDPExchange`
+UDP trackers (BEP 15) run the sans-IO :class:`~mptorrent.proto.tracker.UDPExchange`
 over one connected datagram socket: the kernel then drops datagrams from any
 other address, and a closed port fails at once (ICMP port unreachable).
 Connection ids are kept for reuse within their minute.  :func:`announce` and
@@ -26,9 +26,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, urljoin, urlsplit
 
-from mptorrent import __version__, bencode
+from mptorrent import __version__
 from mptorrent.errors import TrackerError
-from mptorrent.tracker import (
+from mptorrent.proto import bencode
+from mptorrent.proto.tracker import (
     MAX_PEERS,
     AnnounceRequest,
     AnnounceResponse,

@@ -14,10 +14,10 @@ import random
 import time
 from collections import deque
 
-from mptorrent import wire
+from mptorrent.disk.storage import Storage
 from mptorrent.errors import ProtocolError
-from mptorrent.peer import ACTIVE, PeerSession
-from mptorrent.storage import Storage
+from mptorrent.netio.peer import ACTIVE, PeerSession
+from mptorrent.proto import wire
 
 MAX_QUEUED_REQUESTS = 500  # libtorrent max_allowed_in_request_queue
 MAX_CHOKED_REQUESTS = 300  # libtorrent too_many_requests_when_choked

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mptorrent import bencode
 from mptorrent.errors import BadTorrent, BencodeError
+from mptorrent.proto import bencode
 
 MAX_PIECES = 2_097_152  # libtorrent max_pieces
 MAX_FILES = 200_000

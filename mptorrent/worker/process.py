@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from mptorrent import wire
+from mptorrent.disk.storage import Layout, Storage
 from mptorrent.errors import MptorrentError, ProtocolError, StorageError
 from mptorrent.messages import (
     AddPeers,
@@ -43,10 +43,10 @@ from mptorrent.messages import (
     WorkerFailed,
     WorkerStats,
 )
-from mptorrent.metainfo import Metainfo
-from mptorrent.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
-from mptorrent.storage import Layout, Storage
-from mptorrent.upload import Uploader
+from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
+from mptorrent.proto import wire
+from mptorrent.proto.metainfo import Metainfo
+from mptorrent.worker.upload import Uploader
 
 BLOCK = wire.BLOCK_SIZE
 TICK = 0.05

@@ -1,6 +1,6 @@
 """Sans-IO tracker codecs: announce and scrape URLs in, parsed replies out.
 
-Nothing here opens a socket or reads the clock; :mod:`mptorrent.net` moves the
+Nothing here opens a socket or reads the clock; :mod:`mptorrent.netio.net` moves the
 bytes.  HTTP trackers follow BEP 3 with compact peers (BEP 23), IPv6 peers
 (BEP 7) and the scrape convention (BEP 48).  UDP trackers (BEP 15) share
 :class:`AnnounceRequest` and :class:`AnnounceResponse`: their packets are built
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote_from_bytes, urlsplit, urlunsplit
 
-from mptorrent import bencode
 from mptorrent.errors import BencodeError, TrackerError
 from mptorrent.messages import PeerAddr
+from mptorrent.proto import bencode
 
 PEER_ID_PREFIX = b"-MP0100-"  # Azureus style: client "MP", version 0.1.0.0
 EVENTS = frozenset({"started", "completed", "stopped"})

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mptorrent import checker, tracker
-from mptorrent.announcer import Announcer, TierResult
+from mptorrent.disk import checker
+from mptorrent.disk.storage import Layout, choose_io
 from mptorrent.errors import StorageError
 from mptorrent.messages import Stop, WorkerFailed, WorkerStats
-from mptorrent.metainfo import Metainfo
 from mptorrent.mp import context
-from mptorrent.storage import Layout, choose_io
-from mptorrent.worker import WorkerConfig, reserve_port, run
+from mptorrent.netio.announcer import Announcer, TierResult
+from mptorrent.proto import tracker
+from mptorrent.proto.metainfo import Metainfo
+from mptorrent.worker.process import WorkerConfig, reserve_port, run
 
 
 @dataclass

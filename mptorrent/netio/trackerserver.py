@@ -22,9 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
-from mptorrent import __version__, bencode
+from mptorrent import __version__
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
+from mptorrent.proto import bencode
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from mptorrent.metainfo import Metainfo
+from mptorrent.disk.storage import Layout, Storage
 from mptorrent.mp import context
-from mptorrent.storage import Layout, Storage
+from mptorrent.proto.metainfo import Metainfo
 
 # A task is this many bytes of pieces: big enough to amortise IPC, small enough
 # to keep both cores busy to the end and the progress bar moving.

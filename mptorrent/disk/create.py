@@ -6,10 +6,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mptorrent import checker, metainfo
+from mptorrent.disk import checker
+from mptorrent.disk.storage import Layout
 from mptorrent.errors import MptorrentError, StorageError
-from mptorrent.metainfo import FileEntry
-from mptorrent.storage import Layout
+from mptorrent.proto import metainfo
+from mptorrent.proto.metainfo import FileEntry
 
 MIN_PIECE = 16 * 1024
 MAX_PIECE = 16 * 1024 * 1024

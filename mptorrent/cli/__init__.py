@@ -1,0 +1,1 @@
+"""The command line (``mptorrent ...``) and the self-contained demo. Nothing imports it."""

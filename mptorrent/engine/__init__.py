@@ -1,0 +1,1 @@
+"""The main process: the coordinator that owns the truth, the worker supervision, the seeder."""

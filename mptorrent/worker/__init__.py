@@ -1,0 +1,1 @@
+"""The worker process: an event loop over peer sockets that fetches, verifies, writes pieces."""
