@@ -57,7 +57,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -254,12 +254,14 @@ class Client:
     kind: str  # "mptorrent", LT or ARIA2
     jobs: int = 0
     io: str = "auto"  # mptorrent's --io
+    src: str = ""  # another checkout of mptorrent to run instead of this one (--baseline)
 
     @property
     def label(self) -> str:
         if self.kind != "mptorrent":
             return self.kind
-        return f"mptorrent -j {self.jobs}" + (f" --io {self.io}" if self.io != "auto" else "")
+        label = f"mptorrent -j {self.jobs}" + (f" --io {self.io}" if self.io != "auto" else "")
+        return label + (" @baseline" if self.src else "")
 
 
 def free_port(host: str) -> int:
@@ -294,12 +296,16 @@ def client_cmd(client: Client, setup: SwarmSetup, out_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def client_env() -> dict[str, str]:
+def client_env(src: str = "") -> dict[str, str]:
     """The environment for the clients: without PYTHONDONTWRITEBYTECODE, so the warm-up leaves
     compiled bytecode behind, as an installed package has (otherwise each run compiles
-    mptorrent's modules, and the libtorrent leecher's helpers, from source)."""
+    mptorrent's modules, and the libtorrent leecher's helpers, from source).
+
+    ``src``: a checkout whose ``mptorrent`` package shadows this one (``--baseline``), so two
+    commits of the client race in the same swarm, under the same load."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPATH"] = src or str(Path(__file__).resolve().parent.parent)
     return env
 
 
@@ -328,7 +334,7 @@ def download(
         cmd = client_cmd(client, setup, out_dir)
         t = os.times()
         ours0 = t.user + t.system
-        m = common.run_measured(cmd, timeout=timeout, pss=pss, env=client_env())
+        m = common.run_measured(cmd, timeout=timeout, pss=pss, env=client_env(client.src))
         t = os.times()
         m.extra["bench_cpu_s"] = t.user + t.system - ours0  # seeders and the sampler
         if client.kind == LT:
@@ -516,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-sizes", default="1GiB,4GiB", help="for --memory-scale")
     ap.add_argument("--warmups", type=int, default=1, help="untimed downloads first (default 1)")
     ap.add_argument("--pss", action="store_true", help="also sample Pss_Anon (costs CPU)")
+    ap.add_argument("--baseline", type=Path,
+                    help="a second checkout of mptorrent (e.g. a git worktree of an older "
+                         "commit): its fetch runs beside this one's, same -j and --io")  # fmt: skip
     common.add_run_options(ap, settle=30.0)
     ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/...)")
     args = ap.parse_args(argv)
@@ -538,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
         name = "vs_anchors"
     ios = [t.strip() for t in args.io.split(",") if t.strip()]
     clients = parse_clients(args.clients, jobs, ios)
+    if args.baseline:
+        base = str(args.baseline.resolve())
+        clients += [replace(c, src=base) for c in clients if c.kind == "mptorrent"]
     if not clients:
         raise SystemExit("no client to measure")
     from tests.interop.opentracker import opentracker_binary
