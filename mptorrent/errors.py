@@ -7,6 +7,7 @@ carries the exit status the CLI should use, so the CLI needs no table of its own
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Self
 
 
 class ExitStatus(IntEnum):
@@ -24,7 +25,7 @@ class MptorrentError(Exception):
     exit_status: ExitStatus = ExitStatus.ERROR
     detail: str = ""  # more for -v: the traceback of the worker process that failed
 
-    def with_detail(self, detail: str) -> MptorrentError:
+    def with_detail(self, detail: str) -> Self:
         self.detail = detail
         return self
 

@@ -7,18 +7,27 @@ client under each start method; Python 3.14 changed the POSIX default.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 if TYPE_CHECKING:
-    from multiprocessing.context import BaseContext
+    from multiprocessing.context import (
+        DefaultContext,
+        ForkContext,
+        ForkServerContext,
+        SpawnContext,
+    )
+
+    # Unlike their base class BaseContext, each of these has .Process.
+    Context: TypeAlias = DefaultContext | ForkContext | SpawnContext | ForkServerContext
 
 
-def context() -> BaseContext:
+def context() -> Context:
     # imported here: the CLI needs default_jobs() before it knows whether it starts processes
     import multiprocessing
 
     method = os.environ.get("MPTORRENT_START_METHOD") or None
-    return multiprocessing.get_context(method)
+    # typeshed gives get_context(str) as a bare BaseContext; on POSIX it is always one of the four
+    return cast("Context", multiprocessing.get_context(method))
 
 
 def default_jobs() -> int:

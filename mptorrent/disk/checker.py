@@ -42,7 +42,8 @@ def _hash_run(run: tuple[int, int]) -> tuple[int, list[bytes | None]]:
 
 def _runs(pieces: Iterable[int], per_task: int) -> Iterator[tuple[int, int]]:
     """Group piece indices into contiguous runs of at most ``per_task``."""
-    start = prev = None
+    start: int | None = None
+    prev = 0
     for i in pieces:
         if start is None:
             start = prev = i

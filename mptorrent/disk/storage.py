@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, TypeAlias
 
 from mptorrent.errors import DiskFull, StorageError, UnsafePath
 from mptorrent.proto.metainfo import FileEntry, Metainfo
@@ -98,7 +99,10 @@ class Layout:
 _ZEROS = bytes(1 << 20)
 
 
-IO_MODES = ("mmap", "pwrite")
+# How pieces reach the files: copies into a shared mapping, or pread/pwrite on a descriptor.
+IoMode: TypeAlias = Literal["mmap", "pwrite"]
+IoChoice: TypeAlias = Literal["auto", "mmap", "pwrite"]  # "auto": choose_io() picks by filesystem
+IO_MODES: tuple[IoMode, ...] = ("mmap", "pwrite")
 
 
 class Storage:
@@ -112,7 +116,7 @@ class Storage:
     pwrite an error), and costs less CPU per byte written on local disks too.
     """
 
-    def __init__(self, layout: Layout, *, writable: bool = False, io: str = "mmap") -> None:
+    def __init__(self, layout: Layout, *, writable: bool = False, io: IoMode = "mmap") -> None:
         if io not in IO_MODES:
             raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
         self.layout = layout
@@ -310,7 +314,7 @@ _PWRITE_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "gl
                        "afs", "lustre", "virtiofs")  # fmt: skip
 
 
-def choose_io(io: str, root: str | Path) -> str:
+def choose_io(io: IoChoice, root: str | Path) -> IoMode:
     """Resolve ``io="auto"``: pwrite on network and FUSE filesystems, else mmap."""
     if io != "auto":
         return io

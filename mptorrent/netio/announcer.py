@@ -51,7 +51,8 @@ class TierResult:
     interval: int | None = None
     errors: tuple[str, ...] = ()  # one line each, naming trackers by host:port only
     tier: int = 0
-    event: str | None = None  # what was sent ("started" stands in for a first regular announce)
+    # what was sent: "started" stands in for a first regular announce
+    event: tracker.Event | None = None
     min_interval: int | None = None
     complete: int | None = None  # seeders, if the tracker said
     incomplete: int | None = None  # leechers
@@ -125,7 +126,7 @@ class _Tier:
         if self.last_at is None:
             return -math.inf
         if self.failures:
-            return self.last_at + min(RETRY_MAX, RETRY_BASE * 2 ** min(self.failures - 1, 16))
+            return self.last_at + min(RETRY_MAX, RETRY_BASE * 2.0 ** min(self.failures - 1, 16))
         wait = max(self.interval, MIN_REANNOUNCE)
         if peers_low:
             soon = self.min_interval if self.min_interval is not None else LOW_PEERS_WAIT
@@ -186,7 +187,7 @@ class Announcer:
     def announce(
         self,
         *,
-        event: str | None,
+        event: tracker.Event | None,
         left: int,
         downloaded: int = 0,
         uploaded: int = 0,
@@ -255,7 +256,7 @@ class Announcer:
     def _launch(
         self,
         tiers: list[_Tier],
-        event: str | None,
+        event: tracker.Event | None,
         left: int,
         downloaded: int,
         uploaded: int,
@@ -267,7 +268,7 @@ class Announcer:
         net.prepare(urls)  # imports, before the threads: see net.prepare
         threads = []
         for t in tiers:
-            sent = "started" if event is None and not t.started else event
+            sent: tracker.Event | None = "started" if event is None and not t.started else event
             req = tracker.AnnounceRequest(
                 info_hash=self.info_hash, peer_id=self.peer_id, port=self.port,
                 uploaded=uploaded, downloaded=downloaded, left=left, event=sent,
@@ -331,7 +332,7 @@ class Announcer:
 
     @staticmethod
     def _answered(
-        tier: _Tier, url: str, event: str | None, resp: tracker.AnnounceResponse
+        tier: _Tier, url: str, event: tracker.Event | None, resp: tracker.AnnounceResponse
     ) -> None:
         if url in tier.urls:  # BEP 12: the tracker that answered goes to the front
             tier.urls.remove(url)

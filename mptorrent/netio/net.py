@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 from mptorrent import __version__
@@ -95,7 +95,7 @@ class _DeadlineSocket(socket.socket):
 # http.client and ssl (with the email package) cost tens of milliseconds to import, and a
 # fetch that uses only --peer or UDP trackers never needs them: the classes built on them
 # are made on first use.  ``net._DeadlineSSLSocket`` still works (PEP 562).
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> type[ssl.SSLSocket]:
     if name == "_DeadlineSSLSocket":
         return _deadline_ssl_socket()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -112,7 +112,7 @@ def _deadline_ssl_socket() -> type[ssl.SSLSocket]:
             self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0
         ) -> int:
             self.settimeout(_remaining(self.deadline))
-            return super().recv_into(buffer, nbytes, flags)  # type: ignore[arg-type]
+            return super().recv_into(buffer, nbytes, flags)
 
         def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
             self.settimeout(_remaining(self.deadline))
@@ -365,7 +365,7 @@ _UDP_RECV = 65536  # larger than any datagram
 _MAX_CACHED = 256
 _connections: dict[tuple[str, int, str | None], tuple[int, float]] = {}
 _connections_lock = threading.Lock()
-_E = TypeVar("_E", bound="UDPExchange[Any]")
+_R = TypeVar("_R")  # what an exchange yields: an announce reply or scrape counts
 
 
 def _split_udp(url: str) -> tuple[SplitResult, int, bytes]:
@@ -422,7 +422,7 @@ def _forget(key: tuple[str, int, str | None]) -> None:
 
 
 def _udp_run(
-    ex: UDPExchange[Any],
+    ex: UDPExchange[_R],
     family: socket.AddressFamily,
     sockaddr: _SockAddr,
     source_address: str | None,
@@ -453,11 +453,11 @@ def _udp_run(
 
 def _udp_exchange(
     url: str,
-    make: Callable[[bool, bytes, tuple[int, float] | None], _E],
+    make: Callable[[bool, bytes, tuple[int, float] | None], UDPExchange[_R]],
     *,
     timeout: float,
     source_address: str | None,
-) -> _E:
+) -> UDPExchange[_R]:
     """Run one exchange against the tracker at ``url`` within ``timeout`` seconds.
 
     A host name with several addresses is tried address by address, but only

@@ -12,6 +12,8 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
+from enum import Enum
+from typing import Final
 
 from mptorrent.messages import PeerAddr
 from mptorrent.proto import wire
@@ -33,7 +35,21 @@ MAX_DEPTH = 500  # libtorrent's max_out_request_queue
 DEPTH_SECONDS = 1.0  # keep rate x this much in flight (bandwidth-delay with margin)
 RECV_SIZE = 1 << 20
 
-CONNECTING, HANDSHAKING, ACTIVE, CLOSED = range(4)
+
+class PeerState(Enum):
+    """Where a connection is: it only ever moves forward, to CLOSED at the latest."""
+
+    CONNECTING = "connecting"  # TCP connect in flight (outgoing connections only)
+    HANDSHAKING = "handshaking"  # connected; the BitTorrent handshake is not complete
+    ACTIVE = "active"  # handshake done: messages flow
+    CLOSED = "closed"
+
+
+# The states by their bare names, as the worker loop compares them.
+CONNECTING: Final = PeerState.CONNECTING
+HANDSHAKING: Final = PeerState.HANDSHAKING
+ACTIVE: Final = PeerState.ACTIVE
+CLOSED: Final = PeerState.CLOSED
 
 
 class PeerSession:
@@ -52,7 +68,7 @@ class PeerSession:
         self.peer_id = peer_id
         self.wire = wire.Connection(info_hash, num_pieces, piece_length, total_length)
         self.sock: socket.socket | None = None
-        self.state = CONNECTING
+        self.state: PeerState = CONNECTING
         self.out = bytearray()
         self.pending: set[tuple[int, int]] = set()  # (index, begin) we requested
         self.started = time.monotonic()

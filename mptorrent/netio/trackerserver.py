@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
 from mptorrent import __version__
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
 from mptorrent.proto import bencode
+from mptorrent.proto.bencode import BValue
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class TrackerState:
         self, swarm: _Swarm | None, chosen: list[PeerAddr], *, compact: bool, with_ids: bool
     ) -> bytes:
         seeders, leechers = swarm.counts() if swarm is not None else (0, 0)
-        reply: dict[bytes, Any] = {
+        reply: dict[bytes, BValue] = {
             b"interval": self.interval,
             b"min interval": max(self.interval // 2, 1),
             b"complete": seeders,
@@ -236,9 +236,9 @@ class TrackerState:
                 reply[b"peers6"] = bytes(v6)
         else:
             assert swarm is not None or not chosen
-            items = []
+            items: list[BValue] = []
             for addr in chosen:
-                item: dict[bytes, Any] = {b"ip": addr.host.encode(), b"port": addr.port}
+                item: dict[bytes, BValue] = {b"ip": addr.host.encode(), b"port": addr.port}
                 if with_ids and swarm is not None:
                     item[b"peer id"] = swarm.peers[addr].peer_id
                 items.append(item)
@@ -249,7 +249,7 @@ class TrackerState:
         wanted = [_hash(h, "info_hash") for h in q.get("info_hash", [])]
         if len(wanted) > MAX_SCRAPE_HASHES:
             raise _BadRequest(f"more than {MAX_SCRAPE_HASHES} info_hash values")
-        files: dict[bytes, Any] = {}
+        files: dict[bytes, BValue] = {}
         for info_hash in wanted or list(self._swarms):
             swarm = self._swarms.get(info_hash)
             seeders, leechers = swarm.counts() if swarm is not None else (0, 0)
@@ -281,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.close_connection = True
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.client_address[0], format % args)
 
 
@@ -303,7 +303,7 @@ class _HTTPServer(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: object, client_address: object) -> None:
         log.debug("request from %s failed", client_address, exc_info=True)
 
 

@@ -11,8 +11,23 @@ import random
 import time
 from array import array
 from collections.abc import Hashable, Iterable
+from enum import IntEnum
+from typing import Final
 
-NEEDED, QUEUED, TAKEN, DONE = 0, 1, 2, 3
+
+class PieceState(IntEnum):
+    """A piece's state in :attr:`Picker.state`, one byte per piece (so an IntEnum)."""
+
+    NEEDED = 0  # not verified and in flight nowhere: to be picked
+    QUEUED = 1  # chosen by a scan of pick_for(), TAKEN as it returns
+    TAKEN = 2  # a worker has it in flight (two in endgame)
+    DONE = 3  # verified and written
+
+
+NEEDED: Final = PieceState.NEEDED
+QUEUED: Final = PieceState.QUEUED
+TAKEN: Final = PieceState.TAKEN
+DONE: Final = PieceState.DONE
 RANDOM_FIRST = 4  # libtorrent's initial_picker_threshold
 
 

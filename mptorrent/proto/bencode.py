@@ -11,11 +11,20 @@ must be computed over (never a re-encoding).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import bencoder
 
 from mptorrent.errors import BencodeError
+
+# A decoded value: bencode has exactly these four types (no bool, no float, no str).
+BValue: TypeAlias = "int | bytes | list[BValue] | dict[bytes, BValue]"
+# What encode() takes: str too (as UTF-8) and tuples; read-only views so that a
+# dict[bytes, int] or a list[bytes] passes as it is (list and dict are invariant).
+Encodable: TypeAlias = (
+    "int | bytes | str | Sequence[Encodable] | Mapping[bytes, Encodable] | Mapping[str, Encodable]"
+)
 
 # Limits, named after the libtorrent/anacrolix settings they follow.
 MAX_TORRENT_SIZE = 10 * 1024 * 1024  # libtorrent max_buffer_size
@@ -161,23 +170,23 @@ def _value_done(
 
 def decode_with_spans(
     data: bytes, *, max_size: int, **limits: int
-) -> tuple[Any, dict[bytes, tuple[int, int]]]:
+) -> tuple[BValue, dict[bytes, tuple[int, int]]]:
     """Decode ``data`` after :func:`scan`; also return the top-level value spans."""
     data = bytes(data)
     spans = scan(data, max_size=max_size, **limits)
     try:
-        value = bencoder.bdecode(data)
+        value: BValue = bencoder.bdecode(data)
     except Exception as exc:  # the C decoder's errors are not ours to leak
         raise BencodeError(f"decoder failed: {exc}", None) from exc
     return value, spans
 
 
-def decode(data: bytes, *, max_size: int, **limits: int) -> Any:
+def decode(data: bytes, *, max_size: int, **limits: int) -> BValue:
     """Decode one canonical, bounded bencoded value, or raise ``BencodeError``."""
     return decode_with_spans(data, max_size=max_size, **limits)[0]
 
 
-def encode(value: Any) -> bytes:
+def encode(value: Encodable) -> bytes:
     """Encode ints, bytes, str, lists and dicts (keys sorted, as bencode requires)."""
     try:
         return bytes(bencoder.bencode(_utf8(value)))
@@ -185,7 +194,7 @@ def encode(value: Any) -> bytes:
         raise BencodeError(f"cannot encode {type(exc).__name__}: {exc}") from exc
 
 
-def _utf8(value: Any) -> Any:
+def _utf8(value: Encodable) -> BValue:
     # bencoder.pyx writes a str's length in characters, not bytes ("é" -> b"1:\xc3\xa9"),
     # so every str becomes UTF-8 bytes before it gets there.
     if isinstance(value, str):
@@ -193,8 +202,15 @@ def _utf8(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_utf8(v) for v in value]
     if isinstance(value, dict):
-        out = {_utf8(k): _utf8(v) for k, v in value.items()}
+        out = {_key(k): _utf8(v) for k, v in value.items()}
         if len(out) != len(value):
             raise ValueError("a str key and a bytes key are the same key")
         return out
-    return value
+    if isinstance(value, int | bytes):
+        return value
+    # bencoder.pyx refuses every other type too (other mappings and sequences included)
+    raise TypeError(f"a {type(value).__name__} has no bencoding")
+
+
+def _key(key: bytes | str) -> bytes:
+    return key.encode() if isinstance(key, str) else key

@@ -19,11 +19,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from mptorrent.errors import BadTorrent, BencodeError
 from mptorrent.proto import bencode
+from mptorrent.proto.bencode import BValue, Encodable
 
 MAX_PIECES = 2_097_152  # libtorrent max_pieces
 MAX_FILES = 200_000
@@ -173,15 +173,13 @@ def parse(data: bytes) -> Metainfo:
         private=info.get(b"private") == 1,
         comment=_opt_text(top, b"comment"),
         created_by=_opt_text(top, b"created by"),
-        creation_date=top.get(b"creation date")
-        if isinstance(top.get(b"creation date"), int)
-        else None,
+        creation_date=date if isinstance(date := top.get(b"creation date"), int) else None,
         info_bytes=info_bytes,
         warnings=warnings.lines(),
     )
 
 
-def _check_version(info: dict) -> None:
+def _check_version(info: dict[bytes, BValue]) -> None:
     """Refuse v2-only torrents (BEP 52) and meta versions from the future."""
     version = info.get(b"meta version")
     if version is not None:
@@ -193,7 +191,7 @@ def _check_version(info: dict) -> None:
         raise BadTorrent("BitTorrent v2-only torrents are not supported")
 
 
-def _parse_files(raw: Any) -> list[FileEntry]:
+def _parse_files(raw: BValue) -> list[FileEntry]:
     if not isinstance(raw, list) or not raw:
         raise BadTorrent("'files' must be a non-empty list")
     if len(raw) > MAX_FILES:
@@ -279,7 +277,7 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").replace("\ufffd", "_")
 
 
-def _int(d: dict, key: bytes, where: str) -> int:
+def _int(d: dict[bytes, BValue], key: bytes, where: str) -> int:
     v = d.get(key)
     if v is None:
         raise BadTorrent(f"missing '{key.decode()}' in {where}")
@@ -288,7 +286,7 @@ def _int(d: dict, key: bytes, where: str) -> int:
     return v
 
 
-def _bytes(d: dict, key: bytes, where: str) -> bytes:
+def _bytes(d: dict[bytes, BValue], key: bytes, where: str) -> bytes:
     v = d.get(key)
     if v is None:
         raise BadTorrent(f"missing '{key.decode()}' in {where}")
@@ -297,14 +295,14 @@ def _bytes(d: dict, key: bytes, where: str) -> bytes:
     return v
 
 
-def _name(d: dict, key: bytes, where: str) -> str:
+def _name(d: dict[bytes, BValue], key: bytes, where: str) -> str:
     alt = d.get(key + b".utf-8")
     if isinstance(alt, bytes):
         return _text(alt)
     return _text(_bytes(d, key, where))
 
 
-def _opt_text(d: dict, key: bytes) -> str | None:
+def _opt_text(d: dict[bytes, BValue], key: bytes) -> str | None:
     v = d.get(key)
     return _text(v) if isinstance(v, bytes) else None
 
@@ -360,7 +358,7 @@ def tracker_url_problem(url: str) -> str | None:
     return None
 
 
-def _tracker(value: Any, where: str, warnings: _Warnings) -> str | None:
+def _tracker(value: BValue, where: str, warnings: _Warnings) -> str | None:
     """One announce URL, or None (with a warning) if it is unusable."""
     if not isinstance(value, bytes):
         warnings.add(f"skipped a tracker in {where}: a {_kind(value)}, not a string")
@@ -376,13 +374,13 @@ def _tracker(value: Any, where: str, warnings: _Warnings) -> str | None:
     return url
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     return {int: "number", bytes: "string", list: "list", dict: "dictionary"}.get(
         type(value), type(value).__name__
     )
 
 
-def _trackers(top: dict, warnings: _Warnings) -> tuple[tuple[str, ...], ...]:
+def _trackers(top: dict[bytes, BValue], warnings: _Warnings) -> tuple[tuple[str, ...], ...]:
     """BEP 12 tiers of usable trackers; every skipped entry leaves a warning."""
     tiers: list[tuple[str, ...]] = []
     seen: set[str] = set()
@@ -413,7 +411,7 @@ def _trackers(top: dict, warnings: _Warnings) -> tuple[tuple[str, ...], ...]:
     return tuple(tiers)
 
 
-def _web_seeds(top: dict, warnings: _Warnings) -> tuple[str, ...]:
+def _web_seeds(top: dict[bytes, BValue], warnings: _Warnings) -> tuple[str, ...]:
     raw = top.get(b"url-list")
     if raw is None:
         return ()
@@ -447,7 +445,7 @@ def build(
     creation_date: int | None = None,
 ) -> bytes:
     """Encode a v1 .torrent.  ``files`` for multi-file torrents, else ``length``."""
-    info: dict[bytes, Any] = {
+    info: dict[bytes, Encodable] = {
         b"name": name.encode(),
         b"piece length": piece_length,
         b"pieces": pieces,
@@ -461,7 +459,7 @@ def build(
         info[b"length"] = length
     if private:
         info[b"private"] = 1
-    top: dict[bytes, Any] = {b"info": info}
+    top: dict[bytes, Encodable] = {b"info": info}
     tiers = [t for t in (trackers or []) if t]
     if tiers:
         top[b"announce"] = tiers[0][0].encode()

@@ -21,15 +21,19 @@ import struct
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from enum import IntEnum
+from typing import Final, Generic, Literal, TypeAlias, TypeVar
 from urllib.parse import quote_from_bytes, urlsplit, urlunsplit
 
 from mptorrent.errors import BencodeError, TrackerError
 from mptorrent.messages import PeerAddr
 from mptorrent.proto import bencode
+from mptorrent.proto.bencode import BValue
 
 PEER_ID_PREFIX = b"-MP0100-"  # Azureus style: client "MP", version 0.1.0.0
-EVENTS = frozenset({"started", "completed", "stopped"})
+# An announce's event; None (no event) is a regular announce.
+Event: TypeAlias = Literal["started", "completed", "stopped"]
+EVENTS: frozenset[Event] = frozenset({"started", "completed", "stopped"})
 MAX_PEERS = 2000  # per reply; a tracker cannot make us hold more than this
 # Intervals are clamped so a hostile reply cannot make a caller sleep forever
 # (or hammer the tracker with a negative interval).
@@ -51,7 +55,7 @@ class AnnounceRequest:
     uploaded: int
     downloaded: int
     left: int
-    event: str | None = None  # "started", "completed", "stopped" or None (a regular announce)
+    event: Event | None = None  # None: a regular announce
     numwant: int = 50
     key: int | None = None  # 32-bit; lets the tracker recognise us across IP changes
     compact: bool = True
@@ -198,7 +202,7 @@ def one_line(text: bytes | str, limit: int = MAX_MESSAGE) -> str:
     return "".join(out)
 
 
-def _decode_dict(body: bytes) -> dict[bytes, Any]:
+def _decode_dict(body: bytes) -> dict[bytes, BValue]:
     try:
         value = bencode.decode(body, max_size=bencode.MAX_TRACKER_REPLY_SIZE)
     except BencodeError as exc:
@@ -209,7 +213,7 @@ def _decode_dict(body: bytes) -> dict[bytes, Any]:
     return value
 
 
-def _check_failure(reply: dict[bytes, Any]) -> None:
+def _check_failure(reply: dict[bytes, BValue]) -> None:
     failure = reply.get(b"failure reason")
     if failure is not None:
         if isinstance(failure, bytes):
@@ -281,7 +285,7 @@ def _compact(blob: bytes, size: int) -> Iterator[PeerAddr]:
             yield PeerAddr(host, port)
 
 
-def _dict_peers(items: list[Any]) -> Iterator[PeerAddr]:
+def _dict_peers(items: list[BValue]) -> Iterator[PeerAddr]:
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -358,12 +362,25 @@ def parse_scrape(body: bytes, info_hash: bytes) -> ScrapeResult:
 
 # -- UDP trackers (BEP 15) ----------------------------------------------------
 
+
+class Action(IntEnum):
+    """BEP 15: what a UDP tracker packet is (its first 32-bit field after any connection id)."""
+
+    CONNECT = 0
+    ANNOUNCE = 1
+    SCRAPE = 2
+    ERROR = 3
+
+
 UDP_PROTOCOL_ID = 0x41727101980
-CONNECT, ANNOUNCE, SCRAPE, ERROR = 0, 1, 2, 3  # BEP 15 actions
+CONNECT: Final = Action.CONNECT
+ANNOUNCE: Final = Action.ANNOUNCE
+SCRAPE: Final = Action.SCRAPE
+ERROR: Final = Action.ERROR
 CONNECTION_ID_LIFETIME = 60.0  # BEP 15: a client may use a connection id for one minute
 UDP_MAX_SCRAPE = 74  # info-hashes per scrape request (BEP 15)
 UDP_ANNOUNCE_SIZE = 98  # an announce request before any BEP 41 options
-_UDP_EVENTS: dict[str | None, int] = {None: 0, "completed": 1, "started": 2, "stopped": 3}
+_UDP_EVENTS: dict[Event | None, int] = {None: 0, "completed": 1, "started": 2, "stopped": 3}
 _UDP_EVENT_NAMES = {code: name for name, code in _UDP_EVENTS.items()}
 _ACTION_NAMES = {CONNECT: "connect", ANNOUNCE: "announce", SCRAPE: "scrape", ERROR: "error"}
 _I64_MAX = 2**63 - 1  # BEP 15's 64-bit counters; libtorrent writes them signed
@@ -442,7 +459,7 @@ def udp_scrape_request(connection_id: int, tid: int, info_hashes: Sequence[bytes
 # tracker -> client, as the client checks it
 
 
-def _check_reply(data: bytes, tid: int, action: int, min_size: int) -> None:
+def _check_reply(data: bytes, tid: int, action: Action, min_size: int) -> None:
     """Raise UDPIgnored unless ``data`` answers ``tid``; TrackerError unless it is ``action``."""
     if len(data) < _HEADER.size:
         raise UDPIgnored(f"a {len(data)}-byte packet")
@@ -642,6 +659,7 @@ class UDPRetry:
 
 
 T = TypeVar("T")
+_Stage: TypeAlias = Literal["connect", "request"]  # what the packet in flight asks for
 
 
 class UDPExchange(Generic[T]):
@@ -672,7 +690,7 @@ class UDPExchange(Generic[T]):
         self.result: T | None = None
         self.ignored = 0  # stray datagrams dropped
         self.last_ignored: str | None = None
-        self._stage: str | None = None  # "connect" or "request" once started
+        self._stage: _Stage | None = None  # None until started
         self._tid = 0
         self._packet = b""
         self._sends = 0  # of the current packet
@@ -702,7 +720,7 @@ class UDPExchange(Generic[T]):
         self.connection = None
         return self._connect(now)
 
-    def _send(self, stage: str, packet: bytes, tid: int, now: float, sends: int = 1) -> bytes:
+    def _send(self, stage: _Stage, packet: bytes, tid: int, now: float, sends: int = 1) -> bytes:
         self._stage, self._packet, self._tid = stage, packet, tid
         self._sends, self._sent_at = sends, now
         return packet
