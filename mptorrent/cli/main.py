@@ -25,7 +25,7 @@ from mptorrent.mp import default_jobs
 # (tqdm alone is ~35 ms: it reads its version with importlib.metadata) are imported in
 # the functions that use them.
 if TYPE_CHECKING:
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]  # stubs optional
 
     from mptorrent.engine.coordinator import FetchResult, SeedAfter
     from mptorrent.events import Event
@@ -282,7 +282,7 @@ def verify(torrent: Path, path: Path, jobs: int | None, quiet: bool) -> None:
             continue
         p = layout.paths[i]
         state = "missing" if p is None or not Path(p).is_file() else "incomplete"
-        if state == "incomplete" and Path(p).stat().st_size != f.length:
+        if state == "incomplete" and p is not None and Path(p).stat().st_size != f.length:
             state = "wrong size"
         click.echo(f"{state}: {safe_text('/'.join(f.path))}")
     click.echo(
