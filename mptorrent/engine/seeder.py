@@ -64,7 +64,7 @@ class Seeder:
         self.until = until  # checked a few times a second: True ends seeding
         self.ctx = context()
         self.stats = SeedStats()
-        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.inbox: queue.Queue[TierResult] = queue.Queue()  # from announce threads
         self.ready = threading.Event()
         self.stop_requested = threading.Event()
         self.client_id = os.urandom(12)
