@@ -26,8 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from mptorrent import events as ev
+from mptorrent.cli.render import render
 from mptorrent.disk.create import create
-from mptorrent.engine.coordinator import FetchOptions, FetchResult, fetch
+from mptorrent.engine.coordinator import FetchOptions, FetchResult, done_event, fetch
 from mptorrent.errors import DownloadError
 from mptorrent.messages import PeerAddr
 from mptorrent.proto import metainfo
@@ -169,18 +171,17 @@ class Recorder:
         self.details: list[str] = []
         self.updated = threading.Event()
 
-    def start(self, total: int, done: int) -> None:
-        self.total, self.done = total, done
-
-    def update(self, done: int, peers: int, workers: int) -> None:
-        self.done = done
-        self.updated.set()
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-
-    def debug(self, text: str) -> None:
-        self.details.append(text)
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Started):
+            self.total, self.done = event.total, event.done
+        elif isinstance(event, ev.Progress):
+            self.done = event.done
+            self.updated.set()
+        elif isinstance(event, ev.WorkerError):
+            self.notes.append(event.message)
+            self.details.append(event.detail)
+        elif not isinstance(event, ev.Done) and (text := render(event)) is not None:
+            self.notes.append(text.removeprefix("mptorrent: "))
 
 
 # -- fixtures -----------------------------------------------------------------------------
@@ -420,9 +421,13 @@ def _result(**kw: object) -> FetchResult:
     return FetchResult(**base)  # type: ignore[arg-type]
 
 
-def test_summary_names_wasted_bytes_beyond_one_percent() -> None:
-    from mptorrent.engine.coordinator import summary
+def summary(res: FetchResult) -> str:
+    text = render(done_event(res))
+    assert text is not None
+    return text
 
+
+def test_summary_names_wasted_bytes_beyond_one_percent() -> None:
     clean = summary(_result(received=100 * MiB + MiB // 2))
     assert clean == "done: 100.0 MiB in 2.0 s, 50.0 MiB/s average, 3 peer(s) used"
     wasted = summary(_result(received=103 * MiB))

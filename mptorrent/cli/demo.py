@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mptorrent.disk.create import create
-from mptorrent.engine.coordinator import FetchOptions, FetchResult, ProgressSink, fetch
+from mptorrent.engine.coordinator import FetchOptions, FetchResult, fetch
 from mptorrent.errors import DownloadError, MptorrentError
+from mptorrent.events import EventSink
 from mptorrent.messages import PeerAddr
 from mptorrent.netio.trackerserver import TrackerServer
 from mptorrent.proto import metainfo
@@ -70,7 +71,7 @@ def run_demo(
     jobs: int,
     piece_length: int,
     keep: Path | None,
-    progress: ProgressSink,
+    progress: EventSink,
     say: Callable[[str], None],
 ) -> DemoResult:
     if not 1 <= peers <= len(PEER_NAMES):

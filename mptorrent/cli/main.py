@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from mptorrent import __version__
+from mptorrent.cli.render import render, safe_text
 from mptorrent.errors import DownloadError, ExitStatus, MptorrentError
 from mptorrent.mp import default_jobs
 
@@ -24,18 +25,12 @@ from mptorrent.mp import default_jobs
 # (tqdm alone is ~35 ms: it reads its version with importlib.metadata) are imported in
 # the functions that use them.
 if TYPE_CHECKING:
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]  # stubs optional
 
     from mptorrent.engine.coordinator import FetchResult, SeedAfter
+    from mptorrent.events import Event
     from mptorrent.messages import PeerAddr
     from mptorrent.proto import metainfo
-
-
-def safe_text(text: str) -> str:
-    """Show untrusted names with control characters (ANSI escapes...) escaped."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
 class MptorrentGroup(click.Group):
@@ -287,7 +282,7 @@ def verify(torrent: Path, path: Path, jobs: int | None, quiet: bool) -> None:
             continue
         p = layout.paths[i]
         state = "missing" if p is None or not Path(p).is_file() else "incomplete"
-        if state == "incomplete" and Path(p).stat().st_size != f.length:
+        if state == "incomplete" and p is not None and Path(p).stat().st_size != f.length:
             state = "wrong size"
         click.echo(f"{state}: {safe_text('/'.join(f.path))}")
     click.echo(
@@ -326,12 +321,37 @@ def _peers(
 
 
 class BarProgress:
-    """Feeds the coordinator's progress into one tqdm bar on stderr."""
+    """The command line's sink for a fetch's events: one tqdm bar on stderr, and the
+    lines :func:`mptorrent.cli.render.render` gives for the other events.
 
-    def __init__(self, quiet: bool, verbose: bool = False) -> None:
+    ``Done`` closes the bar and prints the summary, unless ``summary`` is False (the
+    demo prints its own).
+    """
+
+    def __init__(self, quiet: bool, verbose: bool = False, *, summary: bool = True) -> None:
         self.quiet = quiet
         self.verbose = verbose
+        self.summary = summary
         self.bar: tqdm | None = None
+
+    def __call__(self, event: Event) -> None:
+        from mptorrent import events as ev  # loaded by the engine already
+
+        if isinstance(event, ev.Progress):
+            if self.bar is None:
+                return
+            if event.done > self.bar.n:
+                self.bar.update(event.done - self.bar.n)
+            self.bar.set_postfix_str(f"peers={event.peers} workers={event.workers}", refresh=False)
+            return
+        if isinstance(event, ev.Started):
+            self.start(event.total, event.done)
+            return
+        if isinstance(event, ev.Done):
+            self.close()
+            if not self.summary:
+                return
+        self.write(render(event, quiet=self.quiet, verbose=self.verbose))
 
     def start(self, total: int, done: int) -> None:
         if not shows_bar(self.quiet):
@@ -343,27 +363,13 @@ class BarProgress:
             dynamic_ncols=True, leave=False, desc="fetch",
         )  # fmt: skip
 
-    def update(self, done: int, peers: int, workers: int) -> None:
-        if self.bar is None:
-            return
-        if done > self.bar.n:
-            self.bar.update(done - self.bar.n)
-        self.bar.set_postfix_str(f"peers={peers} workers={workers}", refresh=False)
-
-    def note(self, text: str) -> None:
-        if self.quiet:
+    def write(self, text: str | None) -> None:
+        if text is None:
             return
         if self.bar is None:
-            click.echo(f"mptorrent: {safe_text(text)}", err=True)
+            click.echo(text, err=True)
         else:  # tqdm.write keeps the line clear of the bar
-            self.bar.write(f"mptorrent: {safe_text(text)}", file=sys.stderr)
-
-    def debug(self, text: str) -> None:
-        if self.verbose and text:
-            if self.bar is None:
-                click.echo(text.rstrip(), err=True)
-            else:
-                self.bar.write(text.rstrip(), file=sys.stderr)
+            self.bar.write(text, file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -399,7 +405,7 @@ def fetch(
     seed_time: float | None, io: str, quiet: bool,
 ) -> None:  # fmt: skip
     """Download a torrent with parallel worker processes."""
-    from mptorrent.engine.coordinator import FetchOptions, summary
+    from mptorrent.engine.coordinator import FetchOptions
     from mptorrent.engine.coordinator import fetch as run_fetch
 
     meta = load_torrent(torrent, quiet=quiet)
@@ -417,15 +423,9 @@ def fetch(
     )  # fmt: skip
     with _sigterm_as_interrupt():
         try:
-            result = run_fetch(meta, output, opts, progress)
+            run_fetch(meta, output, opts, progress)  # ends with the summary (Done or Seeded)
         finally:
             progress.close()
-    if seed_after is None:
-        click.echo(summary(result), err=True)
-    else:
-        from mptorrent.disk.storage import human_size
-
-        click.echo(f"seeded: {human_size(result.uploaded)} uploaded in all", err=True)
 
 
 def _seed_after(
@@ -433,17 +433,16 @@ def _seed_after(
 ) -> SeedAfter:
     """Seeding once complete, by the fetch's own workers, until whichever limit comes
     first; uploads during the download count towards the ratio."""
-    from mptorrent.engine.coordinator import SeedAfter, summary
+    from mptorrent.engine.coordinator import SeedAfter
 
     target = ratio * total if ratio is not None else None
     deadline: float | None = None
 
-    def started(download: FetchResult) -> None:
+    def started(_download: FetchResult) -> None:
         nonlocal deadline
         if minutes is not None:
             deadline = time.monotonic() + minutes * 60
-        progress.close()
-        click.echo(summary(download), err=True)
+        # the download's summary is out (its Done event closed the bar)
         if not quiet:
             click.echo("mptorrent: seeding until the ratio or time limit; Ctrl-C stops", err=True)
 
@@ -492,9 +491,16 @@ def seed(
     from mptorrent.engine.seeder import Seeder
 
     meta = load_torrent(torrent, quiet=quiet)
+    verbose = _verbose()
+
+    def show(event: Event) -> None:
+        text = render(event, verbose=verbose)  # shown with -q too: -q hides the bar
+        if text is not None:
+            click.echo(text, err=True)
+
     seeder = Seeder(
         meta, path, jobs=jobs or default_jobs(), bind=bind, port=port, io=io,
-        use_trackers=not no_trackers, note=lambda t: click.echo(f"mptorrent: {t}", err=True),
+        use_trackers=not no_trackers, events=show,
     )  # fmt: skip
 
     def announce_ready() -> None:
@@ -566,7 +572,7 @@ def demo(size: int, peers: int, jobs: int, piece_size: int | None, keep: Path | 
     def say(text: str) -> None:
         click.echo(f"demo: {text}", err=True)
 
-    progress = BarProgress(quiet, verbose=_verbose())
+    progress = BarProgress(quiet, verbose=_verbose(), summary=False)  # it prints its own
     with _sigterm_as_interrupt():
         try:
             res = run_demo(

@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal
 
+from mptorrent import events as ev
 from mptorrent.disk import checker
-from mptorrent.disk.storage import Layout, Storage, choose_io, human_size, prepare
-from mptorrent.errors import DownloadError, OutputLocked, StorageError
+from mptorrent.disk.storage import Layout, Storage, choose_io, prepare
+from mptorrent.errors import DownloadError, MptorrentError, OutputLocked, StorageError
 from mptorrent.messages import (
     AddPeers,
     PeerAddr,
@@ -49,7 +50,7 @@ from mptorrent.messages import (
     WorkerStats,
 )
 from mptorrent.mp import context
-from mptorrent.netio.announcer import Announcer, TierResult
+from mptorrent.netio.announcer import Announcer, TierResult, redact
 from mptorrent.netio.peer import Timeouts
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
@@ -67,25 +68,11 @@ ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 
 
-class ProgressSink(Protocol):
-    def start(self, total: int, done: int) -> None: ...
-    def update(self, done: int, peers: int, workers: int) -> None: ...
-    def note(self, text: str) -> None: ...
-    def debug(self, text: str) -> None: ...  # detail for -v (a worker's traceback)
-
-
-class _Quiet:
-    def start(self, total: int, done: int) -> None:
-        pass
-
-    def update(self, done: int, peers: int, workers: int) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
-
-    def debug(self, text: str) -> None:
-        pass
+# What the coordinator's inbox carries: a tracker tier's answer (from an announce
+# thread), or one report batch of a worker incarnation (from its reader thread).
+InboxItem = (
+    tuple[Literal["tracker"], TierResult] | tuple[Literal["worker"], tuple[int, int, list[Any]]]
+)
 
 
 @dataclass
@@ -158,12 +145,12 @@ def lock_path(meta: Metainfo, output: Path) -> Path:
 class Coordinator:
     def __init__(
         self, meta: Metainfo, output: str | Path | None, opts: FetchOptions,
-        progress: ProgressSink | None = None,
+        progress: ev.EventSink | None = None,  # typed events (mptorrent.events)
     ) -> None:  # fmt: skip
         self.meta = meta
         self.output = output_path(meta, output)
         self.opts = opts
-        self.progress = progress or _Quiet()
+        self.emit: ev.EventSink = progress or ev.ignore
         self.layout = Layout.for_torrent(meta, self.output)
         self.io = choose_io(opts.io, self.output)
         self.ctx = context()
@@ -171,7 +158,7 @@ class Coordinator:
         self.slots = [_Slot(w) for w in range(max(1, opts.jobs))]
         self.known: set[PeerAddr] = set()
         self.banned: dict[PeerAddr, str] = {}
-        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.inbox: queue.Queue[InboxItem] = queue.Queue()
         self.restarts = 0
         self.seeding_acks = 0  # workers that answered SeedOnly
         self.downloaded = 0  # payload bytes received, from worker stats
@@ -238,11 +225,26 @@ class Coordinator:
         prepare(self.layout, self.output)
         if not existed:
             return bytearray(self.meta.num_pieces)
-        self.progress.note("checking existing data")
+        self.emit(ev.CheckingExisting())
         report = checker.verify(self.meta, self.layout, jobs=len(self.slots))
         return report.valid
 
     def run(self) -> FetchResult:
+        """Download (and seed after, if asked), reporting through the event sink.
+
+        A failure is reported as an ``Error`` event, then raised."""
+        try:
+            result = self._fetch()
+        except MptorrentError as exc:
+            self.emit(ev.Error(str(exc), int(exc.exit_status)))
+            raise
+        if self.opts.seed_after is None:
+            self.emit(done_event(result))
+        else:  # Done came when seeding began
+            self.emit(ev.Seeded(result.uploaded))
+        return result
+
+    def _fetch(self) -> FetchResult:
         t0 = time.monotonic()
         if self.opts.use_trackers and not self.announcer and not self.opts.peers:
             why = "the torrent lists no usable trackers" if self.meta.trackers else (
@@ -261,7 +263,9 @@ class Coordinator:
         resumed = sum(have)
         self.picker = Picker(self.meta.num_pieces, have)
         self.done_bytes = self._done_bytes(have)
-        self.progress.start(self.meta.total_length, self.done_bytes)
+        self.emit(
+            ev.Started(self.meta.total_length, self.done_bytes, self.meta.num_pieces, resumed)
+        )
         seed_after = self.opts.seed_after
         was_complete = self.picker.remaining == 0
         if was_complete and seed_after is None:
@@ -310,10 +314,7 @@ class Coordinator:
                 raise
             # a busy incoming port is no reason to fail a download
             self._holder = reserve_port(bind, 0)
-            self.progress.note(
-                f"port {self.opts.port} is busy; accepting peers on port "
-                f"{self._holder.getsockname()[1]}"
-            )
+            self.emit(ev.PortBusy(self.opts.port, self._holder.getsockname()[1]))
         self.listen = (bind, self._holder.getsockname()[1])
         self.announcer.port = self.listen[1]
         if bind not in ("0.0.0.0", "::"):
@@ -483,19 +484,21 @@ class Coordinator:
         """Take in the stopped workers' last reports (byte counts for the summary)."""
         while True:
             try:
-                kind, payload = self.inbox.get_nowait()
+                item = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            if kind == "worker":
-                wid, gen, batch = payload
+            if item[0] == "worker":
+                wid, gen, batch = item[1]
                 kept = [m for m in batch if isinstance(m, WorkerStats | PieceDone)]
-                self._handle(kind, (wid, gen, kept))
+                self._handle("worker", (wid, gen, kept))
 
     def _restart(self, slot: _Slot, why: str) -> None:
         self.restarts += 1
         if self.restarts > MAX_RESTARTS:
             raise DownloadError(f"{why}; giving up after {MAX_RESTARTS} worker restarts")
-        self.progress.note(f"{why}; restarting it")
+        self.emit(ev.WorkerRestarted(
+            slot.wid, slot.proc.exitcode if slot.proc is not None else None, why, self.restarts
+        ))  # fmt: skip
         if slot.proc is not None:
             slot.proc.join(0.1)
         self._retire(slot)
@@ -546,7 +549,7 @@ class Coordinator:
                 if now - last_peer_seen > self.opts.no_peers_timeout:
                     raise DownloadError(self._no_peers_reason())
             workers = sum(1 for s in self.slots if s.proc is not None and s.proc.is_alive())
-            self.progress.update(self.done_bytes, peers, workers)
+            self.emit(ev.Progress(self.done_bytes, self.meta.total_length, peers, workers))
 
     def _take_inbox(self, timeout: float) -> None:
         """Handle everything reported, waiting up to ``timeout`` for the first report."""
@@ -575,7 +578,9 @@ class Coordinator:
         deadline = time.monotonic() + 1.0
         while self.seeding_acks < asked and time.monotonic() < deadline:
             self._take_inbox(0.05)
-        plan.started(self._result(t0, resumed))
+        download = self._result(t0, resumed)
+        self.emit(done_event(download))
+        plan.started(download)
         if announce_completed:
             self._announce_all("completed", wait=None)  # answers arrive in the loop below
         while not plan.until(self.uploaded):
@@ -584,7 +589,7 @@ class Coordinator:
                 self._check_workers()
             except DownloadError as exc:
                 # A crash loop ends the seeding, not the download that already succeeded.
-                self.progress.note(f"{exc}; seeding stops")
+                self.emit(ev.SeedingStopped(str(exc)))
                 return
             self._reannounce(time.monotonic(), sum(s.stats_peers for s in self.slots))
 
@@ -601,18 +606,10 @@ class Coordinator:
             return "no peers: the trackers returned none"
         return f"no peer could be reached for {self.opts.no_peers_timeout:.0f} s"
 
-    def _handle(self, kind: str, payload: Any) -> None:
+    def _handle(self, kind: Literal["tracker", "worker"], payload: Any) -> None:
+        """One inbox item (an ``InboxItem`` taken apart)."""
         if kind == "tracker":
-            with self._lock:
-                self.trackers_pending -= 1
-            for err in payload.errors:
-                if err not in self.tracker_errors[-5:]:
-                    self.progress.note(f"tracker error: {err}")
-                self.tracker_errors.append(err)
-            if payload.warning:
-                self.progress.note(f"tracker warning: {payload.warning}")
-            for addr in payload.peers:
-                self._add_peer(addr)
+            self._on_tracker(payload)
         elif kind == "worker":
             wid, gen, batch = payload
             slot = self.slots[wid]
@@ -622,6 +619,21 @@ class Coordinator:
                 elif isinstance(msg, PieceDone):
                     self._piece_done(msg.index, wid, msg.peers)  # verified is verified
 
+    def _on_tracker(self, r: TierResult) -> None:
+        with self._lock:
+            self.trackers_pending -= 1
+        for err in r.errors:
+            if err not in self.tracker_errors[-5:]:
+                self.emit(ev.TrackerError(err))
+            self.tracker_errors.append(err)
+        if r.url is not None:
+            self.emit(ev.TrackerReply(
+                redact(r.url), r.tier, r.event, len(r.peers), r.interval, r.complete,
+                r.incomplete, r.warning,
+            ))  # fmt: skip
+        for addr in r.peers:
+            self._add_peer(addr)
+
     def _on_worker(self, slot: _Slot, msg: Any) -> None:
         p = self.picker
         wid = slot.wid
@@ -630,7 +642,7 @@ class Coordinator:
         elif isinstance(msg, Took):
             slot.queued = max(0, slot.queued - len(msg.indices))
         elif isinstance(msg, PieceFailed):
-            self.progress.note(f"piece {msg.index} failed its hash check")
+            self.emit(ev.PieceFailed(msg.index, wid, msg.peers, msg.retrying))
             self.hash_failures += 1
             if not msg.retrying:
                 p.release(msg.index, wid)
@@ -638,9 +650,12 @@ class Coordinator:
             p.release(msg.index, wid)
         elif isinstance(msg, PeerBitfield):
             if msg.bits is None:
-                slot.reported.discard(msg.peer)
-            else:
+                if msg.peer in slot.reported:
+                    slot.reported.discard(msg.peer)
+                    self.emit(ev.PeerGone(wid, msg.peer))
+            elif msg.peer not in slot.reported:
                 slot.reported.add(msg.peer)
+                self.emit(ev.PeerConnected(wid, msg.peer))
             p.peer_bitfield((wid, slot.gen, msg.peer), msg.bits, wid)
         elif isinstance(msg, PeerHaves):
             for i in msg.indices:
@@ -648,7 +663,7 @@ class Coordinator:
         elif isinstance(msg, PeerBanned):
             if msg.peer not in self.banned:
                 self.banned[msg.peer] = msg.reason
-                self.progress.note(f"banned {msg.peer}: {msg.reason}")
+                self.emit(ev.PeerBanned(msg.peer, msg.reason, wid))
         elif isinstance(msg, WorkerStats):
             slot.stats_peers = msg.peers
             self.downloaded += msg.downloaded
@@ -659,8 +674,7 @@ class Coordinator:
             if msg.storage:
                 raise StorageError(msg.message).with_detail(msg.detail)
             # A bug in a worker: say so; its exit then restarts it (capped).
-            self.progress.note(msg.message)
-            self.progress.debug(msg.detail)
+            self.emit(ev.WorkerError(wid, msg.message, msg.detail))
 
     def _piece_done(self, index: int, worker: int | None, peers: tuple[PeerAddr, ...]) -> None:
         if not self.picker.finished(index):
@@ -673,6 +687,7 @@ class Coordinator:
             self.pieces_per_worker[worker] = self.pieces_per_worker.get(worker, 0) + 1
         if peers:  # credited to the peer that sent most of its blocks
             self.pieces_per_peer[peers[0]] = self.pieces_per_peer.get(peers[0], 0) + 1
+        self.emit(ev.PieceVerified(index, size, worker, peers[0] if peers else None))
 
     def _refill(self, now: float) -> None:
         p = self.picker
@@ -758,22 +773,15 @@ class Coordinator:
 
 def fetch(
     meta: Metainfo, output: str | Path | None, opts: FetchOptions,
-    progress: ProgressSink | None = None,
+    progress: ev.EventSink | None = None,  # typed events (mptorrent.events)
 ) -> FetchResult:  # fmt: skip
     return Coordinator(meta, output, opts, progress).run()
 
 
-def summary(res: FetchResult) -> str:
-    rate = res.downloaded / res.elapsed if res.elapsed > 0 else 0.0
-    text = (
-        f"done: {human_size(res.total_length)} in {res.elapsed:.1f} s, "
-        f"{human_size(rate)}/s average, {res.peers_used} peer(s) used"
-    )
-    if res.resumed_pieces:
-        text += f", {res.resumed_pieces} piece(s) already on disk"
-    if res.banned:
-        text += f", {len(res.banned)} peer(s) banned"
-    wasted = res.received - res.downloaded
-    if wasted > res.total_length // 100:  # endgame duplicates, failed pieces
-        text += f", {human_size(wasted)} received twice or discarded"
-    return text
+def done_event(res: FetchResult) -> ev.Done:
+    """The event that reports a completed download (the CLI's summary line)."""
+    return ev.Done(
+        total=res.total_length, downloaded=res.downloaded, elapsed=res.elapsed,
+        resumed=res.resumed_pieces, peers_used=res.peers_used, banned=len(res.banned),
+        hash_failures=res.hash_failures, received=res.received, uploaded=res.uploaded,
+    )  # fmt: skip

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mptorrent import events as ev
 from mptorrent.disk import checker
 from mptorrent.disk.storage import Layout, choose_io
 from mptorrent.errors import StorageError
@@ -47,7 +48,7 @@ class Seeder:
         port: int = 6881,
         use_trackers: bool = True,
         max_peers: int = 200,
-        note: Callable[[str], None] | None = None,
+        events: ev.EventSink | None = None,
         until: Callable[[SeedStats], bool] | None = None,
         io: str = "auto",
     ) -> None:
@@ -59,14 +60,15 @@ class Seeder:
         self.port = port
         self.use_trackers = use_trackers
         self.max_peers = max_peers
-        self.note = note or (lambda _t: None)
+        self.emit = events or ev.ignore  # tracker errors, worker errors and restarts
         self.until = until  # checked a few times a second: True ends seeding
         self.ctx = context()
         self.stats = SeedStats()
-        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.inbox: queue.Queue[TierResult] = queue.Queue()  # from announce threads
         self.ready = threading.Event()
         self.stop_requested = threading.Event()
         self.client_id = os.urandom(12)
+        self.restarts = 0
 
     def run(self, *, progress: checker.Progress | None = None) -> SeedStats:
         """Serve until :meth:`stop` or KeyboardInterrupt (re-raised after a clean stop)."""
@@ -131,14 +133,18 @@ class Seeder:
                             # The data went away under us (a file shrank, a disk error):
                             # a restarted worker would meet it again.  Exit 4, as fetch.
                             raise StorageError(msg.message).with_detail(msg.detail)
-                        self.note(msg.message)
+                        self.emit(ev.WorkerError(msg.worker, msg.message, msg.detail))
                 while not self.inbox.empty():
                     r = self.inbox.get_nowait()
                     for err in r.errors:
-                        self.note(f"tracker error: {err}")
+                        self.emit(ev.TrackerError(err))
                 for wid, (p, _c) in list(procs.items()):
                     if p.exitcode is not None:
-                        self.note(f"seed worker {wid} exited ({p.exitcode}); restarting it")
+                        self.restarts += 1
+                        self.emit(ev.WorkerRestarted(
+                            wid, p.exitcode, f"seed worker {wid} exited ({p.exitcode})",
+                            self.restarts,
+                        ))  # fmt: skip
                         start(wid)
                 if self.use_trackers and announcer:
                     # at the tracker's interval, per tier (never blocks)

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from mptorrent.engine.coordinator import Coordinator, FetchOptions, FetchResult, summary
+from mptorrent import events as ev
+from mptorrent.cli.render import render, summary
+from mptorrent.engine.coordinator import Coordinator, FetchOptions, FetchResult, done_event
 from mptorrent.errors import DownloadError
 from mptorrent.messages import PeerAddr
 from mptorrent.netio.peer import Timeouts
@@ -111,18 +113,17 @@ class Recorder:
         self.details: list[str] = []
         self.complete_at: float | None = None
 
-    def start(self, total: int, done: int) -> None:
-        self.total = total
-
-    def update(self, done: int, peers: int, workers: int) -> None:
-        if done == self.total and self.complete_at is None:
-            self.complete_at = time.monotonic()
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-
-    def debug(self, text: str) -> None:
-        self.details.append(text)
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Started):
+            self.total = event.total
+        elif isinstance(event, ev.Progress):
+            if event.done == self.total and self.complete_at is None:
+                self.complete_at = time.monotonic()
+        elif isinstance(event, ev.WorkerError):
+            self.notes.append(event.message)
+            self.details.append(event.detail)
+        elif not isinstance(event, ev.Done) and (text := render(event)) is not None:
+            self.notes.append(text.removeprefix("mptorrent: "))
 
 
 def _proc_status(pid: int, key: str) -> int:
@@ -792,7 +793,7 @@ def test_c10_wrong_piece_is_never_written_and_its_sender_banned(
     assert set(res.banned) == {evil.addr}
     assert re.fullmatch(r"sent data that failed the hash check of piece \d+", res.banned[evil.addr])
     assert res.hash_failures >= 1
-    assert "1 peer(s) banned" in summary(res)
+    assert "1 peer(s) banned" in summary(done_event(res))
     assert evil.attempts == 1 and first(evil).by_client
     assert res.pieces_per_peer == {good.addr: case.meta.num_pieces}
 

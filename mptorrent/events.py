@@ -1,0 +1,193 @@
+"""What a fetch or a seed tells its caller, as typed records rather than sentences.
+
+The coordinator and the seeder call one sink, ``Callable[[Event], None]``, with each
+record below as it happens.  The records are plain data (numbers, addresses, a
+free-form reason only where the reason is text by nature, such as a tracker's
+failure message), so that every consumer renders them its own way: the command
+line's progress bar and lines on stderr (``mptorrent.cli.render``), and later a
+JSON stream or a Python API.  Nothing here prints or formats.
+
+Events are delivered on the thread that runs the fetch or the seeder, in order.
+Sizes are in bytes.  ``worker`` is a worker's position (0 .. jobs-1), which keeps
+its number across restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from mptorrent.messages import PeerAddr
+
+# -- a fetch ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckingExisting:
+    """The output already exists: its pieces are being verified before the download."""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Storage is ready and what is already there is known: the download begins."""
+
+    total: int  # bytes in the torrent
+    done: int  # bytes of pieces already verified on disk
+    pieces: int  # pieces in the torrent
+    resumed: int  # pieces already verified on disk
+
+
+@dataclass(frozen=True, slots=True)
+class PortBusy:
+    """The port asked for was taken; peers are accepted on another one."""
+
+    wanted: int
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A few times a second while downloading."""
+
+    done: int  # bytes verified, those found on disk included
+    total: int
+    peers: int  # connected peers, over all workers
+    workers: int  # worker processes alive
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConnected:
+    """A worker's peer told what it has (its bitfield, or a first HAVE)."""
+
+    worker: int
+    peer: PeerAddr
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGone:
+    """A peer that had told what it has is no longer connected to that worker."""
+
+    worker: int
+    peer: PeerAddr
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBanned:
+    """A peer is banned for the rest of the fetch (it sent data that failed checks...)."""
+
+    peer: PeerAddr
+    reason: str  # free-form, from the worker that banned it
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class PieceVerified:
+    """A piece passed its SHA-1 check and is written."""
+
+    index: int
+    size: int
+    worker: int | None  # None: found verified on disk after its worker died
+    peer: PeerAddr | None  # the peer that sent most of its blocks, if known
+
+
+@dataclass(frozen=True, slots=True)
+class PieceFailed:
+    """A downloaded piece failed its SHA-1 check."""
+
+    index: int
+    worker: int
+    peers: tuple[PeerAddr, ...]  # who sent its blocks
+    retrying: bool  # the same worker fetches it again (to find the liar)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerReply:
+    """A tracker tier answered an announce."""
+
+    url: str  # scheme://host:port only: never a private tracker's passkey
+    tier: int
+    announce: str | None  # the event sent: "started", "completed", "stopped" or None
+    peers: int  # addresses it gave
+    interval: int | None
+    seeders: int | None
+    leechers: int | None
+    warning: str | None  # the tracker's own text
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerError:
+    """An announce failed (one line naming the tracker by host:port).
+
+    A fetch reports each distinct error once while it recurs."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerError:
+    """A worker hit an error it cannot recover from (a bug); it exits and is restarted."""
+
+    worker: int
+    message: str
+    detail: str  # the worker's traceback
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRestarted:
+    """A worker process ended unexpectedly and a new one takes its place."""
+
+    worker: int
+    exitcode: int | None  # negative: killed by that signal
+    reason: str  # how it ended, as one clause ("worker 1 died (signal 9)")
+    restarts: int  # restarts so far, this one included
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The download is complete and verified (seeding may follow)."""
+
+    total: int
+    downloaded: int  # bytes of pieces verified in this run
+    elapsed: float  # seconds
+    resumed: int  # pieces that were already on disk
+    peers_used: int  # peers that sent at least one verified piece
+    banned: int  # peers banned
+    hash_failures: int
+    received: int  # block payload received, duplicates and failed pieces included
+    uploaded: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeedingStopped:
+    """Seeding after a download ended early: workers kept crashing."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Seeded:
+    """Seeding after a download ended (its limit was reached)."""
+
+    uploaded: int  # bytes, during the download and after
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The fetch failed; the same error is then raised to the caller."""
+
+    message: str
+    exit_status: int  # mptorrent.errors.ExitStatus
+
+
+Event: TypeAlias = (
+    CheckingExisting | Started | PortBusy | Progress | PeerConnected | PeerGone | PeerBanned
+    | PieceVerified | PieceFailed | TrackerReply | TrackerError | WorkerError | WorkerRestarted
+    | Done | SeedingStopped | Seeded | Error
+)  # fmt: skip
+
+EventSink: TypeAlias = Callable[[Event], None]
+
+
+def ignore(_event: Event) -> None:
+    """The sink of a caller that wants no events."""
