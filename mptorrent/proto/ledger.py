@@ -184,9 +184,10 @@ class RequestLedger:
     # block itself settles one request.
 
     def peer_requested(self, key: BlockKey) -> None:
-        self.peer_requests[key] = None
-        if len(self.peer_requests) > MAX_PEER_REQUESTS:
-            _trim(self.peer_requests, MAX_PEER_REQUESTS)
+        requests = self.peer_requests
+        requests[key] = None
+        if len(requests) > MAX_PEER_REQUESTS:
+            del requests[next(iter(requests))]
 
     def peer_settled(self, key: BlockKey) -> None:
         """The peer cancelled ``key``, or we sent its block."""

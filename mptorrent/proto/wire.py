@@ -47,7 +47,6 @@ from mptorrent.proto.ledger import (
     BLOCK_SIZE,
     MAX_CANCELLED,
     MAX_UNWANTED_BYTES,
-    BlockKey,
     Geometry,
     RequestLedger,
 )
@@ -859,26 +858,32 @@ class Connection:
         return Bitfield(bits)
 
     def _recv_request(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        # The upload hot path (a request per block served): checks inline.
         key = _u32x3(buf, r + 5)
-        self._check_block_in(key, "request")
+        index, begin, blen = key
+        geometry = self._geometry
+        if geometry is None or not geometry.block_ok(index, begin, blen):
+            raise self._block_in_error("request")
+        self._bitfield_in_open = False
         if not self._am_choking:
             self._ledger.peer_requested(key)
-        return Request(*key)
+        return Request(index, begin, blen)
 
     def _recv_cancel(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
         key = _u32x3(buf, r + 5)
-        self._check_block_in(key, "cancel")
-        self._ledger.peer_settled(key)
-        return Cancel(*key)
-
-    def _check_block_in(self, key: BlockKey, name: str) -> None:
+        index, begin, blen = key
         geometry = self._geometry
-        if geometry is None:
-            # We could not have told the peer we hold anything.
-            raise self._fail(f"{name} before the torrent's geometry is known")
-        if not geometry.block_ok(*key):
-            raise self._fail(f"{name} outside the torrent")
+        if geometry is None or not geometry.block_ok(index, begin, blen):
+            raise self._block_in_error("cancel")
         self._bitfield_in_open = False
+        self._ledger.peer_settled(key)
+        return Cancel(index, begin, blen)
+
+    def _block_in_error(self, name: str) -> RemoteProtocolError:
+        if self._geometry is None:
+            # We could not have told the peer we hold anything.
+            return self._fail(f"{name} before the torrent's geometry is known")
+        return self._fail(f"{name} outside the torrent")
 
     def _recv_port(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
         return Port(_u16(buf, r + 5)[0])
