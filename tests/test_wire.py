@@ -1569,3 +1569,9 @@ def test_peer_requests_are_recorded_while_we_unchoke_and_settled() -> None:
     pair.a.receive_data(_request_bytes(*blocks[0]))
     assert drain(pair.a) == [Request(*blocks[0])]
     assert pair.a.peer_requests == 0
+
+
+def test_the_early_index_bound_is_the_torrent_cap() -> None:
+    from mptorrent.proto import metainfo, wire
+
+    assert wire.MAX_PIECES == metainfo.MAX_PIECES  # no torrent we load has more pieces
