@@ -362,6 +362,7 @@ class Connection:
         "_peer_has",
         "_peer_has_count",
         "_peer_interested",
+        "_peer_requests",
         "_peer_reserved",
         "_r",
         "_rview",
@@ -431,8 +432,10 @@ class Connection:
         self._early_haves = bytearray()
 
         self._ledger = RequestLedger()
-        # The receive fast path pops this dict directly: one attribute, not two.
+        # The hot paths use the ledger's dicts directly: one attribute, not two.
+        # The ledger only ever clears them, never replaces them.
         self._outstanding = self._ledger.outstanding
+        self._peer_requests = self._ledger.peer_requests
         if num_pieces is not None and piece_length is not None and total_length is not None:
             self._set_geometry(Geometry(num_pieces, piece_length, total_length))
 
@@ -979,11 +982,15 @@ class Connection:
             )
 
     def _check_piece_out(self, index: int, begin: int, length: int) -> None:
-        self._check_block_out(index, begin, length)
+        # The upload hot path (a block per call): the checks of _check_block_out inline.
+        geo = self._geometry
+        if geo is None or index < 0 or begin < 0 or not geo.block_ok(index, begin, length):
+            self._check_block_out(index, begin, length)  # raises the right error
         if self._am_choking:
             raise LocalProtocolError("cannot send a block while choking the peer")
         self._bitfield_out_open = False
-        self._ledger.peer_settled((index, begin, length))
+        if self._peer_requests:
+            self._peer_requests.pop((index, begin, length), None)
 
     def _send_handshake(self, ev: Handshake) -> bytes:
         if self._handshake_sent:
@@ -1049,8 +1056,10 @@ class Connection:
         """
         if not self._handshake_sent:
             raise LocalProtocolError("the handshake must be sent first")
-        for key in keys:
-            self._check_block_out(*key)
+        block_ok = self._known_geometry().block_ok
+        for index, begin, length in keys:
+            if index < 0 or begin < 0 or not block_ok(index, begin, length):
+                self._check_block_out(index, begin, length)  # raises the right error
         if self._peer_choking:
             raise LocalProtocolError("cannot request while the peer chokes us")
         self._ledger.record(keys)
