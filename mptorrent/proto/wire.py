@@ -912,6 +912,8 @@ class Connection:
             raise self._fail(err.reason) from None
 
     def _recv_fast(self, buf: bytearray, r: int, length: int, avail: int) -> NoReturn:
+        if length > MAX_MESSAGE:
+            raise self._fail(f"message of {length} bytes is too large")
         raise self._fail(f"fast-extension message {buf[r + 4]} without BEP 6 negotiated")
 
     def _recv_unknown(self, buf: bytearray, r: int, length: int, avail: int) -> NeedData | None:
