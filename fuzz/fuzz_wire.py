@@ -1,10 +1,16 @@
 """Fuzz target: mptorrent.proto.wire gives events or RemoteProtocolError, nothing else.
 
 The first byte picks the mode.  Odd: the rest is the peer's whole byte stream,
-handshake included, fed in two pieces.  Even: the rest follows a valid
+handshake included, fed in two pieces; with bit 1 set too, our side knows no
+geometry until between the two (a magnet download), so early piece state is
+kept and checked by ``set_geometry``.  Even: the rest follows a valid
 handshake and is fed one length-prefixed frame at a time; every frame that
 yields an event must re-encode to the very same bytes when a model of the peer
 sends that event (anacrolix FuzzDecoder), and a protocol error must stick.
+
+Our side always has a BEP 10 router (``mptorrent.proto.ext``) with one
+stand-in extension under id 1, so Extended frames reach the extended-handshake
+decoder and a handler: a decoded handshake must re-encode to itself.
 
     python fuzz/fuzz_wire.py -runs=20000             # atheris (pip install atheris)
     python fuzz/fuzz_wire.py --hypothesis 2000       # without atheris
@@ -16,6 +22,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from mptorrent.errors import BencodeError
+from mptorrent.proto import bencode
+from mptorrent.proto.ext import (
+    ExtendedHandshake,
+    ExtensionHandler,
+    ExtensionRouter,
+    decode_handshake,
+    encode_handshake,
+)
 from mptorrent.proto.wire import (
     BLOCK_SIZE,
     EXTENSION_RESERVED,
@@ -50,17 +65,46 @@ THEIR_HANDSHAKE = bytes([len(PROTOCOL)]) + PROTOCOL + EXTENSION_RESERVED + IH + 
 OUR_HANDSHAKE = THEIR_HANDSHAKE.replace(THEM, US)
 
 
+PROBE_ID = 1  # the id our router gives the stand-in extension
+
+
+class Probed(Event):
+    """What the stand-in extension makes of a message: its payload, checked bencode."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+class _Probe(ExtensionHandler):
+    """A stand-in for ut_metadata/ut_pex: bounded bencode or the remote error."""
+
+    name = "mp_probe"
+
+    def receive(self, payload: bytes) -> Event | None:
+        try:
+            bencode.decode(payload, max_size=1024, max_depth=4)
+        except BencodeError as exc:
+            raise RemoteProtocolError(f"mp_probe: {exc}") from None
+        return Probed(payload)
+
+
 def TestOneInput(data: bytes) -> None:
     if not data:
         return
     if data[0] & 1:
-        _whole_stream(data[1:])
+        _whole_stream(data[1:], late_geometry=bool(data[0] & 2))
     else:
         _frame_by_frame(data[1:])
 
 
-def _us() -> Connection:
-    conn = Connection(IH, NUM_PIECES, PIECE_LEN, TOTAL, buffer_size=256)
+def _us(late_geometry: bool = False) -> Connection:
+    router = ExtensionRouter([_Probe()], client="mptorrent fuzz")
+    if late_geometry:
+        conn = Connection(IH, buffer_size=256, extensions=router)
+    else:
+        conn = Connection(IH, NUM_PIECES, PIECE_LEN, TOTAL, buffer_size=256, extensions=router)
     conn.send(Handshake(IH, US, EXTENSION_RESERVED))
     return conn
 
@@ -71,7 +115,12 @@ def _events(conn: Connection) -> list[Event]:
     while (ev := conn.next_event()) is not NEED_DATA:
         assert isinstance(ev, Event), ev
         out.append(ev)
-        if isinstance(ev, Unchoke):
+        if isinstance(ev, ExtendedHandshake):
+            router = conn.extensions
+            assert isinstance(router, ExtensionRouter) and router.peer_handshake is ev
+            assert decode_handshake(encode_handshake(ev)) == ev
+            assert set(router.peer_ids.values()) >= {i for i in ev.extensions.values() if i}
+        if isinstance(ev, Unchoke) and conn.geometry is not None:
             asked = conn.list_requests()
             for blk in BLOCKS:
                 if Request(*blk) not in asked:
@@ -89,13 +138,16 @@ def _sticky(conn: Connection, err: RemoteProtocolError) -> None:
         raise AssertionError("a protocol error did not stick")
 
 
-def _whole_stream(data: bytes) -> None:
-    conn = _us()
+def _whole_stream(data: bytes, late_geometry: bool) -> None:
+    conn = _us(late_geometry)
     half = len(data) // 2
     try:
         for part in (data[:half], data[half:]):
             conn.receive_data(part)
             _events(conn)
+            if conn.geometry is None:
+                conn.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+                assert len(conn.peer_has) == NUM_PIECES
     except RemoteProtocolError as err:
         _sticky(conn, err)
 
@@ -130,6 +182,12 @@ def _frame_by_frame(data: bytes) -> None:
                 continue
             whole = len(frame) >= 4 and len(frame) == 4 + int.from_bytes(frame[:4], "big")
             assert whole, (frame[:16], events)
+            if isinstance(events[0], ExtendedHandshake):
+                # Keys we do not use are dropped: compare values, not bytes (_events did).
+                assert frame[4:6] == b"\x14\x00"
+                continue
+            if isinstance(events[0], Probed):
+                events[0] = Extended(PROBE_ID, events[0].payload)
             sent = peer.send(events[0])
             if isinstance(events[0], Request):
                 peer.clear_requests()  # a peer may ask twice; our model must not refuse that
@@ -139,14 +197,20 @@ def _frame_by_frame(data: bytes) -> None:
         _sticky(conn, err)
 
 
-def seeds() -> list[bytes]:
+def _model_peer() -> Connection:
+    """The peer after both handshakes and our Unchoke."""
     peer = Connection(IH, NUM_PIECES, PIECE_LEN, TOTAL)
     peer.send(Handshake(IH, THEM, EXTENSION_RESERVED))
     peer.receive_data(OUR_HANDSHAKE + b"\x00\x00\x00\x01\x01")
     while peer.next_event() is not NEED_DATA:
         pass
+    return peer
+
+
+def seeds() -> list[bytes]:
+    peer = _model_peer()
     script: list[Event] = [
-        Extended(0, b"d1:md6:ut_pexi1eee"),
+        Extended(0, b"d1:md6:ut_pexi1ee13:metadata_sizei31235e1:pi6881e4:reqqi250e1:v2:XXe"),
         Bitfield(pack_bitfield(b"\x01\x00\x01\x00\x01")),
         KeepAlive(),
         Unchoke(),
@@ -156,15 +220,23 @@ def seeds() -> list[bytes]:
         Port(6881),
         Cancel(2, 0, BLOCK_SIZE),
         Interested(),
+        Extended(PROBE_ID, b"d8:msg_typei0e5:piecei0ee"),
+        Extended(0, b"d1:md11:ut_metadatai2e6:ut_pexi0eee"),
         Extended(3, b"x" * 40),
     ]
     stream = b"".join(peer.send(ev) for ev in script)
     unknown = b"\x00\x00\x00\x03\xff\x01\x02"
+    # For a side that learns the geometry half-way: early piece state, then the rest.
+    peer = _model_peer()
+    early = [*script[:2], Have(4), Unchoke(), Have(1)]
+    late = [Request(2, 0, BLOCK_SIZE), Cancel(2, 0, BLOCK_SIZE), Port(1), *script[-3:]]
+    magnet = b"".join(peer.send(ev) for ev in early + late)
     return [
         b"\x00" + stream,
         b"\x01" + THEIR_HANDSHAKE + stream,
         b"\x00" + unknown + stream[:40],
         b"\x01" + THEIR_HANDSHAKE[:30],
+        b"\x03" + THEIR_HANDSHAKE + magnet,
     ]
 
 

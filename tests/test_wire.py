@@ -1293,3 +1293,285 @@ def test_send_requests_needs_a_handshake_and_an_unchoke() -> None:
     with pytest.raises(LocalProtocolError, match="chokes"):
         pair.b.send_requests([(0, 0, BLOCK_SIZE)])
     assert pair.b.outstanding_requests == 0
+
+
+# -- dispatch: every message id goes through the receive table --------------------
+
+_BODIES: dict[int, bytes] = {
+    0: b"",
+    1: b"",
+    2: b"",
+    3: b"",
+    4: (2).to_bytes(4, "big"),
+    5: b"\xa8",
+    6: bytes.fromhex("00000001 00000000 00004000"),
+    7: bytes(8) + b"zz",  # unrequested: dropped
+    8: bytes.fromhex("00000001 00000000 00004000"),
+    9: b"\x1a\xe1",
+    20: b"\x00d1:md6:ut_pexi1eee",
+}
+_EXPECTED: dict[int, Event | None] = {
+    0: Choke(),
+    1: Unchoke(),
+    2: Interested(),
+    3: NotInterested(),
+    4: Have(2),
+    5: Bitfield(b"\xa8"),
+    6: Request(1, 0, BLOCK_SIZE),
+    7: None,
+    8: Cancel(1, 0, BLOCK_SIZE),
+    9: Port(6881),
+    20: Extended(0, b"d1:md6:ut_pexi1eee"),
+}
+
+
+@pytest.mark.parametrize("msg_id", range(256))
+def test_every_message_id_reaches_its_parser(msg_id: int) -> None:
+    pair = Pair(ext=True)
+    body = _BODIES.get(msg_id, b"\x01\x02\x03")
+    frame = (1 + len(body)).to_bytes(4, "big") + bytes([msg_id]) + body + bytes(4)
+    pair.b.receive_data(frame)  # and a keep-alive after it: parsing goes on
+    if 13 <= msg_id <= 17:
+        with pytest.raises(RemoteProtocolError, match="BEP 6"):
+            pair.b.next_event()
+        return
+    expected = _EXPECTED.get(msg_id)
+    got = drain(pair.b)
+    assert got == ([expected] if expected is not None else []) + [KeepAlive()]
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "good"), [(0, 1), (1, 1), (2, 1), (3, 1), (4, 5), (6, 13), (8, 13), (9, 3)]
+)
+@pytest.mark.parametrize("delta", [-1, 1, 100])
+def test_fixed_size_messages_are_framed_by_the_table(msg_id: int, good: int, delta: int) -> None:
+    conn = established_receiver()
+    length = good + delta or good + 2  # 0 would be a keep-alive
+    conn.receive_data(length.to_bytes(4, "big") + bytes([msg_id]))  # refused on the header
+    with pytest.raises(RemoteProtocolError, match=f"message {msg_id} has length {length}"):
+        conn.next_event()
+
+
+def test_fixed_size_message_waits_for_its_body() -> None:
+    conn = established_receiver()
+    frame = bytes.fromhex("0000000d 06 00000001 00000000 00004000")
+    for cut in range(len(frame)):
+        conn.receive_data(frame[cut : cut + 1])
+        if cut < len(frame) - 1:
+            assert conn.next_event() is NEED_DATA
+    assert conn.next_event() == Request(1, 0, BLOCK_SIZE)
+
+
+# -- geometry given after the handshake (magnet downloads) --------------------------
+
+
+def geometryless(ext: bool = True) -> tuple[Connection, Connection]:
+    """``us`` knows only the info-hash; ``peer`` knows the torrent and has shaken hands."""
+    reserved = EXTENSION_RESERVED if ext else bytes(8)
+    us = Connection(IH)
+    peer = new_conn()
+    us.receive_data(peer.send(Handshake(IH, PID_A, reserved)))
+    peer.receive_data(us.send(Handshake(IH, PID_B, reserved)))
+    assert drain(us) == [Handshake(IH, PID_A, reserved)]
+    assert drain(peer) == [Handshake(IH, PID_B, reserved)]
+    return us, peer
+
+
+def test_connection_without_geometry_takes_what_carries_no_piece_index() -> None:
+    us, peer = geometryless()
+    assert us.geometry is None and us.peer_has == bytearray() and not us.peer_is_seed
+    events = [Extended(0, b"d1:md6:ut_pexi1eee"), KeepAlive(), Port(6881), Unchoke(),
+              Interested(), Extended(7, b"x"), NotInterested(), Choke()]  # fmt: skip
+    assert feed_zero_copy(us, b"".join(peer.send(ev) for ev in events)) == events
+    # Our side may send the same kinds.
+    for ev in (Interested(), Extended(0, b"de"), KeepAlive(), Port(1), Unchoke(), Choke()):
+        us.send(ev)
+
+
+def test_early_bitfield_is_kept_and_delivered_after_set_geometry() -> None:
+    us, peer = geometryless()
+    has = us.peer_has
+    data = peer.send(Bitfield(b"\xa8")) + peer.send(Unchoke())
+    assert feed_zero_copy(us, data) == [Unchoke()]  # the bitfield waits for the geometry
+    assert us.peer_has == bytearray() and us.peer_has_count == 0
+    us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    assert us.geometry is not None and us.geometry.num_pieces == NUM_PIECES
+    assert us.peer_has is has  # live view, extended in place
+    assert has == bytearray([1, 0, 1, 0, 1]) and us.peer_has_count == 3
+    us.receive_data(peer.send(Have(1)))
+    assert drain(us) == [Bitfield(b"\xa8"), Have(1)]  # the deferred event comes first
+    assert us.peer_has_count == 4
+
+
+def test_early_haves_fold_into_one_bitfield_event() -> None:
+    us, _ = geometryless()
+    # Built by hand: the same Have twice, and out of order.
+    data = b"".join(bytes.fromhex("00000005 04") + i.to_bytes(4, "big") for i in (4, 0, 4))
+    assert feed_zero_copy(us, data) == []
+    us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    assert drain(us) == [Bitfield(b"\x88")]
+    assert us.peer_has == bytearray([1, 0, 0, 0, 1])
+
+
+def test_early_bitfield_and_haves_combine() -> None:
+    us, peer = geometryless()
+    us.receive_data(peer.send(Bitfield(b"\x80")) + bytes.fromhex("00000005 04 00000003"))
+    assert drain(us) == []
+    us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    assert drain(us) == [Bitfield(b"\x90")]
+    assert us.peer_has_count == 2
+
+
+def test_a_seed_is_known_as_one_once_the_geometry_is() -> None:
+    us, peer = geometryless()
+    us.receive_data(peer.send(Bitfield(b"\xf8")))
+    drain(us)
+    assert not us.peer_is_seed
+    us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    assert us.peer_is_seed
+
+
+def test_no_early_piece_state_means_no_event() -> None:
+    us, _ = geometryless()
+    us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    assert us.next_event() is NEED_DATA
+    assert us.peer_has == bytearray(NUM_PIECES)
+
+
+@pytest.mark.parametrize(
+    ("early", "reason"),
+    [
+        ("00000002 05 a8 00000002 05 a8", None),  # refused at once: second bitfield
+        ("00000001 05", "bitfield of 0 bytes for 5 pieces"),
+        ("00000003 05 a800", "bitfield of 2 bytes for 5 pieces"),
+        ("00000002 05 ac", "spare bits"),
+        ("00000005 04 00000005", "have for piece 5 of 5"),
+        ("00000005 04 00000001 00000005 04 00000007", "have for piece 7 of 5"),
+    ],
+)
+def test_early_piece_state_that_does_not_fit_fails_at_set_geometry(
+    early: str, reason: str | None
+) -> None:
+    us, _ = geometryless()
+    us.receive_data(bytes.fromhex(early))
+    if reason is None:
+        with pytest.raises(RemoteProtocolError, match="bitfield after other messages"):
+            drain(us)
+        return
+    assert drain(us) == []
+    with pytest.raises(RemoteProtocolError, match=reason) as failed:
+        us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    with pytest.raises(RemoteProtocolError) as again:
+        us.next_event()
+    assert again.value is failed.value
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ("00000005 04 00200000", "have for piece 2097152 of at most 2097152"),
+        ("00040002 05" + "00" * 0x40001, "bitfield of 262145 bytes for at most 2097152"),
+        ("0000000d 06 00000000 00000000 00004000", "request before the torrent's geometry"),
+        ("0000000d 08 00000000 00000000 00004000", "cancel before the torrent's geometry"),
+    ],
+)
+def test_before_the_geometry_bounds_hold_and_requests_are_refused(frame: str, reason: str) -> None:
+    us, _ = geometryless()
+    us.receive_data(bytes.fromhex(frame))
+    with pytest.raises(RemoteProtocolError, match=reason):
+        drain(us)
+
+
+def test_blocks_before_the_geometry_are_unwanted() -> None:
+    us, _ = geometryless()
+    us.receive_data(bytes.fromhex("0000000c 07 00000063 00000000 616263"))
+    assert_discarded(us)
+    assert us.unwanted_bytes == 3
+
+
+def test_the_largest_early_bitfield_and_have_are_accepted() -> None:
+    us, _ = geometryless()
+    n = 2_097_152
+    us.receive_data((1 + n // 8).to_bytes(4, "big") + b"\x05" + b"\xff" * (n // 8))
+    us.receive_data(bytes.fromhex("00000005 04") + (n - 1).to_bytes(4, "big"))
+    assert drain(us) == []
+    us.set_geometry(n, 1, n)
+    assert us.next_event() == Bitfield(b"\xff" * (n // 8))
+    assert us.peer_is_seed
+
+
+def test_sending_piece_state_needs_the_geometry() -> None:
+    us, _ = geometryless()
+    us.send(Unchoke())
+    for ev in (Have(0), Bitfield(b"\x80"), Cancel(0, 0, 10), Piece(0, 0, b"x")):
+        with pytest.raises(LocalProtocolError, match="geometry"):
+            us.send(ev)
+    with pytest.raises(LocalProtocolError, match="geometry"):
+        us.piece_header(0, 0, 10)
+
+
+def test_after_set_geometry_the_connection_works_as_usual() -> None:
+    us, peer = geometryless(ext=False)
+    us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    assert feed_zero_copy(us, peer.send(Unchoke())) == [Unchoke()]
+    assert us.send(Bitfield(b"\x00")) == bytes.fromhex("00000002 05 00")
+    data = us.send_requests([(4, 0, LAST_SIZE)])
+    assert feed_zero_copy(peer, data) == [Request(4, 0, LAST_SIZE)]
+    block = b"q" * LAST_SIZE
+    assert feed_zero_copy(us, peer.send(Piece(4, 0, block))) == [Piece(4, 0, block)]
+    assert us.outstanding_requests == 0
+
+
+def test_geometry_is_all_or_nothing_and_set_once() -> None:
+    with pytest.raises(LocalProtocolError, match="all of the geometry"):
+        Connection(IH, NUM_PIECES)
+    with pytest.raises(LocalProtocolError, match="do not make"):
+        Connection(IH).set_geometry(NUM_PIECES, PIECE_LEN, 1)
+    conn = Connection(IH)
+    conn.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    with pytest.raises(LocalProtocolError, match="already set"):
+        conn.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    with pytest.raises(LocalProtocolError, match="already set"):
+        new_conn().set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+
+
+def test_set_geometry_after_a_peer_error_leaves_the_error_in_place() -> None:
+    us, _ = geometryless()
+    us.receive_data(bytes.fromhex("00000002 05 a8") + bytes.fromhex("0000000d 06") + bytes(12))
+    with pytest.raises(RemoteProtocolError, match="request before") as failed:
+        drain(us)
+    us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)  # not the caller's fault: no raise here
+    with pytest.raises(RemoteProtocolError) as again:
+        us.next_event()
+    assert again.value is failed.value
+
+
+# -- the peer's requests, as the ledger records them ------------------------------
+
+
+def test_peer_requests_are_recorded_while_we_unchoke_and_settled() -> None:
+    pair = Pair()
+    pair.a.receive_data(pair.b.send(Interested()))  # a is the uploader here
+    drain(pair.a)
+    pair.b.receive_data(pair.a.send(Unchoke()))
+    drain(pair.b)
+    blocks = [(0, 0, BLOCK_SIZE), (0, BLOCK_SIZE, BLOCK_SIZE), (4, 0, LAST_SIZE)]
+    feed_zero_copy(pair.a, pair.b.send_requests(blocks))
+    assert pair.a.peer_requests == 3
+    feed_zero_copy(pair.a, pair.b.send(Cancel(*blocks[1])))
+    assert pair.a.peer_requests == 2
+    pair.a.piece_header(*blocks[0])
+    assert pair.a.ledger.peer_requests == {blocks[2]: None}
+    pair.a.send(Choke())  # BEP 3: a choke discards the rest
+    assert pair.a.peer_requests == 0
+    # Requests while we choke are not recorded (the uploader counts and drops them).
+    pair.b.clear_requests()
+    pair.a.receive_data(_request_bytes(*blocks[0]))
+    assert drain(pair.a) == [Request(*blocks[0])]
+    assert pair.a.peer_requests == 0
+
+
+def test_the_early_index_bound_is_the_torrent_cap() -> None:
+    from mptorrent.proto import metainfo, wire
+
+    assert wire.MAX_PIECES == metainfo.MAX_PIECES  # no torrent we load has more pieces

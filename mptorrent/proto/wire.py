@@ -17,9 +17,21 @@ never copied between the socket and the caller's piece buffer::
 
 :meth:`Connection.receive_data` is the copying convenience for tests and fuzzers.
 
+The torrent's geometry (piece count, piece length, total length) may be given
+later with :meth:`Connection.set_geometry`: a magnet download learns it only
+from the metadata, which arrives over the connection itself.  Until then the
+handshake and everything without a piece index flows as usual; piece state the
+peer sends early is kept and checked when the geometry arrives (see
+:meth:`Connection.set_geometry` for the rule).
+
+Request bookkeeping lives in :mod:`mptorrent.proto.ledger`.  Received messages
+are parsed through a table of message id -> parser method, with the Piece fast
+path in front of it.
+
 Not supported, and refused on both sides: the fast extension (BEP 6).  The
-extension protocol (BEP 10) is framed here (:class:`Extended`); its payloads are
-the caller's business.
+extension protocol (BEP 10) is framed here (:class:`Extended`); its payloads go
+to the :class:`ExtendedReceiver` in :attr:`Connection.extensions` (the router in
+:mod:`mptorrent.proto.ext`), or to the caller as :class:`Extended` events.
 """
 
 from __future__ import annotations
@@ -29,9 +41,16 @@ import struct
 from abc import ABC
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NoReturn, Protocol
 
-from mptorrent.errors import ProtocolError
+from mptorrent.proto.ledger import (
+    BLOCK_SIZE,
+    MAX_CANCELLED,
+    MAX_UNWANTED_BYTES,
+    Geometry,
+    RequestLedger,
+)
+from mptorrent.proto.wire_errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "BLOCK_SIZE",
@@ -40,6 +59,7 @@ __all__ = [
     "HANDSHAKE_LEN",
     "MAX_CANCELLED",
     "MAX_MESSAGE",
+    "MAX_PIECES",
     "MAX_UNWANTED_BYTES",
     "NEED_DATA",
     "PROTOCOL",
@@ -49,6 +69,8 @@ __all__ = [
     "Connection",
     "Event",
     "Extended",
+    "ExtendedReceiver",
+    "Geometry",
     "Handshake",
     "Have",
     "Interested",
@@ -67,7 +89,6 @@ __all__ = [
 
 PROTOCOL: Final = b"BitTorrent protocol"
 HANDSHAKE_LEN: Final = 68  # pstrlen, pstr, reserved(8), info_hash(20), peer_id(20)
-BLOCK_SIZE: Final = 16384  # BEP 3: the largest request every client serves
 # libtorrent packet_too_large: nothing but a piece (or a huge bitfield) may exceed it.
 MAX_MESSAGE: Final = 1 << 20
 EXTENSION_BIT: Final = 0x10  # BEP 10: reserved[5] & 0x10
@@ -75,10 +96,10 @@ EXTENSION_BYTE: Final = 5
 EXTENSION_RESERVED: Final = bytes([0, 0, 0, 0, 0, EXTENSION_BIT, 0, 0])
 FAST_BIT: Final = 0x04  # BEP 6: reserved[7] & 0x04
 FAST_BYTE: Final = 7
-# Late blocks for requests we cancelled (or lost to a choke) are dropped quietly;
-# remembering a few thousand covers any sane pipeline depth and bounds memory.
-MAX_CANCELLED: Final = 4096
-MAX_UNWANTED_BYTES: Final = 4 << 20  # unrequested block payload tolerated per connection
+# Before the geometry is known, piece indices are only checked against the largest
+# torrent we load (metainfo.MAX_PIECES, libtorrent max_pieces): that bounds what an
+# early Bitfield or Have can make us keep to 256 KiB.
+MAX_PIECES: Final = 2_097_152
 
 _CHOKE, _UNCHOKE, _INTERESTED, _NOT_INTERESTED = 0, 1, 2, 3
 _HAVE, _BITFIELD, _REQUEST, _PIECE, _CANCEL, _PORT = 4, 5, 6, 7, 8, 9
@@ -110,18 +131,6 @@ _pack_header = struct.Struct(">IB").pack
 _pack_extended_header = struct.Struct(">IBB").pack
 
 _HANDSHAKE_PREFIX: Final = bytes([len(PROTOCOL)]) + PROTOCOL
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer sent something the protocol forbids; drop the connection."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class LocalProtocolError(ValueError):
-    """The caller asked for something the protocol forbids (a bug on our side)."""
 
 
 class NeedData(enum.Enum):
@@ -301,17 +310,32 @@ def _unpack(bits: bytes | bytearray | memoryview, num_pieces: int) -> bytearray:
 
 # -- the connection -------------------------------------------------------------
 
-_Key = tuple[int, int, int]  # (index, begin, length) of a block request
+
+_Parsed = Event | NeedData | None  # what a parser gives; None: a message was dropped
+
+
+class ExtendedReceiver(Protocol):
+    """Where a connection hands BEP 10 messages (the router in :mod:`mptorrent.proto.ext`).
+
+    Called from :meth:`Connection.next_event` with each Extended message once its
+    frame is checked; what it returns is the event (None: nothing for the
+    caller).  It may raise only :class:`RemoteProtocolError`, which the
+    connection makes its own sticky error.
+    """
+
+    def receive_extended(self, ext_id: int, payload: bytes) -> Event | None: ...
 
 
 class Connection:
     """Both directions of one peer connection for one torrent.
 
     ``info_hash`` and the geometry (``num_pieces``, ``piece_length``,
-    ``total_length``) are what every message is checked against.
+    ``total_length``) are what every message is checked against; the geometry
+    may be left out (all three) and given later with :meth:`set_geometry`.
     ``buffer_size`` is the initial receive buffer; it grows only when a message
     that has passed its length check needs more room, so it never exceeds
     ``max(buffer_size, MAX_MESSAGE + 4)`` through the ``get_buffer`` path.
+    ``extensions``, when set, receives every BEP 10 message.
     """
 
     __slots__ = (
@@ -321,14 +345,15 @@ class Connection:
         "_bitfield_len",
         "_bitfield_out_open",
         "_buf",
-        "_cancelled",
+        "_deferred",
+        "_early_bits",
+        "_early_haves",
         "_error",
+        "_geometry",
         "_handshake_received",
         "_handshake_sent",
         "_info_hash",
-        "_last_piece",
-        "_last_piece_size",
-        "_lost",
+        "_ledger",
         "_max_len",
         "_num_pieces",
         "_our_reserved",
@@ -337,43 +362,42 @@ class Connection:
         "_peer_has",
         "_peer_has_count",
         "_peer_interested",
+        "_peer_requests",
         "_peer_reserved",
-        "_piece_length",
         "_r",
         "_rview",
         "_skip",
         "_special",
-        "_unwanted_bytes",
         "_w",
         "_wview",
+        "extensions",
     )
 
     def __init__(
         self,
         info_hash: bytes,
-        num_pieces: int,
-        piece_length: int,
-        total_length: int,
+        num_pieces: int | None = None,
+        piece_length: int | None = None,
+        total_length: int | None = None,
         *,
         buffer_size: int = 1 << 20,
+        extensions: ExtendedReceiver | None = None,
     ) -> None:
         if len(info_hash) != 20:
             raise LocalProtocolError("info_hash must be 20 bytes")
-        if num_pieces < 1 or piece_length < 1:
-            raise LocalProtocolError("a torrent has at least one piece of at least one byte")
-        if not (num_pieces - 1) * piece_length < total_length <= num_pieces * piece_length:
-            raise LocalProtocolError(
-                f"{total_length} bytes do not make {num_pieces} pieces of {piece_length}"
-            )
+        given = (num_pieces, piece_length, total_length)
+        if None in given and given != (None, None, None):
+            raise LocalProtocolError("give all of the geometry or none of it")
         if buffer_size < HANDSHAKE_LEN:
             raise LocalProtocolError(f"buffer_size must be at least {HANDSHAKE_LEN}")
         self._info_hash = bytes(info_hash)
-        self._num_pieces = num_pieces
-        self._piece_length = piece_length
-        self._last_piece = num_pieces - 1
-        self._last_piece_size = total_length - (num_pieces - 1) * piece_length
-        self._bitfield_len = 1 + (num_pieces + 7) // 8
-        self._max_len = max(MAX_MESSAGE, self._bitfield_len)
+        self.extensions = extensions
+        self._geometry: Geometry | None = None
+        self._num_pieces = 0
+        # Message length of a Bitfield (id byte included) and the largest message
+        # accepted; both grow with the geometry.
+        self._bitfield_len = 0
+        self._max_len = MAX_MESSAGE
 
         self._buf = bytearray(buffer_size)
         self._wview = memoryview(self._buf)
@@ -382,9 +406,10 @@ class Connection:
         self._w = 0  # end of received bytes
         self._skip = 0  # bytes still to discard of an ignored message
         self._error: RemoteProtocolError | None = None
-        # True while next_event() must look at _error, the handshake or _skip
-        # before the fast path.
+        # True while next_event() must look at _error, the handshake, a deferred
+        # event or _skip before the fast path.
         self._special = True
+        self._deferred: Event | None = None  # returned by the next next_event()
 
         self._handshake_sent = False
         self._handshake_received = False
@@ -399,15 +424,87 @@ class Connection:
         self._peer_interested = False
         self._am_choking = True
         self._am_interested = False
-        self._peer_has = bytearray(num_pieces)
+        self._peer_has = bytearray()
         self._peer_has_count = 0
+        # Piece state received before the geometry: the Bitfield as sent, and the
+        # Have indices as a packed bit set (piece 0 is the high bit of byte 0).
+        self._early_bits: bytes | None = None
+        self._early_haves = bytearray()
 
-        # Keys only (the value is always True): a Request object per block would cost
-        # more than the rest of the bookkeeping; list_requests() rebuilds them.
-        self._outstanding: dict[_Key, bool] = {}
-        self._cancelled: dict[_Key, None] = {}
-        self._lost: dict[_Key, bool] = {}  # dropped by a choke, not yet cleared
-        self._unwanted_bytes = 0
+        self._ledger = RequestLedger()
+        # The hot paths use the ledger's dicts directly: one attribute, not two.
+        # The ledger only ever clears them, never replaces them.
+        self._outstanding = self._ledger.outstanding
+        self._peer_requests = self._ledger.peer_requests
+        if num_pieces is not None and piece_length is not None and total_length is not None:
+            self._set_geometry(Geometry(num_pieces, piece_length, total_length))
+
+    # -- geometry -------------------------------------------------------------
+
+    @property
+    def geometry(self) -> Geometry | None:
+        """The torrent's geometry, None until it is known."""
+        return self._geometry
+
+    def set_geometry(self, num_pieces: int, piece_length: int, total_length: int) -> None:
+        """Give the torrent's geometry to a connection created without it (once).
+
+        The rule for what the peer sent before it:
+
+        * a Bitfield was kept as it came (at most ``MAX_PIECES`` bits) and Have
+          indices were kept (each below ``MAX_PIECES``), without events; both are
+          checked now, like a Bitfield or Have received afterwards would be.  If
+          they fit, they become :attr:`peer_has` and the next :meth:`next_event`
+          returns one Bitfield of everything the peer said it has, before any
+          later message;
+        * if they do not fit (a Bitfield of the wrong length or with spare bits
+          set, a Have beyond the last piece), the connection fails: this raises
+          :class:`RemoteProtocolError`, and so does every later next_event();
+        * blocks were discarded as unrequested (we could not have asked for
+          them), and a Request or Cancel was a protocol error already.
+
+        Raises :class:`LocalProtocolError` if the geometry is already set or is
+        not a torrent's.
+        """
+        if self._geometry is not None:
+            raise LocalProtocolError("the geometry is already set")
+        self._set_geometry(Geometry(num_pieces, piece_length, total_length))
+        if self._error is not None:
+            return  # next_event() keeps reporting the peer's error
+        bits, haves = self._early_bits, self._early_haves
+        if bits is None and not haves:
+            return
+        self._early_bits = None
+        self._early_haves = bytearray()
+        n = num_pieces
+        if bits is not None:
+            if len(bits) != (n + 7) // 8:
+                raise self._fail(f"bitfield of {len(bits)} bytes for {n} pieces")
+            if not _bitfield_ok(bits, n):
+                raise self._fail("bitfield with spare bits set")
+        packed = int.from_bytes(bits or b"", "big") << (8 * ((n + 7) // 8 - len(bits or b"")))
+        if haves:
+            # The highest Have decides whether they all fit.
+            last_byte = len(haves) - 1
+            low = haves[last_byte] & -haves[last_byte]
+            highest = 8 * last_byte + 7 - (low.bit_length() - 1)
+            if highest >= n:
+                raise self._fail(f"have for piece {highest} of {n}")
+            nbytes = (n + 7) // 8
+            packed |= int.from_bytes(haves + bytes(nbytes - len(haves)), "big")
+        field = packed.to_bytes((n + 7) // 8, "big")
+        self._peer_has[:] = _unpack(field, n)
+        self._peer_has_count = self._peer_has.count(1)
+        self._deferred = Bitfield(field)
+        self._special = True
+
+    def _set_geometry(self, geometry: Geometry) -> None:
+        self._geometry = geometry
+        self._num_pieces = geometry.num_pieces
+        self._bitfield_len = 1 + geometry.bitfield_bytes
+        self._max_len = max(MAX_MESSAGE, self._bitfield_len)
+        # Extended in place: callers may hold the live peer_has.
+        self._peer_has.extend(bytes(geometry.num_pieces))
 
     # -- read-only state ------------------------------------------------------
 
@@ -437,7 +534,8 @@ class Connection:
 
     @property
     def peer_has(self) -> bytearray:
-        """One byte per piece, 1 if the peer has it.  Live; do not modify."""
+        """One byte per piece, 1 if the peer has it (empty until the geometry is
+        known).  Live; do not modify."""
         return self._peer_has
 
     @property
@@ -446,7 +544,7 @@ class Connection:
 
     @property
     def peer_is_seed(self) -> bool:
-        return self._peer_has_count == self._num_pieces
+        return self._geometry is not None and self._peer_has_count == self._num_pieces
 
     @property
     def peer_reserved(self) -> bytes:
@@ -468,18 +566,28 @@ class Connection:
         return len(self._buf)
 
     # -- outstanding requests -------------------------------------------------
-    # Every Request sent ends exactly one way: its block arrives as a Piece event,
-    # the caller sends a Cancel for it, or clear_requests() hands it back.
+    # The bookkeeping is the RequestLedger's; these keep the connection's API.
+
+    @property
+    def ledger(self) -> RequestLedger:
+        """The request bookkeeping, for inspection.  Do not modify."""
+        return self._ledger
 
     @property
     def unwanted_bytes(self) -> int:
         """Payload of blocks that arrived without a request and were discarded."""
-        return self._unwanted_bytes
+        return self._ledger.unwanted_bytes
 
     @property
     def outstanding_requests(self) -> int:
         """Requests sent and neither answered, cancelled nor dropped by a choke."""
         return len(self._outstanding)
+
+    @property
+    def peer_requests(self) -> int:
+        """The peer's requests we received while unchoking it and have neither
+        served nor seen cancelled (bounded; a choke drops them all)."""
+        return len(self._ledger.peer_requests)
 
     def list_requests(self) -> list[Request]:
         """The outstanding requests, oldest first."""
@@ -492,24 +600,7 @@ class Connection:
         since the last call, oldest first.  Blocks that still arrive for them are
         dropped without an event.
         """
-        owed = [Request(*key) for key in self._lost]
-        self._lost.clear()
-        if self._outstanding:
-            owed.extend(Request(*key) for key in self._outstanding)
-            self._cancel_all()
-        return owed
-
-    def _cancel_all(self) -> None:
-        cancelled = self._cancelled
-        for key in self._outstanding:
-            cancelled[key] = None
-        self._outstanding.clear()
-        excess = len(cancelled) - MAX_CANCELLED
-        if excess > 0:
-            it = iter(cancelled)
-            oldest = [next(it) for _ in range(excess)]
-            for key in oldest:
-                del cancelled[key]
+        return [Request(*key) for key in self._ledger.clear()]
 
     # -- receiving ------------------------------------------------------------
 
@@ -625,15 +716,21 @@ class Connection:
                 return event
 
     def _next_special(self) -> Event | NeedData | None:
-        """Before the handshake, while skipping, after an error; None: parse on."""
+        """Before the handshake, with a deferred event, while skipping, after an
+        error; None: parse on."""
         if self._error is not None:
             raise self._error
         if not self._handshake_received:
             event = self._next_handshake()
             if event is NEED_DATA:
                 return event
-            self._special = False
+            self._special = self._deferred is not None
             return event
+        deferred = self._deferred
+        if deferred is not None:
+            self._deferred = None
+            self._special = bool(self._skip)
+            return deferred
         n = min(self._skip, self._w - self._r)
         self._r += n
         self._skip -= n
@@ -642,7 +739,7 @@ class Connection:
         self._special = False
         return None
 
-    def _next_message(self, buf: bytearray, r: int, avail: int) -> Event | NeedData | None:
+    def _next_message(self, buf: bytearray, r: int, avail: int) -> _Parsed:
         """Everything but the fast path; None means a message was dropped."""
         if avail < 4:
             return NEED_DATA
@@ -655,99 +752,176 @@ class Connection:
         if avail < 5:
             return NEED_DATA
         msg_id = buf[r + 4]
-        total = length + 4
+        parse, fixed = _RECEIVERS[msg_id]
+        if fixed:
+            # Fixed-size messages are framed here; their parser reads the body.
+            if length != fixed:
+                raise self._fail(f"message {msg_id} has length {length}, not {fixed}")
+            if avail < length + 4:
+                return NEED_DATA
+            self._r = r + 4 + length
+        return parse(self, buf, r, length, avail)
 
-        if msg_id == _PIECE:
-            if length > _PIECE_MAX_LEN:
-                raise self._fail(f"piece message of {length} bytes is too large")
-            if length < 10:
-                raise self._fail("piece message with an empty block")
-            if avail < total:
-                return self._need(total)
-            index, begin = _u32x2(buf, r + 5)
-            key = (index, begin, length - 9)
-            if key in self._cancelled:
-                del self._cancelled[key]
-                self._r = r + total
-                return None
-            if not self._block_ok(index, begin, length - 9):
-                raise self._fail("piece outside the torrent")
-            # A block we never asked for (or no longer expect) is discarded, as
-            # libtorrent does; only a peer that keeps pushing them is cut off.
-            self._unwanted_bytes += length - 9
-            if self._unwanted_bytes > MAX_UNWANTED_BYTES:
-                raise self._fail("too many unrequested blocks")
+    # Parsers, one per message id (the _RECEIVERS table below).  Each gets the
+    # receive buffer, the offset of the message's length prefix, its length and
+    # the bytes available from that offset; a fixed-size message is already
+    # complete and consumed when its parser runs.
+
+    def _recv_piece(self, buf: bytearray, r: int, length: int, avail: int) -> _Parsed:
+        """A block the fast path did not take: incomplete, late or unrequested."""
+        if length > _PIECE_MAX_LEN:
+            raise self._fail(f"piece message of {length} bytes is too large")
+        if length < 10:
+            raise self._fail("piece message with an empty block")
+        total = length + 4
+        if avail < total:
+            return self._need(total)
+        index, begin = _u32x2(buf, r + 5)
+        ledger = self._ledger
+        if ledger.late((index, begin, length - 9)):
             self._r = r + total
             return None
+        geometry = self._geometry
+        # Before the geometry is known nothing was asked for and nothing can be
+        # checked: such a block only counts as unwanted.
+        if geometry is not None and not geometry.block_ok(index, begin, length - 9):
+            raise self._fail("piece outside the torrent")
+        # A block we never asked for (or no longer expect) is discarded, as
+        # libtorrent does; only a peer that keeps pushing them is cut off.
+        if ledger.unwanted(length - 9):
+            raise self._fail("too many unrequested blocks")
+        self._r = r + total
+        return None
 
-        expected = _FIXED_LEN.get(msg_id)
-        if expected is not None:
-            if length != expected:
-                raise self._fail(f"message {msg_id} has length {length}, not {expected}")
-            if avail < total:
-                return NEED_DATA
-            self._r = r + total
-            if msg_id == _HAVE:
-                return self._on_have(_u32(buf, r + 5)[0])
-            if msg_id in (_REQUEST, _CANCEL):
-                index, begin, blen = _u32x3(buf, r + 5)
-                if not self._block_ok(index, begin, blen):
-                    name = "request" if msg_id == _REQUEST else "cancel"
-                    raise self._fail(f"{name} outside the torrent")
-                self._bitfield_in_open = False
-                if msg_id == _REQUEST:
-                    return Request(index, begin, blen)
-                return Cancel(index, begin, blen)
-            if msg_id == _PORT:
-                return Port(_u16(buf, r + 5)[0])
+    def _recv_choke(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        self._bitfield_in_open = False
+        self._peer_choking = True
+        self._ledger.choked()
+        return _CHOKE_EVENT
+
+    def _recv_unchoke(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        self._bitfield_in_open = False
+        self._peer_choking = False
+        return _UNCHOKE_EVENT
+
+    def _recv_interested(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        self._bitfield_in_open = False
+        self._peer_interested = True
+        return _INTERESTED_EVENT
+
+    def _recv_not_interested(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        self._bitfield_in_open = False
+        self._peer_interested = False
+        return _NOT_INTERESTED_EVENT
+
+    def _recv_have(self, buf: bytearray, r: int, length: int, avail: int) -> Event | None:
+        index = _u32(buf, r + 5)[0]
+        if self._geometry is None:
+            if index >= MAX_PIECES:
+                raise self._fail(f"have for piece {index} of at most {MAX_PIECES}")
             self._bitfield_in_open = False
-            if msg_id == _CHOKE:
-                self._peer_choking = True
-                if self._outstanding:
-                    self._lost.update(self._outstanding)
-                    self._cancel_all()
-                return _CHOKE_EVENT
-            if msg_id == _UNCHOKE:
-                self._peer_choking = False
-                return _UNCHOKE_EVENT
-            if msg_id == _INTERESTED:
-                self._peer_interested = True
-                return _INTERESTED_EVENT
-            self._peer_interested = False
-            return _NOT_INTERESTED_EVENT
+            haves = self._early_haves
+            byte = index >> 3
+            if byte >= len(haves):
+                haves.extend(bytes(byte + 1 - len(haves)))
+            haves[byte] |= 0x80 >> (index & 7)
+            return None
+        if index >= self._num_pieces:
+            raise self._fail(f"have for piece {index} of {self._num_pieces}")
+        self._bitfield_in_open = False
+        if not self._peer_has[index]:
+            self._peer_has[index] = 1
+            self._peer_has_count += 1
+        return Have(index)
 
-        if msg_id == _BITFIELD:
-            if length != self._bitfield_len:
-                raise self._fail(f"bitfield of {length - 1} bytes for {self._num_pieces} pieces")
-            if not self._bitfield_in_open:
-                raise self._fail("bitfield after other messages")
-            if avail < total:
-                return self._need(total)
-            bits = bytes(buf[r + 5 : r + total])
-            if not _bitfield_ok(bits, self._num_pieces):
-                raise self._fail("bitfield with spare bits set")
+    def _recv_bitfield(self, buf: bytearray, r: int, length: int, avail: int) -> _Parsed:
+        early = self._geometry is None
+        if early:
+            if length - 1 > MAX_PIECES // 8:
+                raise self._fail(f"bitfield of {length - 1} bytes for at most {MAX_PIECES} pieces")
+        elif length != self._bitfield_len:
+            raise self._fail(f"bitfield of {length - 1} bytes for {self._num_pieces} pieces")
+        if not self._bitfield_in_open:
+            raise self._fail("bitfield after other messages")
+        total = length + 4
+        if avail < total:
+            return self._need(total)
+        bits = bytes(buf[r + 5 : r + total])
+        if early:
             self._r = r + total
             self._bitfield_in_open = False
-            self._peer_has[:] = _unpack(bits, self._num_pieces)
-            self._peer_has_count = self._peer_has.count(1)
-            return Bitfield(bits)
+            self._early_bits = bits
+            return None
+        if not _bitfield_ok(bits, self._num_pieces):
+            raise self._fail("bitfield with spare bits set")
+        self._r = r + total
+        self._bitfield_in_open = False
+        self._peer_has[:] = _unpack(bits, self._num_pieces)
+        self._peer_has_count = self._peer_has.count(1)
+        return Bitfield(bits)
 
+    def _recv_request(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        # The upload hot path (a request per block served): checks inline.
+        key = _u32x3(buf, r + 5)
+        index, begin, blen = key
+        geometry = self._geometry
+        if geometry is None or not geometry.block_ok(index, begin, blen):
+            raise self._block_in_error("request")
+        self._bitfield_in_open = False
+        if not self._am_choking:
+            self._ledger.peer_requested(key)
+        return Request(index, begin, blen)
+
+    def _recv_cancel(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        key = _u32x3(buf, r + 5)
+        index, begin, blen = key
+        geometry = self._geometry
+        if geometry is None or not geometry.block_ok(index, begin, blen):
+            raise self._block_in_error("cancel")
+        self._bitfield_in_open = False
+        self._ledger.peer_settled(key)
+        return Cancel(index, begin, blen)
+
+    def _block_in_error(self, name: str) -> RemoteProtocolError:
+        if self._geometry is None:
+            # We could not have told the peer we hold anything.
+            return self._fail(f"{name} before the torrent's geometry is known")
+        return self._fail(f"{name} outside the torrent")
+
+    def _recv_port(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        return Port(_u16(buf, r + 5)[0])
+
+    def _recv_extended(self, buf: bytearray, r: int, length: int, avail: int) -> _Parsed:
         if length > MAX_MESSAGE:
             raise self._fail(f"message of {length} bytes is too large")
-        if msg_id == _EXTENDED:
-            if not self.extensions_enabled:
-                raise self._fail("extended message without BEP 10 negotiated")
-            if length < 2:
-                raise self._fail("extended message without an id")
-            if avail < total:
-                return self._need(total)
-            self._r = r + total
-            return Extended(buf[r + 5], bytes(buf[r + 6 : r + total]))
+        if not self.extensions_enabled:
+            raise self._fail("extended message without BEP 10 negotiated")
+        if length < 2:
+            raise self._fail("extended message without an id")
+        total = length + 4
+        if avail < total:
+            return self._need(total)
+        self._r = r + total
+        ext_id, payload = buf[r + 5], bytes(buf[r + 6 : r + total])
+        receiver = self.extensions
+        if receiver is None:
+            return Extended(ext_id, payload)
+        try:
+            return receiver.receive_extended(ext_id, payload)
+        except RemoteProtocolError as err:
+            raise self._fail(err.reason) from None
 
-        if msg_id in _FAST_IDS:
-            raise self._fail(f"fast-extension message {msg_id} without BEP 6 negotiated")
+    def _recv_fast(self, buf: bytearray, r: int, length: int, avail: int) -> NoReturn:
+        if length > MAX_MESSAGE:
+            raise self._fail(f"message of {length} bytes is too large")
+        raise self._fail(f"fast-extension message {buf[r + 4]} without BEP 6 negotiated")
+
+    def _recv_unknown(self, buf: bytearray, r: int, length: int, avail: int) -> NeedData | None:
+        if length > MAX_MESSAGE:
+            raise self._fail(f"message of {length} bytes is too large")
         # BEP 3: ignore message ids we do not know.  Their bytes are skipped as
         # they arrive, never buffered whole.
+        total = length + 4
         if avail >= total:
             self._r = r + total
             return None
@@ -777,21 +951,6 @@ class Connection:
         self._handshake_received = True
         return Handshake(self._info_hash, peer_id, self._peer_reserved)
 
-    def _on_have(self, index: int) -> Have:
-        if index >= self._num_pieces:
-            raise self._fail(f"have for piece {index} of {self._num_pieces}")
-        self._bitfield_in_open = False
-        if not self._peer_has[index]:
-            self._peer_has[index] = 1
-            self._peer_has_count += 1
-        return Have(index)
-
-    def _block_ok(self, index: int, begin: int, length: int) -> bool:
-        if index > self._last_piece or not 0 < length <= BLOCK_SIZE:
-            return False
-        size = self._last_piece_size if index == self._last_piece else self._piece_length
-        return begin + length <= size
-
     # -- sending --------------------------------------------------------------
 
     def send(self, event: Event) -> bytes:
@@ -811,17 +970,29 @@ class Connection:
         self._check_piece_out(index, begin, length)
         return _pack_piece_header(9 + length, _PIECE, index, begin)
 
+    def _known_geometry(self) -> Geometry:
+        geometry = self._geometry
+        if geometry is None:
+            raise LocalProtocolError("the torrent's geometry is not known yet")
+        return geometry
+
     def _check_block_out(self, index: int, begin: int, length: int) -> None:
-        if index < 0 or begin < 0 or not self._block_ok(index, begin, length):
+        geometry = self._known_geometry()
+        if index < 0 or begin < 0 or not geometry.block_ok(index, begin, length):
             raise LocalProtocolError(
                 f"block ({index}, {begin}, {length}) is not inside the torrent"
             )
 
     def _check_piece_out(self, index: int, begin: int, length: int) -> None:
-        self._check_block_out(index, begin, length)
+        # The upload hot path (a block per call): the checks of _check_block_out inline.
+        geo = self._geometry
+        if geo is None or index < 0 or begin < 0 or not geo.block_ok(index, begin, length):
+            self._check_block_out(index, begin, length)  # raises the right error
         if self._am_choking:
             raise LocalProtocolError("cannot send a block while choking the peer")
         self._bitfield_out_open = False
+        if self._peer_requests:
+            self._peer_requests.pop((index, begin, length), None)
 
     def _send_handshake(self, ev: Handshake) -> bytes:
         if self._handshake_sent:
@@ -842,6 +1013,7 @@ class Connection:
     def _send_choke(self, ev: Choke) -> bytes:
         self._am_choking = True
         self._bitfield_out_open = False
+        self._ledger.peer_requests_dropped()
         return _CHOKE_BYTES
 
     def _send_unchoke(self, ev: Unchoke) -> bytes:
@@ -860,16 +1032,18 @@ class Connection:
         return _NOT_INTERESTED_BYTES
 
     def _send_have(self, ev: Have) -> bytes:
-        if not 0 <= ev.index < self._num_pieces:
-            raise LocalProtocolError(f"have for piece {ev.index} of {self._num_pieces}")
+        n = self._known_geometry().num_pieces
+        if not 0 <= ev.index < n:
+            raise LocalProtocolError(f"have for piece {ev.index} of {n}")
         self._bitfield_out_open = False
         return _pack_have(5, _HAVE, ev.index)
 
     def _send_bitfield(self, ev: Bitfield) -> bytes:
+        n = self._known_geometry().num_pieces
         if not self._bitfield_out_open:
             raise LocalProtocolError("a bitfield may only be the first message")
-        if not _bitfield_ok(ev.bits, self._num_pieces):
-            raise LocalProtocolError(f"not a valid bitfield for {self._num_pieces} pieces")
+        if not _bitfield_ok(ev.bits, n):
+            raise LocalProtocolError(f"not a valid bitfield for {n} pieces")
         self._bitfield_out_open = False
         return _pack_header(self._bitfield_len, _BITFIELD) + ev.bits
 
@@ -884,37 +1058,24 @@ class Connection:
         """
         if not self._handshake_sent:
             raise LocalProtocolError("the handshake must be sent first")
-        for key in keys:
-            self._check_block_out(*key)
+        block_ok = self._known_geometry().block_ok
+        for index, begin, length in keys:
+            if index < 0 or begin < 0 or not block_ok(index, begin, length):
+                self._check_block_out(index, begin, length)  # raises the right error
         if self._peer_choking:
             raise LocalProtocolError("cannot request while the peer chokes us")
-        outstanding = self._outstanding
-        for key in keys:
-            if key in outstanding:
-                raise LocalProtocolError(f"block {key} is already requested")
-        if len(set(keys)) != len(keys):
-            raise LocalProtocolError("the same block is requested twice")
-        cancelled, lost = self._cancelled, self._lost
-        out = []
-        for key in keys:
-            cancelled.pop(key, None)
-            lost.pop(key, None)
-            outstanding[key] = True
-            out.append(_pack_block(13, _REQUEST, *key))
-        if out:
-            self._bitfield_out_open = False
-        return b"".join(out)
+        self._ledger.record(keys)
+        if not keys:
+            return b""
+        self._bitfield_out_open = False
+        return b"".join([_pack_block(13, _REQUEST, *key) for key in keys])
 
     def _send_cancel(self, ev: Cancel) -> bytes:
         index, begin, length = ev.index, ev.begin, ev.length
         self._check_block_out(index, begin, length)
-        key = (index, begin, length)
         # Cancelling something no longer outstanding is harmless on the wire
         # (the peer ignores it), and can happen after a choke, so it is allowed.
-        if self._outstanding.pop(key, None) is not None:
-            self._cancelled[key] = None
-            if len(self._cancelled) > MAX_CANCELLED:
-                del self._cancelled[next(iter(self._cancelled))]
+        self._ledger.cancel((index, begin, length))
         self._bitfield_out_open = False
         return _pack_block(13, _CANCEL, index, begin, length)
 
@@ -937,6 +1098,35 @@ class Connection:
             raise LocalProtocolError("extended message is too large")
         return _pack_extended_header(2 + len(ev.payload), _EXTENDED, ev.ext_id) + ev.payload
 
+
+_Receiver = Callable[[Connection, bytearray, int, int, int], _Parsed]
+
+
+def _receivers() -> tuple[tuple[_Receiver, int], ...]:
+    """Message id -> (parser, exact length or 0 if the parser frames it)."""
+    table: list[tuple[_Receiver, int]] = [(Connection._recv_unknown, 0)] * 256
+    for msg_id in _FAST_IDS:
+        table[msg_id] = (Connection._recv_fast, 0)
+    fixed: dict[int, _Receiver] = {
+        _CHOKE: Connection._recv_choke,
+        _UNCHOKE: Connection._recv_unchoke,
+        _INTERESTED: Connection._recv_interested,
+        _NOT_INTERESTED: Connection._recv_not_interested,
+        _HAVE: Connection._recv_have,
+        _REQUEST: Connection._recv_request,
+        _CANCEL: Connection._recv_cancel,
+        _PORT: Connection._recv_port,
+    }
+    for msg_id, parse in fixed.items():
+        table[msg_id] = (parse, _FIXED_LEN[msg_id])
+    table[_BITFIELD] = (Connection._recv_bitfield, 0)
+    table[_PIECE] = (Connection._recv_piece, 0)
+    table[_EXTENDED] = (Connection._recv_extended, 0)
+    return tuple(table)
+
+
+# A tuple indexed by the id byte: no hashing, no miss case.
+_RECEIVERS: Final = _receivers()
 
 _SENDERS: Final[dict[type[Event], Callable[[Connection, Any], bytes]]] = {
     Handshake: Connection._send_handshake,
