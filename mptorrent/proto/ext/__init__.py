@@ -125,11 +125,12 @@ def decode_handshake(payload: bytes) -> ExtendedHandshake:
         if type(ext_id) is not int or not 0 <= ext_id <= _MAX_EXT_ID:
             raise _bad(f"id of {name!r} is not an integer in 0..{_MAX_EXT_ID}")
         extensions[name] = ext_id
-    client = top.get(b"v")
-    if client is not None:
-        if not isinstance(client, bytes) or len(client) > MAX_CLIENT_BYTES:
+    raw_client = top.get(b"v")
+    client: str | None = None
+    if raw_client is not None:
+        if not isinstance(raw_client, bytes) or len(raw_client) > MAX_CLIENT_BYTES:
             raise _bad(f"'v' is not a string of at most {MAX_CLIENT_BYTES} bytes")
-        client = client.decode("utf-8", "replace")
+        client = raw_client.decode("utf-8", "replace")
     return ExtendedHandshake(
         extensions=extensions,
         client=client,
@@ -153,7 +154,7 @@ def encode_handshake(hs: ExtendedHandshake) -> bytes:
         if not 0 <= ext_id <= _MAX_EXT_ID:
             raise LocalProtocolError(f"extension id {ext_id} is outside 0..{_MAX_EXT_ID}")
         m[raw] = ext_id
-    top: dict[bytes, object] = {b"m": m}
+    top: dict[bytes, bencode.Encodable] = {b"m": m}
     checks = (
         (b"p", hs.port, 1, 0xFFFF),
         (b"metadata_size", hs.metadata_size, 1, MAX_METADATA_SIZE),
