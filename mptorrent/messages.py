@@ -8,7 +8,10 @@ Every message that crosses a process boundary is defined here, in one place:
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
 
 
 class PeerAddr(NamedTuple):
@@ -131,3 +134,8 @@ WorkerReport: TypeAlias = (
 
 Control: TypeAlias = AddPeers | Stop | SeedOnly
 """Coordinator (or seeder) -> one worker, on its control queue."""
+
+# The queues between the coordinator (or seeder) and one worker; engine/pool.py makes them.
+WorkQueue: TypeAlias = "Queue[list[int]]"  # batches of piece indices to fetch
+ReportQueue: TypeAlias = "Queue[list[WorkerReport] | None]"  # None ends the reader
+ControlQueue: TypeAlias = "Queue[Control]"

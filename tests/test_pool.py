@@ -20,17 +20,19 @@ from typing import Literal
 
 import pytest
 
-from mptorrent.engine.pool import (
-    LAST_WORDS_WAIT,
-    Batch,
+from mptorrent.engine.pool import LAST_WORDS_WAIT, Batch, Exit, WorkerPool
+from mptorrent.errors import DownloadError
+from mptorrent.messages import (
+    AddPeers,
     ControlQueue,
-    Exit,
+    PeerAddr,
     ReportQueue,
-    WorkerPool,
+    Stop,
+    Took,
+    WorkerFailed,
+    WorkerReport,
     WorkQueue,
 )
-from mptorrent.errors import DownloadError
-from mptorrent.messages import AddPeers, PeerAddr, Stop, Took, WorkerFailed, WorkerReport
 from mptorrent.mp import context
 
 Mode = Literal["echo", "flood", "crash", "fail", "idle"]

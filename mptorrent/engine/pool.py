@@ -32,21 +32,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeAlias, TypeVar
 
 from mptorrent.errors import DownloadError
-from mptorrent.messages import Control, Stop, WorkerReport
+from mptorrent.messages import (
+    Control,
+    ControlQueue,
+    ReportQueue,
+    Stop,
+    WorkerReport,
+    WorkQueue,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
     from multiprocessing.process import BaseProcess
-    from multiprocessing.queues import Queue
 
 MAX_RESTARTS = 20  # worker deaths tolerated (in all) before giving up
 STOP_GRACE = 3.0  # seconds a stopping worker gets before it is killed
 LAST_WORDS_WAIT = 0.5  # seconds to read a dead worker's last reports before reporting its exit
 PUMPS_WAIT = 0.5  # seconds, at stop, for the pumps to pass on the last reports
-
-WorkQueue: TypeAlias = "Queue[list[int]]"
-ReportQueue: TypeAlias = "Queue[list[WorkerReport] | None]"  # None ends the pump
-ControlQueue: TypeAlias = "Queue[Control]"
 
 C = TypeVar("C")  # what one worker is started with (its WorkerConfig)
 S = TypeVar("S")  # what every worker shares (the done-map)
