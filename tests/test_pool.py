@@ -187,9 +187,9 @@ def test_a_killed_worker_is_reported_and_restarted_alone() -> None:
 
 def test_exit_reasons_name_the_signal_or_the_status() -> None:
     assert Exit(1, 1, -signal.SIGSEGV).describe() == "worker 1 crashed (signal 11)"
-    assert Exit(1, 1, -signal.SIGBUS).signal == signal.SIGBUS
+    assert Exit(1, 1, -signal.SIGBUS).signum == signal.SIGBUS
     assert Exit(2, 3, 0).describe() == "worker 2 exited unexpectedly (status 0)"
-    assert Exit(2, 3, 0).signal is None
+    assert Exit(2, 3, 0).signum is None
 
 
 def test_restarts_are_capped() -> None:

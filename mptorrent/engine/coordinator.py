@@ -663,7 +663,7 @@ class Coordinator:
             self._on_exit(ex)
 
     def _on_exit(self, ex: Exit) -> None:
-        if ex.signal == signal.SIGBUS:
+        if ex.signum == signal.SIGBUS:
             raise StorageError(
                 f"worker {ex.worker} was killed by SIGBUS: disk I/O error or disk full"
             )

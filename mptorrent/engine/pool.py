@@ -74,7 +74,8 @@ class Exit:
     code: int  # exit status, or minus the signal number
 
     @property
-    def signal(self) -> int | None:
+    def signum(self) -> int | None:
+        """The signal that killed it, if one did."""
         return -self.code if self.code < 0 else None
 
     def describe(self) -> str:

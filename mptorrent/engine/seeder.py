@@ -187,7 +187,7 @@ class Seeder:
 
     @staticmethod
     def _exit_reason(ex: Exit) -> str:
-        if ex.signal == signal.SIGBUS:
+        if ex.signum == signal.SIGBUS:
             # reading data that shrank under the mmap: the restart would meet it again
             raise StorageError(
                 f"seed worker {ex.worker} was killed by SIGBUS: disk I/O error or data file shrank"
