@@ -214,6 +214,14 @@ def classify_frame(file: str, func: str, line: int) -> str | None:
         if short in ("_announce_all", "_reannounce", "_tracker_result"):
             return "trackers"
         return "coordinator: loop and message handling"
+    if mod == "pool":  # the coordinator's worker supervision
+        if short == "_pump":
+            return "inter-process messages (queues, pickling)"
+        if short in ("start", "restart"):
+            return "start-up: torrent, storage, workers"
+        if short in ("stop", "let_go", "close"):
+            return "shutdown: other"
+        return "coordinator: loop and message handling"
     if mod == "cli":
         if func.startswith("BarProgress"):
             return "progress bar"

@@ -1,11 +1,17 @@
 """Small, picklable records passed between processes (and between layers).
 
-Every message that crosses a process boundary is defined here, in one place.
+Every message that crosses a process boundary is defined here, in one place:
+:data:`WorkerReport` is everything a worker tells its coordinator (or seeder), and
+:data:`Control` everything they tell one worker; each side handles them in one
+``match`` over the union.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
 
 
 class PeerAddr(NamedTuple):
@@ -34,13 +40,15 @@ class PieceDone(NamedTuple):
     """A piece passed its SHA-1 check and is in the output mmap."""
 
     worker: int
-    index: int
+    index: int  # type: ignore[assignment]  # hides tuple.index(), which nobody calls here
     peers: tuple[PeerAddr, ...]  # who sent its blocks
 
 
 class PieceFailed(NamedTuple):
+    """A piece failed its SHA-1 check (its peers are suspects)."""
+
     worker: int
-    index: int
+    index: int  # type: ignore[assignment]
     peers: tuple[PeerAddr, ...]
     retrying: bool = False  # the worker fetches it again itself (smart ban); keep its lease
 
@@ -49,7 +57,7 @@ class Returned(NamedTuple):
     """A worker gave a piece back: none of its peers has it, or it is stopping."""
 
     worker: int
-    index: int
+    index: int  # type: ignore[assignment]
 
 
 class PeerBitfield(NamedTuple):
@@ -61,12 +69,16 @@ class PeerBitfield(NamedTuple):
 
 
 class PeerHaves(NamedTuple):
+    """Pieces one of a worker's peers announced since its bitfield (HAVE messages)."""
+
     worker: int
     peer: PeerAddr
     indices: tuple[int, ...]
 
 
 class PeerBanned(NamedTuple):
+    """A worker will not talk to this peer again (it lied, or broke the protocol)."""
+
     worker: int
     peer: PeerAddr
     reason: str
@@ -94,11 +106,13 @@ class WorkerFailed(NamedTuple):
 
 
 class AddPeers(NamedTuple):
+    """More peers for this worker to dial."""
+
     peers: tuple[PeerAddr, ...]
 
 
 class Stop(NamedTuple):
-    pass
+    """Close every connection and exit, after a last report."""
 
 
 class SeedOnly(NamedTuple):
@@ -110,3 +124,18 @@ class Seeding(NamedTuple):
     """A worker's answer to SeedOnly, after its last download counts."""
 
     worker: int
+
+
+WorkerReport: TypeAlias = (
+    Took | PieceDone | PieceFailed | Returned | PeerBitfield | PeerHaves | PeerBanned
+    | WorkerStats | WorkerFailed | Seeding
+)  # fmt: skip
+"""Worker -> coordinator (or seeder), in lists on the worker's report queue."""
+
+Control: TypeAlias = AddPeers | Stop | SeedOnly
+"""Coordinator (or seeder) -> one worker, on its control queue."""
+
+# The queues between the coordinator (or seeder) and one worker; engine/pool.py makes them.
+WorkQueue: TypeAlias = "Queue[list[int]]"  # batches of piece indices to fetch
+ReportQueue: TypeAlias = "Queue[list[WorkerReport] | None]"  # None ends the reader
+ControlQueue: TypeAlias = "Queue[Control]"

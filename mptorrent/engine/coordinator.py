@@ -1,37 +1,36 @@
 """The main process of a fetch: storage, trackers, the work queues and the workers.
 
 It owns the truth: the picker's table says which piece is needed, leased to
-which worker, or done.  Each worker gets its pieces through its own
-``multiprocessing.Queue``, kept a few pieces ahead and filled only with pieces
-that one of *that worker's* peers has (workers report their peers' bitfields),
-and reports back through its own result queue that drives the progress bar.
+which worker, or done.  The workers run in a :class:`~mptorrent.engine.pool.WorkerPool`
+(which explains why each has queues of its own).  Each worker's work queue is kept a
+few pieces ahead and filled only with pieces that one of *that worker's* peers has
+(workers report their peers' bitfields); its reports drive the progress bar.
 
-Why a queue per worker rather than one shared queue: a worker killed inside
-``Queue.get()`` or ``Queue.put()`` leaves that queue's lock held for ever, so a
-shared queue would wedge every worker; with one queue per worker a death costs
-only that worker's queues, and it is restarted alone.  And a shared queue hands
-pieces to workers whose peers lack them, which thrashes on a swarm of partial
-peers.  Verified pieces are never lost: workers mark them in a shared done-map
-right after writing them, and the coordinator re-hashes any such claim whose
-report died with its worker.
+What a worker's death means is decided here: its leases and its peers' pieces are
+forgotten, and it is restarted (up to the pool's cap).  Verified pieces are never
+lost: workers mark them in a shared done-map right after writing them, and the
+coordinator re-hashes any such claim whose report died with its worker.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import queue
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, assert_never
 
 from mptorrent import events as ev
 from mptorrent.disk import checker
 from mptorrent.disk.storage import Layout, Storage, choose_io, prepare
+from mptorrent.engine.pool import Batch, Exit, WorkerPool
 from mptorrent.errors import DownloadError, MptorrentError, OutputLocked, StorageError
 from mptorrent.messages import (
     AddPeers,
@@ -44,9 +43,9 @@ from mptorrent.messages import (
     Returned,
     Seeding,
     SeedOnly,
-    Stop,
     Took,
     WorkerFailed,
+    WorkerReport,
     WorkerStats,
 )
 from mptorrent.mp import context
@@ -59,10 +58,7 @@ from mptorrent.worker.process import WorkerConfig, reserve_port, run
 
 AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
 MIN_AHEAD, MAX_AHEAD = 2, 64
-MAX_RESTARTS = 20  # worker deaths tolerated before giving up
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
-STOP_GRACE = 3.0
-LAST_WORDS_WAIT = 0.5  # seconds to read a dead worker's last reports before restarting it
 SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
@@ -71,7 +67,7 @@ PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interva
 # What the coordinator's inbox carries: a tracker tier's answer (from an announce
 # thread), or one report batch of a worker incarnation (from its reader thread).
 InboxItem = (
-    tuple[Literal["tracker"], TierResult] | tuple[Literal["worker"], tuple[int, int, list[Any]]]
+    tuple[Literal["tracker"], TierResult] | tuple[Literal["worker"], Batch]
 )
 
 
@@ -115,20 +111,16 @@ class SeedAfter:
 
 @dataclass
 class _Slot:
-    """One worker position: its process, its queues, and the peers it owns."""
+    """One worker position, as the coordinator sees it: the peers it owns and what it
+    holds (its process and queues are the pool's)."""
 
     wid: int
     peers: list[PeerAddr] = field(default_factory=list)
     gen: int = 0  # incarnation; messages from an earlier one are stale
-    proc: Any = None
-    control: Any = None
-    work: Any = None
-    results: Any = None
     queued: int = 0  # pieces put on its queue and not yet taken
     stats_peers: int = 0
     reported: set[PeerAddr] = field(default_factory=set)  # peers whose bitfield we hold
     last_endgame: float = 0.0
-    pump: threading.Thread | None = None  # moves its result queue into the inbox
 
 
 def output_path(meta: Metainfo, output: str | Path | None) -> Path:
@@ -159,7 +151,14 @@ class Coordinator:
         self.known: set[PeerAddr] = set()
         self.banned: dict[PeerAddr, str] = {}
         self.inbox: queue.Queue[InboxItem] = queue.Queue()
-        self.restarts = 0
+        # One shared done-map: workers see each other's verified pieces (endgame,
+        # HAVE messages), and its last byte says "endgame".
+        self.done_raw = self.ctx.RawArray(ctypes.c_ubyte, meta.num_pieces + 1)
+        self.done_map = memoryview(self.done_raw).cast("B")
+        self.pool = WorkerPool(
+            self.ctx, len(self.slots), run, self.done_raw, self._deliver,
+            name="mptorrent-worker",
+        )  # fmt: skip
         self.seeding_acks = 0  # workers that answered SeedOnly
         self.downloaded = 0  # payload bytes received, from worker stats
         self.uploaded = 0
@@ -270,10 +269,6 @@ class Coordinator:
         was_complete = self.picker.remaining == 0
         if was_complete and seed_after is None:
             return self._result(t0, resumed)
-        # One shared done-map: workers see each other's verified pieces (endgame,
-        # HAVE messages), and its last byte says "endgame".
-        self.done_raw = self.ctx.RawArray("B", self.meta.num_pieces + 1)
-        self.done_map = memoryview(self.done_raw).cast("B")
         self.done_map[: self.meta.num_pieces] = have
         for addr in self.opts.peers:
             self._add_peer(addr)
@@ -352,8 +347,7 @@ class Coordinator:
 
     def _give(self, slot: _Slot, addr: PeerAddr) -> None:
         slot.peers.append(addr)
-        if slot.control is not None:
-            slot.control.put(AddPeers((addr,)))
+        self.pool.send(slot.wid, AddPeers((addr,)))  # else it gets them when it starts
 
     def _share_peers(self) -> None:
         """With fewer peers than workers, idle workers also dial the least-shared peers.
@@ -397,14 +391,8 @@ class Coordinator:
 
     # -- workers ------------------------------------------------------------
 
-    def _start(self, slot: _Slot) -> None:
-        slot.gen += 1
-        slot.work = self.ctx.Queue()
-        slot.results = self.ctx.Queue()
-        slot.control = self.ctx.Queue()
-        slot.queued = 0
-        slot.stats_peers = 0
-        slot.reported = set()
+    def _start(self, slot: _Slot, restart: str | None = None) -> None:
+        """Start the slot's worker, or restart it after it died of ``restart``."""
         cfg = WorkerConfig(
             worker_id=slot.wid, meta=self.meta, layout=self.layout, peers=tuple(slot.peers),
             parent_pid=os.getpid(), max_peers=self.opts.max_peers,
@@ -413,72 +401,20 @@ class Coordinator:
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
             seed_only=self.picker.remaining == 0,  # a restart while seeding, or nothing to get
         )  # fmt: skip
-        slot.proc = self.ctx.Process(
-            target=run, args=(cfg, slot.work, slot.results, slot.control, self.done_raw),
-            name=f"mptorrent-worker-{slot.wid}", daemon=True,
-        )  # fmt: skip
-        slot.proc.start()
-        # A reader thread per worker: a worker that dies mid-message can only block
-        # its own reader (abandoned with that incarnation), never the coordinator.
-        slot.pump = threading.Thread(
-            target=self._pump, args=(slot.wid, slot.gen, slot.results), daemon=True
-        )
-        slot.pump.start()
+        if restart is None:
+            slot.gen = self.pool.start(slot.wid, cfg)
+        else:
+            slot.gen = self.pool.restart(slot.wid, cfg, restart)  # raises past the cap
+        slot.queued = 0
+        slot.stats_peers = 0
+        slot.reported = set()
 
-    def _pump(self, wid: int, gen: int, results: Any) -> None:
-        while True:
-            try:
-                batch = results.get()
-            except Exception:  # closed, or a writer died mid-message
-                return
-            if batch is None:
-                return
-            self.inbox.put(("worker", (wid, gen, batch)))  # a worker's list of reports
-
-    def _retire(self, slot: _Slot, *, close: bool = True) -> None:
-        """Let go of one incarnation's queues without waiting on locks it may hold."""
-        for q in (slot.work, slot.control, slot.results):
-            if q is not None:
-                q.cancel_join_thread()  # a dead holder's lock must not hang our exit
-        try:
-            slot.results.put(None)  # ends the pump thread, unless a dead writer wedged it
-        except (ValueError, OSError, AttributeError):
-            pass
-        if close:
-            self._close_queues(slot)
-
-    @staticmethod
-    def _close_queues(slot: _Slot) -> None:
-        # Closing the result queue also closes its reading end here once the None is
-        # written: a reader thread still behind would lose what it had not read.
-        for q in (slot.work, slot.control, slot.results):
-            if q is not None:
-                q.close()
+    def _deliver(self, batch: Batch) -> None:
+        """From the pool's reader threads: a worker's list of reports."""
+        self.inbox.put(("worker", batch))
 
     def _stop_workers(self) -> None:
-        for slot in self.slots:
-            if slot.control is not None:
-                try:
-                    slot.control.put(Stop())
-                except (ValueError, OSError):
-                    pass
-        deadline = time.monotonic() + STOP_GRACE
-        for slot in self.slots:
-            if slot.proc is not None:
-                slot.proc.join(max(0.0, deadline - time.monotonic()))
-        for slot in self.slots:
-            if slot.proc is not None and slot.proc.is_alive():
-                slot.proc.kill()
-                slot.proc.join(1.0)
-            self._retire(slot, close=False)
-        # Each reader thread ends at the None queued behind its worker's last report:
-        # once they have, everything is in the inbox and the queues can close.
-        deadline = time.monotonic() + 0.5
-        for slot in self.slots:
-            if slot.pump is not None:
-                slot.pump.join(max(0.0, deadline - time.monotonic()))
-        for slot in self.slots:
-            self._close_queues(slot)
+        self.pool.stop()
 
     def _drain_counts(self) -> None:
         """Take in the stopped workers' last reports (byte counts for the summary)."""
@@ -487,26 +423,20 @@ class Coordinator:
                 item = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            if item[0] == "worker":
-                wid, gen, batch = item[1]
-                kept = [m for m in batch if isinstance(m, WorkerStats | PieceDone)]
-                self._handle("worker", (wid, gen, kept))
+            match item:
+                case ("worker", Batch(wid, gen, batch)):
+                    kept: list[WorkerReport] = [
+                        m for m in batch if isinstance(m, WorkerStats | PieceDone)
+                    ]
+                    self._handle(("worker", Batch(wid, gen, kept)))
 
-    def _restart(self, slot: _Slot, why: str) -> None:
-        self.restarts += 1
-        if self.restarts > MAX_RESTARTS:
-            raise DownloadError(f"{why}; giving up after {MAX_RESTARTS} worker restarts")
-        self.emit(ev.WorkerRestarted(
-            slot.wid, slot.proc.exitcode if slot.proc is not None else None, why, self.restarts
-        ))  # fmt: skip
-        if slot.proc is not None:
-            slot.proc.join(0.1)
-        self._retire(slot)
+    def _restart(self, slot: _Slot, why: str, exitcode: int | None = None) -> None:
         # Its leases and its peers' availability die with it.
         self.picker.forget_worker(slot.wid, [(slot.wid, slot.gen, a) for a in slot.reported])
         self.picker.release_worker(slot.wid)
         self._recover_done()
-        self._start(slot)
+        self._start(slot, restart=why)
+        self.emit(ev.WorkerRestarted(slot.wid, exitcode, why, self.pool.restarts))
 
     def _recover_done(self) -> None:
         """Verified writes whose report was lost with a dead worker's result queue."""
@@ -548,32 +478,25 @@ class Coordinator:
                     raise DownloadError(self._no_peers_reason())
                 if now - last_peer_seen > self.opts.no_peers_timeout:
                     raise DownloadError(self._no_peers_reason())
-            workers = sum(1 for s in self.slots if s.proc is not None and s.proc.is_alive())
-            self.emit(ev.Progress(self.done_bytes, self.meta.total_length, peers, workers))
+            alive = self.pool.alive()
+            self.emit(ev.Progress(self.done_bytes, self.meta.total_length, peers, alive))
 
     def _take_inbox(self, timeout: float) -> None:
         """Handle everything reported, waiting up to ``timeout`` for the first report."""
         try:
-            kind, payload = self.inbox.get(timeout=timeout)
+            item = self.inbox.get(timeout=timeout)
         except queue.Empty:
             return
         while True:
-            self._handle(kind, payload)
+            self._handle(item)
             try:
-                kind, payload = self.inbox.get_nowait()
+                item = self.inbox.get_nowait()
             except queue.Empty:
                 return
 
     def _seed(self, plan: SeedAfter, t0: float, resumed: int, *, announce_completed: bool) -> None:
         """Complete: the workers stop asking and serve on, until ``plan.until``."""
-        asked = 0
-        for slot in self.slots:
-            if slot.control is not None:
-                try:
-                    slot.control.put(SeedOnly())
-                    asked += 1
-                except (ValueError, OSError):
-                    pass  # a dying worker: its restart starts serve-only
+        asked = self.pool.broadcast(SeedOnly())  # a dying worker's restart starts serve-only
         # Each worker answers after its last download counts: the summary is final.
         deadline = time.monotonic() + 1.0
         while self.seeding_acks < asked and time.monotonic() < deadline:
@@ -606,18 +529,18 @@ class Coordinator:
             return "no peers: the trackers returned none"
         return f"no peer could be reached for {self.opts.no_peers_timeout:.0f} s"
 
-    def _handle(self, kind: Literal["tracker", "worker"], payload: Any) -> None:
-        """One inbox item (an ``InboxItem`` taken apart)."""
-        if kind == "tracker":
-            self._on_tracker(payload)
-        elif kind == "worker":
-            wid, gen, batch = payload
-            slot = self.slots[wid]
-            for msg in batch:
-                if gen == slot.gen:  # ignore stragglers from a dead incarnation
-                    self._on_worker(slot, msg)
-                elif isinstance(msg, PieceDone):
-                    self._piece_done(msg.index, wid, msg.peers)  # verified is verified
+    def _handle(self, item: InboxItem) -> None:
+        """One inbox item: a tracker tier's answer, or a worker's list of reports."""
+        match item:
+            case ("tracker", TierResult() as r):
+                self._on_tracker(r)
+            case ("worker", Batch(wid, gen, batch)):
+                slot = self.slots[wid]
+                for msg in batch:
+                    if gen == slot.gen:  # ignore stragglers from a dead incarnation
+                        self._on_worker(slot, msg)
+                    elif isinstance(msg, PieceDone):
+                        self._piece_done(msg.index, wid, msg.peers)  # verified is verified
 
     def _on_tracker(self, r: TierResult) -> None:
         with self._lock:
@@ -634,47 +557,50 @@ class Coordinator:
         for addr in r.peers:
             self._add_peer(addr)
 
-    def _on_worker(self, slot: _Slot, msg: Any) -> None:
+    def _on_worker(self, slot: _Slot, msg: WorkerReport) -> None:
         p = self.picker
         wid = slot.wid
-        if isinstance(msg, PieceDone):
-            self._piece_done(msg.index, wid, msg.peers)
-        elif isinstance(msg, Took):
-            slot.queued = max(0, slot.queued - len(msg.indices))
-        elif isinstance(msg, PieceFailed):
-            self.emit(ev.PieceFailed(msg.index, wid, msg.peers, msg.retrying))
-            self.hash_failures += 1
-            if not msg.retrying:
+        match msg:
+            case PieceDone():
+                self._piece_done(msg.index, wid, msg.peers)
+            case Took():
+                slot.queued = max(0, slot.queued - len(msg.indices))
+            case PieceFailed():
+                self.emit(ev.PieceFailed(msg.index, wid, msg.peers, msg.retrying))
+                self.hash_failures += 1
+                if not msg.retrying:
+                    p.release(msg.index, wid)
+            case Returned():
                 p.release(msg.index, wid)
-        elif isinstance(msg, Returned):
-            p.release(msg.index, wid)
-        elif isinstance(msg, PeerBitfield):
-            if msg.bits is None:
-                if msg.peer in slot.reported:
-                    slot.reported.discard(msg.peer)
-                    self.emit(ev.PeerGone(wid, msg.peer))
-            elif msg.peer not in slot.reported:
-                slot.reported.add(msg.peer)
-                self.emit(ev.PeerConnected(wid, msg.peer))
-            p.peer_bitfield((wid, slot.gen, msg.peer), msg.bits, wid)
-        elif isinstance(msg, PeerHaves):
-            for i in msg.indices:
-                p.peer_have((wid, slot.gen, msg.peer), i, wid)
-        elif isinstance(msg, PeerBanned):
-            if msg.peer not in self.banned:
-                self.banned[msg.peer] = msg.reason
-                self.emit(ev.PeerBanned(msg.peer, msg.reason, wid))
-        elif isinstance(msg, WorkerStats):
-            slot.stats_peers = msg.peers
-            self.downloaded += msg.downloaded
-            self.uploaded += msg.uploaded
-        elif isinstance(msg, Seeding):
-            self.seeding_acks += 1
-        elif isinstance(msg, WorkerFailed):
-            if msg.storage:
-                raise StorageError(msg.message).with_detail(msg.detail)
-            # A bug in a worker: say so; its exit then restarts it (capped).
-            self.emit(ev.WorkerError(wid, msg.message, msg.detail))
+            case PeerBitfield():
+                if msg.bits is None:
+                    if msg.peer in slot.reported:
+                        slot.reported.discard(msg.peer)
+                        self.emit(ev.PeerGone(wid, msg.peer))
+                elif msg.peer not in slot.reported:
+                    slot.reported.add(msg.peer)
+                    self.emit(ev.PeerConnected(wid, msg.peer))
+                p.peer_bitfield((wid, slot.gen, msg.peer), msg.bits, wid)
+            case PeerHaves():
+                for i in msg.indices:
+                    p.peer_have((wid, slot.gen, msg.peer), i, wid)
+            case PeerBanned():
+                if msg.peer not in self.banned:
+                    self.banned[msg.peer] = msg.reason
+                    self.emit(ev.PeerBanned(msg.peer, msg.reason, wid))
+            case WorkerStats():
+                slot.stats_peers = msg.peers
+                self.downloaded += msg.downloaded
+                self.uploaded += msg.uploaded
+            case Seeding():
+                self.seeding_acks += 1
+            case WorkerFailed():
+                if msg.storage:
+                    raise StorageError(msg.message).with_detail(msg.detail)
+                # A bug in a worker: say so; its exit then restarts it (capped).
+                self.emit(ev.WorkerError(wid, msg.message, msg.detail))
+            case _:
+                assert_never(msg)
 
     def _piece_done(self, index: int, worker: int | None, peers: tuple[PeerAddr, ...]) -> None:
         if not self.picker.finished(index):
@@ -696,7 +622,7 @@ class Coordinator:
             # snubbing it, and queued pieces stay leased to it.
             ahead = self.ahead if self.pieces_per_worker.get(slot.wid) else self.first_ahead
             # Top up at half: batches of several pieces per put (and per Took).
-            if slot.work is None or slot.queued > ahead // 2:
+            if not self.pool.running(slot.wid) or slot.queued > ahead // 2:
                 continue
             got = p.pick_for(slot.wid, ahead - slot.queued)
             if not got and slot.queued == 0 and self._take_back(slot):
@@ -713,8 +639,7 @@ class Coordinator:
                         self.meta.num_pieces
                     ]:
                         self.done_map[self.meta.num_pieces] = 1
-            if got:
-                slot.work.put(list(got))
+            if got and self.pool.put_work(slot.wid, list(got)):
                 slot.queued += len(got)
 
     def _take_back(self, idle: _Slot) -> bool:
@@ -723,11 +648,10 @@ class Coordinator:
         whose peer snubs it would otherwise sit on its queue until the endgame."""
         moved = False
         for slot in self.slots:
-            if slot is idle or slot.work is None or slot.queued == 0:
+            if slot is idle or slot.queued == 0:
                 continue
-            try:
-                batch = slot.work.get_nowait()
-            except (queue.Empty, OSError, ValueError):
+            batch = self.pool.take_back(slot.wid)
+            if batch is None:
                 continue
             slot.queued = max(0, slot.queued - len(batch))  # no Took will come for these
             for index in batch:
@@ -735,40 +659,29 @@ class Coordinator:
             moved = True
         return moved
 
-    def _last_words(self, slot: _Slot) -> None:
-        """Handle what a dead worker reported before it exited (a crash, a disk error)
-        before acting on its exit: its pump thread may not have passed that on yet."""
-        try:
-            slot.results.put(None)  # queued behind everything the worker wrote
-        except (ValueError, OSError, AttributeError):
-            return
-        if slot.pump is not None:
-            slot.pump.join(LAST_WORDS_WAIT)  # a writer killed mid-message wedges it
+    def _last_words(self) -> None:
+        """Handle what dead workers reported before they exited (a crash, a disk error)
+        before acting on their exits: the pool has delivered it by now."""
         while True:
             try:
-                kind, payload = self.inbox.get_nowait()
+                item = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            self._handle(kind, payload)
+            self._handle(item)
 
     def _check_workers(self) -> None:
-        for slot in self.slots:
-            proc = slot.proc
-            if proc is None or proc.exitcode is None:
-                continue
-            self._last_words(slot)
-            code = proc.exitcode
-            if code == -7:
-                raise StorageError(
-                    f"worker {slot.wid} was killed by SIGBUS: disk I/O error or disk full"
-                )
-            if code == -11:
-                why = f"worker {slot.wid} crashed (signal 11)"
-            elif code < 0:
-                why = f"worker {slot.wid} died (signal {-code})"
-            else:
-                why = f"worker {slot.wid} exited unexpectedly (status {code})"
-            self._restart(slot, why)
+        ended = self.pool.exits()
+        if ended:
+            self._last_words()
+        for ex in ended:
+            self._on_exit(ex)
+
+    def _on_exit(self, ex: Exit) -> None:
+        if ex.signum == signal.SIGBUS:
+            raise StorageError(
+                f"worker {ex.worker} was killed by SIGBUS: disk I/O error or disk full"
+            )
+        self._restart(self.slots[ex.worker], ex.describe(), ex.code)
 
 
 def fetch(

@@ -2,25 +2,42 @@
 
 The data is verified in parallel first; only pieces that pass are announced
 and served.  Every worker opens its own ``SO_REUSEPORT`` listener on the same
-address, so the kernel spreads incoming peers over the processes.
+address, so the kernel spreads incoming peers over the processes.  The workers
+run in a :class:`~mptorrent.engine.pool.WorkerPool`, as fetch's do: one that dies
+is restarted (up to the pool's cap) while the others serve on.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import assert_never
 
 from mptorrent import events as ev
 from mptorrent.disk import checker
 from mptorrent.disk.storage import Layout, choose_io
+from mptorrent.engine.pool import Batch, Exit, WorkerPool
 from mptorrent.errors import StorageError
-from mptorrent.messages import Stop, WorkerFailed, WorkerStats
+from mptorrent.messages import (
+    PeerBanned,
+    PeerBitfield,
+    PeerHaves,
+    PieceDone,
+    PieceFailed,
+    Returned,
+    Seeding,
+    Took,
+    WorkerFailed,
+    WorkerReport,
+    WorkerStats,
+)
 from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult
 from mptorrent.proto import tracker
@@ -38,6 +55,8 @@ class SeedStats:
 
 
 class Seeder:
+    """``mptorrent seed``: verify, announce, and serve from ``jobs`` worker processes."""
+
     def __init__(
         self,
         meta: Metainfo,
@@ -64,11 +83,10 @@ class Seeder:
         self.until = until  # checked a few times a second: True ends seeding
         self.ctx = context()
         self.stats = SeedStats()
-        self.inbox: queue.Queue[TierResult] = queue.Queue()  # from announce threads
+        self.inbox: queue.Queue[Batch | TierResult] = queue.Queue()  # reports, tracker replies
         self.ready = threading.Event()
         self.stop_requested = threading.Event()
         self.client_id = os.urandom(12)
-        self.restarts = 0
 
     def run(self, *, progress: checker.Progress | None = None) -> SeedStats:
         """Serve until :meth:`stop` or KeyboardInterrupt (re-raised after a clean stop)."""
@@ -79,7 +97,7 @@ class Seeder:
         left = sum(self.layout.piece_size(i) for i in report.invalid + report.missing)
         holder = reserve_port(self.bind, self.port)
         self.stats.port = holder.getsockname()[1]
-        done_raw = self.ctx.RawArray("B", self.meta.num_pieces + 1)
+        done_raw = self.ctx.RawArray(ctypes.c_ubyte, self.meta.num_pieces + 1)
         done = memoryview(done_raw).cast("B")
         done[: self.meta.num_pieces] = report.valid
         source = None if self.bind in ("0.0.0.0", "::") else self.bind
@@ -88,88 +106,94 @@ class Seeder:
             port=self.stats.port, source_address=source,
             exclude=[(source, self.stats.port)] if source else (),
         )  # fmt: skip
-        results: Any = self.ctx.Queue()
-        idle_q: Any = self.ctx.Queue()  # seeders never take work
-        procs: dict[int, tuple[Any, Any]] = {}
+        pool = WorkerPool(self.ctx, self.jobs, run, done_raw, self.inbox.put, name="mptorrent-seed")
 
-        def start(wid: int) -> None:
-            cfg = WorkerConfig(
+        def config(wid: int) -> WorkerConfig:
+            return WorkerConfig(
                 worker_id=wid, meta=self.meta, layout=self.layout, peers=(),
                 parent_pid=os.getpid(), max_peers=self.max_peers,
                 listen=(self.bind, self.stats.port), seed_only=True, client_id=self.client_id,
                 io=self.io,
             )  # fmt: skip
-            control = self.ctx.Queue()
-            p = self.ctx.Process(
-                target=run, args=(cfg, idle_q, results, control, done_raw),
-                name=f"mptorrent-seed-{wid}", daemon=True,
-            )  # fmt: skip
-            p.start()
-            procs[wid] = (p, control)
-
-        def on_result(r: TierResult) -> None:
-            self.inbox.put(r)
 
         try:
             for w in range(self.jobs):
-                start(w)
+                pool.start(w, config(w))
             if self.use_trackers and announcer:
-                announcer.announce(event="started", left=left, on_result=on_result, wait=5.0)
+                announcer.announce(event="started", left=left, on_result=self.inbox.put, wait=5.0)
             self.ready.set()
             while not self.stop_requested.is_set():
                 if self.until is not None and self.until(self.stats):
                     break
-                try:
-                    batch = results.get(timeout=0.2)  # a worker's list of reports
-                except queue.Empty:
-                    batch = []
-                for msg in batch:
-                    if isinstance(msg, WorkerStats):
-                        self.stats.uploaded += msg.uploaded
-                        self.stats.per_worker_peers[msg.worker] = msg.peers
-                        self.stats.peers = sum(self.stats.per_worker_peers.values())
-                    elif isinstance(msg, WorkerFailed):
-                        if msg.storage:
-                            # The data went away under us (a file shrank, a disk error):
-                            # a restarted worker would meet it again.  Exit 4, as fetch.
-                            raise StorageError(msg.message).with_detail(msg.detail)
-                        self.emit(ev.WorkerError(msg.worker, msg.message, msg.detail))
-                while not self.inbox.empty():
-                    r = self.inbox.get_nowait()
-                    for err in r.errors:
-                        self.emit(ev.TrackerError(err))
-                for wid, (p, _c) in list(procs.items()):
-                    if p.exitcode is not None:
-                        self.restarts += 1
-                        self.emit(ev.WorkerRestarted(
-                            wid, p.exitcode, f"seed worker {wid} exited ({p.exitcode})",
-                            self.restarts,
-                        ))  # fmt: skip
-                        start(wid)
+                self._take_inbox(0.2)
+                ended = pool.exits()
+                if ended:
+                    self._take_inbox(0)  # their last words first: a disk error is exit 4
+                for ex in ended:
+                    why = self._exit_reason(ex)
+                    pool.restart(ex.worker, config(ex.worker), why)  # raises past the cap
+                    self.emit(ev.WorkerRestarted(ex.worker, ex.code, f"seed {why}", pool.restarts))
                 if self.use_trackers and announcer:
                     # at the tracker's interval, per tier (never blocks)
                     announcer.maybe_reannounce(
                         time.monotonic(), left=left, uploaded=self.stats.uploaded,
-                        on_result=on_result,
+                        on_result=self.inbox.put,
                     )  # fmt: skip
         finally:
-            for _p, control in procs.values():
-                try:
-                    control.put(Stop())
-                except (OSError, ValueError):
-                    pass
-            deadline = time.monotonic() + 3.0
-            for p, _c in procs.values():
-                p.join(max(0.0, deadline - time.monotonic()))
-                if p.is_alive():
-                    p.kill()
-                    p.join(1.0)
+            pool.stop()
             holder.close()
             if self.use_trackers and announcer:
                 announcer.announce(
                     event="stopped", left=left, uploaded=self.stats.uploaded, wait=2.0
                 )
         return self.stats
+
+    def _take_inbox(self, timeout: float) -> None:
+        """Handle everything that arrived, waiting up to ``timeout`` for the first."""
+        try:
+            item = self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            match item:
+                case Batch():
+                    for msg in item.reports:
+                        self._on_worker(msg)
+                case TierResult():
+                    for err in item.errors:
+                        self.emit(ev.TrackerError(err))
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _on_worker(self, msg: WorkerReport) -> None:
+        match msg:
+            case WorkerStats():
+                self.stats.uploaded += msg.uploaded
+                self.stats.per_worker_peers[msg.worker] = msg.peers
+                self.stats.peers = sum(self.stats.per_worker_peers.values())
+            case WorkerFailed():
+                if msg.storage:
+                    # The data went away under us (a file shrank, a disk error):
+                    # a restarted worker would meet it again.  Exit 4, as fetch.
+                    raise StorageError(msg.message).with_detail(msg.detail)
+                self.emit(ev.WorkerError(msg.worker, msg.message, msg.detail))
+            case Took() | PieceDone() | PieceFailed() | Returned() | Seeding():
+                pass  # a serve-only worker takes and fetches nothing
+            case PeerBitfield() | PeerHaves() | PeerBanned():
+                pass  # what leechers have is their business
+            case _:
+                assert_never(msg)
+
+    @staticmethod
+    def _exit_reason(ex: Exit) -> str:
+        if ex.signum == signal.SIGBUS:
+            # reading data that shrank under the mmap: the restart would meet it again
+            raise StorageError(
+                f"seed worker {ex.worker} was killed by SIGBUS: disk I/O error or data file shrank"
+            )
+        return ex.describe()
 
     def stop(self) -> None:
         self.stop_requested.set()

@@ -152,10 +152,7 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.01):
-            for slot in self.co.slots:
-                pid = slot.proc.pid if slot.proc is not None else None
-                if pid is None:
-                    continue
+            for pid in self.co.pool.pids():
                 try:
                     rss = _proc_status(pid, "RssAnon")
                     self.cpu[pid] = _cpu_seconds(pid)
@@ -570,7 +567,7 @@ def violations(
         def dial_in(co: Coordinator) -> None:
             """Once the worker listens, attack it from outside, then try to come back."""
             deadline = time.monotonic() + 10
-            while co.listen is None or not any(s.proc for s in co.slots):
+            while co.listen is None or not co.pool.pids():
                 if time.monotonic() > deadline:
                     return
                 time.sleep(0.02)

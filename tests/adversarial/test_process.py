@@ -36,7 +36,8 @@ from typing import IO, Any
 import libtorrent as lt
 import pytest
 
-from mptorrent.engine.coordinator import AHEAD_BYTES, MAX_AHEAD, MAX_RESTARTS, MIN_AHEAD
+from mptorrent.engine.coordinator import AHEAD_BYTES, MAX_AHEAD, MIN_AHEAD
+from mptorrent.engine.pool import MAX_RESTARTS
 from mptorrent.netio.peer import MIN_DEPTH
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.worker.process import MAX_BACKLOG

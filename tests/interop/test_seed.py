@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from mptorrent.proto.metainfo import Metainfo
 from mptorrent.proto.tracker import AnnounceRequest
 from tests.interop.opentracker import opentracker_binary, run_opentracker
 from tests.swarm import (
+    KiB,
     LtPeer,
     SwarmError,
     TorrentCase,
@@ -589,3 +590,121 @@ def test_two_fetches_trade_what_a_seeder_gave_each_of_them_once(
         assert same_tree(single_case.payload.root, tmp_path / f"out{k}")
     # Each fetch was offered only its half until the other had left.
     assert seeder.sent < 1.25 * meta.total_length, (seeder.sent, errs)
+
+
+# -- a seed worker killed while it uploads ---------------------------------------------------
+
+KILLED_NOTE = re.compile(r"^mptorrent: seed worker (\d+) died \(signal 9\); restarting it$", re.M)
+LEECH_RATE = 512 * KiB  # bytes/s per leecher: the multi-file case takes each about 9 s
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (the seed's workers, whatever the start method)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                kids = Path(f"/proc/{p}/task/{tid}/children").read_text().split()
+            except OSError:
+                continue
+            for k in map(int, kids):
+                if k not in found:
+                    found.add(k)
+                    todo.append(k)
+    return found
+
+
+def _proc_net_ip(hex_ip: str) -> str:
+    return socket.inet_ntoa(int(hex_ip, 16).to_bytes(4, "little"))
+
+
+def connection_owners(pids: set[int], local: PeerAddr) -> dict[str, tuple[int, str]]:
+    """remote IP -> (pid, socket inode) of an established TCP connection to it on ``local``."""
+    inodes: dict[str, str] = {}  # socket inode -> remote IP
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        lhost, lport = fields[1].split(":")
+        rhost = fields[2].split(":")[0]
+        if fields[3] == "01" and (_proc_net_ip(lhost), int(lport, 16)) == local:
+            inodes[fields[9]] = _proc_net_ip(rhost)
+    owners: dict[str, tuple[int, str]] = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                owners[inodes[target[8:-1]]] = (pid, target[8:-1])
+    return owners
+
+
+def test_seed_worker_killed_while_uploading_is_restarted_and_the_others_serve_on(
+    multi_case: TorrentCase, tmp_path: Path, fresh_ip: IpSource
+) -> None:
+    """SIGKILL the seed worker that is uploading to one libtorrent leecher: the workers
+    serving the other leechers keep sending meanwhile, the pool restarts the dead one (and
+    says so), and every leecher completes (the cut-off one by dialling again)."""
+    torrent = write_torrent(tmp_path, multi_case.torrent)
+    root = multi_case.payload.root
+    with ExitStack() as stack:
+        seed = stack.enter_context(
+            mptorrent_seed(torrent, root, fresh_ip(), "--no-trackers", jobs=3)
+        )
+        workers = descendants(seed.proc.pid)  # (and a fork server, under forkserver)
+        assert len(workers) >= 3, workers
+        leechers: list[LtPeer] = []
+        owners: dict[str, tuple[int, str]] = {}
+        # The kernel spreads connections over the workers' listeners: add leechers until
+        # at least two workers are uploading.
+        while len({pid for pid, _ in owners.values()}) < 2:
+            assert len(leechers) < 6, owners
+            for _ in range(3 if not leechers else 1):
+                lt = stack.enter_context(
+                    LtPeer(multi_case.torrent, tmp_path / f"lt{len(leechers)}", ip=fresh_ip(),
+                           role="leech", use_trackers=False, settings={"min_reconnect_time": 1})
+                )  # fmt: skip
+                lt.handle.set_download_limit(LEECH_RATE)
+                lt.add_peer(*seed.addr)
+                leechers.append(lt)
+            deadline = time.monotonic() + 10
+            while any(lt.stats().payload_download < 128 * KiB for lt in leechers):  # under way
+                assert time.monotonic() < deadline, [lt.stats() for lt in leechers]
+                time.sleep(0.02)
+            owners = connection_owners(workers, seed.addr)
+        victim = next(owners[lt.ip][0] for lt in leechers if lt.ip in owners)
+        others = [lt for lt in leechers if owners.get(lt.ip, (victim,))[0] != victim]
+        before = [lt.stats().payload_download for lt in others]
+        assert all(lt.stats().progress < 0.8 for lt in leechers)  # mid-upload
+        os.kill(victim, signal.SIGKILL)
+        # The other workers serve on, on the same connections, while the dead one restarts
+        # (libtorrent updates its counters about once a second).
+        deadline = time.monotonic() + 5
+        while any(lt.stats().payload_download <= b for lt, b in zip(others, before, strict=True)):
+            assert time.monotonic() < deadline, (before, [lt.stats() for lt in others])
+            time.sleep(0.05)
+        still = connection_owners(workers, seed.addr)
+        assert all(still.get(lt.ip) == owners[lt.ip] for lt in others), (owners, still)
+        deadline = time.monotonic() + 10
+        while len(now := descendants(seed.proc.pid)) < len(workers) or victim in now:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.02)
+        for lt in leechers:
+            lt.add_peer(*seed.addr)  # as a re-announce would tell it again
+        for lt in leechers:
+            lt.wait_finished(60)
+        status, err = seed.interrupt()
+    assert status == 130, err
+    assert len(KILLED_NOTE.findall(err)) == 1, err  # the pool's restart, said once
+    for k in range(len(leechers)):
+        assert same_tree(root, tmp_path / f"lt{k}" / root.name)
