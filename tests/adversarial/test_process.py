@@ -38,8 +38,8 @@ import pytest
 
 from mptorrent.engine.coordinator import AHEAD_BYTES, MAX_AHEAD, MAX_RESTARTS, MIN_AHEAD
 from mptorrent.netio.peer import MIN_DEPTH
+from mptorrent.policy.download import MAX_BACKLOG
 from mptorrent.proto.metainfo import Metainfo
-from mptorrent.worker.process import MAX_BACKLOG
 from tests.swarm import (
     KiB,
     LtPeer,
@@ -450,9 +450,10 @@ BUGGY_CLI = textwrap.dedent("""
     import os, resource, sys
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     from mptorrent.errors import StorageError
+    from mptorrent.policy.download import DownloadPolicy
     from mptorrent.worker.process import _Worker
 
-    real_complete = _Worker._complete
+    real_complete = DownloadPolicy._complete
 
     def complete(self, job):
         try:
@@ -468,7 +469,7 @@ BUGGY_CLI = textwrap.dedent("""
         raise StorageError("injected disk error")
 
     if os.environ["BUG"] == "once":
-        _Worker._complete = complete
+        DownloadPolicy._complete = complete
     elif os.environ["BUG"] == "storage":
         _Worker.run = disk_error
     else:
