@@ -203,7 +203,7 @@ class _Worker:
                     self._accept()
                 else:
                     self._on_event(key.data, mask)
-                    if policy.decisions:  # now: a banned peer's next blocks must not count
+                    if policy.decisions:  # at once: a peer banned here reads no more
                         self._apply()
             if self.to_tell:
                 self._tell(self.to_tell)
@@ -520,7 +520,7 @@ class _Worker:
                 self._emit(PeerHaves(self.cfg.worker_id, addr, tuple(idx)))
         self.haves.clear()
 
-    # -- blocks and pieces ------------------------------------------------------
+    # -- blocks and pieces --------------------------------------------------
 
     def _release_pending(self, p: _Peer) -> None:
         """The peer will not answer these requests: let others ask for the blocks."""
