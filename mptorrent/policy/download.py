@@ -182,10 +182,11 @@ class PieceJob:
 class DownloadPolicy(Generic[P]):
     """A worker's pieces in hand, and what to ask of its peers to finish them.
 
-    ``peers`` is the worker's own live map of connected peers (read, never changed
-    here); ``done`` the shared done-map: one byte per verified piece, then the endgame
-    flag the coordinator sets once nothing is left to hand out.  ``take`` returns the
-    next batch of piece indices from the coordinator, or None when there is none.
+    ``peers`` is the worker's own live map of connected peers (the map is only read
+    here; each peer's ``pending`` set is kept here).  ``done`` is the shared done-map:
+    one byte per verified piece, then the endgame flag the coordinator sets once nothing
+    is left to hand out.  ``take`` returns the next batch of piece indices from the
+    coordinator, or None when there is none.
     """
 
     def __init__(
