@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mptorrent.disk.storage import Layout, Storage
 from mptorrent.mp import context
+from mptorrent.proto.hashing import PieceVerifier
 from mptorrent.proto.metainfo import Metainfo
 
 # A task is this many bytes of pieces: big enough to amortise IPC, small enough
@@ -22,22 +23,27 @@ TASK_BYTES = 32 * 1024 * 1024
 Progress = Callable[[int], None]  # called with bytes just hashed
 
 _storage: Storage | None = None
+_verifier: PieceVerifier | None = None  # None: v1 SHA-1 digests (what ``create`` records)
 
 
-def _init(layout: Layout, child: bool = True) -> None:
-    global _storage
+def _init(layout: Layout, child: bool = True, verifier: PieceVerifier | None = None) -> None:
+    global _storage, _verifier
     if child:
         # Forked children inherit the CLI's handlers; the parent alone answers
         # Ctrl-C, and Pool.terminate() must be able to end us with SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _storage = Storage(layout)
+    _verifier = verifier
 
 
 def _hash_run(run: tuple[int, int]) -> tuple[int, list[bytes | None]]:
     assert _storage is not None
     start, stop = run
-    return start, [_storage.hash_piece(i) for i in range(start, stop)]
+    v = _verifier
+    if v is None:
+        return start, [_storage.hash_piece(i) for i in range(start, stop)]
+    return start, [_storage.hash_piece(i, v.hasher(i)) for i in range(start, stop)]
 
 
 def _runs(pieces: Iterable[int], per_task: int) -> Iterator[tuple[int, int]]:
@@ -61,8 +67,12 @@ def hash_pieces(
     *,
     jobs: int = 1,
     progress: Progress | None = None,
+    verifier: PieceVerifier | None = None,
 ) -> Iterator[tuple[int, bytes | None]]:
-    """Yield ``(index, digest)`` for each piece; digest is None where data is missing."""
+    """Yield ``(index, digest)`` for each piece; digest is None where data is missing.
+
+    Digests are v1 SHA-1, or ``verifier``'s own (for its ``matches``) when one is given.
+    """
     todo = range(layout.num_pieces) if pieces is None else pieces
     per_task = max(1, TASK_BYTES // layout.piece_length)
     runs = list(_runs(todo, per_task))
@@ -76,7 +86,7 @@ def hash_pieces(
             yield start + k, d
 
     if jobs <= 1 or len(runs) == 1:
-        _init(layout, child=False)
+        _init(layout, child=False, verifier=verifier)
         try:
             for run in runs:
                 yield from emit(*_hash_run(run))
@@ -85,7 +95,9 @@ def hash_pieces(
             _storage.close()
         return
     ctx = context()
-    with ctx.Pool(min(jobs, len(runs)), initializer=_init, initargs=(layout,)) as pool:
+    with ctx.Pool(
+        min(jobs, len(runs)), initializer=_init, initargs=(layout, True, verifier)
+    ) as pool:
         for start, digests in pool.imap_unordered(_hash_run, runs):
             yield from emit(start, digests)
 
@@ -117,10 +129,12 @@ def verify(
     valid = bytearray(meta.num_pieces)
     invalid: list[int] = []
     missing: list[int] = []
-    for index, digest in hash_pieces(layout, pieces, jobs=jobs, progress=progress):
+    verifier = meta.verifier()
+    found = hash_pieces(layout, pieces, jobs=jobs, progress=progress, verifier=verifier)
+    for index, digest in found:
         if digest is None:
             missing.append(index)
-        elif digest == meta.piece_hash(index):
+        elif verifier.matches(index, digest):
             valid[index] = 1
         else:
             invalid.append(index)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import errno
-import hashlib
 import mmap
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Literal, TypeAlias
 
 from mptorrent.errors import DiskFull, StorageError, UnsafePath
+from mptorrent.proto.hashing import PieceHasher, PieceVerifier, sha1_hasher
 from mptorrent.proto.metainfo import FileEntry, Metainfo
 
 
@@ -200,9 +200,12 @@ class Storage:
                 return False
         return True
 
-    def hash_piece(self, index: int) -> bytes | None:
-        """SHA-1 of a piece as it stands on disk, or None if a file is missing."""
-        h = hashlib.sha1()
+    def hash_piece(self, index: int, hasher: PieceHasher | None = None) -> bytes | None:
+        """The digest of a piece as it stands on disk, or None if a file is missing.
+
+        ``hasher`` is a fresh one from ``PieceVerifier.hasher(index)``; v1 SHA-1 by default.
+        """
+        h = sha1_hasher() if hasher is None else hasher
         start = index * self.layout.piece_length
         try:
             for s, view in zip(
@@ -218,6 +221,11 @@ class Storage:
         except _Unavailable:
             return None
         return h.digest()
+
+    def verify_piece(self, index: int, verifier: PieceVerifier) -> bool | None:
+        """Whether a piece on disk is the one the torrent names; None if a file is missing."""
+        digest = self.hash_piece(index, verifier.hasher(index))
+        return None if digest is None else verifier.matches(index, digest)
 
     def read(self, start: int, length: int) -> bytes:
         """Bytes ``[start, start+length)`` of the torrent (for serving peers).
@@ -348,7 +356,7 @@ def filesystem_type(path: str | Path) -> str | None:
     return fstype
 
 
-def _update_zeros(h: hashlib._Hash, n: int) -> None:
+def _update_zeros(h: PieceHasher, n: int) -> None:
     while n > 0:
         k = min(n, len(_ZEROS))
         h.update(memoryview(_ZEROS)[:k])

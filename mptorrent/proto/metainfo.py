@@ -14,7 +14,6 @@ read through their v1 fields.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 from mptorrent.errors import BadTorrent, BencodeError
 from mptorrent.proto import bencode
 from mptorrent.proto.bencode import BValue, Encodable
+from mptorrent.proto.hashing import SHA1_LEN, Sha1Pieces, info_hash_v1
 
 MAX_PIECES = 2_097_152  # libtorrent max_pieces
 MAX_FILES = 200_000
@@ -31,7 +31,7 @@ MAX_PIECE_LENGTH = 256 * 1024 * 1024
 MAX_COMPONENT_BYTES = 255  # what common filesystems allow for one name
 MAX_PATH_BYTES = 4095  # Linux PATH_MAX (4096) less the NUL: longer can never be created
 MAX_TOTAL_LENGTH = 1 << 53  # 8 PiB; beyond any real torrent, keeps arithmetic exact
-HASH_LEN = 20
+HASH_LEN = SHA1_LEN  # a v1 piece hash
 META_VERSION_V2 = 2  # BEP 52; a higher version must be refused
 TRACKER_SCHEMES = frozenset({"http", "https", "udp"})
 MAX_WARNINGS = 10  # a hostile torrent could hold a million bad tracker entries
@@ -79,6 +79,10 @@ class Metainfo:
     def piece_hash(self, index: int) -> bytes:
         return self.pieces[index * HASH_LEN : (index + 1) * HASH_LEN]
 
+    def verifier(self) -> Sha1Pieces:
+        """What checks this torrent's pieces (``hashing.PieceVerifier``)."""
+        return Sha1Pieces(self.pieces)
+
     def piece_size(self, index: int) -> int:
         if index == self.num_pieces - 1:
             return self.total_length - index * self.piece_length
@@ -118,7 +122,7 @@ def parse(data: bytes) -> Metainfo:
         raise BadTorrent("missing or ill-typed 'info' dictionary")
     start, end = spans[b"info"]
     info_bytes = bytes(data[start:end])
-    info_hash = hashlib.sha1(info_bytes).digest()
+    info_hash = info_hash_v1(info_bytes)
     _check_version(info)
     warnings = _Warnings()
 

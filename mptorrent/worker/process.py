@@ -5,13 +5,16 @@ peers that have it (pipelined, several pieces and peers at once) -> assemble in
 the worker's own buffer -> SHA-1 -> copy the verified piece into the output
 mmap -> report on the result queue.  Unverified bytes never reach the output.
 
+The decisions (which blocks to ask of whom, what a finished piece means, whom to
+ban, what to give back) are ``policy.download.DownloadPolicy``'s; this module is
+the I/O around it: sockets, timers, queues, control messages and storage writes.
+
 Each worker opens its own mmaps by path and attaches to nothing inherited but
 its queues and the shared done-map, so fork, spawn and forkserver all work.
 """
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import queue
@@ -21,7 +24,7 @@ import signal
 import socket
 import time
 import traceback
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,25 +47,19 @@ from mptorrent.messages import (
     WorkerStats,
 )
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
+from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
 from mptorrent.proto import wire
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.worker.upload import Uploader
 
-BLOCK = wire.BLOCK_SIZE
 TICK = 0.05
 RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 MAX_CONNECTS = 12  # connection attempts per address per worker, successful ones included
-MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
-MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban) before release
 SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
 CONTROL_EVERY = 0.02  # seconds between looks at the control queue
 IDLE_TICK = 0.005  # select timeout of a worker with no piece in hand
 REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
-MAX_BACKLOG = 8  # no new batch while this many taken pieces wait for other peers
-# Piece buffers are kept for reuse, up to the most pieces ever in hand at once (the
-# peak memory is the same): a fresh one costs a malloc, page faults and zeroing.
-MAX_FREE_BUFFERS = 256
 
 
 @dataclass
@@ -87,51 +84,26 @@ class _SelfConnection(Exception):
     pass
 
 
-class PieceJob:
-    __slots__ = ("buf", "index", "last_progress", "nblocks", "nreceived",
-                 "received", "requested", "senders", "size", "started", "suspects", "todo",
-                 "tries")  # fmt: skip
+class _Peer(PeerSession):
+    """A wire connection as the download policy sees a peer (``policy.download.Peer``)."""
 
-    def __init__(self, index: int, size: int, buf: bytearray | None = None) -> None:
-        self.index = index
-        self.size = size
-        # a recycled buffer holds an old piece: every block is overwritten before the hash
-        self.buf = buf if buf is not None and len(buf) == size else bytearray(size)
-        self.nblocks = -(-size // BLOCK)
-        self.requested = bytearray(self.nblocks)  # how many peers asked for each block
-        self.received = bytearray(self.nblocks)
-        self.nreceived = 0
-        self.todo = list(range(self.nblocks - 1, -1, -1))  # stack of blocks nobody asked for
-        self.senders: list[PeerAddr | None] = [None] * self.nblocks
-        self.suspects: dict[int, list[tuple[PeerAddr, bytes]]] = {}  # from failed tries
-        self.tries = 0
-        self.started = self.last_progress = time.monotonic()
+    @property
+    def active(self) -> bool:
+        return self.state == ACTIVE
 
-    def reset(self) -> None:
-        """Forget the received blocks to fetch the piece again."""
-        self.requested = bytearray(self.nblocks)
-        self.received = bytearray(self.nblocks)
-        self.nreceived = 0
-        self.todo = list(range(self.nblocks - 1, -1, -1))
-        self.senders = [None] * self.nblocks
-        self.last_progress = time.monotonic()
+    @property
+    def connecting(self) -> bool:
+        return self.state in (CONNECTING, HANDSHAKING)
 
-    def block_digest(self, blk: int) -> bytes:
-        start = blk * BLOCK
-        return hashlib.sha1(memoryview(self.buf)[start : start + self.block_len(blk)]).digest()
+    def has_piece(self, index: int) -> bool:
+        return self.wire.peer_has[index] != 0
 
-    def block_len(self, blk: int) -> int:
-        return min(BLOCK, self.size - blk * BLOCK)
+    def request(self, blocks: Sequence[tuple[int, int, int]]) -> None:
+        self.queue(self.wire.send_requests(blocks))
 
-    def take(self, n: int) -> list[int]:
-        """Up to ``n`` blocks that nobody has been asked for yet."""
-        out: list[int] = []
-        todo, received, requested = self.todo, self.received, self.requested
-        while todo and len(out) < n:
-            b = todo.pop()
-            if not received[b] and not requested[b]:
-                out.append(b)
-        return out
+    def cancel(self, index: int, begin: int, length: int) -> None:
+        if self.state == ACTIVE:
+            self.queue(self.wire.send(wire.Cancel(index, begin, length)))
 
 
 @dataclass
@@ -150,25 +122,18 @@ class _Worker:
     done_map: memoryview
     storage: Storage = field(init=False)
     sel: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
-    peers: dict[PeerAddr, PeerSession] = field(default_factory=dict)
+    peers: dict[PeerAddr, _Peer] = field(default_factory=dict)
     retry: dict[PeerAddr, _Retry] = field(default_factory=dict)
     banned: set[PeerAddr] = field(default_factory=set)
     banned_hosts: set[str] = field(default_factory=set)  # incoming offenders, by address
-    strikes: dict[PeerAddr, int] = field(default_factory=dict)
-    jobs: dict[int, PieceJob] = field(default_factory=dict)
-    backlog: list[int] = field(default_factory=list)  # taken, not started
     haves: dict[PeerAddr, list[int]] = field(default_factory=dict)
     stopping: bool = False
-    queue_empty: bool = False
-    downloaded: int = 0
     uploaded: int = 0
     now: float = 0.0  # the loop's clock, read once per turn
     outbox: list[Any] = field(default_factory=list)  # reports not yet sent
     urgent: bool = False  # the outbox holds something the coordinator acts on
     last_report: float = 0.0
     to_tell: list[int] = field(default_factory=list)  # verified here, HAVE not yet sent
-    empty_at: float = -1.0  # loop turn in which the work queue was last found empty
-    free_bufs: list[bytearray] = field(default_factory=list)
     seed_only: bool = False  # serve, never request (from the start, or after SeedOnly)
     complete_peers: set[PeerAddr] = field(default_factory=set)  # seeds we left as a seed
 
@@ -184,6 +149,15 @@ class _Worker:
         self.banned.update(self.cfg.banned)
         self.num_pieces = self.cfg.meta.num_pieces
         self.have = self.done_map[: self.num_pieces]
+        meta = self.cfg.meta
+        self.policy: DownloadPolicy[_Peer] = DownloadPolicy(
+            verifier=meta.verifier(),
+            piece_length=meta.piece_length,
+            total_length=meta.total_length,
+            done=self.done_map,
+            peers=self.peers,
+            take=self._take_batch,
+        )
         # What our peers were told: the done-map as of our last HAVE broadcast.
         self.told = bytearray(self.have)
         self.seed_only = self.cfg.seed_only
@@ -199,9 +173,10 @@ class _Worker:
 
     def run(self) -> None:
         last_slow = last_stats = last_control = 0.0
+        policy = self.policy
         while not self.stopping:
-            now = self.now = time.monotonic()
-            if now - last_control >= CONTROL_EVERY or not self.jobs:
+            now = self.now = policy.now = time.monotonic()
+            if now - last_control >= CONTROL_EVERY or not policy.jobs:
                 # Often: new peers at start-up and Stop at the end are latency, not work.
                 last_control = now
                 self._check_control()
@@ -211,22 +186,25 @@ class _Worker:
                     return  # the coordinator died: nothing left to report to
                 self._connect_peers(now)
                 self._check_timeouts(now)
-                self._drop_finished_elsewhere()
+                policy.drop_finished_elsewhere()
                 self._tell_new_pieces()
-                self._return_orphans()
+                policy.return_orphans()
+                self._apply()
                 for p in self.peers.values():
                     p.update_depth(now)
                 self.uploader.rechoke(now)
             # A worker with no piece in hand waits for work, peers or (at the end) Stop,
             # which arrive on queues the selector cannot watch: look at them often.
-            idle = not self.jobs and not self.seed_only
+            idle = not policy.jobs and not self.seed_only
             events = self.sel.select(IDLE_TICK if idle else TICK)
-            self.now = time.monotonic()
+            self.now = policy.now = time.monotonic()
             for key, mask in events:
                 if key.data is None:
                     self._accept()
                 else:
                     self._on_event(key.data, mask)
+                    if policy.decisions:  # at once: a peer banned here reads no more
+                        self._apply()
             if self.to_tell:
                 self._tell(self.to_tell)
                 self.to_tell = []
@@ -234,6 +212,8 @@ class _Worker:
                 if p.state == ACTIVE:
                     if not self.seed_only:
                         self._fill(p)
+                        if policy.decisions:
+                            self._apply()
                     self.uploader.serve(p)
                 self._flush(p)
             self._report_haves()
@@ -243,9 +223,9 @@ class _Worker:
                 up = self.uploader.uploaded
                 self.uploader.uploaded = 0
                 self._emit(
-                    WorkerStats(self.cfg.worker_id, self.downloaded, up, active), urgent=False
+                    WorkerStats(self.cfg.worker_id, policy.downloaded, up, active), urgent=False
                 )
-                self.downloaded = 0
+                policy.downloaded = 0
             self._send_reports()
 
     def _emit(self, msg: Any, *, urgent: bool = True) -> None:
@@ -261,7 +241,8 @@ class _Worker:
         """
         if not self.outbox:
             return
-        if force or self.urgent or not self.jobs or self.now - self.last_report >= REPORT_EVERY:
+        busy = bool(self.policy.jobs)
+        if force or self.urgent or not busy or self.now - self.last_report >= REPORT_EVERY:
             self.result_q.put(self.outbox)
             self.outbox = []
             self.urgent = False
@@ -300,8 +281,8 @@ class _Worker:
             self.uploader.attach(p)
             self.sel.register(sock, selectors.EVENT_READ, p)
 
-    def _session(self, addr: PeerAddr) -> PeerSession:
-        return PeerSession(
+    def _session(self, addr: PeerAddr) -> _Peer:
+        return _Peer(
             addr,
             info_hash=self.cfg.meta.info_hash,
             peer_id=self.peer_id,
@@ -310,7 +291,7 @@ class _Worker:
             total_length=self.cfg.meta.total_length,
         )
 
-    def _greet(self, p: PeerSession) -> None:
+    def _greet(self, p: _Peer) -> None:
         p.greet(self.have, interested=not self.seed_only)
 
     def _check_control(self) -> None:
@@ -334,10 +315,7 @@ class _Worker:
         tell peers we want nothing more, and leave the seeds, who want nothing of us."""
         self.seed_only = True
         self.uploader.seeding = True
-        for index in list(self.jobs):
-            self._cancel_piece(self.jobs.pop(index))  # Cancel: late blocks drop quietly
-        self.backlog.clear()
-        self.free_bufs.clear()  # piece buffers: seeding may last hours and needs none
+        self.policy.stop()  # Cancel what is still asked: late blocks drop quietly
         for p in list(self.peers.values()):
             if self._leave_if_seed(p):
                 continue
@@ -346,11 +324,11 @@ class _Worker:
         # the download's last counts, then the answer: the coordinator's summary waits
         active = sum(1 for p in self.peers.values() if p.state == ACTIVE)
         up, self.uploader.uploaded = self.uploader.uploaded, 0
-        self._emit(WorkerStats(self.cfg.worker_id, self.downloaded, up, active))
-        self.downloaded = 0
+        self._emit(WorkerStats(self.cfg.worker_id, self.policy.downloaded, up, active))
+        self.policy.downloaded = 0
         self._emit(Seeding(self.cfg.worker_id))
 
-    def _leave_if_seed(self, p: PeerSession) -> bool:
+    def _leave_if_seed(self, p: _Peer) -> bool:
         """As a seed, close a peer that has every piece (as libtorrent does) and do not
         dial it again.  True if it was closed."""
         if not (self.seed_only and p.wire.peer_is_seed):
@@ -386,7 +364,7 @@ class _Worker:
             self.sel.register(p.sock, selectors.EVENT_WRITE, p)
             live += 1
 
-    def _drop(self, p: PeerSession, reason: str, *, ban: bool = False) -> None:
+    def _drop(self, p: _Peer, reason: str, *, ban: bool = False) -> None:
         if p.sock is not None and p.state != CLOSED:
             try:
                 self.sel.unregister(p.sock)
@@ -423,19 +401,11 @@ class _Worker:
                 self._drop(p, "stalled with requests outstanding")
             elif now - p.last_message > t.idle:
                 self._drop(p, "idle")
-        for job in [j for j in self.jobs.values() if now - j.last_progress > t.piece]:
-            if not any(k[0] == job.index for q in self.peers.values() for k in q.pending):
-                self._give_back(job.index)
-
-    def _give_back(self, index: int) -> None:
-        self.jobs.pop(index, None)
-        if index in self.backlog:
-            self.backlog.remove(index)
-        self._emit(Returned(self.cfg.worker_id, index))
+        self.policy.give_back_stalled(t.piece)
 
     # -- socket events ------------------------------------------------------
 
-    def _on_event(self, p: PeerSession, mask: int) -> None:
+    def _on_event(self, p: _Peer, mask: int) -> None:
         if p.state == CLOSED:
             return
         try:
@@ -465,7 +435,7 @@ class _Worker:
         except OSError as exc:
             self._drop(p, f"connection error: {exc.strerror or exc}")
 
-    def _flush(self, p: PeerSession) -> None:
+    def _flush(self, p: _Peer) -> None:
         if p.state in (CLOSED, CONNECTING) or p.sock is None:
             return
         try:
@@ -483,37 +453,13 @@ class _Worker:
         if key.events != want:
             self.sel.modify(p.sock, want, p)
 
-    def _process(self, p: PeerSession) -> None:
+    def _process(self, p: _Peer) -> None:
         conn = p.wire
-        jobs = self.jobs
-        pending = p.pending
-        now = self.now
-        blocks = 0
+        policy = self.policy
+        got = policy.downloaded
         while True:
-            ev = conn.next_event()
-            if type(ev) is wire.Piece:
-                # The bulk of all traffic, kept inline: a call per block is measurable.
-                blocks += 1
-                index, begin, block = ev.index, ev.begin, ev.block
-                n = len(block)
-                self.downloaded += n  # every byte received, duplicates included
-                pending.discard((index, begin))
-                job = jobs.get(index)
-                if job is None:
-                    continue  # finished or dropped meanwhile (endgame duplicate)
-                blk = begin // BLOCK
-                if job.received[blk]:
-                    continue
-                job.buf[begin : begin + n] = block
-                job.received[blk] = 1
-                job.nreceived += 1
-                job.senders[blk] = p.addr
-                job.last_progress = now
-                if job.requested[blk] > 1:
-                    self._cancel_others(p, index, begin, n)
-                if job.nreceived == job.nblocks:
-                    self._complete(job)
-                continue
+            # Blocks go to the policy a run at a time; we see the other messages.
+            ev = policy.receive(p, conn)
             if ev is wire.NEED_DATA:
                 break
             if not isinstance(ev, wire.KeepAlive):
@@ -543,8 +489,8 @@ class _Worker:
             elif isinstance(ev, (wire.Request, wire.Cancel, wire.Interested, wire.NotInterested)):
                 self.uploader.on_event(p, ev)
             # Unchoke, KeepAlive and the rest change wire state only.
-        if blocks:
-            p.last_block = p.last_message = now
+        if policy.downloaded != got:
+            p.last_block = p.last_message = self.now
             p.useful = True
 
     def _tell_new_pieces(self) -> None:
@@ -576,74 +522,45 @@ class _Worker:
 
     # -- blocks and pieces --------------------------------------------------
 
-    def _release_pending(self, p: PeerSession) -> None:
+    def _release_pending(self, p: _Peer) -> None:
         """The peer will not answer these requests: let others ask for the blocks."""
-        for index, begin in p.pending:
-            job = self.jobs.get(index)
-            if job is None:
-                continue
-            blk = begin // BLOCK
-            if job.requested[blk]:
-                job.requested[blk] -= 1
-            if not job.received[blk] and job.requested[blk] == 0:
-                job.todo.append(blk)
-        p.pending.clear()
+        self.policy.release(p)
         p.wire.clear_requests()
 
-    def _cancel_others(self, got: PeerSession, index: int, begin: int, length: int) -> None:
-        for q in self.peers.values():
-            if q is not got and (index, begin) in q.pending:
-                q.pending.discard((index, begin))
-                if q.state == ACTIVE:
-                    q.queue(q.wire.send(wire.Cancel(index, begin, length)))
+    def _fill(self, p: _Peer) -> None:
+        if not p.pending:
+            p.last_block = self.now  # the snub clock starts with the first request
+        self.policy.fill(p)
 
-    def _complete(self, job: PieceJob) -> None:
-        # Requests for this piece can still be out only where a block was asked of two
-        # peers (endgame); skip scanning every peer's pending set for the common case.
-        if max(job.requested) > 1:
-            self._cancel_piece(job)
-        # who sent its blocks, most first (credit, and suspects on a failure)
-        peers = tuple(a for a, _ in Counter(job.senders).most_common() if a is not None)
-        if hashlib.sha1(job.buf).digest() == self.cfg.meta.piece_hash(job.index):
-            del self.jobs[job.index]
-            if job.suspects:
-                self._smart_ban(job)
-            if not self.done_map[job.index]:
-                self.storage.write_piece(job.index, job.buf)
-                self.done_map[job.index] = 1
-            self._emit(PieceDone(self.cfg.worker_id, job.index, peers), urgent=False)
-            self.to_tell.append(job.index)
-            self._recycle(job)
-            return
-        reason = f"sent data that failed the hash check of piece {job.index}"
-        job.tries += 1
-        if len(peers) == 1:
-            # The sole contributor lied: ban it (libtorrent known_bad_peer).
-            self._ban(peers[0], reason)
-        elif job.tries < MAX_PIECE_TRIES:
-            # Several peers fed it: remember who sent which block, fetch it again,
-            # and ban whoever's blocks differ from the copy that verifies (smart ban).
-            for blk, sender in enumerate(job.senders):
-                if sender is not None:
-                    job.suspects.setdefault(blk, []).append((sender, job.block_digest(blk)))
-            self._emit(PieceFailed(self.cfg.worker_id, job.index, peers, retrying=True))
-            job.reset()
-            return
-        else:
-            for addr in peers:
-                self.strikes[addr] = self.strikes.get(addr, 0) + 1
-                if self.strikes[addr] >= MAX_STRIKES:
-                    self._ban(addr, reason)
-        del self.jobs[job.index]
-        self._recycle(job)
-        self._emit(PieceFailed(self.cfg.worker_id, job.index, peers))
+    def _take_batch(self) -> list[int] | None:
+        """The policy's work source: the next batch from our work queue, acknowledged."""
+        try:
+            batch: list[int] = self.work_q.get_nowait()
+        except queue.Empty:
+            return None
+        # Always acknowledge, so the coordinator's count of queued pieces stays exact.
+        self._emit(Took(self.cfg.worker_id, tuple(batch)))
+        return batch
 
-    def _smart_ban(self, job: PieceJob) -> None:
-        for blk, claims in job.suspects.items():
-            good = job.block_digest(blk)
-            for sender, digest in claims:
-                if digest != good:
-                    self._ban(sender, f"sent a corrupt block of piece {job.index}")
+    def _apply(self) -> None:
+        """Carry out the policy's decisions, in the order it made them."""
+        policy = self.policy
+        decisions, policy.decisions = policy.decisions, []
+        wid = self.cfg.worker_id
+        for d in decisions:
+            if type(d) is Verified:
+                if not self.done_map[d.index]:
+                    self.storage.write_piece(d.index, d.data)
+                    self.done_map[d.index] = 1
+                policy.recycle(d.data)
+                self._emit(PieceDone(wid, d.index, d.peers), urgent=False)
+                self.to_tell.append(d.index)
+            elif type(d) is Failed:
+                self._emit(PieceFailed(wid, d.index, d.peers, retrying=d.retrying))
+            elif type(d) is Ban:
+                self._ban(d.addr, d.reason)
+            elif type(d) is GiveBack:
+                self._emit(Returned(wid, d.index))
 
     def _ban(self, addr: PeerAddr, reason: str) -> None:
         if addr in self.banned:
@@ -654,133 +571,6 @@ class _Worker:
         else:
             self.banned.add(addr)
             self._emit(PeerBanned(self.cfg.worker_id, addr, reason))
-
-    def _cancel_piece(self, job: PieceJob) -> None:
-        """Withdraw every request still out for this piece (endgame duplicates)."""
-        for q in self.peers.values():
-            stale = [k for k in q.pending if k[0] == job.index]
-            for k in stale:
-                q.pending.discard(k)
-                if q.state == ACTIVE:
-                    q.queue(q.wire.send(wire.Cancel(k[0], k[1], job.block_len(k[1] // BLOCK))))
-
-    def _fill(self, p: PeerSession) -> None:
-        spare = p.spare
-        # Top up once half the pipeline is free: fewer, fuller sends (each one also
-        # wakes the peer), and still half a second of data in flight.
-        if spare <= 0 or (p.pending and spare < p.depth // 2):
-            return
-        if not p.pending:
-            p.last_block = self.now  # the snub clock starts with the first request
-        has = p.wire.peer_has
-        keys: list[tuple[int, int, int]] = []
-        while spare > 0:
-            blocks: list[int] = []
-            for job in self.jobs.values():
-                if job.todo and has[job.index]:
-                    blocks = job.take(spare)
-                    if blocks:
-                        break
-            else:
-                job = self._start_piece(p)
-                if job is not None:
-                    blocks = job.take(spare)
-                else:
-                    found = self._endgame_blocks(p, spare)
-                    if found is None:
-                        break
-                    job, blocks = found
-            index = job.index
-            requested = job.requested
-            for b in blocks:
-                requested[b] += 1
-                keys.append((index, b * BLOCK, job.block_len(b)))
-            # now, not after the loop: the endgame search skips what is pending
-            p.pending.update([(index, b * BLOCK) for b in blocks])
-            spare -= len(blocks)
-        if keys:
-            p.queue(p.wire.send_requests(keys))
-
-    def _start_piece(self, p: PeerSession) -> PieceJob | None:
-        has = p.wire.peer_has
-        while True:
-            for k, index in enumerate(self.backlog):
-                if has[index]:
-                    del self.backlog[k]
-                    return self._new_job(index)
-            if len(self.backlog) >= MAX_BACKLOG or not self._take_work():
-                return None
-
-    def _take_work(self) -> bool:
-        """Move one batch from the work queue to the backlog; False if there is none."""
-        if self.queue_empty and self.empty_at == self.now:
-            return False  # looked this turn already (once per turn, not once per peer)
-        try:
-            batch = self.work_q.get_nowait()
-        except queue.Empty:
-            self.queue_empty = True
-            self.empty_at = self.now
-            return False
-        self.queue_empty = False
-        # Always acknowledge, so the coordinator's count of queued pieces stays exact.
-        self._emit(Took(self.cfg.worker_id, tuple(batch)))
-        active = [q for q in self.peers.values() if q.state == ACTIVE]
-        for index in batch:
-            if self.done_map[index] or index in self.jobs or index in self.backlog:
-                continue
-            if any(q.wire.peer_has[index] for q in active):
-                self.backlog.append(index)
-            else:
-                # The coordinator only sends pieces our peers have; that peer has left.
-                self._emit(Returned(self.cfg.worker_id, index))
-        return True
-
-    def _new_job(self, index: int) -> PieceJob:
-        size = self.cfg.layout.piece_size(index)
-        full = size == self.cfg.meta.piece_length  # the short last piece gets its own
-        buf = self.free_bufs.pop() if full and self.free_bufs else None
-        job = PieceJob(index, size, buf)
-        self.jobs[index] = job
-        return job
-
-    def _recycle(self, job: PieceJob) -> None:
-        if len(self.free_bufs) < MAX_FREE_BUFFERS and len(job.buf) == self.cfg.meta.piece_length:
-            self.free_bufs.append(job.buf)
-
-    def _endgame_blocks(self, p: PeerSession, n: int) -> tuple[PieceJob, list[int]] | None:
-        """Nothing new to fetch: ask this peer for up to ``n`` blocks of one piece that
-        others are slow to send."""
-        if not self.queue_empty or not self.done_map[self.num_pieces]:
-            return None
-        has = p.wire.peer_has
-        pending = p.pending
-        for job in self.jobs.values():
-            if not has[job.index]:
-                continue
-            received, requested, index = job.received, job.requested, job.index
-            found = [
-                b
-                for b in range(job.nblocks)
-                if not received[b] and requested[b] == 1 and (index, b * BLOCK) not in pending
-            ][:n]
-            if found:
-                return job, found
-        return None
-
-    def _drop_finished_elsewhere(self) -> None:
-        """Another worker verified a piece we are still on (endgame): let it go."""
-        for index in [i for i in self.jobs if self.done_map[i]]:
-            self._cancel_piece(self.jobs.pop(index))
-        self.backlog = [i for i in self.backlog if not self.done_map[i]]
-
-    def _return_orphans(self) -> None:
-        """Pieces no connected peer of ours has any more go back to the coordinator."""
-        active = [q for q in self.peers.values() if q.state == ACTIVE]
-        if any(q.state in (CONNECTING, HANDSHAKING) for q in self.peers.values()):
-            return
-        for index in list(self.backlog) + list(self.jobs):
-            if not any(q.wire.peer_has[index] for q in active):
-                self._give_back(index)
 
 
 def _parent_alive(parent_pid: int) -> bool:
@@ -828,7 +618,7 @@ def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map:
                     )  # fmt: skip
             # what was still batched, and the last counts (a seed ratio sees every byte)
             last = w.outbox
-            last.append(WorkerStats(cfg.worker_id, w.downloaded, w.uploader.uploaded, 0))
+            last.append(WorkerStats(cfg.worker_id, w.policy.downloaded, w.uploader.uploaded, 0))
         if failed is not None:
             last.append(failed)
         result_q.put(last)

@@ -39,8 +39,8 @@ import pytest
 from mptorrent.engine.coordinator import AHEAD_BYTES, MAX_AHEAD, MIN_AHEAD
 from mptorrent.engine.pool import MAX_RESTARTS
 from mptorrent.netio.peer import MIN_DEPTH
+from mptorrent.policy.download import MAX_BACKLOG
 from mptorrent.proto.metainfo import Metainfo
-from mptorrent.worker.process import MAX_BACKLOG
 from tests.swarm import (
     KiB,
     LtPeer,
@@ -451,9 +451,10 @@ BUGGY_CLI = textwrap.dedent("""
     import os, resource, sys
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     from mptorrent.errors import StorageError
+    from mptorrent.policy.download import DownloadPolicy
     from mptorrent.worker.process import _Worker
 
-    real_complete = _Worker._complete
+    real_complete = DownloadPolicy._complete
 
     def complete(self, job):
         try:
@@ -469,7 +470,7 @@ BUGGY_CLI = textwrap.dedent("""
         raise StorageError("injected disk error")
 
     if os.environ["BUG"] == "once":
-        _Worker._complete = complete
+        DownloadPolicy._complete = complete
     elif os.environ["BUG"] == "storage":
         _Worker.run = disk_error
     else:
