@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.spread import assert_spread
+
 DOWNLOADED = re.compile(r"^demo: downloaded (?P<mb>\d+) MB in (?P<secs>[\d.]+) s "
                         r"\((?P<rate>[\d.]+) MB/s\)$")  # fmt: skip
 PER_WORKER = re.compile(r"^demo: pieces per worker: (?P<list>.+)$")
@@ -67,6 +69,7 @@ def test_demo_downloads_verifies_reports_and_cleans_up(tmp_path: Path) -> None:
         per_worker[int(w["w"])] = int(w["n"])
     assert set(per_worker) <= {0, 1, 2}  # -j 3 by default
     assert sum(per_worker.values()) == pieces
+    assert_spread(per_worker, jobs=3, peers=3)  # three seeders by default
 
     m = PER_PEER.match(lines[2])
     assert m, lines[2]
@@ -79,6 +82,7 @@ def test_demo_downloads_verifies_reports_and_cleans_up(tmp_path: Path) -> None:
         per_peer[p["name"]] = int(p["n"])
     assert set(per_peer) <= {"PeerA", "PeerB", "PeerC"}
     assert sum(per_peer.values()) == pieces
+    assert len([n for n in per_peer.values() if n > 0]) >= 2, per_peer
 
     assert lines[3] == "demo: SHA-256 of the download matches the original: verified"
     assert "error" not in err
