@@ -27,11 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from mptorrent.netio.peer import MAX_DEPTH, RECV_SIZE
 from mptorrent.proto import bencode, metainfo
 from mptorrent.proto import tracker as tr
 from mptorrent.proto.bencode import MAX_TORRENT_SIZE, MAX_TRACKER_REPLY_SIZE
-from mptorrent.proto.wire import BLOCK_SIZE
 from tests.adversarial.test_process import REPO, Fetch, Seeders
 from tests.swarm import KiB, MiB, TorrentCase, same_tree, single_file_case, write_torrent
 
@@ -113,12 +111,14 @@ def test_e1_worker_memory_is_bounded_by_pieces_in_flight(
     assert same_tree(out, e1_case.payload.root)
     assert len(first) == 1, first  # the worker was seen, and never restarted
     # A worker holds a buffer for each piece it has requests out for: at most its request
-    # pipelines (MAX_DEPTH blocks per peer) rounded up to whole pieces, plus one partly
-    # requested piece per peer; each peer also has a receive buffer.
+    # pipelines (500 blocks per peer, libtorrent's max_out_request_queue) rounded up to whole
+    # pieces, plus one partly requested piece per peer; each peer also has a 1 MiB receive
+    # buffer.  Written out from those anchors (not read from MAX_DEPTH and RECV_SIZE) so that a
+    # deeper pipeline or bigger buffers fail here instead of widening the bound.
     peers = len(E1_SEEDERS)
-    in_flight = peers * (-(-MAX_DEPTH * BLOCK_SIZE // E1_PIECE) + 1)
-    bound = in_flight * E1_PIECE + peers * RECV_SIZE + 8 * MiB
-    assert bound < E1_SIZE
+    in_flight = peers * (-(-500 * 16 * KiB // E1_PIECE) + 1)
+    bound = in_flight * E1_PIECE + peers * MiB + 8 * MiB
+    assert bound == 38 * MiB < E1_SIZE  # the figure tests/adversarial/README.md states
     growth = {pid: (peak[pid] - first[pid]) * KiB for pid in first}
     assert all(g <= bound for g in growth.values()), (growth, bound)
     # The coordinator never holds piece data: interpreter, click, tqdm and bookkeeping.
