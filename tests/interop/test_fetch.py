@@ -24,7 +24,7 @@ import libtorrent as lt
 import pytest
 
 from mptorrent.proto import metainfo
-from tests.interop.opentracker import OpenTracker, opentracker_binary, run_opentracker
+from tests.interop.opentracker import OpenTracker, run_opentracker
 from tests.spread import (
     CLI_WITH_RESULT,
     RESULT_ENV,
@@ -35,11 +35,6 @@ from tests.spread import (
 from tests.swarm import Swarm, TorrentCase, same_tree
 
 pytestmark = pytest.mark.interop
-
-if opentracker_binary() is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("opentracker is missing; scripts/test should have installed it")
-    pytest.skip("opentracker is not installed", allow_module_level=True)
 
 FETCH_TIMEOUT = 60.0
 SUMMARY = re.compile(
@@ -131,7 +126,9 @@ def piece_bytes(meta: metainfo.Metainfo, pieces: Iterable[int]) -> int:
 
 
 @pytest.fixture(scope="module")
-def tracker(single_case: TorrentCase, multi_case: TorrentCase) -> Iterator[OpenTracker]:
+def tracker(
+    opentracker_bin: str, single_case: TorrentCase, multi_case: TorrentCase
+) -> Iterator[OpenTracker]:
     with run_opentracker([single_case.meta.info_hash, multi_case.meta.info_hash]) as t:
         yield t
 

@@ -231,9 +231,7 @@ def _tracker(
         with TrackerServer("127.0.0.1", 0, interval=60) as server:
             yield server.announce_url, lambda: server.state.peers(info_hash)
         return
-    if opentracker_binary() is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("opentracker is missing; scripts/test should have installed it")
+    if opentracker_binary() is None:  # under CI a skip fails the run (tests/conftest.py)
         pytest.skip("opentracker is not installed")
     with run_opentracker([info_hash]) as ot:
         yield ot.announce_url, lambda: _opentracker_peers(ot.announce_url, info_hash)
