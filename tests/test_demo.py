@@ -6,6 +6,7 @@ that no process still runs from inside it.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
 import signal
@@ -87,6 +88,26 @@ def test_demo_downloads_verifies_reports_and_cleans_up(tmp_path: Path) -> None:
     assert lines[3] == "demo: SHA-256 of the download matches the original: verified"
     assert "error" not in err
     assert list(tmp_path.iterdir()) == []
+    assert processes_inside(tmp_path) == []
+
+
+def test_kept_download_is_byte_identical_to_the_original(tmp_path: Path) -> None:
+    """The demo's own "SHA-256 ... verified" line, checked from outside: with --keep the
+    original and the download stay, and they are the same bytes."""
+    keep = tmp_path / "keep"
+    proc = demo(tmp_path, "--size", "8M", "--keep", str(keep))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    lines = out.splitlines()
+    assert lines[-2:] == [
+        "demo: SHA-256 of the download matches the original: verified",
+        f"demo: kept everything in {keep}",
+    ], out
+    original = keep / "seed" / "BigMovie.mp4"
+    download = keep / "download" / "BigMovie.mp4"
+    assert original.stat().st_size == download.stat().st_size == 8_000_000
+    assert filecmp.cmp(original, download, shallow=False)
+    assert len(set(original.read_bytes()[:1 << 20])) > 200  # random data, not zeros
     assert processes_inside(tmp_path) == []
 
 
