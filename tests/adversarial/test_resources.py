@@ -235,8 +235,8 @@ def offer_everything(c: EvilConn) -> None:
 
 def fetch_coordinator_peak(torrent: Path, out: Path) -> int:
     """Peak RSS (VmHWM, bytes) of a real ``mptorrent fetch`` coordinator process of
-    ``torrent``, 2 s after all E2_PEERS peers have offered it every piece; the fetch is then
-    stopped.  The kernel's high-water mark misses no transient."""
+    ``torrent`` once all E2_PEERS peers have offered it every piece and it has settled; the
+    fetch is then stopped.  The kernel's high-water mark misses no transient."""
     meta = metainfo.load(torrent)
     with contextlib.ExitStack() as stack:
         peers = [stack.enter_context(EvilPeer(ip, meta, offer_everything)) for ip in E2_PEER_IPS]
@@ -247,10 +247,16 @@ def fetch_coordinator_peak(torrent: Path, out: Path) -> int:
             assert f.proc.poll() is None, f.stderr()
             assert time.monotonic() < deadline, [p.attempts for p in peers]
             time.sleep(0.05)
-        # the workers pass each bitfield on; the coordinator adds it and picks rarest-first
-        time.sleep(2.0)
-        assert f.proc.poll() is None, f.stderr()
-        peak = status(f.pid)["VmHWM"]
+        # The workers pass each bitfield on; the coordinator adds it and picks rarest-first.
+        # Done when its high-water mark has not moved for a second.
+        peak, since = 0, time.monotonic()
+        while time.monotonic() - since < 1.0:
+            assert f.proc.poll() is None, f.stderr()
+            assert time.monotonic() < deadline, "the coordinator's memory kept growing"
+            now = status(f.pid)["VmHWM"]
+            if now != peak:
+                peak, since = now, time.monotonic()
+            time.sleep(0.1)
     return peak * KiB
 
 
