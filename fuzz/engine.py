@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 Target = Callable[[bytes], None]
 
+HYPOTHESIS_BATCH = 200  # inputs per hypothesis run between looks at the clock
 # Bytes that change the meaning of bencode, wire frames and UDP packets.
 TOKENS = (b"i", b"e", b"l", b"d", b"0", b"1:", b"9:", b"-", b"\x00\x00\x00", b"\xff\xff\xff\xff")
 
@@ -26,12 +28,17 @@ def write_corpus(seeds: Sequence[bytes], directory: Path) -> Path:
 
 
 def run_atheris(target: Target, seeds: Sequence[bytes], argv: Sequence[str] | None = None) -> None:
-    """libFuzzer through atheris; without a corpus directory the seeds become one."""
-    import atheris
+    """libFuzzer through atheris, starting from the seeds: they are written into the first
+    corpus directory given (libFuzzer reads it at start and adds what it finds there), or
+    into a fresh one when none is.  A file argument is a reproducer to replay, left alone."""
+    import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
     args = list(sys.argv if argv is None else argv)
-    if not any(not a.startswith("-") for a in args[1:]):
+    paths = [a for a in args[1:] if not a.startswith("-")]
+    if not paths:
         args.append(str(write_corpus(seeds, Path(tempfile.mkdtemp(prefix="mptorrent-fuzz-")))))
+    elif Path(paths[0]).is_dir():
+        write_corpus(seeds, Path(paths[0]))
     # Coverage feedback from mptorrent's own code only: atheris.instrument_all() would
     # also rewrite ~3,000 stdlib functions, which costs half a minute per start.
     for fn in project_functions():
@@ -66,11 +73,18 @@ def project_functions(package: str = "mptorrent") -> list[types.FunctionType]:
     return list(found.values())
 
 
-def run_hypothesis(target: Target, seeds: Sequence[bytes], examples: int) -> None:
-    """The same entry point driven by hypothesis: seeds, mutated seeds and random bytes."""
+def run_hypothesis(
+    target: Target, seeds: Sequence[bytes], examples: int, seconds: float | None = None
+) -> int:
+    """The same entry point driven by hypothesis: seeds, mutated seeds and random bytes.
+
+    Stops after ``examples`` inputs or, when given, ``seconds`` of wall time, whichever comes
+    first (hypothesis itself has no time limit: it runs in batches, the clock read between
+    them).  Returns how many generated inputs ran."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
+    deadline = None if seconds is None else time.monotonic() + seconds
     for seed in seeds:
         target(seed)
 
@@ -96,20 +110,39 @@ def run_hypothesis(target: Target, seeds: Sequence[bytes], examples: int) -> Non
                 data[at:at] = other[start : start + draw(st.integers(1, 64))]
         return bytes(data)
 
-    @settings(
-        max_examples=examples, deadline=None, database=None, derandomize=False,
-        suppress_health_check=list(HealthCheck),
-    )  # fmt: skip
-    @given(mutated() | st.binary(max_size=512))
-    def fuzz(data: bytes) -> None:
-        target(data)
+    ran = 0
 
-    fuzz()
+    def batch(n: int) -> None:
+        @settings(
+            max_examples=n, deadline=None, database=None, derandomize=False,
+            suppress_health_check=list(HealthCheck),
+        )  # fmt: skip
+        @given(mutated() | st.binary(max_size=512))
+        def fuzz(data: bytes) -> None:
+            nonlocal ran
+            ran += 1
+            target(data)
+
+        fuzz()
+
+    while ran < examples and (deadline is None or time.monotonic() < deadline):
+        before = ran
+        batch(min(HYPOTHESIS_BATCH, examples - ran))
+        if ran == before:  # hypothesis found nothing new to try
+            break
+    return ran
 
 
 def main(target: Target, seeds: Sequence[bytes]) -> None:
-    """``python fuzz/fuzz_X.py [libFuzzer flags] [corpus]``; ``--hypothesis N`` without atheris."""
+    """``python fuzz/fuzz_X.py [libFuzzer flags] [corpus]``; without atheris
+    ``--hypothesis N [SECONDS]``: N inputs, or fewer if SECONDS of wall time pass first."""
     if len(sys.argv) >= 2 and sys.argv[1] == "--hypothesis":
-        run_hypothesis(target, seeds, int(sys.argv[2]) if len(sys.argv) > 2 else 1000)
+        examples = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+        seconds = float(sys.argv[3]) if len(sys.argv) > 3 else None
+        t0 = time.monotonic()
+        ran = run_hypothesis(target, seeds, examples, seconds)
+        # the line fuzz/run.py reports, like libFuzzer's "Done N runs in S second(s)"
+        print(f"Done {ran} hypothesis inputs and {len(seeds)} seeds in "
+              f"{time.monotonic() - t0:.1f} s", flush=True)  # fmt: skip
         return
     run_atheris(target, seeds)

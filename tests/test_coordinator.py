@@ -35,6 +35,7 @@ from mptorrent.messages import PeerAddr
 from mptorrent.proto import metainfo
 from mptorrent.proto.metainfo import Metainfo
 from tests.fakes.evil_tracker import EvilTracker
+from tests.spread import assert_spread
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -233,6 +234,12 @@ def test_single_file(single: Case, single_peers: list[PeerAddr], tmp_path: Path,
     res = fetch(single.meta, out, options(single_peers, jobs))
     assert same_tree(out, single.root)
     check_result(res, single, single_peers, jobs)
+    # 768 pieces take long enough for every worker to start: with two seeders, two workers
+    # (each dials its own seeder first) verify pieces.  The 4 MiB tree below can be done by
+    # the first worker before a spawned second one has connected.
+    assert_spread(res.pieces_per_worker, jobs, len(single_peers))
+    if jobs >= 2:
+        assert len(res.pieces_per_peer) == 2, res.pieces_per_peer
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])

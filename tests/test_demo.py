@@ -6,12 +6,15 @@ that no process still runs from inside it.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.spread import assert_spread
 
 DOWNLOADED = re.compile(r"^demo: downloaded (?P<mb>\d+) MB in (?P<secs>[\d.]+) s "
                         r"\((?P<rate>[\d.]+) MB/s\)$")  # fmt: skip
@@ -67,6 +70,7 @@ def test_demo_downloads_verifies_reports_and_cleans_up(tmp_path: Path) -> None:
         per_worker[int(w["w"])] = int(w["n"])
     assert set(per_worker) <= {0, 1, 2}  # -j 3 by default
     assert sum(per_worker.values()) == pieces
+    assert_spread(per_worker, jobs=3, peers=3)  # three seeders by default
 
     m = PER_PEER.match(lines[2])
     assert m, lines[2]
@@ -79,10 +83,31 @@ def test_demo_downloads_verifies_reports_and_cleans_up(tmp_path: Path) -> None:
         per_peer[p["name"]] = int(p["n"])
     assert set(per_peer) <= {"PeerA", "PeerB", "PeerC"}
     assert sum(per_peer.values()) == pieces
+    assert len([n for n in per_peer.values() if n > 0]) >= 2, per_peer
 
     assert lines[3] == "demo: SHA-256 of the download matches the original: verified"
     assert "error" not in err
     assert list(tmp_path.iterdir()) == []
+    assert processes_inside(tmp_path) == []
+
+
+def test_kept_download_is_byte_identical_to_the_original(tmp_path: Path) -> None:
+    """The demo's own "SHA-256 ... verified" line, checked from outside: with --keep the
+    original and the download stay, and they are the same bytes."""
+    keep = tmp_path / "keep"
+    proc = demo(tmp_path, "--size", "8M", "--keep", str(keep))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    lines = out.splitlines()
+    assert lines[-2:] == [
+        "demo: SHA-256 of the download matches the original: verified",
+        f"demo: kept everything in {keep}",
+    ], out
+    original = keep / "seed" / "BigMovie.mp4"
+    download = keep / "download" / "BigMovie.mp4"
+    assert original.stat().st_size == download.stat().st_size == 8_000_000
+    assert filecmp.cmp(original, download, shallow=False)
+    assert len(set(original.read_bytes()[:1 << 20])) > 200  # random data, not zeros
     assert processes_inside(tmp_path) == []
 
 

@@ -10,8 +10,10 @@ with its hypothesis engine.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,11 +22,12 @@ from typing import Any
 
 import pytest
 
-from fuzz import fuzz_bencode, fuzz_metainfo, fuzz_tracker, fuzz_wire
+from fuzz import fuzz_bencode, fuzz_metainfo, fuzz_tracker, fuzz_wire, run
 from mptorrent.proto import bencode, metainfo, wire
 from mptorrent.proto import tracker as tr
 
 ROOT = Path(__file__).resolve().parent.parent
+ATHERIS_MISSING = "atheris is not installed (fuzz/run.py installs it for the CI run)"
 TARGETS: dict[str, ModuleType] = {
     "bencode": fuzz_bencode,
     "metainfo": fuzz_metainfo,
@@ -145,26 +148,79 @@ def test_entry_points_import_without_atheris() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_bounded_run_with_the_hypothesis_engine() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz" / "run.py"), "--engine", "hypothesis",
-         "--examples", "30"],
-        capture_output=True, text=True, timeout=120,
+def fuzz_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "fuzz" / "run.py"), *args],
+        capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
+
+
+def test_bounded_run_with_the_hypothesis_engine() -> None:
+    proc = fuzz_run("--engine", "hypothesis", "--examples", "30")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("fuzz: ENGINE hypothesis"), proc.stdout
     for name in TARGETS:
-        assert f"fuzz_{name}: ok (hypothesis)" in proc.stdout
+        assert f"fuzz_{name}: ok (hypothesis" in proc.stdout
     assert "4 of 4 targets clean" in proc.stdout
+
+
+def test_the_hypothesis_engine_stops_at_its_time_bound() -> None:
+    """Hypothesis has no time limit of its own: --seconds bounds it (a million inputs
+    would take minutes)."""
+    t0 = time.monotonic()
+    proc = fuzz_run("--engine", "hypothesis", "--examples", "1000000", "--seconds", "2", "wire")
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 of 1 targets clean" in proc.stdout
+    assert took < 20, (took, proc.stdout)
+
+
+def hidden_atheris(tmp_path: Path, ci: str | None) -> dict[str, str]:
+    """An environment in which ``import atheris`` fails, as where it is not installed."""
+    (tmp_path / "atheris.py").write_text('raise ImportError("hidden by the test")\n')
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    if ci is not None:
+        env["CI"] = ci
+    return env
+
+
+def test_without_atheris_the_fallback_says_so_loudly(tmp_path: Path) -> None:
+    proc = fuzz_run(
+        "--no-install", "--examples", "20", "bencode", env=hidden_atheris(tmp_path, None)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fuzz: ENGINE hypothesis (FALLBACK, not coverage-guided): atheris is not installed" in (
+        proc.stderr
+    )
+    assert proc.stdout.splitlines()[0].startswith("fuzz: ENGINE hypothesis"), proc.stdout
+
+
+def test_under_ci_a_missing_atheris_fails_where_a_wheel_exists(tmp_path: Path) -> None:
+    proc = fuzz_run(
+        "--no-install", "--examples", "20", "bencode", env=hidden_atheris(tmp_path, "true")
+    )
+    if run.atheris_has_wheel():
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "CI=true and atheris has a wheel" in proc.stderr
+        assert "ENGINE" not in proc.stdout
+    else:  # nothing to install here: the fallback is allowed, and announced
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "ENGINE hypothesis (FALLBACK" in proc.stderr
 
 
 def test_bounded_run_with_atheris_when_installed() -> None:
     probe = subprocess.run([sys.executable, "-c", "import atheris"], capture_output=True)
     if probe.returncode != 0:
-        pytest.skip("atheris is not installed (fuzz/run.py installs it for the CI run)")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz" / "run.py"), "--engine", "atheris", "--runs", "300",
-         "--seconds", "5", "--no-install"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        # Under CI a skip fails the run (tests/conftest.py) unless no wheel exists here.
+        pytest.skip(ATHERIS_MISSING)
+    proc = fuzz_run("--engine", "atheris", "--runs", "300", "--seconds", "5", "--no-install")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("fuzz: ENGINE atheris"), proc.stdout
+    for name in TARGETS:
+        # libFuzzer loaded the target's seeds before it mutated anything
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"fuzz_{name}: "))
+        n = len(set(TARGETS[name].seeds()))
+        assert line.startswith(f"fuzz_{name}: ok (atheris: Done "), line
+        assert line.endswith(f", {n} seed files)"), (line, n)
     assert "4 of 4 targets clean" in proc.stdout

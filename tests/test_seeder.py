@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from mptorrent.netio.trackerserver import TrackerServer
 from mptorrent.proto import metainfo
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.worker.process import listen_socket
+from tests.swarm import advertised_pieces
 
 PIECE = 32 * 1024
 SIZE = 10 * PIECE + 123
@@ -85,6 +87,14 @@ def children(pid: int) -> set[int]:
             if int(stat.rpartition(")")[2].split()[1]) == pid:
                 found.add(int(entry))
     return found
+
+
+def connectable(addr: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(addr, timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -154,6 +164,12 @@ def test_seeds_only_the_pieces_that_verify(case: Case, tmp_path: Path) -> None:
         assert proc.stderr is not None
         m = SEEDING_LINE.match(proc.stderr.readline().rstrip("\n"))
         assert m and (m["valid"], m["n"]) == ("9", "11")
+        # Not only its own count: what a peer on the wire is offered is every piece but the
+        # two broken ones.
+        addr = ("127.0.9.13", int(m["port"]))
+        assert wait_for(lambda: connectable(addr))
+        offered = advertised_pieces(addr, case.torrent.read_bytes(), source_ip="127.0.9.18")
+        assert offered == set(range(11)) - {3, 10}, sorted(offered)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=15)
     finally:

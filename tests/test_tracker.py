@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
+from collections.abc import Callable
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mptorrent.errors import TrackerError
@@ -752,18 +753,49 @@ def test_scrape_exchange() -> None:
 # -- UDP fuzz and round trips -------------------------------------------------
 
 
+# After a header answering our transaction: interval 1800, 1 leecher, 2 seeders, ten peers.
+TEN_PEERS = struct.pack("!III", 1800, 1, 2) + b"".join(
+    bytes([10, 0, 0, i]) + (6881).to_bytes(2, "big") for i in range(1, 11)
+)
+
+
 @given(st.binary(max_size=200), st.integers(0, 2**32 - 1), st.booleans())
-def test_random_bytes_into_udp_parsers(data: bytes, tid: int, ipv6: bool) -> None:
-    for parse in (
-        lambda: tr.parse_udp_connect(data, tid),
-        lambda: tr.parse_udp_announce(data, tid, ipv6=ipv6, max_peers=5),
-        lambda: tr.parse_udp_scrape(data, tid, 2),
-        lambda: tr.parse_udp_request(data),
-    ):
-        try:
-            parse()
-        except TrackerError:
-            pass
+@example(TEN_PEERS, 7, False)  # more peers than the cap of 5
+def test_random_bytes_into_udp_parsers(tail: bytes, tid: int, ipv6: bool) -> None:
+    """A result that keeps each parser's promises, or a printable TrackerError; each parser
+    gets the bytes as they are, and after a header answering our own transaction."""
+    ours = tid.to_bytes(4, "big")
+
+    def connect(data: bytes) -> None:
+        assert 0 <= tr.parse_udp_connect(data, tid) < 2**64
+        assert data[4:8] == ours  # only our transaction is believed
+
+    def announce(data: bytes) -> None:
+        r = tr.parse_udp_announce(data, tid, ipv6=ipv6, max_peers=5)
+        assert data[4:8] == ours
+        assert 0 <= r.interval <= MAX_INTERVAL
+        assert len(r.peers) <= 5 and len(set(r.peers)) == len(r.peers)
+        assert all(p.port > 0 for p in r.peers)
+        assert ipv6 or not any(":" in p.host for p in r.peers)  # v4-mapped v6 comes as v4
+
+    def scrape(data: bytes) -> None:
+        assert len(tr.parse_udp_scrape(data, tid, 2)) == 2
+        assert data[4:8] == ours
+
+    def request(data: bytes) -> None:
+        got = tr.parse_udp_request(data)
+        assert isinstance(got, tr.UDPConnectPacket | tr.UDPAnnouncePacket | tr.UDPScrapePacket)
+
+    parsers: list[tuple[Callable[[bytes], None], int | None]] = [
+        (connect, 0), (announce, 1), (scrape, 2), (request, None),
+    ]  # fmt: skip
+    for parse, action in parsers:
+        inputs = [tail] if action is None else [tail, struct.pack("!II", action, tid) + tail]
+        for data in inputs:
+            try:
+                parse(data)
+            except TrackerError as exc:
+                assert str(exc) and str(exc).isprintable(), str(exc)
 
 
 @given(st.lists(st.binary(max_size=120), max_size=5))

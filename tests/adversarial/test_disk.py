@@ -1,7 +1,8 @@
 """Table D of reliability.md §4, disk rows: real filesystems under a real ``mptorrent fetch``.
 
 Space and read-only cases use real tmpfs mounts (the tests run as root; they skip
-otherwise), never a mocked ``disk_usage``.  Every refusal is checked through the command
+otherwise, and under CI that skip fails the run: tests/conftest.py), never a mocked
+``disk_usage``.  Every refusal is checked through the command
 line: exit 4, exactly one ``mptorrent: error:`` line naming the path, and no network
 traffic at all: the peer and the tracker given to the client are listening sockets that
 count the connections they accept.  Downloads that must succeed use rate-limited libtorrent

@@ -24,27 +24,23 @@ import libtorrent as lt
 import pytest
 
 from mptorrent.proto import metainfo
-from tests.interop.opentracker import OpenTracker, opentracker_binary, run_opentracker
+from tests.interop.opentracker import OpenTracker, run_opentracker
+from tests.spread import (
+    CLI_WITH_RESULT,
+    RESULT_ENV,
+    SPREAD_MIN_SIZE,
+    assert_spread,
+    read_result,
+)
 from tests.swarm import Swarm, TorrentCase, same_tree
 
 pytestmark = pytest.mark.interop
-
-if opentracker_binary() is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("opentracker is missing; scripts/test should have installed it")
-    pytest.skip("opentracker is not installed", allow_module_level=True)
 
 FETCH_TIMEOUT = 60.0
 SUMMARY = re.compile(
     r"done: [\d.]+ \S+ in [\d.]+ s, [\d.]+ \S+/s average, (?P<peers>\d+) peer\(s\) used"
     r"(, (?P<resumed>\d+) piece\(s\) already on disk)?"
     r"(, [\d.]+ \S+ received twice or discarded)?"
-)
-# SIGINT is delivered only if the interpreter starts with it unignored; a test run from a
-# shell's background job inherits SIG_IGN, so the child installs Python's handler itself.
-CLI_WITH_SIGINT = (
-    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from mptorrent.cli.main import main; sys.argv[0] = 'mptorrent'; main()"
 )
 
 
@@ -91,19 +87,22 @@ def unused_port() -> int:
 
 
 def fetch_cmd(torrent: Path, out: Path, *args: str) -> list[str]:
+    """The real CLI, which also writes its FetchResult to $MPTORRENT_TEST_RESULT (spread.py)."""
     return [
-        sys.executable, "-c", CLI_WITH_SIGINT, "fetch", str(torrent), "-o", str(out),
+        sys.executable, "-c", CLI_WITH_RESULT, "fetch", str(torrent), "-o", str(out),
         "--port", str(unused_port()), *args,
     ]  # fmt: skip
 
 
 def run_fetch(
-    torrent: Path, out: Path, *args: str, timeout: float = FETCH_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
+    torrent: Path, out: Path, *args: str, timeout: float = FETCH_TIMEOUT,
+    result: Path | None = None,
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    env = {**os.environ, RESULT_ENV: str(result)} if result else None
     try:
         return subprocess.run(
             fetch_cmd(torrent, out, *args), stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, timeout=timeout,
+            text=True, timeout=timeout, env=env,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         pytest.fail(f"mptorrent fetch {' '.join(args)} did not finish in {timeout:.0f} s")
@@ -127,7 +126,9 @@ def piece_bytes(meta: metainfo.Metainfo, pieces: Iterable[int]) -> int:
 
 
 @pytest.fixture(scope="module")
-def tracker(single_case: TorrentCase, multi_case: TorrentCase) -> Iterator[OpenTracker]:
+def tracker(
+    opentracker_bin: str, single_case: TorrentCase, multi_case: TorrentCase
+) -> Iterator[OpenTracker]:
     with run_opentracker([single_case.meta.info_hash, multi_case.meta.info_hash]) as t:
         yield t
 
@@ -174,9 +175,11 @@ def test_fetch_through_opentracker(
     case, _swarm, torrent = setup
     before = scrape(tracker, case.meta.info_hash).get(b"downloaded", 0)
     out = tmp_path / "out"
-    proc = run_fetch(torrent, out, "-j", str(jobs))
+    proc = run_fetch(torrent, out, "-j", str(jobs), result=tmp_path / "result.json")
     m = summary_of(proc)
     assert 1 <= int(m["peers"]) <= 3
+    if case.meta.total_length >= SPREAD_MIN_SIZE:  # opentracker lists all three seeders
+        assert_spread(read_result(tmp_path / "result.json").pieces_per_worker, jobs, 3)
     assert m["resumed"] is None
     assert same_tree(out, case.payload.root)
     # the peers came from opentracker (no --peer), and we told it we finished
@@ -207,8 +210,13 @@ def test_fetch_from_given_peers_without_trackers(
     case, swarm, torrent = setup
     before = scrape(tracker, case.meta.info_hash)
     out = tmp_path / "out"
-    proc = run_fetch(torrent, out, "-j", str(jobs), "--no-trackers", *peer_args(swarm.addrs))
+    proc = run_fetch(
+        torrent, out, "-j", str(jobs), "--no-trackers", *peer_args(swarm.addrs),
+        result=tmp_path / "result.json",
+    )  # fmt: skip
     summary_of(proc)
+    if case.meta.total_length >= SPREAD_MIN_SIZE:
+        assert_spread(read_result(tmp_path / "result.json").pieces_per_worker, jobs, 3)
     assert same_tree(out, case.payload.root)
     assert scrape(tracker, case.meta.info_hash) == before  # never announced
 
@@ -235,9 +243,11 @@ def test_partial_seeders_serve_exactly_their_pieces(
         out = tmp_path / "out.bin"
         # With both seeders whole this takes under a second at any -j.
         proc = run_fetch(
-            torrent, out, "-j", str(jobs), "--no-trackers", *peer_args(swarm.addrs), timeout=12
-        )
+            torrent, out, "-j", str(jobs), "--no-trackers", *peer_args(swarm.addrs), timeout=12,
+            result=tmp_path / "result.json",
+        )  # fmt: skip
         m = summary_of(proc)
+        assert_spread(read_result(tmp_path / "result.json").pieces_per_worker, jobs, 2)
         assert same_tree(out, single_case.payload.root)
         assert int(m["peers"]) == 2
         up_a, up_b = (s.payload_upload for s in swarm.stats())

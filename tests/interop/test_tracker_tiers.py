@@ -7,7 +7,6 @@ own TrackerServer (HTTP) behind a closed UDP port.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -20,14 +19,9 @@ from mptorrent.netio import net
 from mptorrent.netio.announcer import UDP_RETRY, Announcer, TierResult
 from mptorrent.netio.trackerserver import TrackerServer
 from mptorrent.proto.tracker import AnnounceRequest, UDPRetry, make_peer_id
-from tests.interop.opentracker import OpenTracker, opentracker_binary, run_opentracker
+from tests.interop.opentracker import OpenTracker, run_opentracker
 
 pytestmark = pytest.mark.interop
-
-if opentracker_binary() is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("opentracker is missing; scripts/test should have installed it")
-    pytest.skip("opentracker is not installed", allow_module_level=True)
 
 IH = bytes.fromhex("3333333333333333333333333333333333333333")
 SEED = PeerAddr("127.0.0.21", 7100)  # already in the swarm on every working tracker
@@ -35,7 +29,7 @@ ME = "127.0.0.22"
 
 
 @pytest.fixture(scope="module")
-def tracker() -> Iterator[OpenTracker]:
+def tracker(opentracker_bin: str) -> Iterator[OpenTracker]:
     with run_opentracker([IH]) as t:
         req = AnnounceRequest(IH, make_peer_id(), SEED.port, 0, 0, 0, "started")
         net.announce_udp(t.udp_url, req, timeout=5, source_address=SEED.host)

@@ -6,7 +6,6 @@ address, so every test peer announces from its own 127.x address.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -17,15 +16,10 @@ from mptorrent.messages import PeerAddr
 from mptorrent.netio import net
 from mptorrent.netio.announcer import Announcer, TierResult, redact, scrape_all
 from mptorrent.proto.tracker import AnnounceRequest, AnnounceResponse, ScrapeResult, make_peer_id
-from tests.interop.opentracker import OpenTracker, opentracker_binary, run_opentracker
+from tests.interop.opentracker import OpenTracker, run_opentracker
 from tests.swarm import LtPeer, TorrentCase, single_file_case
 
 pytestmark = pytest.mark.interop
-
-if opentracker_binary() is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("opentracker is missing; scripts/test should have installed it")
-    pytest.skip("opentracker is not installed", allow_module_level=True)
 
 IH = bytes.fromhex("1111111111111111111111111111111111111111")
 IH_SCRAPE = bytes.fromhex("2222222222222222222222222222222222222222")
@@ -40,7 +34,7 @@ def lt_case(tmp_path_factory: pytest.TempPathFactory) -> TorrentCase:
 
 
 @pytest.fixture(scope="module")
-def tracker(lt_case: TorrentCase) -> Iterator[OpenTracker]:
+def tracker(opentracker_bin: str, lt_case: TorrentCase) -> Iterator[OpenTracker]:
     with run_opentracker([IH, IH_SCRAPE, lt_case.meta.info_hash]) as t:
         yield t
 
