@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 if TYPE_CHECKING:
+    import ctypes
     from multiprocessing.queues import Queue
 
 
@@ -139,3 +140,6 @@ Control: TypeAlias = AddPeers | Stop | SeedOnly
 WorkQueue: TypeAlias = "Queue[list[int]]"  # batches of piece indices to fetch
 ReportQueue: TypeAlias = "Queue[list[WorkerReport] | None]"  # None ends the reader
 ControlQueue: TypeAlias = "Queue[Control]"
+# Shared by every worker: one byte per piece, set once it is verified and written, and a
+# last byte that says "endgame" (a multiprocessing RawArray of c_ubyte).
+DoneMap: TypeAlias = "ctypes.Array[ctypes.c_ubyte]"

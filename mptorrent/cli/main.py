@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Never, NoReturn
 
 import click
 
@@ -27,6 +27,7 @@ from mptorrent.mp import default_jobs
 if TYPE_CHECKING:
     from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]  # stubs optional
 
+    from mptorrent.disk.storage import IoChoice
     from mptorrent.engine.coordinator import FetchResult, SeedAfter
     from mptorrent.events import Event
     from mptorrent.messages import PeerAddr
@@ -112,7 +113,11 @@ def byte_bar(total: int, desc: str, quiet: bool) -> Iterator[Callable[[int], Non
         total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
         leave=False, dynamic_ncols=True,
     ) as bar:  # fmt: skip
-        yield bar.update
+
+        def advance(n: int) -> None:
+            bar.update(n)
+
+        yield advance
 
 
 # -- info ---------------------------------------------------------------------
@@ -332,7 +337,7 @@ class BarProgress:
         self.quiet = quiet
         self.verbose = verbose
         self.summary = summary
-        self.bar: tqdm | None = None
+        self.bar: tqdm[Never] | None = None
 
     def __call__(self, event: Event) -> None:
         from mptorrent import events as ev  # loaded by the engine already
@@ -402,7 +407,7 @@ class BarProgress:
 def fetch(
     torrent: Path, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
-    seed_time: float | None, io: str, quiet: bool,
+    seed_time: float | None, io: IoChoice, quiet: bool,
 ) -> None:  # fmt: skip
     """Download a torrent with parallel worker processes."""
     from mptorrent.engine.coordinator import FetchOptions
@@ -485,7 +490,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @verbose_option
 def seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
-    io: str, quiet: bool,
+    io: IoChoice, quiet: bool,
 ) -> None:  # fmt: skip
     """Serve a torrent's data to other peers until Ctrl-C."""
     from mptorrent.engine.seeder import Seeder

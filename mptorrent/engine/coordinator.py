@@ -29,7 +29,7 @@ from typing import Literal, assert_never
 
 from mptorrent import events as ev
 from mptorrent.disk import checker
-from mptorrent.disk.storage import Layout, Storage, choose_io, prepare
+from mptorrent.disk.storage import IoChoice, Layout, Storage, choose_io, prepare
 from mptorrent.engine.pool import Batch, Exit, WorkerPool
 from mptorrent.errors import DownloadError, MptorrentError, OutputLocked, StorageError
 from mptorrent.messages import (
@@ -95,7 +95,7 @@ class FetchOptions:
     max_peers: int = 50
     use_trackers: bool = True
     no_peers_timeout: float = NO_PEERS_TIMEOUT
-    io: str = "auto"  # "mmap", "pwrite", or "auto" (pwrite on network/FUSE filesystems)
+    io: IoChoice = "auto"  # "auto" is pwrite on network/FUSE filesystems, else mmap
     timeouts: Timeouts = field(default_factory=Timeouts)
     seed_after: SeedAfter | None = None  # keep serving once complete; None: leave at once
 
@@ -366,7 +366,7 @@ class Coordinator:
     def _tracker_result(self, r: TierResult) -> None:
         self.inbox.put(("tracker", r))
 
-    def _announce_all(self, event: str | None, *, wait: float | None) -> None:
+    def _announce_all(self, event: tracker.Event | None, *, wait: float | None) -> None:
         if not self.announcer or not self.opts.use_trackers:
             return
         threads = self.announcer.announce(

@@ -22,7 +22,7 @@ from typing import assert_never
 
 from mptorrent import events as ev
 from mptorrent.disk import checker
-from mptorrent.disk.storage import Layout, choose_io
+from mptorrent.disk.storage import IoChoice, Layout, choose_io
 from mptorrent.engine.pool import Batch, Exit, WorkerPool
 from mptorrent.errors import StorageError
 from mptorrent.messages import (
@@ -69,7 +69,7 @@ class Seeder:
         max_peers: int = 200,
         events: ev.EventSink | None = None,
         until: Callable[[SeedStats], bool] | None = None,
-        io: str = "auto",
+        io: IoChoice = "auto",
     ) -> None:
         self.meta = meta
         self.layout = Layout.for_torrent(meta, path)

@@ -26,25 +26,30 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import assert_never
 
-from mptorrent.disk.storage import Layout, Storage
+from mptorrent.disk.storage import IoMode, Layout, Storage
 from mptorrent.errors import MptorrentError, ProtocolError, StorageError
 from mptorrent.messages import (
     AddPeers,
+    ControlQueue,
+    DoneMap,
     PeerAddr,
     PeerBanned,
     PeerBitfield,
     PeerHaves,
     PieceDone,
     PieceFailed,
+    ReportQueue,
     Returned,
     Seeding,
     SeedOnly,
     Stop,
     Took,
     WorkerFailed,
+    WorkerReport,
     WorkerStats,
+    WorkQueue,
 )
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
@@ -76,7 +81,7 @@ class WorkerConfig:
     seed_only: bool = False  # serve, never request
     client_id: bytes = b""  # shared by all workers of one client: spots self-connections
     source_address: str | None = None  # dial out from this address (the one we bind)
-    io: str = "mmap"  # how verified pieces reach the output (storage.IO_MODES)
+    io: IoMode = "mmap"  # how verified pieces reach the output
     timeouts: Timeouts = field(default_factory=Timeouts)
 
 
@@ -116,9 +121,9 @@ class _Retry:
 @dataclass
 class _Worker:
     cfg: WorkerConfig
-    work_q: Any
-    result_q: Any
-    control_q: Any
+    work_q: WorkQueue
+    result_q: ReportQueue
+    control_q: ControlQueue
     done_map: memoryview
     storage: Storage = field(init=False)
     sel: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
@@ -130,7 +135,7 @@ class _Worker:
     stopping: bool = False
     uploaded: int = 0
     now: float = 0.0  # the loop's clock, read once per turn
-    outbox: list[Any] = field(default_factory=list)  # reports not yet sent
+    outbox: list[WorkerReport] = field(default_factory=list)  # reports not yet sent
     urgent: bool = False  # the outbox holds something the coordinator acts on
     last_report: float = 0.0
     to_tell: list[int] = field(default_factory=list)  # verified here, HAVE not yet sent
@@ -228,7 +233,7 @@ class _Worker:
                 policy.downloaded = 0
             self._send_reports()
 
-    def _emit(self, msg: Any, *, urgent: bool = True) -> None:
+    def _emit(self, msg: WorkerReport, *, urgent: bool = True) -> None:
         self.outbox.append(msg)
         self.urgent = self.urgent or urgent
 
@@ -300,15 +305,18 @@ class _Worker:
                 msg = self.control_q.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(msg, Stop):
-                self.stopping = True
-            elif isinstance(msg, SeedOnly):
-                self._become_seed()
-            elif isinstance(msg, AddPeers):
-                for addr in msg.peers:
-                    if addr not in self.banned and addr not in self.complete_peers:
-                        self.retry.setdefault(addr, _Retry())
-                self._connect_peers(time.monotonic())  # now, not at the next slow tick
+            match msg:
+                case Stop():
+                    self.stopping = True
+                case SeedOnly():
+                    self._become_seed()
+                case AddPeers():
+                    for addr in msg.peers:
+                        if addr not in self.banned and addr not in self.complete_peers:
+                            self.retry.setdefault(addr, _Retry())
+                    self._connect_peers(time.monotonic())  # now, not at the next slow tick
+                case _:
+                    assert_never(msg)
 
     def _become_seed(self) -> None:
         """The download is complete: withdraw what is still asked (endgame duplicates),
@@ -582,7 +590,13 @@ def _parent_alive(parent_pid: int) -> bool:
     return os.getppid() == parent_pid
 
 
-def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map: Any) -> None:
+def run(
+    cfg: WorkerConfig,
+    work_q: WorkQueue,
+    result_q: ReportQueue,
+    control_q: ControlQueue,
+    done_map: DoneMap,
+) -> None:
     """Process entry point."""
     # Ctrl-C goes to the whole process group; only the coordinator answers it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -606,7 +620,7 @@ def run(cfg: WorkerConfig, work_q: Any, result_q: Any, control_q: Any, done_map:
             cfg.worker_id, f"worker {cfg.worker_id} crashed: {exc!r}", traceback.format_exc()
         )
     finally:
-        last: list[Any] = []
+        last: list[WorkerReport] = []
         if w is not None:
             try:
                 w.shutdown()
