@@ -238,7 +238,9 @@ UDP_CASES: dict[str, UdpCase] = {
         (),
     ),
     "silence": (
-        _set("connect", lambda pkt, c: []), r"no reply to 2 connect requests in 0\.6 s", ()
+        _set("connect", lambda pkt, c: []),
+        r"no reply to 2 connect requests in 0\.6 s",
+        (),
     ),
     "truncated compact peers": (
         _peers(PeerAddr("10.2.2.1", 1), tail=b"\x0a\x00\x00"),
@@ -505,7 +507,10 @@ def test_scrape_all(good: TrackerServer, evil: EvilTracker) -> None:
     got = scrape_all(trackers, IH, timeout=2.0, udp_retry=FAST)
     assert time.monotonic() - start < 2.5
     assert [u for u, _ in got] == [
-        redact(good.announce_url), redact(with_secret), redact(closed), redact(evil.http_url())
+        redact(good.announce_url),
+        redact(with_secret),
+        redact(closed),
+        redact(evil.http_url()),
     ]
     assert got[0][1] == ScrapeResult(complete=1, incomplete=0, downloaded=0)
     assert got[1][1] == ScrapeResult(complete=1, incomplete=2, downloaded=3)

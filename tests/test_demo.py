@@ -107,7 +107,7 @@ def test_kept_download_is_byte_identical_to_the_original(tmp_path: Path) -> None
     download = keep / "download" / "BigMovie.mp4"
     assert original.stat().st_size == download.stat().st_size == 8_000_000
     assert filecmp.cmp(original, download, shallow=False)
-    assert len(set(original.read_bytes()[:1 << 20])) > 200  # random data, not zeros
+    assert len(set(original.read_bytes()[: 1 << 20])) > 200  # random data, not zeros
     assert processes_inside(tmp_path) == []
 
 

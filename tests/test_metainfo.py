@@ -702,8 +702,12 @@ def torrent_shaped(draw: st.DrawFn) -> bytes:
     info: dict[bytes, Any] = {}
     sane_name = st.sampled_from([b"a", b"movie.mkv", "é".encode(), b"Icon\r", b"\x1b[2Jx"])
     _maybe(draw, info, b"name", _mostly(sane_name, _hostile_component | _junk))
-    _maybe(draw, info, b"piece length",
-           _mostly(st.sampled_from([PL, 65536]), st.sampled_from([1, 0, -PL, 2**40]) | _junk))
+    _maybe(
+        draw,
+        info,
+        b"piece length",
+        _mostly(st.sampled_from([PL, 65536]), st.sampled_from([1, 0, -PL, 2**40]) | _junk),
+    )
     if draw(st.booleans()):
         sane_path = st.lists(st.sampled_from([b"a", b"b", b"c"]), min_size=1, max_size=3)
         entry = st.fixed_dictionaries(
@@ -714,8 +718,12 @@ def torrent_shaped(draw: st.DrawFn) -> bytes:
         )  # fmt: skip
         _maybe(draw, info, b"files", _mostly(st.lists(entry, min_size=1, max_size=4), _junk))
     if draw(st.booleans()):
-        _maybe(draw, info, b"length",
-               _mostly(st.integers(1, 100_000), st.sampled_from([-1, 0, 2**62]) | _junk))
+        _maybe(
+            draw,
+            info,
+            b"length",
+            _mostly(st.integers(1, 100_000), st.sampled_from([-1, 0, 2**62]) | _junk),
+        )
     files = info.get(b"files")
     if isinstance(files, list):
         lengths = [f.get(b"length") if isinstance(f, dict) else None for f in files]

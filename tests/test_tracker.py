@@ -90,9 +90,7 @@ def test_request_rejects_local_misuse(bad: dict[str, object]) -> None:
 
 
 def test_announce_url_byte_for_byte() -> None:
-    url = announce_url(
-        "http://tracker.example:6969/announce", req(event="started", key=0xBEEF)
-    )
+    url = announce_url("http://tracker.example:6969/announce", req(event="started", key=0xBEEF))
     assert url == (
         "http://tracker.example:6969/announce"
         f"?info_hash={INFO_HASH_Q}&peer_id={PEER_ID_Q}"
@@ -102,9 +100,7 @@ def test_announce_url_byte_for_byte() -> None:
 
 
 def test_announce_url_optional_fields() -> None:
-    url = announce_url(
-        "http://t/announce", req(compact=False, numwant=0, tracker_id=b"id 1\x01")
-    )
+    url = announce_url("http://t/announce", req(compact=False, numwant=0, tracker_id=b"id 1\x01"))
     assert url.endswith("&compact=0&numwant=0&trackerid=id%201%01")
     assert "event=" not in url and "key=" not in url
 

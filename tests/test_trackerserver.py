@@ -135,9 +135,7 @@ def test_compact_and_dictionary_peers(state: TrackerState) -> None:
     dict_peer = {b"ip": A.encode(), b"peer id": PID_A, b"port": 6881}
     assert b.announce(compact=0)[b"peers"] == [dict_peer]
     # no compact parameter means dictionary peers, as in BEP 3
-    _, body = state.handle(
-        "/announce?" + q(info_hash=IH, peer_id=PID_B, port=6882, left=1), B, 0.0
-    )
+    _, body = state.handle("/announce?" + q(info_hash=IH, peer_id=PID_B, port=6882, left=1), B, 0.0)
     assert isinstance(bencode.decode(body, max_size=bencode.MAX_TRACKER_REPLY_SIZE)[b"peers"], list)
     assert b.announce(compact=0, no_peer_id=1)[b"peers"] == [{b"ip": A.encode(), b"port": 6881}]
 
@@ -244,9 +242,7 @@ def server() -> Iterator[TrackerServer]:
         yield srv
 
 
-def announce(
-    srv: TrackerServer, src: str, peer_id: bytes, port: int, **kw: Any
-) -> Any:
+def announce(srv: TrackerServer, src: str, peer_id: bytes, port: int, **kw: Any) -> Any:
     kw.setdefault("left", 100)
     req = AnnounceRequest(IH, peer_id, port, uploaded=0, downloaded=0, **kw)
     return announce_http(srv.announce_url, req, timeout=5, source_address=src)

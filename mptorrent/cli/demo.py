@@ -104,8 +104,11 @@ def run_demo(
             ]  # fmt: skip
             seeders.append(
                 subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE, start_new_session=True,
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
                 )
             )
         say(f"starting seeders {', '.join(PEER_NAMES[:peers])} on 127.0.0.11-{10 + peers}")

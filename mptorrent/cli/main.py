@@ -134,7 +134,6 @@ def load_torrent(path: Path, *, quiet: bool = False) -> metainfo.Metainfo:
     return meta
 
 
-
 def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
     return {
         "name": meta.name,

@@ -66,9 +66,7 @@ PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interva
 
 # What the coordinator's inbox carries: a tracker tier's answer (from an announce
 # thread), or one report batch of a worker incarnation (from its reader thread).
-InboxItem = (
-    tuple[Literal["tracker"], TierResult] | tuple[Literal["worker"], Batch]
-)
+InboxItem = tuple[Literal["tracker"], TierResult] | tuple[Literal["worker"], Batch]
 
 
 @dataclass

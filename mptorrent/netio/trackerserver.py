@@ -270,9 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT
 
     def do_GET(self) -> None:
-        status, body = self.server.state.handle(
-            self.path, self.client_address[0], time.monotonic()
-        )
+        status, body = self.server.state.handle(self.path, self.client_address[0], time.monotonic())
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))

@@ -677,8 +677,10 @@ def test_d6_sigkill_everything_20_times_then_resume(d6_case: TorrentCase, tmp_pa
     assert total <= meta.total_length + D6_KILLS * average_waste + endgame, (total, runs)
     assert time.monotonic() - t_start < 90, runs
     waste = [s - v for s, v in runs[:-1]]
-    print(f"D6: {total - meta.total_length} bytes over the size; waste per kill max "
-          f"{max(waste)}, mean {sum(waste) / len(waste):.0f}; last run {runs[-1]}")
+    print(
+        f"D6: {total - meta.total_length} bytes over the size; waste per kill max "
+        f"{max(waste)}, mean {sum(waste) / len(waste):.0f}; last run {runs[-1]}"
+    )
 
 
 # -- D15: -j values -------------------------------------------------------------------------
