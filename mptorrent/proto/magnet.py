@@ -16,7 +16,7 @@ What is read:
   announce-list, an unusable one (a scheme we do not speak, such as ``wss``)
   is skipped with a line in :attr:`Magnet.warnings`, not refused.
 * ``x.pe``: peers, ``HOST:PORT`` or ``[IPv6]:PORT`` (``--peer``'s syntax).
-* ``ws``: web seeds.
+* ``ws``: web seeds (http and https; others skipped with a warning, as for ``tr``).
 * Anything else is ignored.
 
 A magnet is user input, often pasted from a web page: it is bounded
@@ -31,6 +31,7 @@ import base64
 import binascii
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, unquote
@@ -186,11 +187,10 @@ def _peer(value: str) -> PeerAddr:
     return PeerAddr(str(ip), int(port_text))
 
 
-def _web_seed(value: str) -> str:
-    lowered = value.lower()
-    if not lowered.startswith(("http://", "https://")) or tracker_url_problem(value) is not None:
-        raise BadMagnet(f"bad magnet link: web seed {_shown(value)!r} is not an http(s) URL")
-    return value
+def _web_seed_problem(url: str) -> str | None:
+    if not url.lower().startswith(("http://", "https://")):
+        return "not an http(s) URL"
+    return tracker_url_problem(url)
 
 
 def parse_magnet(uri: str) -> Magnet:
@@ -213,7 +213,7 @@ def parse_magnet(uri: str) -> Magnet:
     warnings: list[str] = []
     for pair in pairs:
         raw_key, sep, raw_value = pair.partition("=")
-        key = _decode("parameter name", raw_key)
+        key = unquote(raw_key[:16], errors="replace")  # only five names matter
         if key not in ("xt", "dn", "tr", "x.pe", "ws"):
             continue  # BEP 9 and its successors add parameters we do not need
         if not sep:
@@ -232,21 +232,24 @@ def parse_magnet(uri: str) -> Magnet:
                     raise BadMagnet("bad magnet link: two different urn:btmh info-hashes")
                 info_hash_v2 = digest
         elif key == "dn":
-            if not value.isprintable():
+            # Control characters could drive the terminal the name is shown on.
+            if any(unicodedata.category(c) == "Cc" for c in value):
                 raise BadMagnet("bad magnet link: 'dn' holds control characters")
             name = value
-        elif key == "tr":
-            problem = tracker_url_problem(value)
+        elif key in ("tr", "ws"):
+            # Like a .torrent's trackers and web seeds: the download can do without
+            # an unusable one, so it is skipped with a warning rather than refused.
+            tracker = key == "tr"
+            problem = tracker_url_problem(value) if tracker else _web_seed_problem(value)
             if problem is None:
-                trackers.setdefault(value, None)
+                (trackers if tracker else web_seeds).setdefault(value, None)
             elif len(warnings) < MAX_WARNINGS:
-                warnings.append(f"skipped tracker {_shown(value, 40)!r}: {problem}")
-        elif key == "x.pe":
+                what = "tracker" if tracker else "web seed"
+                warnings.append(f"skipped {what} {_shown(value, 40)!r}: {problem}")
+        else:
             peers.setdefault(_peer(value), None)
             if len(peers) > MAX_PEERS:
                 raise BadMagnet(f"bad magnet link: more than {MAX_PEERS} 'x.pe' peers")
-        else:
-            web_seeds.setdefault(_web_seed(value), None)
     if info_hash is None:
         if info_hash_v2 is not None:
             raise BadMagnet("bad magnet link: only a v2 info-hash (urn:btmh); v2 is not supported")
