@@ -173,7 +173,9 @@ def test_random_messages_give_peers_or_the_remote_error(top: dict[bytes, bytes |
         return
     assert len(got.added) <= MAX_ADDED and len(got.dropped) <= MAX_DROPPED
     assert all(p.addr.port > 0 for p in got.added)
-    assert decode_pex(encode_pex(got.added, got.dropped)) == got
+    again = decode_pex(encode_pex(got.added, got.dropped))
+    # IPv4-mapped IPv6 entries come back in the IPv4 list: compare as sets.
+    assert set(again.added) == set(got.added) and set(again.dropped) == set(got.dropped)
 
 
 def test_the_handler_on_a_real_connection() -> None:
