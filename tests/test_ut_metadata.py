@@ -305,15 +305,31 @@ def test_a_silent_peer_times_out_and_others_get_its_pieces() -> None:
     assert asm.received("honest", 0, len(INFO), piece(0)) == PieceIgnored(
         "honest", 0, "already received"
     )
-    # Another expiry and the silent peer is asked no more.
     assert asm.next_requests("silent", 12.0) == []  # everything is in flight with honest
     asm.remove_peer("honest")
     assert asm.next_requests("silent", 12.0) == [1, 2]
+    # A second expiry and the silent peer is asked no more.
     for _ in range(MAX_TIMEOUTS):
         asm.expire(1000.0)
     assert asm.excluded("silent") and asm.peers == frozenset()
     assert not asm.add_peer("silent")
     assert asm.next_deadline() is None
+
+
+def test_a_request_made_moot_by_a_late_answer_does_not_expire() -> None:
+    asm: MetadataAssembler[str] = MetadataAssembler(IH, len(INFO), max_outstanding=3)
+    asm.add_peer("slow")
+    asm.add_peer("other")
+    assert asm.next_requests("slow", 0.0) == [0, 1, 2]
+    asm.expire(REQUEST_TIMEOUT)
+    assert asm.next_requests("other", 20.0) == [0, 1, 2]
+    assert asm.received("slow", 0, len(INFO), piece(0)) == PieceStored("slow", 0, 2)
+    # other's request for piece 0 is moot: only 1 and 2 can expire against it.
+    assert asm.expire(20.0 + REQUEST_TIMEOUT) == [("other", 1), ("other", 2)]
+    assert asm.received("other", 0, len(INFO), piece(0)) == PieceIgnored(
+        "other", 0, "already received"
+    )
+    assert asm.received("other", 1, len(INFO), piece(1)) == PieceStored("other", 1, 1)
 
 
 def test_a_peer_that_rejects_everything_is_useless_and_others_finish() -> None:

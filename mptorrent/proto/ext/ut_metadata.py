@@ -503,6 +503,10 @@ class MetadataAssembler(Generic[P]):
             return PieceIgnored(peer, piece, "already received")
         self._pieces[piece] = bytes(data)
         self._senders[piece] = peer
+        # Asked again elsewhere after a time-out: that request is moot now (BEP 9 has
+        # no cancel), so its expiry must not count against the other peer.
+        for other in self._peers.values():
+            other.outstanding.pop(piece, None)
         self._missing -= 1
         if self._missing:
             return PieceStored(peer, piece, self._missing)
