@@ -85,6 +85,10 @@ def test_unusable_trackers_are_skipped_with_a_warning() -> None:
         "&tr=http://ok.example/a&tr=http://ok.example/a"
     )
     assert m.trackers == ("http://ok.example/a",)
+    secret = parse_magnet(f"magnet:?{_XT}&tr=gopher://u:pw@t.example:70/announce/PASSKEY")
+    assert secret.warnings == (
+        "skipped tracker 'gopher://t.example:70': scheme 'gopher' is not supported",
+    )
     assert m.warnings == (
         "skipped tracker 'wss://wt.example': scheme 'wss' is not supported",
         "skipped tracker 'udp://no-port.example': a UDP tracker URL needs a port",
@@ -97,8 +101,8 @@ def test_unusable_web_seeds_are_skipped_with_a_warning() -> None:
     )
     assert m.web_seeds == ("http://ok.example/f",)
     assert m.warnings == (
-        "skipped web seed 'ftp://a.example/f': not an http(s) URL",
-        "skipped web seed 'http://a.example/ x?': it contains spaces or control characters",
+        "skipped web seed 'ftp://a.example': not an http(s) URL",
+        "skipped web seed 'http://a.example': it contains spaces or control characters",
     )
 
 

@@ -34,7 +34,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from mptorrent.errors import BadMagnet
 from mptorrent.messages import PeerAddr
@@ -114,6 +114,18 @@ def _shown(text: str, limit: int = 60) -> str:
     """``text`` made safe for a one-line message."""
     clean = "".join(c if c.isprintable() else "?" for c in text)
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
+def _redacted(url: str) -> str:
+    """``scheme://host:port`` of a URL for a warning: private trackers put passkeys
+    in paths and queries (as :mod:`mptorrent.proto.metainfo` does for .torrent files)."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme and parts.netloc:
+            return _shown(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}")
+    except ValueError:
+        pass
+    return _shown(url, 40)
 
 
 def _decode(key: str, raw: str, *, plus_is_space: bool = False) -> str:
@@ -245,7 +257,7 @@ def parse_magnet(uri: str) -> Magnet:
                 (trackers if tracker else web_seeds).setdefault(value, None)
             elif len(warnings) < MAX_WARNINGS:
                 what = "tracker" if tracker else "web seed"
-                warnings.append(f"skipped {what} {_shown(value, 40)!r}: {problem}")
+                warnings.append(f"skipped {what} {_redacted(value)!r}: {problem}")
         else:
             peers.setdefault(_peer(value), None)
             if len(peers) > MAX_PEERS:
