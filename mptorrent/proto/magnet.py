@@ -1,4 +1,4 @@
-"""Magnet links (BEP 9 section "magnet URI format", BEP 53 for ``x.pe``), both ways.
+"""Magnet links (BEP 9, "magnet URI format"), both ways.
 
 :func:`parse_magnet` turns a pasted ``magnet:?...`` string into a frozen
 :class:`Magnet`; :meth:`Magnet.to_uri` formats one back, and
@@ -15,7 +15,8 @@ What is read:
 * ``tr``: trackers, in order, each its own tier.  Like a .torrent's
   announce-list, an unusable one (a scheme we do not speak, such as ``wss``)
   is skipped with a line in :attr:`Magnet.warnings`, not refused.
-* ``x.pe``: peers, ``HOST:PORT`` or ``[IPv6]:PORT`` (``--peer``'s syntax).
+* ``x.pe``: peers to dial for the metadata, ``HOST:PORT`` or ``[IPv6]:PORT``
+  (``--peer``'s syntax).
 * ``ws``: web seeds (http and https; others skipped with a warning, as for ``tr``).
 * Anything else is ignored.
 
