@@ -48,6 +48,12 @@ class BadTorrent(MptorrentError):
     exit_status = ExitStatus.BAD_TORRENT
 
 
+class BadMagnet(MptorrentError):
+    """A magnet link we cannot use; the message names what is wrong with it."""
+
+    exit_status = ExitStatus.BAD_TORRENT
+
+
 class StorageError(MptorrentError):
     """Anything wrong with the output: space, permissions, unsafe paths, locks."""
 
