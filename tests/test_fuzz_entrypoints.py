@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from fuzz import fuzz_bencode, fuzz_metainfo, fuzz_tracker, fuzz_wire, run
+from fuzz import fuzz_bencode, fuzz_ext, fuzz_magnet, fuzz_metainfo, fuzz_tracker, fuzz_wire, run
 from mptorrent.proto import bencode, metainfo, wire
 from mptorrent.proto import tracker as tr
+from mptorrent.proto.ext import ut_metadata, ut_pex
 
 ROOT = Path(__file__).resolve().parent.parent
 ATHERIS_MISSING = "atheris is not installed (fuzz/run.py installs it for the CI run)"
@@ -33,6 +34,8 @@ TARGETS: dict[str, ModuleType] = {
     "metainfo": fuzz_metainfo,
     "wire": fuzz_wire,
     "tracker": fuzz_tracker,
+    "magnet": fuzz_magnet,
+    "ext": fuzz_ext,
 }
 
 NASTY: list[bytes] = [
@@ -117,6 +120,16 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
         (tr, "parse_announce", lambda body, max_peers=2000, real=tr.parse_announce: replace(
             real(body), interval=-1)),
     ],
+    "magnet": [
+        (fuzz_magnet, "parse_magnet", _raise),
+        (fuzz_magnet, "parse_magnet", lambda uri, real=fuzz_magnet.parse_magnet: replace(
+            real(uri), trackers=("wss://x",))),
+    ],
+    "ext": [
+        (ut_metadata, "decode_message", _raise),
+        (ut_pex, "decode_pex", _raise),
+        (ut_metadata.MetadataAssembler, "next_requests", lambda self, peer, now: [7]),
+    ],
 }  # fmt: skip
 
 
@@ -139,7 +152,9 @@ def test_entry_points_import_without_atheris() -> None:
         "import sys\n"
         "sys.modules['atheris'] = None  # any import of it now fails\n"
         "import fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker\n"
-        "for m in (fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker):\n"
+        "import fuzz.fuzz_magnet, fuzz.fuzz_ext\n"
+        "for m in (fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker,\n"
+        "          fuzz.fuzz_magnet, fuzz.fuzz_ext):\n"
         "    assert callable(m.TestOneInput) and callable(m.main)\n"
     )
     proc = subprocess.run(
@@ -161,7 +176,7 @@ def test_bounded_run_with_the_hypothesis_engine() -> None:
     assert proc.stdout.splitlines()[0].startswith("fuzz: ENGINE hypothesis"), proc.stdout
     for name in TARGETS:
         assert f"fuzz_{name}: ok (hypothesis" in proc.stdout
-    assert "4 of 4 targets clean" in proc.stdout
+    assert "6 of 6 targets clean" in proc.stdout
 
 
 def test_the_hypothesis_engine_stops_at_its_time_bound() -> None:
@@ -223,63 +238,4 @@ def test_bounded_run_with_atheris_when_installed() -> None:
         n = len(set(TARGETS[name].seeds()))
         assert line.startswith(f"fuzz_{name}: ok (atheris: Done "), line
         assert line.endswith(f", {n} seed files)"), (line, n)
-    assert "4 of 4 targets clean" in proc.stdout
-
-
-# -- fuzz_magnet and fuzz_ext (issue 14) ------------------------------------------------
-# Kept out of TARGETS until fuzz/run.py lists them (its bounded run is asserted above).
-
-from fuzz import fuzz_ext, fuzz_magnet  # noqa: E402
-from mptorrent.proto.ext import ut_metadata, ut_pex  # noqa: E402
-
-EXT_TARGETS: dict[str, ModuleType] = {"magnet": fuzz_magnet, "ext": fuzz_ext}
-EXT_BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
-    "magnet": [
-        (fuzz_magnet, "parse_magnet", _raise),
-        (fuzz_magnet, "parse_magnet", lambda uri, real=fuzz_magnet.parse_magnet: replace(
-            real(uri), trackers=("wss://x",))),
-    ],
-    "ext": [
-        (ut_metadata, "decode_message", _raise),
-        (ut_pex, "decode_pex", _raise),
-        (ut_metadata.MetadataAssembler, "next_requests", lambda self, peer, now: [7]),
-    ],
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("name", list(EXT_TARGETS))
-def test_issue14_entry_point_takes_the_whole_corpus(name: str) -> None:
-    target = EXT_TARGETS[name].TestOneInput
-    count = 0
-    for data in corpus(EXT_TARGETS[name]):
-        target(data)
-        count += 1
-    assert count > 500
-
-
-@pytest.mark.parametrize(
-    ("name", "index"), [(n, i) for n, cases in EXT_BREAKS.items() for i in range(len(cases))]
-)
-def test_issue14_entry_point_reports_a_broken_parser(
-    name: str, index: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    owner, attr, fake = EXT_BREAKS[name][index]
-    seeds = EXT_TARGETS[name].seeds()
-    monkeypatch.setattr(owner, attr, fake)
-    with pytest.raises((ValueError, AssertionError)):
-        for seed in seeds:
-            EXT_TARGETS[name].TestOneInput(seed)
-
-
-def test_issue14_entry_points_import_without_atheris() -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['atheris'] = None\n"
-        "import fuzz.fuzz_magnet, fuzz.fuzz_ext\n"
-        "for m in (fuzz.fuzz_magnet, fuzz.fuzz_ext):\n"
-        "    assert callable(m.TestOneInput) and callable(m.main)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, proc.stderr
+    assert "6 of 6 targets clean" in proc.stdout
