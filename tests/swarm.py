@@ -10,7 +10,10 @@ our writer cannot hide a matching bug in our reader.
         secs = run_lt_leecher(case.torrent, other_dir, swarm.addrs)   # the yardstick
 
 Benchmark scripts can import this module once the repository root is on sys.path.
-The settings and their reasons: /work/shared/design/loopback-swarm.md.
+Every libtorrent session here has LSD, UPnP, NAT-PMP and the DHT off and listens and
+dials on its own loopback address only: a test must never reach outside this machine, and
+two peers on one address would look like one peer to a tracker.  The settings and their
+reasons are in ``session_settings``.
 """
 
 from __future__ import annotations

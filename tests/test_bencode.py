@@ -1,4 +1,4 @@
-"""mptorrent.proto.bencode: canonical-only, bounded decoding (reliability.md §3.1, table A)."""
+"""mptorrent.proto.bencode: canonical-only, bounded decoding (adversarial table A)."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def test_string_length_beyond_input_is_refused_before_allocating() -> None:
 
 
 def test_deep_nesting_regression_in_subprocess() -> None:
-    """100,000 nested lists crashed bencoder.pyx with SIGSEGV (reliability.md §3.1).
+    """100,000 nested lists crashed bencoder.pyx with SIGSEGV.
 
     Run it in a child so a crash fails this test instead of killing pytest."""
     code = textwrap.dedent(

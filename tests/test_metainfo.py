@@ -1,4 +1,4 @@
-"""mptorrent.proto.metainfo: validated .torrent parsing (reliability.md table A)."""
+"""mptorrent.proto.metainfo: validated .torrent parsing (adversarial table A, tests/adversarial/README.md)."""
 
 from __future__ import annotations
 

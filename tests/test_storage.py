@@ -445,7 +445,7 @@ def test_disk_fits_exactly_what_is_free(small_tmpfs: Path) -> None:
     prepare(lay, root)
     st_a = os.stat(root / "a")
     assert st_a.st_size == 512 * 1024 and st_a.st_blocks * 512 >= 512 * 1024
-    # Writes through the mmap now cannot fault: the space is reserved (reliability.md §3.2).
+    # Writes through the mmap now cannot fault: the space is reserved.
     with Storage(lay, writable=True) as s:
         for i in range(lay.num_pieces):
             s.write_piece(i, b"\x01" * lay.piece_size(i))

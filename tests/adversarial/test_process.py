@@ -1,4 +1,4 @@
-"""Table D of reliability.md §4, process rows: real signals on a real ``mptorrent fetch``.
+"""Table D of the adversarial catalogue (tests/adversarial/README.md), process rows: real signals on a real ``mptorrent fetch``.
 
 Every case runs the command line in its own session (``start_new_session``) against real
 libtorrent seeders on 127.0.3.x whose upload is rate-limited, so a signal lands while
@@ -53,7 +53,7 @@ pytestmark = pytest.mark.interop
 METHODS = ["fork", "spawn", "forkserver"]
 CLIENT_IP = "127.0.3.1"  # the fetch listens and dials from here
 REPO = Path(__file__).resolve().parents[2]
-# Restores Ctrl-C (a background job inherits SIGINT ignored, loopback-swarm.md) and turns
+# Restores Ctrl-C (a background job inherits SIGINT ignored) and turns
 # core dumps off: SIGBUS and SIGSEGV below would otherwise leave core files behind.
 CLI = (
     "import resource, signal, sys; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
@@ -339,7 +339,7 @@ def test_d1_sigkill_workers_at_random_moments(
     """Five SIGKILLs 0.1-0.5 s apart, each at a random live worker, busy or idle, or a
     restarted one still starting up.  A worker never blocks in ``get()``: it polls its own
     queues between selector ticks, and a death inside a queue call can wedge only that
-    worker's queues, which its restart replaces (reliability.md §3.3).  Each death is
+    worker's queues, which its restart replaces.  Each death is
     noticed and reported, that worker alone is restarted, and the download completes
     without a hang."""
     rng = random.Random(f"d1-{method}")

@@ -1,4 +1,4 @@
-"""Table E of reliability.md §4: resource ceilings, asserted as bounds, never as timings.
+"""Table E of the adversarial catalogue (tests/adversarial/README.md): resource ceilings, asserted as bounds, never as timings.
 
 - E1: the anonymous memory of a worker process, read from /proc/PID/status while a real
   fetch runs against three unthrottled libtorrent seeders, grows by at most the pieces it
@@ -270,7 +270,7 @@ def test_e2_real_coordinator_memory_for_the_largest_torrent(
     base = fetch_coordinator_peak(small, tmp_path / "small.out")
     big = fetch_coordinator_peak(e2_torrent, tmp_path / "big.out")
     n = E2_PIECES
-    # The budget reliability.md sets for a torrent of the most pieces we accept: 256 MiB for
+    # The budget we set for a torrent of the most pieces we accept: 256 MiB for
     # the whole coordinator process, its metainfo (10 MB of hashes) included.
     assert big < 256 * MiB, (big, base)
     assert big - base > n * HASH, (big, base)  # the big torrent was really loaded and held

@@ -177,7 +177,7 @@ def test_mptorrent_create_loads_in_libtorrent(tree: Path, tmp_path: Path, piece_
 
 
 def loopback_session() -> lt.session:
-    """One libtorrent peer that talks to nobody (loopback-swarm.md)."""
+    """One libtorrent peer that talks to nobody."""
     return lt.session(
         {
             "listen_interfaces": "127.0.0.11:0",
