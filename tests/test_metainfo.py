@@ -1,4 +1,4 @@
-"""mptorrent.proto.metainfo: validated .torrent parsing (adversarial table A, tests/adversarial/README.md)."""
+"""mptorrent.proto.metainfo: validated .torrent parsing (table A of tests/adversarial/README.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Table D of the adversarial catalogue (tests/adversarial/README.md), disk rows: real filesystems under a real ``mptorrent fetch``.
+"""Table D of tests/adversarial/README.md, disk rows: real filesystems under ``mptorrent fetch``.
 
 Space and read-only cases use real tmpfs mounts (the tests run as root; they skip
 otherwise, and under CI that skip fails the run: tests/conftest.py), never a mocked

@@ -1,4 +1,4 @@
-"""Table C of the adversarial catalogue (tests/adversarial/README.md): malicious or broken peers, next to one good peer.
+"""Table C of tests/adversarial/README.md: malicious or broken peers, next to one good peer.
 
 Every hostile peer is tests/fakes/evil_peer.py on its own 127.0.5.x address; the good peer is
 a real libtorrent seeder (tests/swarm.py ``LtPeer``) on 127.0.5.1.  The fetch runs in-process

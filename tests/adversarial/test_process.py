@@ -1,4 +1,4 @@
-"""Table D of the adversarial catalogue (tests/adversarial/README.md), process rows: real signals on a real ``mptorrent fetch``.
+"""Table D of tests/adversarial/README.md, process rows: real signals on a real ``mptorrent fetch``.
 
 Every case runs the command line in its own session (``start_new_session``) against real
 libtorrent seeders on 127.0.3.x whose upload is rate-limited, so a signal lands while

@@ -1,4 +1,4 @@
-"""Table E of the adversarial catalogue (tests/adversarial/README.md): resource ceilings, asserted as bounds, never as timings.
+"""Table E of tests/adversarial/README.md: resource ceilings, asserted as bounds, never as timings.
 
 - E1: the anonymous memory of a worker process, read from /proc/PID/status while a real
   fetch runs against three unthrottled libtorrent seeders, grows by at most the pieces it

@@ -1,4 +1,4 @@
-"""Table A of the adversarial catalogue (tests/adversarial/README.md): hostile .torrent files given to ``mptorrent fetch``.
+"""Table A of tests/adversarial/README.md: hostile .torrent files given to ``mptorrent fetch``.
 
 Every case is built here from a valid minimal torrent plus one mutation, never
 committed as an opaque blob.  Refusals are checked through the real command

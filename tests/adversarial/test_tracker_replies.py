@@ -1,4 +1,4 @@
-"""Table B of the adversarial catalogue (tests/adversarial/README.md): hostile tracker replies, through the announcer.
+"""Table B of tests/adversarial/README.md: hostile tracker replies, through the announcer.
 
 Most rows are already pinned where the code lives (tests/test_tracker.py for the
 codecs, tests/test_net.py and tests/test_trackerserver.py for the sockets,
