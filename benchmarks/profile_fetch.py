@@ -126,8 +126,15 @@ def classify_frame(file: str, func: str, line: int) -> str | None:
         return "start-up: imports"
     if not file.startswith("mptorrent/"):
         return None
-    mod = file.removeprefix("mptorrent/").removesuffix(".py")
+    # The module's own name (the layer folders are not needed to tell them apart); the
+    # worker's process loop and its download policy share the worker's categories.
+    mod = file.removeprefix("mptorrent/").removesuffix(".py").rsplit("/", 1)[-1]
     text = _src(file, line)
+    if mod == "download" and owner == "receive":
+        if ".buf[" in text:
+            return "copy block into piece buffer"
+        return "block bookkeeping (_on_block)"
+    mod = {"process": "worker", "download": "worker", "ledger": "wire"}.get(mod, mod)
     if mod == "peer":
         if short == "receive":
             return "receive: recv_into" if "recv_into" in text else (
@@ -176,7 +183,7 @@ def classify_frame(file: str, func: str, line: int) -> str | None:
             owner == "_check_timeouts" and "pending" in text
         ):
             return "pending-set scans (cancels, timeouts)"
-        if owner in ("_fill", "take", "_start_piece", "_take_work", "_endgame_blocks",
+        if owner in ("_fill", "fill", "take", "_start_piece", "_take_work", "_endgame_blocks",
                      "block_len", "_release_pending"):  # fmt: skip
             return "requests: pick blocks, build messages"
         if owner == "_flush":
