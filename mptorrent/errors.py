@@ -11,6 +11,9 @@ from typing import Self
 
 
 class ExitStatus(IntEnum):
+    """The CLI's process exit codes. Each error class carries its own, so the CLI needs no table;
+    130 is the shell's code for a SIGINT."""
+
     SUCCESS = 0
     ERROR = 1  # could not finish: no peers, trackers down, every peer failed
     USAGE = 2  # click's own code for bad command lines
@@ -61,14 +64,22 @@ class StorageError(MptorrentError):
 
 
 class DiskFull(StorageError):
+    """The output's filesystem cannot hold the torrent, found before writing (free space, fallocate)
+    or while writing (ENOSPC, EDQUOT)."""
+
     pass
 
 
 class UnsafePath(StorageError):
+    """A file of the torrent would be written through a symbolic link or outside the output
+    directory."""
+
     pass
 
 
 class OutputLocked(StorageError):
+    """Another mptorrent process holds the output's lock file (its pid is in the message)."""
+
     pass
 
 

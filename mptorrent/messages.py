@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 
 class PeerAddr(NamedTuple):
+    """A peer's address as every layer and process passes it: picklable, and hashable so it keys the
+    peer tables; ``str()`` brackets an IPv6 host."""
+
     host: str  # IPv4 or IPv6 literal (no brackets)
     port: int
 

@@ -35,6 +35,9 @@ SEEDER_READY_TIMEOUT = 120.0
 
 @dataclass
 class DemoResult:
+    """What ``mptorrent demo`` reports: the fetch, whether the SHA-256 matched the original, the
+    seeders' names by address; ``workdir`` is gone unless ``--keep`` named it."""
+
     fetch: FetchResult
     sha256_ok: bool
     size: int

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 
 class MptorrentGroup(click.Group):
+    """The root click group: turns any :class:`MptorrentError` into one ``mptorrent: error:`` line
+    and its own exit status, and Ctrl-C into 130; tracebacks (and a worker's) only with -v."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

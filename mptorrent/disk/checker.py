@@ -104,6 +104,9 @@ def hash_pieces(
 
 @dataclass
 class VerifyReport:
+    """Which pieces on disk match the torrent, as :func:`verify` found them; ``invalid`` and
+    ``missing`` are sorted and disjoint, and a piece in neither is valid."""
+
     num_pieces: int
     valid: bytearray  # one byte per piece: 1 valid
     invalid: list[int]

@@ -18,11 +18,17 @@ TARGET_PIECES = 2000  # auto size: the smallest power of two giving at most this
 
 
 class CreateError(MptorrentError):
+    """``mptorrent create`` cannot make a torrent of what it was given (nothing but empty files);
+    exits with the generic status 1."""
+
     pass
 
 
 @dataclass(frozen=True)
 class Source:
+    """The files :func:`scan` found to make a torrent of, in the order their bytes are hashed;
+    ``paths[i]`` is where ``files[i]`` is read from."""
+
     name: str
     files: tuple[FileEntry, ...]  # path relative to the torrent root
     paths: tuple[str, ...]

@@ -30,6 +30,8 @@ from mptorrent.proto.metainfo import FileEntry, Metainfo
 
 @dataclass(frozen=True, slots=True)
 class Slice:
+    """The part of one file that a byte range of the torrent covers."""
+
     file_index: int
     file_offset: int
     length: int
@@ -37,6 +39,9 @@ class Slice:
 
 @dataclass(frozen=True)
 class Layout:
+    """Where the torrent's linear byte space lies in files on disk. Pure data: it is pickled to
+    every worker, which opens its own :class:`Storage` on it."""
+
     piece_length: int
     total_length: int
     files: tuple[FileEntry, ...]
@@ -285,6 +290,9 @@ class Storage:
 
 
 class _Unavailable(Exception):
+    """Internal to :class:`Storage`: a piece touches a file that is not open or has shrunk; hashing
+    answers None, serving raises :class:`StorageError`."""
+
     pass
 
 

@@ -71,6 +71,9 @@ InboxItem = tuple[Literal["tracker"], TierResult] | tuple[Literal["worker"], Bat
 
 @dataclass
 class FetchResult:
+    """What one fetch did, for the summary and the demo; bytes are this run's only (resumed pieces
+    are counted, not their bytes)."""
+
     total_length: int
     downloaded: int  # bytes of pieces verified in this run
     elapsed: float
@@ -86,6 +89,9 @@ class FetchResult:
 
 @dataclass
 class FetchOptions:
+    """The caller's choices for one fetch: workers, where peers come from, listening, I/O mode,
+    timeouts and seeding after. The coordinator only reads them."""
+
     jobs: int = 1
     peers: tuple[PeerAddr, ...] = ()
     port: int = 6881
@@ -133,6 +139,9 @@ def lock_path(meta: Metainfo, output: Path) -> Path:
 
 
 class Coordinator:
+    """One fetch, in the main process: the one owner of the picker, the output lock and the
+    trackers; other threads only put on its inbox, which :meth:`run`'s thread handles."""
+
     def __init__(
         self, meta: Metainfo, output: str | Path | None, opts: FetchOptions,
         progress: ev.EventSink | None = None,  # typed events (mptorrent.events)

@@ -47,6 +47,9 @@ from mptorrent.worker.process import WorkerConfig, reserve_port, run
 
 @dataclass
 class SeedStats:
+    """A seed's running totals, kept by the :class:`Seeder` from worker reports; ``until`` polls
+    them and :meth:`Seeder.run` returns them (``port``: the one bound)."""
+
     uploaded: int = 0
     peers: int = 0
     valid_pieces: int = 0

@@ -46,6 +46,9 @@ OnResult = Callable[["TierResult"], None]
 
 @dataclass(frozen=True)
 class TierResult:
+    """One tier's answer to one announce, handed from that tier's thread to ``on_result``; ``peers``
+    already leaves out our own listen addresses."""
+
     url: str | None  # the tracker that answered (in full: print redact(url)), None if all failed
     peers: tuple[PeerAddr, ...] = ()
     interval: int | None = None
@@ -111,6 +114,9 @@ def _describe(url: str, exc: BaseException) -> str:
 
 @dataclass(eq=False)
 class _Tier:
+    """One tier's announce state, shared between the caller's loop and the tier's threads: its
+    fields change only under the announcer's lock, and ``lock`` keeps its announces in order."""
+
     index: int
     urls: list[str]  # BEP 12 order: the tracker that answered last comes first
     lock: threading.Lock = field(default_factory=threading.Lock)  # one announce at a time

@@ -106,6 +106,9 @@ def _deadline_ssl_socket() -> type[ssl.SSLSocket]:
     import ssl
 
     class _DeadlineSSLSocket(ssl.SSLSocket):
+        """The TLS twin of :class:`_DeadlineSocket`, made by :func:`_tls` for every wrapped socket:
+        the handshake and each read and write share the request's one deadline."""
+
         deadline = math.inf
 
         def recv_into(
@@ -153,6 +156,9 @@ def _connection_classes() -> tuple[_MakeConnection, _MakeConnection]:
     import http.client
 
     class _Connection(http.client.HTTPConnection):
+        """HTTP over :func:`_open_socket` (from ``source_address`` if given): connecting, sending
+        and reading all count against the request's one deadline."""
+
         def __init__(
             self, host: str, port: int, deadline: float, source_address: str | None
         ) -> None:
@@ -165,6 +171,9 @@ def _connection_classes() -> tuple[_MakeConnection, _MakeConnection]:
             self.sock = _open_socket(self.host, self.port, self._deadline, self._source)
 
     class _TLSConnection(_Connection):
+        """HTTPS on the same deadline socket; the shared default context checks the certificate and
+        the host name."""
+
         def connect(self) -> None:
             raw = _open_socket(self.host, self.port, self._deadline, self._source)
             try:

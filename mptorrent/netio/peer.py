@@ -53,6 +53,9 @@ CLOSED: Final = PeerState.CLOSED
 
 
 class PeerSession:
+    """One peer inside one worker process: its non-blocking socket, :class:`wire.Connection`, unsent
+    bytes and a request depth fitted to its rate. Never leaves the process."""
+
     def __init__(
         self,
         addr: PeerAddr,

@@ -47,6 +47,9 @@ class _BadRequest(Exception):
 
 @dataclass(slots=True)
 class _Peer:
+    """What the tracker remembers of one announcing peer; it expires once ``seen`` (the caller's
+    clock) is older than the peer timeout."""
+
     peer_id: bytes
     seeder: bool
     seen: float
@@ -54,6 +57,9 @@ class _Peer:
 
 @dataclass(slots=True)
 class _Swarm:
+    """The peers of one info-hash, by the address they announced; swept away once it has no peers
+    and no completed downloads. Guarded by the :class:`TrackerState` lock."""
+
     peers: dict[PeerAddr, _Peer] = field(default_factory=dict)
     downloaded: int = 0  # "completed" events, for scrape
 
@@ -265,6 +271,9 @@ class TrackerState:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """Answers one HTTP request on its own thread through the shared :class:`TrackerState`, then
+    closes the connection; logs at debug level only."""
+
     server: _HTTPServer
     server_version = f"mptorrent/{__version__}"
     timeout = REQUEST_TIMEOUT
@@ -284,6 +293,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HTTPServer(ThreadingHTTPServer):
+    """The listening socket of a :class:`TrackerServer`: one daemon thread per request, IPv6 when
+    the host is an IPv6 literal, and no reverse DNS lookup at bind."""
+
     daemon_threads = True
     # The default backlog of 5 drops SYNs when a swarm starts at once, and each
     # dropped SYN costs its client a one-second retransmit.

@@ -32,6 +32,9 @@ RANDOM_FIRST = 4  # libtorrent's initial_picker_threshold
 
 
 class Picker:
+    """Each piece's state, owners and availability; the coordinator's alone, the one place a piece
+    is leased to a worker. DONE is final; endgame lets two workers hold a piece."""
+
     def __init__(
         self, num_pieces: int, have: bytes | bytearray | None = None, *, seed: int | None = None
     ) -> None:

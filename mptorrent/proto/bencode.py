@@ -40,6 +40,9 @@ _I, _L, _D, _E, _ZERO = b"ilde0"
 
 
 class _Frame:
+    """One open list or dictionary on :func:`scan`'s explicit stack (no recursion); for a
+    dictionary, the last key (keys must strictly increase) and where the current value began."""
+
     __slots__ = ("expect_key", "is_dict", "key", "value_start")
 
     def __init__(self, is_dict: bool) -> None:

@@ -51,6 +51,9 @@ class FileEntry:
 
 @dataclass(frozen=True, slots=True)
 class Metainfo:
+    """A .torrent that passed every check of :func:`parse`; frozen and picklable (each worker gets a
+    copy). ``info_hash`` hashes the raw info bytes, never a re-encoding."""
+
     info_hash: bytes
     name: str
     piece_length: int

@@ -49,6 +49,9 @@ _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 @dataclass(frozen=True, slots=True)
 class AnnounceRequest:
+    """What we tell a tracker in one announce, over HTTP or UDP alike; checked on construction, so a
+    bad value fails here (``ValueError``) before anything is sent."""
+
     info_hash: bytes
     peer_id: bytes
     port: int
@@ -79,6 +82,9 @@ class AnnounceRequest:
 
 @dataclass(frozen=True, slots=True)
 class AnnounceResponse:
+    """A tracker's announce reply as far as we trust it: intervals clamped, peers deduplicated and
+    capped, and optional fields None when missing or malformed."""
+
     interval: int
     min_interval: int | None
     peers: tuple[PeerAddr, ...]
@@ -90,6 +96,9 @@ class AnnounceResponse:
 
 @dataclass(frozen=True, slots=True)
 class ScrapeResult:
+    """A tracker's counts for one torrent (seeders, leechers, completed downloads); a torrent the
+    tracker leaves out of an HTTP scrape reads as all zeros."""
+
     complete: int
     incomplete: int
     downloaded: int
@@ -525,11 +534,16 @@ def parse_udp_scrape(data: bytes, tid: int, count: int) -> tuple[ScrapeResult, .
 
 @dataclass(frozen=True, slots=True)
 class UDPConnectPacket:
+    """A client's BEP 15 connect request, as a UDP tracker reads it (test trackers)."""
+
     tid: int
 
 
 @dataclass(frozen=True, slots=True)
 class UDPAnnouncePacket:
+    """A client's BEP 15 announce, as a UDP tracker reads it (test trackers); ``url_data`` is the
+    BEP 41 path and query, ``ip`` 0 unless the client named one."""
+
     connection_id: int
     tid: int
     request: AnnounceRequest  # key 0 and numwant 50 stand for "none" and "default" (-1)
@@ -539,6 +553,9 @@ class UDPAnnouncePacket:
 
 @dataclass(frozen=True, slots=True)
 class UDPScrapePacket:
+    """A client's BEP 15 scrape, as a UDP tracker reads it (test trackers): one or more info-hashes,
+    bounded by ``UDP_MAX_SCRAPE``."""
+
     connection_id: int
     tid: int
     info_hashes: tuple[bytes, ...]
@@ -792,6 +809,9 @@ class UDPExchange(Generic[T]):
 
 
 class UDPAnnounce(UDPExchange[AnnounceResponse]):
+    """A BEP 15 announce exchange; ``ipv6`` says the tracker was reached over IPv6, so its reply
+    lists 18-byte peers."""
+
     what = "announce"
 
     def __init__(
@@ -819,6 +839,8 @@ class UDPAnnounce(UDPExchange[AnnounceResponse]):
 
 
 class UDPScrape(UDPExchange[tuple[ScrapeResult, ...]]):
+    """A BEP 15 scrape exchange; the results come in the order of ``info_hashes``."""
+
     what = "scrape"
 
     def __init__(

@@ -134,6 +134,9 @@ _HANDSHAKE_PREFIX: Final = bytes([len(PROTOCOL)]) + PROTOCOL
 
 
 class NeedData(enum.Enum):
+    """The type of :data:`NEED_DATA`, which ``next_event()`` returns when no complete message is
+    buffered; an enum of one so that type checkers can narrow on ``is``."""
+
     NEED_DATA = enum.auto()
 
     def __repr__(self) -> str:
@@ -150,11 +153,17 @@ NEED_DATA: Final = NeedData.NEED_DATA
 
 
 class Event(ABC):  # noqa: B024 - abstract by intent, no abstract methods needed
+    """Base of every peer wire event, sent and received alike (extension events too). Subclasses are
+    plain records that check nothing: :class:`Connection` and the extension handlers do."""
+
     __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Handshake(Event):
+    """The opening message. A received one always carries our info-hash (a mismatch is a protocol
+    error); ``reserved`` holds the extension bits, and BEP 6's fast bit may not be sent."""
+
     info_hash: bytes
     peer_id: bytes
     reserved: bytes = bytes(8)
@@ -167,36 +176,54 @@ class Handshake(Event):
 
 @dataclass(frozen=True, slots=True)
 class KeepAlive(Event):
+    """An empty message that only shows the connection is alive; the worker's idle timeout does not
+    count it."""
+
     pass
 
 
 @dataclass(frozen=True, slots=True)
 class Choke(Event):
+    """The sender will not serve the other side's requests: received, our outstanding requests are
+    written off; sent, the peer's are forgotten."""
+
     pass
 
 
 @dataclass(frozen=True, slots=True)
 class Unchoke(Event):
+    """The sender will serve requests again; we may send Requests only while unchoked."""
+
     pass
 
 
 @dataclass(frozen=True, slots=True)
 class Interested(Event):
+    """The sender wants pieces the other side has (our uploader may unchoke at once)."""
+
     pass
 
 
 @dataclass(frozen=True, slots=True)
 class NotInterested(Event):
+    """The sender wants nothing more from the other side (our uploader then chokes it)."""
+
     pass
 
 
 @dataclass(frozen=True, slots=True)
 class Have(Event):
+    """The sender now has piece ``index``. One received before the geometry is known is held back
+    and returned later inside a :class:`Bitfield`."""
+
     index: int
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Bitfield(Event):
+    """Every piece the sender has; allowed only as the first message after the handshake, and
+    checked for length and spare bits."""
+
     bits: bytes  # packed as on the wire: piece 0 is the high bit of byte 0
 
     def __repr__(self) -> str:
@@ -205,6 +232,9 @@ class Bitfield(Event):
 
 @dataclass(frozen=True, slots=True)
 class Request(Event):
+    """Asks for ``length`` bytes at ``begin`` of piece ``index``; must lie inside the torrent, and
+    we send one only while the peer has us unchoked."""
+
     index: int
     begin: int
     length: int
@@ -226,6 +256,9 @@ class Piece(Event):
 
 @dataclass(frozen=True, slots=True)
 class Cancel(Event):
+    """Withdraws a Request. Sending one for a block no longer outstanding is allowed: it can cross a
+    choke or the block itself."""
+
     index: int
     begin: int
     length: int
@@ -233,11 +266,16 @@ class Cancel(Event):
 
 @dataclass(frozen=True, slots=True)
 class Port(Event):
+    """BEP 5: the sender's DHT port. We run no DHT, so the worker ignores one it receives."""
+
     port: int  # BEP 5: the sender's DHT port
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Extended(Event):
+    """A BEP 10 message, framed here and no more. The caller sees one only when no
+    :class:`ExtendedReceiver` is set; both handshakes must carry the extension bit."""
+
     ext_id: int  # BEP 10: 0 is the extension handshake
     payload: bytes
 

@@ -69,6 +69,9 @@ REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this l
 
 @dataclass
 class WorkerConfig:
+    """Everything a worker process starts from, pickled to it; the coordinator or seeder builds a
+    fresh one for every restart (the slot's current peers and bans)."""
+
     worker_id: int
     meta: Metainfo
     layout: Layout
@@ -86,6 +89,9 @@ class WorkerConfig:
 
 
 class _SelfConnection(Exception):
+    """The peer's handshake carries our client's peer-id prefix: it is one of our own workers, and
+    its address is never dialled again by this worker."""
+
     pass
 
 
@@ -113,6 +119,9 @@ class _Peer(PeerSession):
 
 @dataclass
 class _Retry:
+    """This worker's dial-out record for one address: attempts are capped (``MAX_CONNECTS``), and
+    the back-off starts over once a connection delivered data."""
+
     attempts: int = 0
     failures: int = 0  # consecutive attempts that delivered nothing
     next_at: float = 0.0
@@ -120,6 +129,9 @@ class _Retry:
 
 @dataclass
 class _Worker:
+    """One worker process's state, built and run in the child by :func:`run`. Besides its queues, it
+    shares only the done-map with other processes."""
+
     cfg: WorkerConfig
     work_q: WorkQueue
     result_q: ReportQueue

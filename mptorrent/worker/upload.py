@@ -28,6 +28,9 @@ OPTIMISTIC_EVERY = 30.0
 
 
 class UploadState:
+    """One peer's upload side in this worker: requests waiting to be served (dropped when we choke
+    it), requests sent while choked (capped per choke) and bytes served since the last rechoke."""
+
     __slots__ = ("choked_requests", "queue", "rate_bytes", "unchoked_at")
 
     def __init__(self) -> None:
@@ -38,6 +41,9 @@ class UploadState:
 
 
 class Uploader:
+    """One worker's upload half: chokes and unchokes its peers (tit-for-tat while downloading,
+    rotation when seeding) and serves requests for pieces in the have-map only."""
+
     def __init__(self, storage: Storage, have: memoryview | bytearray, *, seeding: bool) -> None:
         self.storage = storage
         self.have = have

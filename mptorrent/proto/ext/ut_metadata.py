@@ -78,6 +78,8 @@ _TRAILING: Final = "trailing data after the value"  # bencode.scan's reason, wit
 
 
 class MsgType(enum.IntEnum):
+    """BEP 9's ``msg_type`` values; a message of any other type is ignored, not refused."""
+
     REQUEST = 0
     DATA = 1
     REJECT = 2
@@ -325,6 +327,9 @@ Outcome: TypeAlias = (
 
 @dataclass(slots=True)
 class _PeerState:
+    """The assembler's view of one peer: requests in flight and their deadlines, what it was asked
+    this round and refused, and its expired requests (too many: asked no more)."""
+
     outstanding: dict[int, float] = field(default_factory=dict)  # piece -> deadline
     asked: set[int] = field(default_factory=set)  # this round; late answers still count
     rejected: set[int] = field(default_factory=set)

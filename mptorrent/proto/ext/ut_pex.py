@@ -82,6 +82,9 @@ class PexFlags(enum.IntFlag):
 
 
 class PexPeer(NamedTuple):
+    """One ``added`` entry of a ut_pex message: a usable address and the sender's flags for it (none
+    when the message carried no flag string)."""
+
     addr: PeerAddr
     flags: PexFlags = PexFlags(0)
 
