@@ -14,7 +14,8 @@ the piece queues need the piece count, which only the metadata gives.  One threa
   assembler per distinct size, so a peer lying about the size cannot stall the honest
   ones), which says what to ask whom, times requests out and checks the SHA-1 of the
   whole dictionary; a peer that sent a piece that cannot be right, or metadata that does
-  not verify, is dropped.
+  not verify, is dropped (when several peers fed a round that failed, the pieces each
+  sent are compared with the dictionary that verifies later).
 
 The result is the verified info dictionary, exactly as received, and the peers found
 (those that answered first), so the download can begin with them.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import hashlib
 import queue
 import selectors
 import socket
@@ -39,6 +41,7 @@ from mptorrent.netio.announcer import Announcer, TierResult, redact
 from mptorrent.proto import metainfo, tracker, wire
 from mptorrent.proto.ext import ExtendedHandshake, ExtensionRouter
 from mptorrent.proto.ext.ut_metadata import (
+    METADATA_PIECE,
     NAME,
     MetadataAssembler,
     MetadataMismatch,
@@ -47,6 +50,7 @@ from mptorrent.proto.ext.ut_metadata import (
     MetadataRequested,
     MetadataVerified,
     PieceRefused,
+    PieceStored,
     UtMetadata,
     encode_request,
     serve_request,
@@ -132,6 +136,9 @@ class MetadataFetch:
         self.pending: list[PeerAddr] = []  # to dial
         self.conns: dict[socket.socket, _Peer] = {}
         self.assemblers: dict[int, MetadataAssembler[PeerAddr]] = {}
+        # SHA-1 of each metadata piece a peer sent that was kept, to find the liars of a
+        # round that did not verify once a later one does.
+        self._sent: dict[tuple[PeerAddr, int], bytes] = {}
         self.sel = selectors.DefaultSelector()
         self.results: queue.Queue[TierResult] = queue.Queue()
         # A tracker's answer wakes the loop at once, not at its next time-out.
@@ -316,11 +323,16 @@ class MetadataFetch:
                 outcome = asm.received(peer.addr, event.piece, event.total_size, event.data)
                 match outcome:
                     case MetadataVerified():
+                        self._drop_liars(outcome.info)
                         return outcome
+                    case PieceStored():
+                        self._sent[peer.addr, event.piece] = hashlib.sha1(event.data).digest()
                     case PieceRefused():
                         self._drop(peer.addr)
-                    case MetadataMismatch(culprit=culprit) if culprit is not None:
-                        self._drop(culprit)
+                    case MetadataMismatch(culprit=culprit):
+                        self._sent[peer.addr, event.piece] = hashlib.sha1(event.data).digest()
+                        if culprit is not None:
+                            self._drop(culprit)
             case MetadataRejected():
                 asm = self.assemblers.get(peer.size) if peer.size is not None else None
                 if asm is not None:
@@ -330,6 +342,17 @@ class MetadataFetch:
             case _:
                 pass  # bitfields, haves, chokes: kept by the connection for later, or moot
         return None
+
+    def _drop_liars(self, info: bytes) -> None:
+        """Whoever sent a piece of a round that did not verify, and that piece differs from
+        the verified dictionary, lied: it is not handed to the download."""
+        for (addr, piece), digest in self._sent.items():
+            start = piece * METADATA_PIECE
+            if hashlib.sha1(info[start : start + METADATA_PIECE]).digest() != digest:
+                self.dropped.add(addr)
+        for addr in self.dropped:
+            self.known.pop(addr, None)
+            self.answered.pop(addr, None)
 
     def _request(self, now: float) -> None:
         for peer in list(self.conns.values()):

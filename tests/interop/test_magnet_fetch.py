@@ -295,3 +295,90 @@ def test_magnet_times_against_a_libtorrent_leecher(
         f"  libtorrent:     metadata after {lt_metadata:.2f} s, whole download {lt_total:.2f} s "
         "(from add_torrent)"
     )
+
+
+# -- hostile peers beside an honest one ---------------------------------------------------
+
+
+class _HostilePeer:
+    """A peer on its own loopback address that says it has the metadata, then sends pieces
+    of a forged info dictionary of the same size (``lie``) or rejects every request.
+    It serves one connection."""
+
+    def __init__(self, ip: str, info_hash: bytes, info: bytes, mode: str) -> None:
+        import socket
+        import threading
+
+        self.server = socket.create_server((ip, 0))
+        self.addr = PeerAddr(ip, self.server.getsockname()[1])
+        self.info_hash, self.mode, self.served = info_hash, mode, 0
+        forged = bytearray(info)  # the same size, one byte off in every metadata piece
+        for at in range(100, len(info), METADATA_PIECE):
+            forged[at] ^= 1
+        self.forged = bytes(forged)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        from mptorrent.proto import wire
+        from mptorrent.proto.ext import ExtensionRouter
+        from mptorrent.proto.ext.ut_metadata import (
+            MetadataRequested,
+            UtMetadata,
+            encode_reject,
+            serve_request,
+        )
+
+        try:
+            sock, _ = self.server.accept()
+        except OSError:
+            return
+        with sock:
+            router = ExtensionRouter([UtMetadata()], metadata_size=len(self.forged))
+            conn = wire.Connection(self.info_hash, extensions=router)
+            hello = wire.Handshake(self.info_hash, b"-XX0000-hostilepeer!", wire.EXTENSION_RESERVED)
+            sock.sendall(conn.send(hello))
+            sock.settimeout(20)
+            while data := sock.recv(65536):
+                conn.receive_data(data)
+                while (event := conn.next_event()) is not wire.NEED_DATA:
+                    if isinstance(event, wire.Handshake):
+                        sock.sendall(conn.send(router.handshake()))
+                    elif isinstance(event, MetadataRequested) and router.peer_supports(
+                        "ut_metadata"
+                    ):
+                        self.served += 1
+                        payload = (
+                            serve_request(self.forged, event.piece)
+                            if self.mode == "lie"
+                            else encode_reject(event.piece)
+                        )
+                        sock.sendall(conn.send(router.message("ut_metadata", payload)))
+
+    def close(self) -> None:
+        self.server.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("mode", ["lie", "reject"])
+def test_metadata_from_the_honest_peer_beside_a_hostile_one(
+    tree_case: TorrentCase, tree_swarm: Swarm, fresh_ip: Callable[[], str], mode: str
+) -> None:
+    from mptorrent.engine.metadata import fetch_metadata
+
+    torrent = tree_case.torrent
+    start, end = bencode.decode_with_spans(torrent, max_size=len(torrent))[1][b"info"]
+    info = torrent[start:end]
+    hostile = _HostilePeer(fresh_ip(), tree_case.meta.info_hash, info, mode)
+    try:
+        # The hostile peer is dialled first: it is asked for pieces of the first round.
+        honest = PeerAddr(*tree_swarm.addrs[0])
+        magnet = Magnet(tree_case.meta.info_hash, peers=(hostile.addr, honest))
+        result = fetch_metadata(magnet, use_trackers=False, bind=fresh_ip(), timeout=30)
+    finally:
+        hostile.close()
+    assert result.info == info
+    assert hostile.served >= 1
+    assert honest in result.peers
+    if mode == "lie":  # found out and not handed to the download
+        assert hostile.addr not in result.peers
