@@ -510,6 +510,8 @@ def fetch(
         return fetch_metadata(
             magnet, peers=peers, use_trackers=not no_trackers, port=port, bind=bind,
             timeout=metadata_timeout, events=progress,
+            # the download announces its own port; with --port 0 this phase's was a guess
+            announce_stopped=port == 0,
         )  # fmt: skip
 
     meta, found = load_source(torrent, quiet=quiet, save_torrent=save_torrent, magnet_phase=phase)

@@ -477,8 +477,9 @@ def fetch_metadata(
 ) -> MetadataResult:
     """The metadata of ``magnet`` from its peers, ``peers`` and its trackers.
 
-    ``announce_stopped``: tell the trackers we left once done (``info MAGNET``, which
-    downloads nothing; a fetch announces again itself).
+    ``port`` is announced to the trackers (nothing listens on it during this phase: the
+    download that follows does).  ``announce_stopped``: tell the trackers we left once done
+    (``info MAGNET``, which downloads nothing, or a fetch that will listen on another port).
     """
     return MetadataFetch(
         magnet, peers=peers, use_trackers=use_trackers, port=port, bind=bind, timeout=timeout,

@@ -28,7 +28,13 @@ from mptorrent.proto import bencode, metainfo
 from mptorrent.proto.ext.ut_metadata import METADATA_PIECE
 from mptorrent.proto.magnet import Magnet
 from tests.interop.opentracker import OpenTracker, run_opentracker
-from tests.interop.test_fetch import summary_of, unused_port, wait_for_seeders, with_tracker
+from tests.interop.test_fetch import (
+    SUMMARY,
+    summary_of,
+    unused_port,
+    wait_for_seeders,
+    with_tracker,
+)
 from tests.spread import CLI_WITH_RESULT, RESULT_ENV, assert_spread, read_result
 from tests.swarm import (
     Swarm,
@@ -279,21 +285,31 @@ def test_magnet_times_against_a_libtorrent_leecher(
         sys.executable, "-m", "mptorrent", "fetch", uri, "-o", str(out), "-j", "2",
         "--bind", fresh_ip(), "--port", str(unused_port()),
     ]  # fmt: skip
+    # stderr read as it comes: when the metadata line appears is the time to the metadata
     started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MAGNET_TIMEOUT)
+    lines: list[tuple[float, str]] = []
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p:
+        assert p.stderr is not None
+        for line in p.stderr:
+            lines.append((time.monotonic() - started, line.rstrip("\n")))
+        p.wait(MAGNET_TIMEOUT)
     ours_total = time.monotonic() - started
-    summary_of(proc)
-    ours_metadata = metadata_seconds(proc.stderr)
+    stderr = "\n".join(text for _, text in lines)
+    assert p.returncode == 0, stderr
+    assert SUMMARY.fullmatch(lines[-1][1]), stderr
+    ours_phase = metadata_seconds(stderr)
+    ours_metadata = next(at for at, text in lines if METADATA.match(text))
     assert same_tree(out, single_case.payload.root)
     lt_metadata, lt_total = lt_magnet_leecher(uri, tmp_path / "lt", fresh_ip(), MAGNET_TIMEOUT)
     assert same_tree(tmp_path / "lt" / single_case.meta.name, single_case.payload.root)
     size = single_case.meta.total_length / 2**20
     print(
         f"\nfetch MAGNET of {size:.0f} MiB from 3 libtorrent seeders via opentracker:\n"
-        f"  mptorrent -j 2: metadata verified after {ours_metadata:.2f} s (phase start), "
-        f"whole fetch {ours_total:.2f} s (process start to exit)\n"
-        f"  libtorrent:     metadata after {lt_metadata:.2f} s, whole download {lt_total:.2f} s "
-        "(from add_torrent)"
+        f"  mptorrent -j 2: metadata verified {ours_metadata:.2f} s after the process started "
+        f"({ours_phase:.2f} s in the metadata phase), whole fetch {ours_total:.2f} s "
+        "(process start to exit)\n"
+        f"  libtorrent:     metadata {lt_metadata:.2f} s after add_torrent, "
+        f"whole download {lt_total:.2f} s"
     )
 
 
