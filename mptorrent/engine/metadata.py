@@ -43,6 +43,7 @@ from mptorrent.proto.ext import ExtendedHandshake, ExtensionRouter
 from mptorrent.proto.ext.ut_metadata import (
     METADATA_PIECE,
     NAME,
+    REQUEST_TIMEOUT,
     MetadataAssembler,
     MetadataMismatch,
     MetadataPieceReceived,
@@ -121,8 +122,10 @@ class MetadataFetch:
         max_connections: int = MAX_CONNECTIONS,
         events: ev.EventSink = ev.ignore,
         announce_stopped: bool = False,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.magnet = magnet
+        self.request_timeout = request_timeout
         self.info_hash = magnet.info_hash
         self.timeout = timeout
         self.max_connections = max_connections
@@ -313,7 +316,9 @@ class MetadataFetch:
                 if peer.size is None and peer.ut.peer_id and size is not None:
                     asm = self.assemblers.get(size)
                     if asm is None and len(self.assemblers) < MAX_SIZES:
-                        asm = self.assemblers[size] = MetadataAssembler(self.info_hash, size)
+                        asm = self.assemblers[size] = MetadataAssembler(
+                            self.info_hash, size, timeout=self.request_timeout
+                        )
                     if asm is not None and asm.add_peer(peer.addr, size):
                         peer.size = size
             case MetadataPieceReceived():
@@ -337,7 +342,7 @@ class MetadataFetch:
                 asm = self.assemblers.get(peer.size) if peer.size is not None else None
                 if asm is not None:
                     asm.rejected(peer.addr, event.piece)
-            case MetadataRequested():
+            case MetadataRequested() if peer.router.peer_supports(NAME):
                 peer.send(peer.router.message(NAME, serve_request(None, event.piece)))
             case _:
                 pass  # bitfields, haves, chokes: kept by the connection for later, or moot
@@ -361,8 +366,8 @@ class MetadataFetch:
             asm = self.assemblers.get(peer.size)
             if asm is None:
                 continue
-            if asm.excluded(peer.addr):
-                self._close(peer)
+            if asm.excluded(peer.addr) or not peer.router.peer_supports(NAME):
+                self._close(peer)  # a later extended handshake may turn ut_metadata off
                 continue
             for piece in asm.next_requests(peer.addr, now):
                 peer.send(peer.router.message(NAME, encode_request(piece)))
@@ -474,14 +479,17 @@ def fetch_metadata(
     timeout: float = METADATA_TIMEOUT,
     events: ev.EventSink = ev.ignore,
     announce_stopped: bool = False,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> MetadataResult:
     """The metadata of ``magnet`` from its peers, ``peers`` and its trackers.
 
-    ``port`` is announced to the trackers (nothing listens on it during this phase: the
-    download that follows does).  ``announce_stopped``: tell the trackers we left once done
-    (``info MAGNET``, which downloads nothing, or a fetch that will listen on another port).
+    ``request_timeout`` is how long a peer has to answer one metadata request before
+    another is asked.  ``port`` is announced to the trackers (nothing listens on it
+    during this phase: the download that follows does).  ``announce_stopped``: tell the
+    trackers we left once done (``info MAGNET``, which downloads nothing, or a fetch
+    that will listen on another port).
     """
     return MetadataFetch(
         magnet, peers=peers, use_trackers=use_trackers, port=port, bind=bind, timeout=timeout,
-        events=events, announce_stopped=announce_stopped,
+        events=events, announce_stopped=announce_stopped, request_timeout=request_timeout,
     ).run()  # fmt: skip

@@ -318,7 +318,8 @@ def test_magnet_times_against_a_libtorrent_leecher(
 
 class _HostilePeer:
     """A peer on its own loopback address that says it has the metadata, then sends pieces
-    of a forged info dictionary of the same size (``lie``) or rejects every request.
+    of a forged info dictionary of the same size (``lie``), rejects every request
+    (``reject``), never answers (``silent``), or announces 4 GiB of metadata (``huge``).
     It serves one connection."""
 
     def __init__(self, ip: str, info_hash: bytes, info: bytes, mode: str) -> None:
@@ -353,17 +354,23 @@ class _HostilePeer:
             router = ExtensionRouter([UtMetadata()], metadata_size=len(self.forged))
             conn = wire.Connection(self.info_hash, extensions=router)
             hello = wire.Handshake(self.info_hash, b"-XX0000-hostilepeer!", wire.EXTENSION_RESERVED)
+            ours = router.handshake()
+            if self.mode == "huge":  # 4 GiB of metadata, as no encoder of ours would write
+                huge = {b"m": {b"ut_metadata": 1}, b"metadata_size": 4 << 30}
+                ours = wire.Extended(0, bencode.encode(huge))
             sock.sendall(conn.send(hello))
             sock.settimeout(20)
             while data := sock.recv(65536):
                 conn.receive_data(data)
                 while (event := conn.next_event()) is not wire.NEED_DATA:
                     if isinstance(event, wire.Handshake):
-                        sock.sendall(conn.send(router.handshake()))
+                        sock.sendall(conn.send(ours))
                     elif isinstance(event, MetadataRequested) and router.peer_supports(
                         "ut_metadata"
                     ):
                         self.served += 1
+                        if self.mode == "silent":
+                            continue
                         payload = (
                             serve_request(self.forged, event.piece)
                             if self.mode == "lie"
@@ -376,7 +383,7 @@ class _HostilePeer:
         self.thread.join(5)
 
 
-@pytest.mark.parametrize("mode", ["lie", "reject"])
+@pytest.mark.parametrize("mode", ["lie", "reject", "silent", "huge"])
 def test_metadata_from_the_honest_peer_beside_a_hostile_one(
     tree_case: TorrentCase, tree_swarm: Swarm, fresh_ip: Callable[[], str], mode: str
 ) -> None:
@@ -390,11 +397,15 @@ def test_metadata_from_the_honest_peer_beside_a_hostile_one(
         # The hostile peer is dialled first: it is asked for pieces of the first round.
         honest = PeerAddr(*tree_swarm.addrs[0])
         magnet = Magnet(tree_case.meta.info_hash, peers=(hostile.addr, honest))
-        result = fetch_metadata(magnet, use_trackers=False, bind=fresh_ip(), timeout=30)
+        result = fetch_metadata(
+            magnet, use_trackers=False, bind=fresh_ip(), timeout=30, request_timeout=1.0
+        )
     finally:
         hostile.close()
     assert result.info == info
-    assert hostile.served >= 1
+    assert hostile.served >= (0 if mode == "huge" else 1)
+    if mode == "silent":  # its requests expired, and the honest peer was asked instead
+        assert result.seconds >= 1.0
     assert honest in result.peers
     if mode == "lie":  # found out and not handed to the download
         assert hostile.addr not in result.peers
