@@ -321,6 +321,10 @@ class MetadataFetch:
                         )
                     if asm is not None and asm.add_peer(peer.addr, size):
                         peer.size = size
+                if peer.size is None:
+                    # It has no metadata to give (or not of a size we follow): its slot is
+                    # worth more to another peer.  The download may still use it.
+                    self._close(peer)
             case MetadataPieceReceived():
                 asm = self.assemblers.get(peer.size) if peer.size is not None else None
                 if asm is None:
