@@ -93,3 +93,11 @@ class TrackerError(MptorrentError):
 
 class DownloadError(MptorrentError):
     """The download cannot finish (no peers, every peer failed, workers keep dying)."""
+
+
+class NoPeers(DownloadError):
+    """Nobody to ask: no tracker, ``x.pe`` or ``--peer`` gave a peer to dial."""
+
+
+class MetadataTimeout(DownloadError):
+    """A magnet link's metadata did not arrive (verified) in the time allowed."""

@@ -24,6 +24,25 @@ from mptorrent.messages import PeerAddr
 
 
 @dataclass(frozen=True, slots=True)
+class FetchingMetadata:
+    """A magnet link's fetch begins: its metadata (the info dictionary) is asked of peers."""
+
+    info_hash: str  # hex
+    name: str | None  # the magnet's ``dn``, until the metadata names the torrent
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataReceived:
+    """A magnet link's metadata arrived and hashes to its info-hash."""
+
+    name: str
+    size: int  # bytes in the torrent
+    pieces: int  # pieces in the torrent
+    seconds: float  # since the metadata phase began
+    peers: int  # peers that sent pieces of it
+
+
+@dataclass(frozen=True, slots=True)
 class CheckingExisting:
     """The output already exists: its pieces are being verified before the download."""
 
@@ -181,7 +200,8 @@ class Error:
 
 
 Event: TypeAlias = (
-    CheckingExisting | Started | PortBusy | Progress | PeerConnected | PeerGone | PeerBanned
+    FetchingMetadata | MetadataReceived
+    | CheckingExisting | Started | PortBusy | Progress | PeerConnected | PeerGone | PeerBanned
     | PieceVerified | PieceFailed | TrackerReply | TrackerError | WorkerError | WorkerRestarted
     | Done | SeedingStopped | Seeded | Error
 )  # fmt: skip

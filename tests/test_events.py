@@ -35,6 +35,15 @@ DONE = ev.Done(
 
 # Every event and the exact text the command line prints for it (None: nothing).
 LINES: list[tuple[ev.Event, str | None]] = [
+    (
+        ev.FetchingMetadata("ab" * 20, "a name"),
+        f"mptorrent: fetching the metadata of a name ({'ab' * 20})",
+    ),
+    (ev.FetchingMetadata("ab" * 20, None), f"mptorrent: fetching the metadata of {'ab' * 20}"),
+    (
+        ev.MetadataReceived("a name", 10 * MiB, 40, 0.256, 2),
+        "mptorrent: metadata received in 0.26 s: a name, 10.0 MiB in 40 piece(s)",
+    ),
     (ev.CheckingExisting(), "mptorrent: checking existing data"),
     (ev.Started(total=10 * MiB, done=MiB, pieces=40, resumed=4), None),
     (ev.PortBusy(6881, 40123), "mptorrent: port 6881 is busy; accepting peers on port 40123"),

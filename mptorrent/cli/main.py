@@ -29,9 +29,11 @@ if TYPE_CHECKING:
 
     from mptorrent.disk.storage import IoChoice
     from mptorrent.engine.coordinator import FetchResult, SeedAfter
+    from mptorrent.engine.metadata import MetadataResult
     from mptorrent.events import Event
     from mptorrent.messages import PeerAddr
     from mptorrent.proto import metainfo
+    from mptorrent.proto.magnet import Magnet
 
 
 class MptorrentGroup(click.Group):
@@ -159,15 +161,109 @@ def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
     }
 
 
+def _peers(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> tuple[PeerAddr, ...]:
+    try:
+        return tuple(parse_peer(v) for v in value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+save_torrent_option = click.option(
+    "--save-torrent", type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the .torrent to FILE (a magnet link's: once its metadata is verified).",
+)  # fmt: skip
+metadata_timeout_option = click.option(
+    "--metadata-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+    show_default=True, help="Seconds a magnet link's metadata may take to arrive.",
+)  # fmt: skip
+
+
+def _save_torrent(path: Path, data: bytes) -> None:
+    from mptorrent.errors import StorageError
+
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def load_source(
+    source: str, *, quiet: bool = False, save_torrent: Path | None = None,
+    magnet_phase: Callable[[Magnet], MetadataResult] | None = None,
+) -> tuple[metainfo.Metainfo, tuple[PeerAddr, ...]]:  # fmt: skip
+    """The torrent of a .torrent path or a magnet link, and the peers its metadata came from.
+
+    A magnet link's metadata is fetched by ``magnet_phase`` (given the parsed
+    :class:`~mptorrent.proto.magnet.Magnet`, it returns a ``MetadataResult``).
+    """
+    from mptorrent.proto.magnet import is_magnet
+
+    if not is_magnet(source):
+        meta = load_torrent(Path(source), quiet=quiet)
+        if save_torrent is not None:
+            _save_torrent(save_torrent, Path(source).read_bytes())
+        return meta, ()
+    from mptorrent.proto.magnet import parse_magnet, torrent_from_metadata
+
+    magnet = parse_magnet(source)  # BadMagnet: exit 3, one line
+    if not quiet:
+        for w in magnet.warnings:
+            click.echo(f"mptorrent: warning: {safe_text(w)}", err=True)
+    if magnet_phase is None:
+        raise click.UsageError("this command takes a .torrent file, not a magnet link")
+    found = magnet_phase(magnet)
+    if save_torrent is not None:
+        _save_torrent(save_torrent, torrent_from_metadata(found.info, magnet))
+    if not quiet:
+        for w in found.meta.warnings:
+            click.echo(f"mptorrent: warning: {safe_text(w)}", err=True)
+    return found.meta, found.peers
+
+
+def _notes(quiet: bool = False) -> Callable[[Event], None]:
+    """A sink that prints the rendered events as lines on stderr."""
+    verbose = _verbose()
+
+    def show(event: Event) -> None:
+        text = render(event, quiet=quiet, verbose=verbose)
+        if text is not None:
+            click.echo(text, err=True)
+
+    return show
+
+
 @cli.command()
-@click.argument("torrent", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("torrent", metavar="TORRENT|MAGNET", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--peer", "peers", multiple=True, callback=_peers,
+    help="A peer HOST:PORT to ask for a magnet link's metadata (repeatable).",
+)  # fmt: skip
+@click.option("--bind", default="0.0.0.0", show_default=True,
+              help="Address to dial peers and announce from (magnet links).")  # fmt: skip
+@click.option("--no-trackers", is_flag=True, help="Ask only x.pe and --peer peers (magnet links).")
+@save_torrent_option
+@metadata_timeout_option
 @verbose_option
-def info(torrent: Path, as_json: bool) -> None:
-    """Show what a .torrent file holds."""
+def info(
+    torrent: str, as_json: bool, peers: tuple[PeerAddr, ...], bind: str, no_trackers: bool,
+    save_torrent: Path | None, metadata_timeout: float,
+) -> None:  # fmt: skip
+    """Show what a .torrent file holds, or a magnet link's torrent (its metadata is
+    fetched from peers first)."""
     from mptorrent.disk.storage import human_size
 
-    meta = load_torrent(torrent)
+    def phase(magnet: Magnet) -> MetadataResult:
+        from mptorrent.engine.metadata import fetch_metadata
+
+        return fetch_metadata(
+            magnet, peers=peers, use_trackers=not no_trackers, bind=bind,
+            timeout=metadata_timeout, events=_notes(), announce_stopped=True,
+        )  # fmt: skip
+
+    meta, _found = load_source(torrent, save_torrent=save_torrent, magnet_phase=phase)
     if as_json:
         import json
 
@@ -318,15 +414,6 @@ def parse_peer(text: str) -> PeerAddr:
     return PeerAddr(host, int(port_s))
 
 
-def _peers(
-    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
-) -> tuple[PeerAddr, ...]:
-    try:
-        return tuple(parse_peer(v) for v in value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 class BarProgress:
     """The command line's sink for a fetch's events: one tqdm bar on stderr, and the
     lines :func:`mptorrent.cli.render.render` gives for the other events.
@@ -385,7 +472,7 @@ class BarProgress:
 
 
 @cli.command()
-@click.argument("torrent", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("torrent", metavar="TORRENT|MAGNET", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output file, or directory for multi-file; default ./NAME")  # fmt: skip
 @jobs_option
@@ -403,24 +490,40 @@ class BarProgress:
               help="After completing, keep seeding until uploaded/size reaches R.")  # fmt: skip
 @click.option("--seed-time", type=click.FloatRange(min=0, min_open=True),
               help="After completing, keep seeding for MIN minutes.")  # fmt: skip
+@save_torrent_option
+@metadata_timeout_option
 @io_option
 @quiet_option
 @verbose_option
 def fetch(
-    torrent: Path, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
+    torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
-    seed_time: float | None, io: IoChoice, quiet: bool,
+    seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
+    quiet: bool,
 ) -> None:  # fmt: skip
-    """Download a torrent with parallel worker processes."""
+    """Download a torrent (a .torrent file or a magnet link) with parallel worker processes."""
     from mptorrent.engine.coordinator import FetchOptions
     from mptorrent.engine.coordinator import fetch as run_fetch
 
-    meta = load_torrent(torrent, quiet=quiet)
+    progress = BarProgress(quiet, verbose=_verbose())
+
+    def phase(magnet: Magnet) -> MetadataResult:
+        from mptorrent.engine.metadata import fetch_metadata
+
+        return fetch_metadata(
+            magnet, peers=peers, use_trackers=not no_trackers, port=port, bind=bind,
+            timeout=metadata_timeout, events=progress,
+            # the download announces its own port; with --port 0 this phase's was a guess
+            announce_stopped=port == 0,
+        )  # fmt: skip
+
+    meta, found = load_source(torrent, quiet=quiet, save_torrent=save_torrent, magnet_phase=phase)
+    # the peers that gave the metadata first: the download starts with them
+    peers = tuple(dict.fromkeys((*found, *peers)))
     if not peers and (no_trackers or not meta.trackers):
         # decided before anything is created on disk
         why = "trackers are turned off" if no_trackers else "the torrent lists no usable trackers"
         raise DownloadError(f"no peers: {why} and no --peer was given")
-    progress = BarProgress(quiet, verbose=_verbose())
     seed_after = None
     if seed_ratio is not None or seed_time is not None:
         seed_after = _seed_after(meta.total_length, seed_ratio, seed_time, progress, quiet)

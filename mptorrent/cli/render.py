@@ -62,6 +62,17 @@ def render(event: ev.Event, *, quiet: bool = False, verbose: bool = False) -> st
             return None
         case ev.PieceVerified() | ev.Error():
             return None
+        case ev.FetchingMetadata(info_hash, name):
+            what = info_hash if name is None else f"{name} ({info_hash})"
+            return _note(f"fetching the metadata of {what}", quiet)
+        case ev.MetadataReceived(name, size, pieces, seconds):
+            from mptorrent.disk.storage import human_size
+
+            return _note(
+                f"metadata received in {seconds:.2f} s: {name}, {human_size(size)} in {pieces} "
+                "piece(s)",
+                quiet,
+            )
         case ev.CheckingExisting():
             return _note("checking existing data", quiet)
         case ev.PortBusy(wanted, port):
