@@ -94,6 +94,17 @@ class WorkerStats(NamedTuple):
     peers: int
 
 
+class PexLearned(NamedTuple):
+    """Peers that ``source`` told a worker about by ut_pex (BEP 11): candidates for the
+    coordinator to dial, never dialled by the worker on its own.  ``flags`` holds the
+    BEP 11 flag byte of each peer, in the same order."""
+
+    worker: int
+    source: PeerAddr
+    peers: tuple[PeerAddr, ...]
+    flags: tuple[int, ...]
+
+
 class WorkerFailed(NamedTuple):
     """A worker hit an error it cannot recover from (a bug, or a disk error)."""
 
@@ -129,7 +140,7 @@ class Seeding(NamedTuple):
 
 WorkerReport: TypeAlias = (
     Took | PieceDone | PieceFailed | Returned | PeerBitfield | PeerHaves | PeerBanned
-    | WorkerStats | WorkerFailed | Seeding
+    | WorkerStats | WorkerFailed | Seeding | PexLearned
 )  # fmt: skip
 """Worker -> coordinator (or seeder), in lists on the worker's report queue."""
 

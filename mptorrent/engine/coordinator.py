@@ -38,6 +38,7 @@ from mptorrent.messages import (
     PeerBanned,
     PeerBitfield,
     PeerHaves,
+    PexLearned,
     PieceDone,
     PieceFailed,
     Returned,
@@ -62,6 +63,7 @@ NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
+MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
 
 
 # What the coordinator's inbox carries: a tracker tier's answer (from an announce
@@ -343,6 +345,17 @@ class Coordinator:
         slot = min(self.slots, key=lambda s: len(s.peers))
         self._give(slot, addr)
 
+    def _pex_learned(self, msg: PexLearned) -> None:
+        """Peers a worker's peer told it about (BEP 11): dialled like tracker peers, up to
+        ``MAX_PEX_KNOWN`` known in all.  Our own address and banned peers are left out by
+        ``_add_peer``; a private torrent ignores PEX entirely (BEP 27)."""
+        if self.meta.private:
+            return
+        for addr in msg.peers:
+            if len(self.known) >= MAX_PEX_KNOWN:
+                return
+            self._add_peer(addr)
+
     def _give(self, slot: _Slot, addr: PeerAddr) -> None:
         slot.peers.append(addr)
         self.pool.send(slot.wid, AddPeers((addr,)))  # else it gets them when it starts
@@ -592,6 +605,8 @@ class Coordinator:
                 self.uploaded += msg.uploaded
             case Seeding():
                 self.seeding_acks += 1
+            case PexLearned():
+                self._pex_learned(msg)
             case WorkerFailed():
                 if msg.storage:
                     raise StorageError(msg.message).with_detail(msg.detail)
