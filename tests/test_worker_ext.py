@@ -270,3 +270,14 @@ def test_coordinator_caps_what_pex_adds(tmp_path: Path) -> None:
     for k in range(MAX_PEX_KNOWN // 50 + 2):
         c._on_worker(c.slots[0], learned(*(PeerAddr(f"10.{k}.0.{i}", 6881) for i in range(1, 51))))
     assert len(c.known) == MAX_PEX_KNOWN
+
+
+def test_coordinator_bound_to_every_address_knows_itself_on_loopback(tmp_path: Path) -> None:
+    c = coordinator(tmp_path, make_meta())
+    c.listen = ("0.0.0.0", 6881)
+    c._on_worker(
+        c.slots[0],
+        learned(PeerAddr("127.0.0.1", 6881), PeerAddr("127.0.0.5", 6881), PeerAddr("::1", 6881)),
+    )
+    c._on_worker(c.slots[0], learned(PeerAddr("127.0.0.5", 6882), PeerAddr("10.0.0.1", 6881)))
+    assert c.known == {PeerAddr("127.0.0.5", 6882), PeerAddr("10.0.0.1", 6881)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import ipaddress
 import os
 import queue
 import signal
@@ -339,7 +340,7 @@ class Coordinator:
         """Give a new peer to the worker with the fewest."""
         if addr in self.known or addr in self.banned or addr.port == 0:
             return
-        if self.listen is not None and addr == PeerAddr(*self.listen):
+        if self.listen is not None and _is_us(addr, self.listen):
             return
         self.known.add(addr)
         slot = min(self.slots, key=lambda s: len(s.peers))
@@ -695,6 +696,22 @@ class Coordinator:
                 f"worker {ex.worker} was killed by SIGBUS: disk I/O error or disk full"
             )
         self._restart(self.slots[ex.worker], ex.describe(), ex.code)
+
+
+def _is_us(addr: PeerAddr, listen: tuple[str, int]) -> bool:
+    """``addr`` is our own listener: the address we bind, or, bound to every address, any
+    loopback address with our port (a peer's PEX or a tracker can hand us ourselves)."""
+    host, port = listen
+    if addr.port != port:
+        return False
+    if addr.host == host:
+        return True
+    if host not in ("0.0.0.0", "::"):
+        return False
+    try:
+        return ipaddress.ip_address(addr.host).is_loopback
+    except ValueError:
+        return False
 
 
 def fetch(
