@@ -87,7 +87,9 @@ def data(case: TorrentCase) -> bytes:
 
 @pytest.fixture(scope="module")
 def good(case: TorrentCase) -> Iterator[LtPeer]:
-    with LtPeer(case.torrent, case.save_dir, ip=GOOD_IP, use_trackers=False) as seeder:
+    # No PEX: it would dial the hostile peers our workers tell it about, and their counts
+    # of connections would no longer be the client's alone.
+    with LtPeer(case.torrent, case.save_dir, ip=GOOD_IP, use_trackers=False, pex=False) as seeder:
         yield seeder
 
 
