@@ -9,6 +9,8 @@
   and both upload to mptorrent.  The first peer holds only half the pieces, so the fetch
   cannot complete without the seeder.  The fetch does not listen, so the seeder cannot have
   dialled in: it was dialled.
+* The reverse: two libtorrent leechers that know only ``mptorrent seed`` learn each other
+  from its ut_pex and connect.
 
 libtorrent sends a peer its first ut_pex message (the full list of its connected peers) a
 second or so after the extended handshakes, and changes only once a minute after that; so
@@ -126,3 +128,37 @@ def test_pex_leads_the_fetch_to_a_seeder_it_was_not_told_about(
     assert set(per_peer) == {half_addr, seeder_addr}, per_peer
     assert per_peer[seeder_addr] >= n - len(first_half)
     assert elapsed < 20, elapsed
+
+
+def _throttle_download(peer: LtPeer, rate: int) -> None:
+    """Loopback peers are in libtorrent's local peer class, which session limits skip."""
+    ses = peer._ses
+    cls = ses.get_peer_class(ses.local_peer_class_id)
+    cls["download_limit"] = rate
+    ses.set_peer_class(ses.local_peer_class_id, cls)
+
+
+def _connected(a: LtPeer, b: LtPeer) -> bool:
+    return b.ip in {p.ip[0] for p in a.handle.get_peer_info()}
+
+
+def test_libtorrent_leechers_learn_each_other_from_our_pex(
+    tmp_path: Path, fresh_ip: Callable[[], str]
+) -> None:
+    payload = make_payload(tmp_path / "data", 4 * 1024 * KiB, name="file.bin")
+    torrent = make_torrent(payload.root, 64 * KiB)
+    path = write_torrent(tmp_path, torrent)
+    # One worker: PEX lists that worker's own peers (see mptorrent/worker/extensions.py).
+    with (
+        mptorrent_seed(path, payload.root, fresh_ip(), "--no-trackers", jobs=1) as seed,
+        LtPeer(torrent, tmp_path / "l1", ip=fresh_ip(), role="leech", use_trackers=False) as l1,
+        LtPeer(torrent, tmp_path / "l2", ip=fresh_ip(), role="leech", use_trackers=False) as l2,
+    ):
+        for leech in (l1, l2):
+            _throttle_download(leech, 256 * KiB)  # both stay leechers for the test
+            leech.add_peer(*seed.addr)
+        deadline = time.monotonic() + 15
+        while not (_connected(l1, l2) or _connected(l2, l1)):
+            assert time.monotonic() < deadline, "the leechers never met"
+            time.sleep(0.1)
+        assert l1.stats().progress < 1 and l2.stats().progress < 1
