@@ -132,6 +132,13 @@ class SeedOnly(NamedTuple):
     on the connections already open (peers need not re-dial a new seeder)."""
 
 
+class SwarmPeers(NamedTuple):
+    """The peers the coordinator's workers are connected to, at the addresses they were
+    dialled at: each worker's ut_pex messages (BEP 11) list these besides its own peers."""
+
+    peers: tuple[PeerAddr, ...]
+
+
 class Seeding(NamedTuple):
     """A worker's answer to SeedOnly, after its last download counts."""
 
@@ -144,7 +151,7 @@ WorkerReport: TypeAlias = (
 )  # fmt: skip
 """Worker -> coordinator (or seeder), in lists on the worker's report queue."""
 
-Control: TypeAlias = AddPeers | Stop | SeedOnly
+Control: TypeAlias = AddPeers | Stop | SeedOnly | SwarmPeers
 """Coordinator (or seeder) -> one worker, on its control queue."""
 
 # The queues between the coordinator (or seeder) and one worker; engine/pool.py makes them.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mptorrent.engine.coordinator import MAX_PEX_KNOWN, Coordinator, FetchOptions
+from mptorrent.engine.coordinator import MAX_PEX_KNOWN, SWARM_EVERY, Coordinator, FetchOptions
 from mptorrent.messages import PeerAddr, PexLearned
 from mptorrent.netio.peer import ACTIVE, CLOSED, PeerSession
 from mptorrent.policy.budget import METADATA_BURST, RequestBudget
@@ -281,3 +281,35 @@ def test_coordinator_bound_to_every_address_knows_itself_on_loopback(tmp_path: P
     )
     c._on_worker(c.slots[0], learned(PeerAddr("127.0.0.5", 6882), PeerAddr("10.0.0.1", 6881)))
     assert c.known == {PeerAddr("127.0.0.5", 6882), PeerAddr("10.0.0.1", 6881)}
+
+
+def test_coordinator_shares_the_dialled_connected_peers_every_few_seconds(tmp_path: Path) -> None:
+    c = coordinator(tmp_path, make_meta())
+    a, b, banned = PeerAddr("127.0.0.7", 5), PeerAddr("127.0.0.8", 5), PeerAddr("127.0.0.9", 5)
+    c.known |= {a, b, banned}
+    c.banned[banned] = "lied"
+    c.slots[0].reported = {a, banned, PeerAddr("127.0.0.10", 40000)}  # the last came in
+    assert c.swarm() == {a}
+    c._share_swarm(100.0)
+    assert c._swarm_sent == {a}
+    c.slots[0].reported.add(b)
+    c._share_swarm(101.0)
+    assert c._swarm_sent == {a}  # not yet: every SWARM_EVERY seconds
+    c._share_swarm(100.0 + SWARM_EVERY)
+    assert c._swarm_sent == {a, b}
+    private = coordinator(tmp_path / "p", make_meta(private=True))
+    private.known.add(a)
+    private.slots[0].reported = {a}
+    private._share_swarm(100.0)
+    assert private._swarm_sent == frozenset()  # BEP 27
+
+
+def test_pex_sent_lists_the_other_workers_peers_too() -> None:
+    meta = make_meta()
+    ext, p, remote = connect(meta)
+    remote.take()
+    their_handshake(ext, p, remote)
+    ext.swarm = (PeerAddr("127.0.3.1", 6881), p.addr)  # the peer itself is never listed
+    ext.send_pex([p], 10.0)
+    (pex,) = [e for e in remote.take() if isinstance(e, PexPeers)]
+    assert pex.added == (PexPeer(PeerAddr("127.0.3.1", 6881), PexFlags.REACHABLE),)

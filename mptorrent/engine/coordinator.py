@@ -45,6 +45,7 @@ from mptorrent.messages import (
     Returned,
     Seeding,
     SeedOnly,
+    SwarmPeers,
     Took,
     WorkerFailed,
     WorkerReport,
@@ -65,6 +66,8 @@ SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
+SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the workers' PEX
+MAX_SWARM = 200  # connected peers sent to the workers at most (PEX sends 50 a minute)
 
 
 # What the coordinator's inbox carries: a tracker tier's answer (from an announce
@@ -172,6 +175,8 @@ class Coordinator:
         self.trackers_pending = 0
         self._lock = threading.Lock()
         self.listen: tuple[str, int] | None = None
+        self._swarm_sent: frozenset[PeerAddr] = frozenset()  # the last SwarmPeers
+        self._swarm_at = 0.0
         self._holder: socket.socket | None = None
         self._lock_fd: int | None = None
         self.ahead = max(MIN_AHEAD, min(MAX_AHEAD, AHEAD_BYTES // meta.piece_length))
@@ -357,6 +362,23 @@ class Coordinator:
                 return
             self._add_peer(addr)
 
+    def swarm(self) -> frozenset[PeerAddr]:
+        """The peers some worker is connected to (its bitfield reported) that others can
+        dial: those we gave out, not banned.  Incoming peers' temporary ports are left out."""
+        reported = (a for s in self.slots for a in s.reported)
+        return frozenset(a for a in reported if a in self.known and a not in self.banned)
+
+    def _share_swarm(self, now: float) -> None:
+        """Every few seconds, if it changed: tell every worker whom the swarm's workers are
+        connected to, so each one's PEX speaks for the whole client (issue 14)."""
+        if self.meta.private or now - self._swarm_at < SWARM_EVERY:
+            return
+        self._swarm_at = now
+        peers = self.swarm()
+        if peers != self._swarm_sent:
+            self._swarm_sent = peers
+            self.pool.broadcast(SwarmPeers(tuple(sorted(peers, key=str))[:MAX_SWARM]))
+
     def _give(self, slot: _Slot, addr: PeerAddr) -> None:
         slot.peers.append(addr)
         self.pool.send(slot.wid, AddPeers((addr,)))  # else it gets them when it starts
@@ -420,6 +442,7 @@ class Coordinator:
         slot.queued = 0
         slot.stats_peers = 0
         slot.reported = set()
+        self._swarm_sent = frozenset()  # a new incarnation has heard nothing yet
 
     def _deliver(self, batch: Batch) -> None:
         """From the pool's reader threads: a worker's list of reports."""
@@ -478,6 +501,7 @@ class Coordinator:
             self._check_workers()
             peers = sum(s.stats_peers for s in self.slots)
             now = time.monotonic()
+            self._share_swarm(now)
             self._reannounce(now, peers)
             if peers:
                 last_peer_seen = now

@@ -16,10 +16,11 @@ worker hands to :meth:`WorkerExtensions.handle`:
   its own.  A peer's ut_pex messages past ``PEX_BURST`` in quick succession are
   ignored (an honest client sends one a minute);
 * :meth:`WorkerExtensions.send_pex` sends each ut_pex peer, at most once a
-  minute (``PexState``), the changes in *this worker's* connected peers.  A
-  simplification of issue 14, where the coordinator's view of the whole swarm
-  would be sent: a worker's peers are a share of it, and every peer of ours
-  still learns the peers its own worker holds.
+  minute (``PexState``), the changes in the peers we are connected to: this
+  worker's own, plus :attr:`WorkerExtensions.swarm`, the other workers'
+  connections as the coordinator last sent them (``SwarmPeers``, every few
+  seconds while fetching).  A seed's workers have only their own (the seeder
+  hears of no peer's pieces, so it does not know who is connected).
 
 All of this happens at handshake time and on Extended messages only: nothing
 here runs per block.
@@ -75,6 +76,7 @@ class WorkerExtensions:
         self.info: bytes | None = meta.info_bytes or None
         self.private = meta.private
         self.listen_port = listen_port
+        self.swarm: tuple[PeerAddr, ...] = ()  # the whole client's peers (SwarmPeers)
         self._peers: dict[PeerSession, _PeerExt] = {}
 
     # -- connections --------------------------------------------------------
@@ -163,6 +165,8 @@ class WorkerExtensions:
             if not q.inbound:
                 flags |= PexFlags.REACHABLE  # we reached it
             connected[addr] = flags
+        for addr in self.swarm:
+            connected.setdefault(addr, PexFlags.REACHABLE)  # a worker of ours dialled it
         for p, st in due:
             assert st.pex is not None
             if p.state != ACTIVE:

@@ -45,6 +45,7 @@ from mptorrent.messages import (
     Seeding,
     SeedOnly,
     Stop,
+    SwarmPeers,
     Took,
     WorkerFailed,
     WorkerReport,
@@ -322,6 +323,8 @@ class _Worker:
                         if addr not in self.banned and addr not in self.complete_peers:
                             self.retry.setdefault(addr, _Retry())
                     self._connect_peers(time.monotonic())  # now, not at the next slow tick
+                case SwarmPeers():
+                    self.ext.swarm = msg.peers  # listed in our PEX besides our own peers
                 case _:
                     assert_never(msg)
 
