@@ -97,6 +97,17 @@ class WorkerStats(NamedTuple):
     peers: int
 
 
+class PexLearned(NamedTuple):
+    """Peers that ``source`` told a worker about by ut_pex (BEP 11): candidates for the
+    coordinator to dial, never dialled by the worker on its own.  ``flags`` holds the
+    BEP 11 flag byte of each peer, in the same order."""
+
+    worker: int
+    source: PeerAddr
+    peers: tuple[PeerAddr, ...]
+    flags: tuple[int, ...]
+
+
 class WorkerFailed(NamedTuple):
     """A worker hit an error it cannot recover from (a bug, or a disk error)."""
 
@@ -124,6 +135,13 @@ class SeedOnly(NamedTuple):
     on the connections already open (peers need not re-dial a new seeder)."""
 
 
+class SwarmPeers(NamedTuple):
+    """The peers the coordinator's workers are connected to, at the addresses they were
+    dialled at: each worker's ut_pex messages (BEP 11) list these besides its own peers."""
+
+    peers: tuple[PeerAddr, ...]
+
+
 class Seeding(NamedTuple):
     """A worker's answer to SeedOnly, after its last download counts."""
 
@@ -132,11 +150,11 @@ class Seeding(NamedTuple):
 
 WorkerReport: TypeAlias = (
     Took | PieceDone | PieceFailed | Returned | PeerBitfield | PeerHaves | PeerBanned
-    | WorkerStats | WorkerFailed | Seeding
+    | WorkerStats | WorkerFailed | Seeding | PexLearned
 )  # fmt: skip
 """Worker -> coordinator (or seeder), in lists on the worker's report queue."""
 
-Control: TypeAlias = AddPeers | Stop | SeedOnly
+Control: TypeAlias = AddPeers | Stop | SeedOnly | SwarmPeers
 """Coordinator (or seeder) -> one worker, on its control queue."""
 
 # The queues between the coordinator (or seeder) and one worker; engine/pool.py makes them.

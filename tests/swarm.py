@@ -358,6 +358,8 @@ class LtPeer:
     others.  ``upload_rate_limit`` is in bytes/s (0 = unlimited).  ``tracker_url`` replaces the
     torrent's trackers; ``use_trackers=False`` drops them.  ``trust_data`` adds a seeder in
     seed mode (no hash check at start, libtorrent verifies each piece when first sent).
+    ``pex=False`` leaves out libtorrent's ut_pex plugin: the peer neither learns peers from
+    mptorrent's PEX nor dials them (tests that count every connection a peer gets).
     """
 
     def __init__(
@@ -376,6 +378,7 @@ class LtPeer:
         trust_data: bool = False,
         encryption: bool = False,
         settings: Mapping[str, Any] | None = None,
+        pex: bool = True,
     ) -> None:
         _check_loopback(ip)
         if role not in ("seed", "leech"):
@@ -403,6 +406,7 @@ class LtPeer:
         self.trust_data = trust_data
         self.encryption = encryption
         self.extra_settings = dict(settings or {})
+        self.pex = pex
         self._ses: Any = None
         self._handle: Any = None
         self._added_at = 0.0
@@ -466,7 +470,12 @@ class LtPeer:
         if self.upload_rate_limit:
             settings["upload_rate_limit"] = self.upload_rate_limit
         settings.update(self.extra_settings)
-        ses = lt.session(lt.session_params(settings))
+        if self.pex:
+            ses = lt.session(lt.session_params(settings))
+        else:
+            ses = lt.session(settings, 0)  # no default plugins: add all but ut_pex
+            for plugin in ("ut_metadata", "smart_ban"):
+                ses.add_extension(plugin)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             ses.wait_for_alert(100)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import ipaddress
 import os
 import queue
 import signal
@@ -38,11 +39,13 @@ from mptorrent.messages import (
     PeerBanned,
     PeerBitfield,
     PeerHaves,
+    PexLearned,
     PieceDone,
     PieceFailed,
     Returned,
     Seeding,
     SeedOnly,
+    SwarmPeers,
     Took,
     WorkerFailed,
     WorkerReport,
@@ -62,6 +65,9 @@ NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
+MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
+SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the workers' PEX
+MAX_SWARM = 200  # connected peers sent to the workers at most (PEX sends 50 a minute)
 
 
 # What the coordinator's inbox carries: a tracker tier's answer (from an announce
@@ -178,6 +184,8 @@ class Coordinator:
         self.trackers_pending = 0
         self._lock = threading.Lock()
         self.listen: tuple[str, int] | None = None
+        self._swarm_sent: frozenset[PeerAddr] = frozenset()  # the last SwarmPeers
+        self._swarm_at = 0.0
         self._holder: socket.socket | None = None
         self._lock_fd: int | None = None
         self.ahead = max(MIN_AHEAD, min(MAX_AHEAD, AHEAD_BYTES // meta.piece_length))
@@ -346,11 +354,39 @@ class Coordinator:
         """Give a new peer to the worker with the fewest."""
         if addr in self.known or addr in self.banned or addr.port == 0:
             return
-        if self.listen is not None and addr == PeerAddr(*self.listen):
+        if self.listen is not None and _is_us(addr, self.listen):
             return
         self.known.add(addr)
         slot = min(self.slots, key=lambda s: len(s.peers))
         self._give(slot, addr)
+
+    def _pex_learned(self, msg: PexLearned) -> None:
+        """Peers a worker's peer told it about (BEP 11): dialled like tracker peers, up to
+        ``MAX_PEX_KNOWN`` known in all.  Our own address and banned peers are left out by
+        ``_add_peer``; a private torrent ignores PEX entirely (BEP 27)."""
+        if self.meta.private:
+            return
+        for addr in msg.peers:
+            if len(self.known) >= MAX_PEX_KNOWN:
+                return
+            self._add_peer(addr)
+
+    def swarm(self) -> frozenset[PeerAddr]:
+        """The peers some worker is connected to (its bitfield reported) that others can
+        dial: those we gave out, not banned.  Incoming peers' temporary ports are left out."""
+        reported = (a for s in self.slots for a in s.reported)
+        return frozenset(a for a in reported if a in self.known and a not in self.banned)
+
+    def _share_swarm(self, now: float) -> None:
+        """Every few seconds, if it changed: tell every worker whom the swarm's workers are
+        connected to, so each one's PEX speaks for the whole client (issue 14)."""
+        if self.meta.private or now - self._swarm_at < SWARM_EVERY:
+            return
+        self._swarm_at = now
+        peers = self.swarm()
+        if peers != self._swarm_sent:
+            self._swarm_sent = peers
+            self.pool.broadcast(SwarmPeers(tuple(sorted(peers, key=str))[:MAX_SWARM]))
 
     def _give(self, slot: _Slot, addr: PeerAddr) -> None:
         slot.peers.append(addr)
@@ -415,6 +451,7 @@ class Coordinator:
         slot.queued = 0
         slot.stats_peers = 0
         slot.reported = set()
+        self._swarm_sent = frozenset()  # a new incarnation has heard nothing yet
 
     def _deliver(self, batch: Batch) -> None:
         """From the pool's reader threads: a worker's list of reports."""
@@ -473,6 +510,7 @@ class Coordinator:
             self._check_workers()
             peers = sum(s.stats_peers for s in self.slots)
             now = time.monotonic()
+            self._share_swarm(now)
             self._reannounce(now, peers)
             if peers:
                 last_peer_seen = now
@@ -601,6 +639,8 @@ class Coordinator:
                 self.uploaded += msg.uploaded
             case Seeding():
                 self.seeding_acks += 1
+            case PexLearned():
+                self._pex_learned(msg)
             case WorkerFailed():
                 if msg.storage:
                     raise StorageError(msg.message).with_detail(msg.detail)
@@ -689,6 +729,22 @@ class Coordinator:
                 f"worker {ex.worker} was killed by SIGBUS: disk I/O error or disk full"
             )
         self._restart(self.slots[ex.worker], ex.describe(), ex.code)
+
+
+def _is_us(addr: PeerAddr, listen: tuple[str, int]) -> bool:
+    """``addr`` is our own listener: the address we bind, or, bound to every address, any
+    loopback address with our port (a peer's PEX or a tracker can hand us ourselves)."""
+    host, port = listen
+    if addr.port != port:
+        return False
+    if addr.host == host:
+        return True
+    if host not in ("0.0.0.0", "::"):
+        return False
+    try:
+        return ipaddress.ip_address(addr.host).is_loopback
+    except ValueError:
+        return False
 
 
 def fetch(

@@ -29,6 +29,7 @@ from mptorrent.messages import (
     PeerBanned,
     PeerBitfield,
     PeerHaves,
+    PexLearned,
     PieceDone,
     PieceFailed,
     Returned,
@@ -186,6 +187,8 @@ class Seeder:
                 pass  # a serve-only worker takes and fetches nothing
             case PeerBitfield() | PeerHaves() | PeerBanned():
                 pass  # what leechers have is their business
+            case PexLearned():
+                pass  # a seed only serves: it dials nobody
             case _:
                 assert_never(msg)
 

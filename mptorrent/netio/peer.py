@@ -122,8 +122,10 @@ class PeerSession:
         self.state = HANDSHAKING
 
     def greet(self, have: bytes | bytearray | memoryview | None, interested: bool) -> None:
-        """Our handshake, then our bitfield (only if we hold something), then interest."""
-        self.queue(self.wire.send(wire.Handshake(self.info_hash, self.peer_id)))
+        """Our handshake (we speak BEP 10), then our bitfield (only if we hold something),
+        then interest."""
+        hs = wire.Handshake(self.info_hash, self.peer_id, wire.EXTENSION_RESERVED)
+        self.queue(self.wire.send(hs))
         if have is not None and any(have):
             self.queue(self.wire.send(wire.Bitfield(wire.pack_bitfield(have))))
         if interested:

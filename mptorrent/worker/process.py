@@ -45,6 +45,7 @@ from mptorrent.messages import (
     Seeding,
     SeedOnly,
     Stop,
+    SwarmPeers,
     Took,
     WorkerFailed,
     WorkerReport,
@@ -55,6 +56,7 @@ from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSe
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
 from mptorrent.proto import wire
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.worker.extensions import WorkerExtensions
 from mptorrent.worker.upload import Uploader
 
 TICK = 0.05
@@ -179,6 +181,11 @@ class _Worker:
         self.told = bytearray(self.have)
         self.seed_only = self.cfg.seed_only
         self.uploader = Uploader(self.storage, self.have, seeding=self.seed_only)
+        self.ext = WorkerExtensions(
+            meta,
+            worker_id=self.cfg.worker_id,
+            listen_port=self.cfg.listen[1] if self.cfg.listen is not None else None,
+        )
         self.listener: socket.socket | None = None
         if self.cfg.listen is not None:
             self.listener = listen_socket(*self.cfg.listen)
@@ -210,6 +217,7 @@ class _Worker:
                 for p in self.peers.values():
                     p.update_depth(now)
                 self.uploader.rechoke(now)
+                self.ext.send_pex(self.peers.values(), now)
             # A worker with no piece in hand waits for work, peers or (at the end) Stop,
             # which arrive on queues the selector cannot watch: look at them often.
             idle = not policy.jobs and not self.seed_only
@@ -327,6 +335,8 @@ class _Worker:
                         if addr not in self.banned and addr not in self.complete_peers:
                             self.retry.setdefault(addr, _Retry())
                     self._connect_peers(time.monotonic())  # now, not at the next slow tick
+                case SwarmPeers():
+                    self.ext.swarm = msg.peers  # listed in our PEX besides our own peers
                 case _:
                     assert_never(msg)
 
@@ -393,6 +403,7 @@ class _Worker:
         self._release_pending(p)
         p.close(reason)
         self.uploader.detach(p)
+        self.ext.forget(p)
         self.peers.pop(p.addr, None)
         if p.reported_bits:
             self._emit(PeerBitfield(self.cfg.worker_id, p.addr, None))
@@ -488,6 +499,7 @@ class _Worker:
                 if ev.peer_id[:SELF_ID_LEN] == self.client_prefix:
                     raise _SelfConnection
                 p.state = ACTIVE
+                self.ext.attach(p)  # BEP 10, if both handshakes set its bit
             elif isinstance(ev, wire.Bitfield):
                 if self.seed_only:  # availability matters only while downloading
                     if self._leave_if_seed(p):
@@ -508,6 +520,10 @@ class _Worker:
                 self._release_pending(p)
             elif isinstance(ev, (wire.Request, wire.Cancel, wire.Interested, wire.NotInterested)):
                 self.uploader.on_event(p, ev)
+            elif not isinstance(ev, (wire.Unchoke, wire.KeepAlive)):
+                learned = self.ext.handle(p, ev, self.now)  # BEP 10 events
+                if learned is not None:
+                    self._emit(learned)
             # Unchoke, KeepAlive and the rest change wire state only.
         if policy.downloaded != got:
             p.last_block = p.last_message = self.now

@@ -460,7 +460,9 @@ class OnceSeeder:
     i with i % leechers == k, by HAVE messages (nobody gets a bitfield), so a leecher can
     finish only with the others' help.  Once every connection to one address has closed (that
     leecher finished), the rest are offered every piece, so that one leaving first cannot
-    strand the others.
+    strand the others.  Each address serves only the first leecher (by IP) that reached it:
+    one that learns the other address from the other leecher's PEX is turned away, or it
+    would be offered the other share too.
 
     Not libtorrent: its super-seeding sends no piece at all to a peer without the fast
     extension (2.1.1), and share mode does not limit what a seed uploads.
@@ -478,6 +480,7 @@ class OnceSeeder:
         self.shares = [{i for i in range(n) if i % k == j} for j in range(k)]
         self.sent = 0  # payload bytes
         self.conns: dict[socket.socket, int] = {}  # -> the listener it came through
+        self.owners: dict[int, str] = {}  # listener -> the IP of the leecher it serves
         self.bufs: dict[socket.socket, bytearray] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -501,7 +504,10 @@ class OnceSeeder:
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
                     if sock in self.listeners:
-                        conn, _ = sock.accept()
+                        conn, (ip, *_) = sock.accept()
+                        if self.owners.setdefault(key.data, ip) != ip:
+                            conn.close()
+                            continue
                         conn.setblocking(True)  # small writes: a blocking sendall is simplest
                         self.conns[conn] = key.data
                         self.bufs[conn] = bytearray()

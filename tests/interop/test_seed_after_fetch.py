@@ -57,10 +57,11 @@ def test_seed_ratio_serves_a_libtorrent_leecher_then_exits(
         wait_listening((fetch_ip, port))
         with LtPeer(
             single_case.torrent, tmp_path / "lt", ip=fresh_ip(), role="leech",
-            use_trackers=False,
+            use_trackers=False, pex=False,
         ) as leecher:  # fmt: skip
-            # The source seeder is unknown to the leecher: every byte it gets comes from
-            # the fetch, during the download or after it completed.  It is told of the
+            # The source seeder is unknown to the leecher (no PEX, or the fetch would tell
+            # it): every byte it gets comes from the fetch, during the download or after it
+            # completed.  It is told of the
             # fetch once: the fetch seeds on the same connection, so the leecher never
             # has to re-dial (libtorrent would wait 60 s, its min_reconnect_time, to dial
             # a peer that had closed on it).
