@@ -1880,3 +1880,12 @@ def test_have_none_before_the_geometry_gives_no_event() -> None:
     assert drain(us) == []
     us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
     assert drain(us) == [] and us.peer_has_count == 0
+
+
+def test_allowed_fast_pieces_may_be_requested_while_choked() -> None:
+    pair = fast_pair()
+    pair.expect_same(pair.b, AllowedFast(1))
+    pair.a.send_requests([(1, 0, BLOCK_SIZE), (1, BLOCK_SIZE, BLOCK_SIZE)])
+    with pytest.raises(LocalProtocolError, match="chokes us"):
+        pair.a.send_requests([(1, 0, 100), (2, 0, BLOCK_SIZE)])  # all or nothing
+    assert pair.a.outstanding_requests == 2

@@ -1280,7 +1280,9 @@ class Connection:
         for index, begin, length in keys:
             if index < 0 or begin < 0 or not block_ok(index, begin, length):
                 self._check_block_out(index, begin, length)  # raises the right error
-        if self._peer_choking:
+        # BEP 6: pieces the peer allowed us fast may be asked for while it chokes us.
+        allowed = self._allowed_fast
+        if self._peer_choking and (not keys or not all(key[0] in allowed for key in keys)):
             raise LocalProtocolError("cannot request while the peer chokes us")
         self._ledger.record(keys)
         if not keys:
