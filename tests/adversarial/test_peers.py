@@ -717,7 +717,7 @@ def test_c8_bad_have_closes(violations: Run, name: str, reason: str) -> None:
     [
         ("C8-fast-have-all-late", "have all after other messages"),
         ("C8-fast-allowed-range", f"allowed fast for piece {NUM_PIECES} of {NUM_PIECES}"),
-        ("C8-fast-reject-unasked", f"reject for block (0, 0, {BLOCK}) we never requested"),
+        ("C8-fast-reject-unasked", rf"reject for block \(0, 0, {BLOCK}\) we never requested"),
     ],
 )
 def test_c8_fast_extension_rule_broken_closes(violations: Run, name: str, reason: str) -> None:
