@@ -7,6 +7,8 @@ kept and checked by ``set_geometry``.  Even: the rest follows a valid
 handshake and is fed one length-prefixed frame at a time; every frame that
 yields an event must re-encode to the very same bytes when a model of the peer
 sends that event (anacrolix FuzzDecoder), and a protocol error must stick.
+With bit 2 set, our handshake carries BEP 6's fast bit (and, frame by frame,
+the peer's too), so the fast extension's messages and rules are reached.
 
 Our side always has a BEP 10 router (``mptorrent.proto.ext``) with one
 stand-in extension under id 1, so Extended frames reach the extended-handshake
@@ -34,22 +36,28 @@ from mptorrent.proto.ext import (
 from mptorrent.proto.wire import (
     BLOCK_SIZE,
     EXTENSION_RESERVED,
+    FAST_RESERVED,
     MAX_MESSAGE,
     NEED_DATA,
     PROTOCOL,
+    AllowedFast,
     Bitfield,
     Cancel,
+    Choke,
     Connection,
     Event,
     Extended,
     Handshake,
     Have,
+    HaveAll,
     Interested,
     KeepAlive,
     Piece,
     Port,
+    RejectRequest,
     RemoteProtocolError,
     Request,
+    SuggestPiece,
     Unchoke,
     pack_bitfield,
 )
@@ -63,6 +71,9 @@ TOTAL = (NUM_PIECES - 1) * PIECE_LEN + 10_000
 BLOCKS = [(0, 0, 300), (1, 40, 200), (NUM_PIECES - 1, 0, 10_000)]  # what we ask for
 THEIR_HANDSHAKE = bytes([len(PROTOCOL)]) + PROTOCOL + EXTENSION_RESERVED + IH + THEM
 OUR_HANDSHAKE = THEIR_HANDSHAKE.replace(THEM, US)
+FAST_EXT = bytes(a | b for a, b in zip(EXTENSION_RESERVED, FAST_RESERVED, strict=True))
+THEIR_FAST_HANDSHAKE = THEIR_HANDSHAKE.replace(EXTENSION_RESERVED, FAST_EXT)
+OUR_FAST_HANDSHAKE = OUR_HANDSHAKE.replace(EXTENSION_RESERVED, FAST_EXT)
 
 
 PROBE_ID = 1  # the id our router gives the stand-in extension
@@ -93,19 +104,20 @@ class _Probe(ExtensionHandler):
 def TestOneInput(data: bytes) -> None:
     if not data:
         return
+    fast = bool(data[0] & 4)
     if data[0] & 1:
-        _whole_stream(data[1:], late_geometry=bool(data[0] & 2))
+        _whole_stream(data[1:], late_geometry=bool(data[0] & 2), fast=fast)
     else:
-        _frame_by_frame(data[1:])
+        _frame_by_frame(data[1:], fast=fast)
 
 
-def _us(late_geometry: bool = False) -> Connection:
+def _us(late_geometry: bool = False, fast: bool = False) -> Connection:
     router = ExtensionRouter([_Probe()], client="mptorrent fuzz")
     if late_geometry:
         conn = Connection(IH, buffer_size=256, extensions=router)
     else:
         conn = Connection(IH, NUM_PIECES, PIECE_LEN, TOTAL, buffer_size=256, extensions=router)
-    conn.send(Handshake(IH, US, EXTENSION_RESERVED))
+    conn.send(Handshake(IH, US, FAST_EXT if fast else EXTENSION_RESERVED))
     return conn
 
 
@@ -138,8 +150,8 @@ def _sticky(conn: Connection, err: RemoteProtocolError) -> None:
         raise AssertionError("a protocol error did not stick")
 
 
-def _whole_stream(data: bytes, late_geometry: bool) -> None:
-    conn = _us(late_geometry)
+def _whole_stream(data: bytes, late_geometry: bool, fast: bool = False) -> None:
+    conn = _us(late_geometry, fast)
     half = len(data) // 2
     try:
         for part in (data[:half], data[half:]):
@@ -162,17 +174,21 @@ def frames(data: bytes) -> Iterator[bytes]:
         pos = end
 
 
-def _frame_by_frame(data: bytes) -> None:
-    conn = _us()
+def _frame_by_frame(data: bytes, fast: bool = False) -> None:
+    conn = _us(fast=fast)
+    reserved = FAST_EXT if fast else EXTENSION_RESERVED
+    theirs, ours = (
+        (THEIR_FAST_HANDSHAKE, OUR_FAST_HANDSHAKE) if fast else (THEIR_HANDSHAKE, OUR_HANDSHAKE)
+    )
     # The peer as we model it: it sent THEIR_HANDSHAKE and saw ours and our Unchoke, so
     # it may send whatever we can accept; re-sending each event must give its frame back.
     peer = Connection(IH, NUM_PIECES, PIECE_LEN, TOTAL, buffer_size=256)
-    assert peer.send(Handshake(IH, THEM, EXTENSION_RESERVED)) == THEIR_HANDSHAKE
-    peer.receive_data(OUR_HANDSHAKE + conn.send(Unchoke()))
+    assert peer.send(Handshake(IH, THEM, reserved)) == theirs
+    peer.receive_data(ours + conn.send(Unchoke()))
     while peer.next_event() is not NEED_DATA:
         pass
-    conn.receive_data(THEIR_HANDSHAKE)
-    assert conn.next_event() == Handshake(IH, THEM, EXTENSION_RESERVED)
+    conn.receive_data(theirs)
+    assert conn.next_event() == Handshake(IH, THEM, reserved)
     try:
         for frame in frames(data):
             conn.receive_data(frame)
@@ -188,7 +204,14 @@ def _frame_by_frame(data: bytes) -> None:
                 continue
             if isinstance(events[0], Probed):
                 events[0] = Extended(PROBE_ID, events[0].payload)
-            sent = peer.send(events[0])
+            ev = events[0]
+            if isinstance(ev, Piece) and peer.am_choking:
+                # BEP 6: a block still answers a request made before the peer's Choke
+                # (our model refuses to send one while choking): encode it by hand.
+                sent = (9 + len(ev.block)).to_bytes(4, "big") + b"\x07"
+                sent += ev.index.to_bytes(4, "big") + ev.begin.to_bytes(4, "big") + ev.block
+            else:
+                sent = peer.send(ev)
             if isinstance(events[0], Request):
                 peer.clear_requests()  # a peer may ask twice; our model must not refuse that
             assert sent == frame, (events[0], sent[:32], frame[:32])
@@ -197,11 +220,11 @@ def _frame_by_frame(data: bytes) -> None:
         _sticky(conn, err)
 
 
-def _model_peer() -> Connection:
+def _model_peer(fast: bool = False) -> Connection:
     """The peer after both handshakes and our Unchoke."""
     peer = Connection(IH, NUM_PIECES, PIECE_LEN, TOTAL)
-    peer.send(Handshake(IH, THEM, EXTENSION_RESERVED))
-    peer.receive_data(OUR_HANDSHAKE + b"\x00\x00\x00\x01\x01")
+    peer.send(Handshake(IH, THEM, FAST_EXT if fast else EXTENSION_RESERVED))
+    peer.receive_data((OUR_FAST_HANDSHAKE if fast else OUR_HANDSHAKE) + b"\x00\x00\x00\x01\x01")
     while peer.next_event() is not NEED_DATA:
         pass
     return peer
@@ -231,13 +254,42 @@ def seeds() -> list[bytes]:
     early = [*script[:2], Have(4), Unchoke(), Have(1)]
     late = [Request(2, 0, BLOCK_SIZE), Cancel(2, 0, BLOCK_SIZE), Port(1), *script[-3:]]
     magnet = b"".join(peer.send(ev) for ev in early + late)
+    # BEP 6: HaveAll in place of the bitfield, hints, a choke that keeps our requests,
+    # a reject for one of them (we ask for BLOCKS on every Unchoke), the rest served.
+    peer = _model_peer(fast=True)
+    fast_script: list[Event] = [
+        HaveAll(),
+        AllowedFast(1),
+        SuggestPiece(3),
+        Unchoke(),
+        Choke(),
+        RejectRequest(*BLOCKS[0]),
+        *(Piece(i, b, bytes([i]) * n) for i, b, n in BLOCKS[1:]),
+        Unchoke(),
+        Have(2),
+    ]
+    fast_stream = b"".join(
+        peer.send(ev) if not isinstance(ev, Piece) else _piece_bytes(ev) for ev in fast_script
+    )
+    peer = _model_peer(fast=True)
+    fast_early = b"".join(peer.send(ev) for ev in (HaveAll(), AllowedFast(4), Have(1)))
     return [
         b"\x00" + stream,
         b"\x01" + THEIR_HANDSHAKE + stream,
         b"\x00" + unknown + stream[:40],
         b"\x01" + THEIR_HANDSHAKE[:30],
         b"\x03" + THEIR_HANDSHAKE + magnet,
+        b"\x04" + fast_stream,
+        b"\x05" + THEIR_FAST_HANDSHAKE + fast_stream,
+        b"\x07" + THEIR_FAST_HANDSHAKE + fast_early + fast_stream[5:],
+        b"\x04" + stream,  # the plain conversation with BEP 6 on
     ]
+
+
+def _piece_bytes(ev: Piece) -> bytes:
+    """A block as the wire carries it, whoever is choking whom."""
+    head = (9 + len(ev.block)).to_bytes(4, "big") + b"\x07"
+    return head + ev.index.to_bytes(4, "big") + ev.begin.to_bytes(4, "big") + bytes(ev.block)
 
 
 def main() -> None:

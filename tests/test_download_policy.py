@@ -405,3 +405,46 @@ def test_the_short_last_piece() -> None:
     s.serve(a)
     [v] = s.decisions()
     assert isinstance(v, Verified) and bytes(v.data) == DATA[index * PL :]
+
+
+# -- BEP 6 rejects ------------------------------------------------------------
+
+
+def test_a_rejected_block_is_asked_again() -> None:
+    s = swarm([[0]])
+    a, b = s.add(1, depth=4), s.add(2, depth=4)
+    s.policy.fill(a)
+    assert s.policy.fill(b) == 0  # everything is asked of a
+    rejected = blocks_of(0)[2]
+    a.requests.remove(rejected)
+    s.policy.rejected(a, rejected[0], rejected[1])  # a's RejectRequest
+    assert (rejected[0], rejected[1]) not in a.pending and len(a.pending) == 3
+    assert s.policy.fill(b) == 1
+    assert b.requests == [rejected]  # only the rejected block, and only once
+    s.serve(a)
+    s.serve(b)
+    [v] = s.decisions()
+    assert isinstance(v, Verified) and set(v.peers) == {a.addr, b.addr}
+
+
+def test_a_reject_for_a_block_no_longer_pending_changes_nothing() -> None:
+    s = swarm([[0]])
+    a = s.add(1, depth=4)
+    s.policy.fill(a)
+    s.serve(a, only=1)
+    s.policy.rejected(a, 0, 0)  # crossed with its block (answered already)
+    s.policy.rejected(a, 3, 0)  # never a job here
+    assert len(a.pending) == 3
+    assert s.policy.jobs[0].todo == [] and s.policy.fill(a) == 0
+
+
+def test_an_endgame_duplicate_rejected_by_one_peer_stays_asked_of_the_other() -> None:
+    s = swarm([[0]])
+    a, b = s.add(1, depth=4), s.add(2, depth=4)
+    s.policy.fill(a)
+    s.done[NUM] = 1  # endgame
+    s.policy.queue_empty, s.policy.empty_at = True, s.policy.now
+    assert s.policy.fill(b) == 4  # the same four blocks, twice asked
+    s.policy.rejected(b, 0, 0)
+    job = s.policy.jobs[0]
+    assert job.requested[0] == 1 and 0 not in job.todo  # a still owes it

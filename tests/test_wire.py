@@ -36,6 +36,7 @@ from mptorrent.proto.wire import (
     Extended,
     Handshake,
     Have,
+    HaveAll,
     Interested,
     KeepAlive,
     LocalProtocolError,
@@ -789,9 +790,9 @@ def test_local_misuse_is_a_local_error() -> None:
         conn.send(Handshake(OTHER_IH, PID_A))
     with pytest.raises(LocalProtocolError, match="20 bytes"):
         conn.send(Handshake(IH, b"short"))
-    with pytest.raises(LocalProtocolError, match="fast extension"):
-        conn.send(Handshake(IH, PID_A, bytes([0, 0, 0, 0, 0, 0, 0, 4])))
     conn.send(Handshake(IH, PID_A))
+    with pytest.raises(LocalProtocolError, match="fast extension"):
+        conn.send(HaveAll())  # BEP 6 is not negotiated on this connection
     with pytest.raises(LocalProtocolError, match="already sent"):
         conn.send(Handshake(IH, PID_A))
     with pytest.raises(LocalProtocolError, match="valid bitfield"):
@@ -1575,3 +1576,316 @@ def test_the_early_index_bound_is_the_torrent_cap() -> None:
     from mptorrent.proto import metainfo, wire
 
     assert wire.MAX_PIECES == metainfo.MAX_PIECES  # no torrent we load has more pieces
+
+
+# -- BEP 6, the fast extension ------------------------------------------------------
+# Enabled only when both handshakes carry reserved[7] & 0x04; byte-for-byte both ways.
+
+from mptorrent.proto.wire import (  # noqa: E402 - the section's own names
+    FAST_BIT,
+    FAST_RESERVED,
+    MAX_ALLOWED_FAST,
+    AllowedFast,
+    HaveNone,
+    RejectRequest,
+    SuggestPiece,
+)
+
+BOTH = bytes(a | b for a, b in zip(EXTENSION_RESERVED, FAST_RESERVED, strict=True))
+
+
+def fast_pair(a_fast: bool = True, b_fast: bool = True) -> Pair:
+    """A Pair whose handshakes carry the fast bit as asked (and BEP 10's, as ours do)."""
+    pair = Pair.__new__(Pair)
+    pair.a, pair.b = new_conn(), new_conn()
+    for conn, pid, fast in ((pair.a, PID_A, a_fast), (pair.b, PID_B, b_fast)):
+        reserved = BOTH if fast else EXTENSION_RESERVED
+        assert pair.deliver(conn, Handshake(IH, pid, reserved)) == [Handshake(IH, pid, reserved)]
+    assert pair.a.fast_enabled is pair.b.fast_enabled is (a_fast and b_fast)
+    return pair
+
+
+def unchoked_fast_pair() -> Pair:
+    """Fast on; b unchokes a, so a may request."""
+    pair = fast_pair()
+    pair.expect_same(pair.a, Interested())
+    pair.expect_same(pair.b, Unchoke())
+    return pair
+
+
+def test_fast_bit_is_reserved_byte_7_value_4() -> None:
+    assert FAST_BIT == 0x04
+    assert Handshake(IH, PID_A, FAST_RESERVED).fast
+    assert not Handshake(IH, PID_A, EXTENSION_RESERVED).fast
+    conn = new_conn()
+    assert conn.send(Handshake(IH, PID_A, BOTH)) == handshake_bytes(reserved=BOTH)
+
+
+@pytest.mark.parametrize(
+    ("event", "frame"),
+    [
+        (HaveAll(), "00000001 0e"),
+        (HaveNone(), "00000001 0f"),
+        (SuggestPiece(3), "00000005 0d 00000003"),
+        (AllowedFast(4), "00000005 11 00000004"),
+    ],
+)
+def test_fast_piece_state_messages_byte_for_byte_both_ways(event: Event, frame: str) -> None:
+    for sender in ("a", "b"):
+        pair = fast_pair()
+        conn = getattr(pair, sender)
+        data = conn.send(event)
+        assert data == bytes.fromhex(frame)
+        assert feed_zero_copy(pair.other(conn), data) == [event]
+
+
+def test_reject_request_byte_for_byte_both_ways() -> None:
+    for sender in ("a", "b"):
+        pair = unchoked_fast_pair() if sender == "b" else fast_pair()
+        if sender == "a":  # b must have asked a: a unchokes b
+            pair.expect_same(pair.b, Interested())
+            pair.expect_same(pair.a, Unchoke())
+        conn = getattr(pair, sender)
+        asker = pair.other(conn)
+        feed_zero_copy(conn, asker.send(Request(4, 0, LAST_SIZE)))
+        data = conn.send(RejectRequest(4, 0, LAST_SIZE))
+        assert data == bytes.fromhex("0000000d 10 00000004 00000000 00002710")
+        assert feed_zero_copy(asker, data) == [RejectRequest(4, 0, LAST_SIZE)]
+        assert asker.outstanding_requests == 0
+        assert conn.peer_requests == 0  # sending the reject settles the peer's request
+
+
+def test_have_all_makes_the_peer_a_seed_and_have_none_makes_it_empty() -> None:
+    pair = fast_pair()
+    pair.expect_same(pair.a, HaveAll())
+    assert pair.b.peer_has == bytearray(b"\x01" * NUM_PIECES)
+    assert pair.b.peer_has_count == NUM_PIECES and pair.b.peer_is_seed
+    pair.expect_same(pair.b, HaveNone())
+    assert pair.a.peer_has == bytearray(NUM_PIECES) and not pair.a.peer_is_seed
+    pair.expect_same(pair.b, Have(2))  # and Haves go on as usual
+    assert pair.a.peer_has_count == 1
+
+
+@pytest.mark.parametrize(
+    "first", [Bitfield(pack_bitfield(b"\x01" * 5)), Have(1), HaveAll(), HaveNone()]
+)
+@pytest.mark.parametrize("second", [HaveAll(), HaveNone()])
+def test_have_all_or_none_only_as_the_first_message(first: Event, second: Event) -> None:
+    pair = fast_pair()
+    pair.expect_same(pair.a, first)
+    with pytest.raises(LocalProtocolError, match="only be the first message"):
+        pair.a.send(second)
+    frame = b"\x00\x00\x00\x01" + (b"\x0e" if isinstance(second, HaveAll) else b"\x0f")
+    pair.b.receive_data(frame)
+    with pytest.raises(RemoteProtocolError, match="after other messages"):
+        pair.b.next_event()
+
+
+def test_extended_and_keepalive_may_precede_have_all() -> None:
+    pair = fast_pair()
+    pair.expect_same(pair.a, KeepAlive(), Extended(0, b"de"), HaveAll())
+
+
+@pytest.mark.parametrize("a_fast", [True, False])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "00000001 0e",
+        "00000001 0f",
+        "00000005 0d 00000001",
+        "0000000d 10 00000001 00000000 00004000",
+        "00000005 11 00000001",
+    ],
+)
+def test_fast_messages_without_the_bit_on_both_sides_are_refused(a_fast: bool, frame: str) -> None:
+    pair = fast_pair(a_fast=a_fast, b_fast=not a_fast)
+    pair.b.receive_data(bytes.fromhex(frame))
+    with pytest.raises(RemoteProtocolError, match="without BEP 6 negotiated"):
+        pair.b.next_event()
+    for event in (
+        HaveAll(),
+        HaveNone(),
+        SuggestPiece(1),
+        AllowedFast(1),
+        RejectRequest(1, 0, 16384),
+    ):
+        with pytest.raises(LocalProtocolError, match="fast extension"):
+            pair.a.send(event)
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ("00000002 0e 00", "message 14 has length 2, not 1"),
+        ("00000002 0f 00", "message 15 has length 2, not 1"),
+        ("00000004 0d 000000", "message 13 has length 4, not 5"),
+        ("0000000c 10 00000001 00000000 000040", "message 16 has length 12, not 13"),
+        ("00000006 11 00000001 00", "message 17 has length 6, not 5"),
+        ("00000005 11 00000005", "allowed fast for piece 5 of 5"),
+        ("00000005 0d ffffffff", "suggest for piece 4294967295 of 5"),
+        ("0000000d 10 00000005 00000000 00004000", "reject outside the torrent"),
+        ("0000000d 10 00000004 00000000 00004000", "reject outside the torrent"),
+        ("0000000d 10 00000001 00000000 00004000", "never requested"),
+    ],
+)
+def test_hostile_fast_messages_are_protocol_errors(frame: str, reason: str) -> None:
+    pair = unchoked_fast_pair()
+    pair.b.receive_data(bytes.fromhex(frame))
+    with pytest.raises(RemoteProtocolError, match=reason):
+        pair.b.next_event()
+    with pytest.raises(RemoteProtocolError, match=reason):
+        pair.b.next_event()  # sticky
+
+
+def test_fast_messages_wait_for_their_body() -> None:
+    pair = fast_pair()
+    frame = bytes.fromhex("00000005 11 00000002")
+    for byte in frame[:-1]:
+        pair.b.receive_data(bytes([byte]))
+        assert pair.b.next_event() is NEED_DATA
+    pair.b.receive_data(frame[-1:])
+    assert pair.b.next_event() == AllowedFast(2)
+
+
+def test_with_fast_a_choke_keeps_our_requests_until_each_is_answered() -> None:
+    pair = unchoked_fast_pair()
+    blocks = [(0, 0, BLOCK_SIZE), (0, BLOCK_SIZE, BLOCK_SIZE), (4, 0, LAST_SIZE)]
+    feed_zero_copy(pair.b, pair.a.send_requests(blocks))
+    assert pair.b.peer_requests == 3
+    pair.expect_same(pair.b, Choke())
+    assert pair.a.outstanding_requests == 3  # BEP 6: not written off
+    assert pair.b.peer_requests == 3  # and still owed a block or a reject
+    pair.expect_same(pair.b, RejectRequest(*blocks[0]), RejectRequest(*blocks[1]))
+    assert pair.a.list_requests() == [Request(*blocks[2])]
+    assert pair.a.clear_requests() == [Request(*blocks[2])]  # nothing lost to the choke
+
+
+def test_without_fast_a_choke_still_writes_requests_off() -> None:
+    pair = fast_pair(a_fast=True, b_fast=False)
+    pair.expect_same(pair.a, Interested())
+    pair.expect_same(pair.b, Unchoke())
+    pair.a.send_requests([(0, 0, BLOCK_SIZE)])
+    pair.expect_same(pair.b, Choke())
+    assert pair.a.outstanding_requests == 0
+
+
+def test_an_allowed_fast_block_arrives_while_choked() -> None:
+    pair = unchoked_fast_pair()
+    pair.expect_same(pair.b, AllowedFast(1))
+    assert pair.a.allowed_fast == {1}
+    pair.a.send_requests([(1, 0, BLOCK_SIZE)])
+    pair.expect_same(pair.b, Choke())
+    block = bytes(range(256)) * 64
+    # Our sender refuses to serve while choking (it sends no Allowed Fast itself): the
+    # peer's block comes as raw bytes, and is still the answer to an outstanding request.
+    frame = (9 + BLOCK_SIZE).to_bytes(4, "big") + b"\x07" + (1).to_bytes(4, "big") + bytes(4)
+    frame += block
+    assert feed_zero_copy(pair.a, frame) == [Piece(1, 0, block)]
+    assert pair.a.outstanding_requests == 0
+
+
+def test_a_reject_for_a_cancelled_request_is_dropped_quietly() -> None:
+    # BEP 6: a cancel is answered too, by the block or a reject; neither is an error.
+    pair = unchoked_fast_pair()
+    pair.a.send_requests([(0, 0, BLOCK_SIZE), (2, 0, BLOCK_SIZE)])
+    pair.a.send(Cancel(0, 0, BLOCK_SIZE))
+    assert pair.deliver(pair.b, RejectRequest(0, 0, BLOCK_SIZE)) == []
+    assert pair.a.outstanding_requests == 1
+    # ... once: a second reject for it is one for a block we never asked for
+    pair.a.receive_data(bytes.fromhex("0000000d 10 00000000 00000000 00004000"))
+    with pytest.raises(RemoteProtocolError, match="never requested"):
+        pair.a.next_event()
+
+
+def test_a_rejected_block_arriving_later_is_unwanted() -> None:
+    pair = unchoked_fast_pair()
+    pair.a.send_requests([(4, 0, LAST_SIZE)])
+    assert pair.deliver(pair.b, RejectRequest(4, 0, LAST_SIZE)) == [RejectRequest(4, 0, LAST_SIZE)]
+    frame = (9 + LAST_SIZE).to_bytes(4, "big") + b"\x07" + (4).to_bytes(4, "big") + bytes(4)
+    assert feed_zero_copy(pair.a, frame + bytes(LAST_SIZE)) == []
+    assert pair.a.unwanted_bytes == LAST_SIZE
+
+
+def test_with_fast_our_choke_keeps_the_peer_requests_owed() -> None:
+    pair = fast_pair()
+    pair.expect_same(pair.b, Interested())
+    pair.expect_same(pair.a, Unchoke())
+    feed_zero_copy(pair.a, pair.b.send_requests([(0, 0, BLOCK_SIZE), (1, 0, BLOCK_SIZE)]))
+    pair.a.send(Choke())
+    assert pair.a.peer_requests == 2
+    pair.a.send(RejectRequest(0, 0, BLOCK_SIZE))
+    assert pair.a.peer_requests == 1
+
+
+def test_allowed_fast_set_is_bounded() -> None:
+    pair = Pair.__new__(Pair)
+    n = 2 * MAX_ALLOWED_FAST
+    pair.a = new_conn(n, BLOCK_SIZE, n * BLOCK_SIZE)
+    pair.b = new_conn(n, BLOCK_SIZE, n * BLOCK_SIZE)
+    pair.deliver(pair.a, Handshake(IH, PID_A, FAST_RESERVED))
+    pair.deliver(pair.b, Handshake(IH, PID_B, FAST_RESERVED))
+    events = [AllowedFast(i) for i in range(n)]
+    pair.expect_same(pair.a, *events)  # every one is reported...
+    assert len(pair.b.allowed_fast) == MAX_ALLOWED_FAST  # ...the first ones kept
+
+
+def early_fast() -> tuple[Connection, Connection]:
+    """Like geometryless(), with the fast bit on both sides."""
+    us, peer = Connection(IH), new_conn()
+    us.receive_data(peer.send(Handshake(IH, PID_A, FAST_RESERVED)))
+    peer.receive_data(us.send(Handshake(IH, PID_B, FAST_RESERVED)))
+    assert drain(us) == [Handshake(IH, PID_A, FAST_RESERVED)]
+    assert drain(peer) == [Handshake(IH, PID_B, FAST_RESERVED)]
+    assert us.fast_enabled and peer.fast_enabled
+    return us, peer
+
+
+def test_fast_state_before_the_geometry_is_kept_and_checked() -> None:
+    us2, peer2 = early_fast()
+    us2.receive_data(
+        b"".join(peer2.send(ev) for ev in (HaveAll(), AllowedFast(3), SuggestPiece(2), Have(1)))
+    )
+    assert drain(us2) == []  # nothing has a piece index we can check yet
+    us2.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    assert drain(us2) == [HaveAll()]
+    assert us2.peer_is_seed and us2.allowed_fast == {3}
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [
+        ("00000005 11 00000009", "allowed fast for piece 9 of 5"),
+        ("00000001 0e 00000005 04 00000005", "have for piece 5 of 5"),
+        ("00000005 11 00200000", "allowed fast for piece 2097152 of 2097152"),
+        ("00000001 0f 00000001 0e", "have all after other messages"),
+        ("0000000d 10 00000000 00000000 00004000", "reject before the torrent's geometry"),
+    ],
+)
+def test_early_fast_state_that_does_not_fit_fails(frames: str, reason: str) -> None:
+    us, _ = early_fast()
+    us.receive_data(bytes.fromhex(frames))
+    try:
+        drain(us)
+        us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+        drain(us)
+    except RemoteProtocolError as err:
+        assert reason in str(err)
+    else:
+        raise AssertionError("accepted")
+
+
+def test_have_none_before_the_geometry_gives_no_event() -> None:
+    us, peer = early_fast()
+    us.receive_data(peer.send(HaveNone()))
+    assert drain(us) == []
+    us.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
+    assert drain(us) == [] and us.peer_has_count == 0
+
+
+def test_allowed_fast_pieces_may_be_requested_while_choked() -> None:
+    pair = fast_pair()
+    pair.expect_same(pair.b, AllowedFast(1))
+    pair.a.send_requests([(1, 0, BLOCK_SIZE), (1, BLOCK_SIZE, BLOCK_SIZE)])
+    with pytest.raises(LocalProtocolError, match="chokes us"):
+        pair.a.send_requests([(1, 0, 100), (2, 0, BLOCK_SIZE)])  # all or nothing
+    assert pair.a.outstanding_requests == 2

@@ -121,15 +121,29 @@ class PeerSession:
         self.inbound = True
         self.state = HANDSHAKING
 
-    def greet(self, have: bytes | bytearray | memoryview | None, interested: bool) -> None:
-        """Our handshake (we speak BEP 10), then our bitfield (only if we hold something),
-        then interest."""
-        hs = wire.Handshake(self.info_hash, self.peer_id, wire.EXTENSION_RESERVED)
-        self.queue(self.wire.send(hs))
-        if have is not None and any(have):
-            self.queue(self.wire.send(wire.Bitfield(wire.pack_bitfield(have))))
+    def greet(self) -> None:
+        """Our handshake, offering BEP 10 and BEP 6.  Our piece state and interest wait for
+        the peer's (:meth:`greet_rest`): only then do we know whether BEP 6 lets a HaveAll
+        or HaveNone stand in for the bitfield."""
+        reserved = bytearray(wire.EXTENSION_RESERVED)  # BEP 10
+        reserved[wire.FAST_BYTE] |= wire.FAST_BIT  # BEP 6
+        self.queue(self.wire.send(wire.Handshake(self.info_hash, self.peer_id, bytes(reserved))))
+
+    def greet_rest(self, have: bytes | bytearray | memoryview | None, interested: bool) -> None:
+        """After the peer's handshake: our bitfield (only if we hold something; with the
+        fast extension HaveAll or HaveNone when we hold all or nothing), then interest."""
+        conn = self.wire
+        if conn.fast_enabled and have is not None and conn.geometry is not None:
+            if all(have):
+                self.queue(conn.send(wire.HaveAll()))
+            elif not any(have):
+                self.queue(conn.send(wire.HaveNone()))
+            else:
+                self.queue(conn.send(wire.Bitfield(wire.pack_bitfield(have))))
+        elif have is not None and any(have):
+            self.queue(conn.send(wire.Bitfield(wire.pack_bitfield(have))))
         if interested:
-            self.queue(self.wire.send(wire.Interested()))
+            self.queue(conn.send(wire.Interested()))
 
     def queue(self, data: bytes) -> None:
         self.out += data

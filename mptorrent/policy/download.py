@@ -441,6 +441,21 @@ class DownloadPolicy(Generic[P]):
                 job.todo.append(blk)
         p.pending.clear()
 
+    def rejected(self, p: P, index: int, begin: int) -> None:
+        """``p`` rejected its request for this block (BEP 6): let others (or ``p``
+        itself, later) ask for it, as :meth:`release` does for all of a peer's blocks."""
+        if (index, begin) not in p.pending:
+            return  # given up meanwhile (the piece finished, or an endgame cancel)
+        p.pending.discard((index, begin))
+        job = self.jobs.get(index)
+        if job is None:
+            return
+        blk = begin // BLOCK
+        if job.requested[blk]:
+            job.requested[blk] -= 1
+        if not job.received[blk] and job.requested[blk] == 0:
+            job.todo.append(blk)
+
     def give_back(self, index: int) -> None:
         self.jobs.pop(index, None)
         if index in self.backlog:

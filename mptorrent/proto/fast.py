@@ -8,9 +8,7 @@ share a set) followed by the info-hash, read as big-endian 32-bit words modulo
 the piece count, until ``k`` distinct indices are found.
 
 The wire messages themselves (Have All, Have None, Suggest, Reject Request,
-Allowed Fast) are not in :mod:`mptorrent.proto.wire` yet: they change the
-meaning of Choke and of the request bookkeeping, so they come with the wiring
-(issue 14).  Pure function, no I/O.
+Allowed Fast) are in :mod:`mptorrent.proto.wire`.  Pure function, no I/O.
 """
 
 from __future__ import annotations

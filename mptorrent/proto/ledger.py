@@ -6,8 +6,9 @@ and free of the wire format: keys are ``(index, begin, length)`` tuples, the
 connection turns them into messages.
 
 Every request we send ends exactly one way: its block arrives, we cancel it,
-or :meth:`RequestLedger.clear` hands it back for re-queueing (a received Choke
-only moves it to the *lost* set that ``clear`` empties).  Late blocks for
+the peer rejects it (BEP 6), or :meth:`RequestLedger.clear` hands it back for
+re-queueing (a received Choke, without the fast extension, only moves it to
+the *lost* set that ``clear`` empties).  Late blocks for
 requests we gave up on are recognised and dropped quietly; blocks nobody asked
 for are counted, and only a peer that keeps pushing them is cut off.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from mptorrent.proto.wire_errors import LocalProtocolError
 
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_UNWANTED_BYTES",
     "BlockKey",
     "Geometry",
+    "Rejected",
     "RequestLedger",
 ]
 
@@ -40,6 +42,9 @@ MAX_UNWANTED_BYTES: Final = 4 << 20  # unrequested block payload tolerated per c
 MAX_PEER_REQUESTS: Final = 4096
 
 BlockKey = tuple[int, int, int]  # (index, begin, length) of a block request
+# What a BEP 6 Reject Request was for: a request still outstanding, one we had
+# given up on (cancelled, or lost to a choke), or one we never sent.
+Rejected = Literal["outstanding", "given_up", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +178,18 @@ class RequestLedger:
             del self.cancelled[key]
             return True
         return False
+
+    def rejected(self, key: BlockKey) -> Rejected:
+        """The peer rejected our request ``key`` (BEP 6): an outstanding one is settled
+        (no block will come), a cancelled one is forgotten like its late block would be."""
+        if self.outstanding.pop(key, None) is not None:
+            return "outstanding"
+        if key in self.cancelled:
+            del self.cancelled[key]
+            return "given_up"
+        if key in self.lost:
+            return "given_up"  # still handed back by clear()
+        return "unknown"
 
     def unwanted(self, nbytes: int) -> bool:
         """Count ``nbytes`` of unrequested block payload; True once over the limit."""

@@ -28,8 +28,13 @@ Request bookkeeping lives in :mod:`mptorrent.proto.ledger`.  Received messages
 are parsed through a table of message id -> parser method, with the Piece fast
 path in front of it.
 
-Not supported, and refused on both sides: the fast extension (BEP 6).  The
-extension protocol (BEP 10) is framed here (:class:`Extended`); its payloads go
+The fast extension (BEP 6) is spoken when both handshakes set its bit
+(:attr:`Connection.fast_enabled`); otherwise its messages are refused on both
+sides.  With it, a received Choke no longer writes off our requests: the peer
+answers each with its block or a :class:`RejectRequest`, and a reject for a
+block we never asked for is a protocol error (one for a block we gave up on is
+dropped quietly, like its late block would be).  The extension protocol
+(BEP 10) is framed here (:class:`Extended`); its payloads go
 to the :class:`ExtendedReceiver` in :attr:`Connection.extensions` (the router in
 :mod:`mptorrent.proto.ext`), or to the caller as :class:`Extended` events.
 """
@@ -41,7 +46,7 @@ import struct
 from abc import ABC
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn, Protocol
+from typing import Any, Final, Protocol
 
 from mptorrent.proto.ledger import (
     BLOCK_SIZE,
@@ -56,13 +61,17 @@ __all__ = [
     "BLOCK_SIZE",
     "EXTENSION_BIT",
     "EXTENSION_RESERVED",
+    "FAST_BIT",
+    "FAST_RESERVED",
     "HANDSHAKE_LEN",
+    "MAX_ALLOWED_FAST",
     "MAX_CANCELLED",
     "MAX_MESSAGE",
     "MAX_PIECES",
     "MAX_UNWANTED_BYTES",
     "NEED_DATA",
     "PROTOCOL",
+    "AllowedFast",
     "Bitfield",
     "Cancel",
     "Choke",
@@ -73,6 +82,8 @@ __all__ = [
     "Geometry",
     "Handshake",
     "Have",
+    "HaveAll",
+    "HaveNone",
     "Interested",
     "KeepAlive",
     "LocalProtocolError",
@@ -80,8 +91,10 @@ __all__ = [
     "NotInterested",
     "Piece",
     "Port",
+    "RejectRequest",
     "RemoteProtocolError",
     "Request",
+    "SuggestPiece",
     "Unchoke",
     "pack_bitfield",
     "unpack_bitfield",
@@ -96,6 +109,10 @@ EXTENSION_BYTE: Final = 5
 EXTENSION_RESERVED: Final = bytes([0, 0, 0, 0, 0, EXTENSION_BIT, 0, 0])
 FAST_BIT: Final = 0x04  # BEP 6: reserved[7] & 0x04
 FAST_BYTE: Final = 7
+FAST_RESERVED: Final = bytes([0, 0, 0, 0, 0, 0, 0, FAST_BIT])  # OR it into the reserved bytes
+# Allowed Fast indices a peer may make us keep (libtorrent sends 10); more are
+# checked and reported, not kept, so a peer cannot grow the set without bound.
+MAX_ALLOWED_FAST: Final = 256
 # Before the geometry is known, piece indices are only checked against the largest
 # torrent we load (metainfo.MAX_PIECES, libtorrent max_pieces): that bounds what an
 # early Bitfield or Have can make us keep to 256 KiB.
@@ -104,7 +121,10 @@ MAX_PIECES: Final = 2_097_152
 _CHOKE, _UNCHOKE, _INTERESTED, _NOT_INTERESTED = 0, 1, 2, 3
 _HAVE, _BITFIELD, _REQUEST, _PIECE, _CANCEL, _PORT = 4, 5, 6, 7, 8, 9
 _EXTENDED = 20
-_FAST_IDS = range(13, 18)  # suggest, have all, have none, reject, allowed fast
+_SUGGEST, _HAVE_ALL, _HAVE_NONE, _REJECT, _ALLOWED_FAST = 13, 14, 15, 16, 17  # BEP 6
+# Their exact lengths, checked by the parsers only after the fast bit (so a
+# message without it is refused as such, whatever its length).
+_FAST_LEN: Final = {_SUGGEST: 5, _HAVE_ALL: 1, _HAVE_NONE: 1, _REJECT: 13, _ALLOWED_FAST: 5}
 _PIECE_MAX_LEN = 9 + BLOCK_SIZE
 # Exact length prefixes of the fixed-size messages (the bitfield's depends on the torrent).
 _FIXED_LEN: Final = {
@@ -162,7 +182,7 @@ class Event(ABC):  # noqa: B024 - abstract by intent, no abstract methods needed
 @dataclass(frozen=True, slots=True)
 class Handshake(Event):
     """The opening message. A received one always carries our info-hash (a mismatch is a protocol
-    error); ``reserved`` holds the extension bits, and BEP 6's fast bit may not be sent."""
+    error); ``reserved`` holds the extension bits (BEP 10's, BEP 6's fast bit)."""
 
     info_hash: bytes
     peer_id: bytes
@@ -172,6 +192,11 @@ class Handshake(Event):
     def extensions(self) -> bool:
         """The sender speaks the BEP 10 extension protocol."""
         return bool(self.reserved[EXTENSION_BYTE] & EXTENSION_BIT)
+
+    @property
+    def fast(self) -> bool:
+        """The sender speaks the BEP 6 fast extension."""
+        return bool(self.reserved[FAST_BYTE] & FAST_BIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +210,8 @@ class KeepAlive(Event):
 @dataclass(frozen=True, slots=True)
 class Choke(Event):
     """The sender will not serve the other side's requests: received, our outstanding requests are
-    written off; sent, the peer's are forgotten."""
+    written off; sent, the peer's are forgotten. With the fast extension neither: every request is
+    still answered, by its block or a :class:`RejectRequest`."""
 
     pass
 
@@ -283,6 +309,45 @@ class Extended(Event):
         return f"Extended(ext_id={self.ext_id}, payload=<{len(self.payload)} bytes>)"
 
 
+@dataclass(frozen=True, slots=True)
+class HaveAll(Event):
+    """BEP 6: the sender has every piece; in place of a Bitfield, as the first message only."""
+
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HaveNone(Event):
+    """BEP 6: the sender has no piece; in place of a Bitfield, as the first message only."""
+
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SuggestPiece(Event):
+    """BEP 6: the sender suggests piece ``index`` (cheap for it to serve); a hint we may ignore."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectRequest(Event):
+    """BEP 6: the sender will not serve this request. Received, the request is no longer
+    outstanding (the block must be asked of someone); only for a request actually sent."""
+
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedFast(Event):
+    """BEP 6: the receiver may request blocks of piece ``index`` even while choked. One received
+    before the geometry is known is checked then and kept in :attr:`Connection.allowed_fast`."""
+
+    index: int
+
+
 # Field-less events carry no state, so one instance each serves every message.
 # A frozen dataclass sets its fields through object.__setattr__, which costs about
 # a microsecond per Piece; the slot descriptors do the same for a fraction of it
@@ -297,12 +362,16 @@ _CHOKE_EVENT: Final = Choke()
 _UNCHOKE_EVENT: Final = Unchoke()
 _INTERESTED_EVENT: Final = Interested()
 _NOT_INTERESTED_EVENT: Final = NotInterested()
+_HAVE_ALL_EVENT: Final = HaveAll()
+_HAVE_NONE_EVENT: Final = HaveNone()
 
 _KEEP_ALIVE_BYTES: Final = bytes(4)
 _CHOKE_BYTES: Final = _pack_header(1, _CHOKE)
 _UNCHOKE_BYTES: Final = _pack_header(1, _UNCHOKE)
 _INTERESTED_BYTES: Final = _pack_header(1, _INTERESTED)
 _NOT_INTERESTED_BYTES: Final = _pack_header(1, _NOT_INTERESTED)
+_HAVE_ALL_BYTES: Final = _pack_header(1, _HAVE_ALL)
+_HAVE_NONE_BYTES: Final = _pack_header(1, _HAVE_NONE)
 
 
 # -- bitfields ------------------------------------------------------------------
@@ -377,6 +446,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_allowed_fast",
         "_am_choking",
         "_am_interested",
         "_bitfield_in_open",
@@ -384,9 +454,11 @@ class Connection:
         "_bitfield_out_open",
         "_buf",
         "_deferred",
+        "_early_all",
         "_early_bits",
         "_early_haves",
         "_error",
+        "_fast",
         "_geometry",
         "_handshake_received",
         "_handshake_sent",
@@ -453,6 +525,7 @@ class Connection:
         self._handshake_received = False
         self._our_reserved = bytes(8)
         self._peer_reserved = bytes(8)
+        self._fast = False  # both handshakes set BEP 6's bit
         # A bitfield may only open the conversation; keep-alives, BEP 10 messages
         # and DHT ports carry no piece state and may precede it (libtorrent sends
         # its extension handshake before its bitfield).
@@ -468,6 +541,8 @@ class Connection:
         # Have indices as a packed bit set (piece 0 is the high bit of byte 0).
         self._early_bits: bytes | None = None
         self._early_haves = bytearray()
+        self._early_all = False  # a HaveAll came before the geometry
+        self._allowed_fast: set[int] = set()  # pieces the peer lets us request while choked
 
         self._ledger = RequestLedger()
         # The hot paths use the ledger's dicts directly: one attribute, not two.
@@ -494,7 +569,10 @@ class Connection:
           checked now, like a Bitfield or Have received afterwards would be.  If
           they fit, they become :attr:`peer_has` and the next :meth:`next_event`
           returns one Bitfield of everything the peer said it has, before any
-          later message;
+          later message (a HaveAll, BEP 6, is kept as such and returned as one);
+        * Allowed Fast indices were kept (each below ``MAX_PIECES``, at most
+          ``MAX_ALLOWED_FAST``) without events: checked now like the Have
+          indices, they stay in :attr:`allowed_fast`; a Suggest was dropped;
         * if they do not fit (a Bitfield of the wrong length or with spare bits
           set, a Have beyond the last piece), the connection fails: this raises
           :class:`RemoteProtocolError`, and so does every later next_event();
@@ -509,12 +587,16 @@ class Connection:
         self._set_geometry(Geometry(num_pieces, piece_length, total_length))
         if self._error is not None:
             return  # next_event() keeps reporting the peer's error
-        bits, haves = self._early_bits, self._early_haves
-        if bits is None and not haves:
+        n = num_pieces
+        early_fast = self._allowed_fast
+        if early_fast and max(early_fast) >= n:
+            raise self._fail(f"allowed fast for piece {max(early_fast)} of {n}")
+        bits, haves, everything = self._early_bits, self._early_haves, self._early_all
+        if bits is None and not haves and not everything:
             return
         self._early_bits = None
         self._early_haves = bytearray()
-        n = num_pieces
+        self._early_all = False
         if bits is not None:
             if len(bits) != (n + 7) // 8:
                 raise self._fail(f"bitfield of {len(bits)} bytes for {n} pieces")
@@ -531,9 +613,11 @@ class Connection:
             nbytes = (n + 7) // 8
             packed |= int.from_bytes(haves + bytes(nbytes - len(haves)), "big")
         field = packed.to_bytes((n + 7) // 8, "big")
+        if everything:  # a HaveAll (nothing else can have come before it but Haves)
+            field = pack_bitfield(b"\x01" * n)
         self._peer_has[:] = _unpack(field, n)
         self._peer_has_count = self._peer_has.count(1)
-        self._deferred = Bitfield(field)
+        self._deferred = _HAVE_ALL_EVENT if everything else Bitfield(field)
         self._special = True
 
     def _set_geometry(self, geometry: Geometry) -> None:
@@ -597,6 +681,16 @@ class Connection:
             and self._our_reserved[EXTENSION_BYTE] & EXTENSION_BIT
             and self._peer_reserved[EXTENSION_BYTE] & EXTENSION_BIT
         )
+
+    @property
+    def fast_enabled(self) -> bool:
+        """Both handshakes advertised BEP 6, so its messages may flow and a Choke keeps requests."""
+        return self._fast
+
+    @property
+    def allowed_fast(self) -> frozenset[int]:
+        """The pieces the peer said we may request while it chokes us (BEP 6 Allowed Fast)."""
+        return frozenset(self._allowed_fast)
 
     @property
     def buffer_capacity(self) -> int:
@@ -834,7 +928,8 @@ class Connection:
     def _recv_choke(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
         self._bitfield_in_open = False
         self._peer_choking = True
-        self._ledger.choked()
+        if not self._fast:  # BEP 6: the peer answers each request, rejects included
+            self._ledger.choked()
         return _CHOKE_EVENT
 
     def _recv_unchoke(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
@@ -949,10 +1044,86 @@ class Connection:
         except RemoteProtocolError as err:
             raise self._fail(err.reason) from None
 
-    def _recv_fast(self, buf: bytearray, r: int, length: int, avail: int) -> NoReturn:
+    # BEP 6.  Each parser frames its message with _fast_frame (refused without the
+    # fast bit in both handshakes, as before the extension existed).
+
+    def _fast_frame(self, buf: bytearray, r: int, length: int, avail: int) -> bool:
+        """Check a fast-extension message's frame; True once it is complete (and consumed)."""
         if length > MAX_MESSAGE:
             raise self._fail(f"message of {length} bytes is too large")
-        raise self._fail(f"fast-extension message {buf[r + 4]} without BEP 6 negotiated")
+        msg_id = buf[r + 4]
+        if not self._fast:
+            raise self._fail(f"fast-extension message {msg_id} without BEP 6 negotiated")
+        fixed = _FAST_LEN[msg_id]
+        if length != fixed:
+            raise self._fail(f"message {msg_id} has length {length}, not {fixed}")
+        if avail < length + 4:
+            return False
+        self._r = r + length + 4
+        return True
+
+    def _fast_piece_index(self, buf: bytearray, r: int, name: str) -> int:
+        """The piece index of a Suggest or Allowed Fast, checked like a Have's."""
+        index: int = _u32(buf, r + 5)[0]
+        limit = self._num_pieces if self._geometry is not None else MAX_PIECES
+        if index >= limit:
+            raise self._fail(f"{name} for piece {index} of {limit}")
+        self._bitfield_in_open = False
+        return index
+
+    def _recv_have_all(self, buf: bytearray, r: int, length: int, avail: int) -> _Parsed:
+        if not self._fast_frame(buf, r, length, avail):
+            return NEED_DATA
+        if not self._bitfield_in_open:
+            raise self._fail("have all after other messages")
+        self._bitfield_in_open = False
+        if self._geometry is None:
+            self._early_all = True
+            return None
+        n = self._num_pieces
+        self._peer_has[:] = b"\x01" * n
+        self._peer_has_count = n
+        return _HAVE_ALL_EVENT
+
+    def _recv_have_none(self, buf: bytearray, r: int, length: int, avail: int) -> _Parsed:
+        if not self._fast_frame(buf, r, length, avail):
+            return NEED_DATA
+        if not self._bitfield_in_open:
+            raise self._fail("have none after other messages")
+        self._bitfield_in_open = False
+        # peer_has is all zeros already; before the geometry there is nothing to keep.
+        return None if self._geometry is None else _HAVE_NONE_EVENT
+
+    def _recv_suggest(self, buf: bytearray, r: int, length: int, avail: int) -> _Parsed:
+        if not self._fast_frame(buf, r, length, avail):
+            return NEED_DATA
+        index = self._fast_piece_index(buf, r, "suggest")
+        # A hint only: one before the geometry is dropped.
+        return None if self._geometry is None else SuggestPiece(index)
+
+    def _recv_allowed_fast(self, buf: bytearray, r: int, length: int, avail: int) -> _Parsed:
+        if not self._fast_frame(buf, r, length, avail):
+            return NEED_DATA
+        index = self._fast_piece_index(buf, r, "allowed fast")
+        if len(self._allowed_fast) < MAX_ALLOWED_FAST:
+            self._allowed_fast.add(index)
+        return None if self._geometry is None else AllowedFast(index)
+
+    def _recv_reject(self, buf: bytearray, r: int, length: int, avail: int) -> _Parsed:
+        if not self._fast_frame(buf, r, length, avail):
+            return NEED_DATA
+        key = _u32x3(buf, r + 5)
+        index, begin, blen = key
+        geometry = self._geometry
+        if geometry is None or not geometry.block_ok(index, begin, blen):
+            raise self._block_in_error("reject")
+        self._bitfield_in_open = False
+        answer = self._ledger.rejected(key)
+        if answer == "outstanding":
+            return RejectRequest(index, begin, blen)
+        if answer == "given_up":
+            return None  # we cancelled it (BEP 6: a cancel is answered too) or lost it
+        raise self._fail(f"reject for block ({index}, {begin}, {blen}) we never requested")
 
     def _recv_unknown(self, buf: bytearray, r: int, length: int, avail: int) -> NeedData | None:
         if length > MAX_MESSAGE:
@@ -984,6 +1155,11 @@ class Connection:
         if avail < HANDSHAKE_LEN:
             return NEED_DATA
         self._peer_reserved = bytes(buf[r + 20 : r + 28])
+        self._fast = bool(
+            self._handshake_sent
+            and self._our_reserved[FAST_BYTE] & FAST_BIT
+            and self._peer_reserved[FAST_BYTE] & FAST_BIT
+        )
         peer_id = bytes(buf[r + 48 : r + 68])
         self._r = r + HANDSHAKE_LEN
         self._handshake_received = True
@@ -1039,10 +1215,13 @@ class Connection:
             raise LocalProtocolError("wrong info-hash")
         if len(ev.peer_id) != 20 or len(ev.reserved) != 8:
             raise LocalProtocolError("peer_id must be 20 bytes and reserved 8")
-        if ev.reserved[FAST_BYTE] & FAST_BIT:
-            raise LocalProtocolError("the fast extension (BEP 6) is not supported")
         self._handshake_sent = True
         self._our_reserved = bytes(ev.reserved)
+        self._fast = bool(
+            self._handshake_received
+            and ev.reserved[FAST_BYTE] & FAST_BIT
+            and self._peer_reserved[FAST_BYTE] & FAST_BIT
+        )
         return b"".join((_HANDSHAKE_PREFIX, ev.reserved, ev.info_hash, ev.peer_id))
 
     def _send_keep_alive(self, ev: KeepAlive) -> bytes:
@@ -1051,7 +1230,8 @@ class Connection:
     def _send_choke(self, ev: Choke) -> bytes:
         self._am_choking = True
         self._bitfield_out_open = False
-        self._ledger.peer_requests_dropped()
+        if not self._fast:  # BEP 6: they are still owed a block or a RejectRequest
+            self._ledger.peer_requests_dropped()
         return _CHOKE_BYTES
 
     def _send_unchoke(self, ev: Unchoke) -> bytes:
@@ -1100,7 +1280,9 @@ class Connection:
         for index, begin, length in keys:
             if index < 0 or begin < 0 or not block_ok(index, begin, length):
                 self._check_block_out(index, begin, length)  # raises the right error
-        if self._peer_choking:
+        # BEP 6: pieces the peer allowed us fast may be asked for while it chokes us.
+        allowed = self._allowed_fast
+        if self._peer_choking and (not keys or not all(key[0] in allowed for key in keys)):
             raise LocalProtocolError("cannot request while the peer chokes us")
         self._ledger.record(keys)
         if not keys:
@@ -1127,6 +1309,48 @@ class Connection:
             raise LocalProtocolError(f"port {ev.port} is out of range")
         return _pack_port(3, _PORT, ev.port)
 
+    def _need_fast(self) -> None:
+        if not self._fast:
+            raise LocalProtocolError(
+                "the fast extension (BEP 6) was not negotiated in both handshakes"
+            )
+
+    def _send_have_all(self, ev: HaveAll) -> bytes:
+        return self._send_have_all_or_none(_HAVE_ALL_BYTES)
+
+    def _send_have_none(self, ev: HaveNone) -> bytes:
+        return self._send_have_all_or_none(_HAVE_NONE_BYTES)
+
+    def _send_have_all_or_none(self, data: bytes) -> bytes:
+        self._need_fast()
+        self._known_geometry()
+        if not self._bitfield_out_open:
+            raise LocalProtocolError("have all or have none may only be the first message")
+        self._bitfield_out_open = False
+        return data
+
+    def _send_piece_hint(self, index: int, msg_id: int) -> bytes:
+        self._need_fast()
+        n = self._known_geometry().num_pieces
+        if not 0 <= index < n:
+            raise LocalProtocolError(f"piece {index} of {n} in message {msg_id}")
+        self._bitfield_out_open = False
+        return _pack_have(5, msg_id, index)
+
+    def _send_suggest(self, ev: SuggestPiece) -> bytes:
+        return self._send_piece_hint(ev.index, _SUGGEST)
+
+    def _send_allowed_fast(self, ev: AllowedFast) -> bytes:
+        return self._send_piece_hint(ev.index, _ALLOWED_FAST)
+
+    def _send_reject(self, ev: RejectRequest) -> bytes:
+        self._need_fast()
+        index, begin, length = ev.index, ev.begin, ev.length
+        self._check_block_out(index, begin, length)
+        self._bitfield_out_open = False
+        self._ledger.peer_settled((index, begin, length))
+        return _pack_block(13, _REJECT, index, begin, length)
+
     def _send_extended(self, ev: Extended) -> bytes:
         if not self.extensions_enabled:
             raise LocalProtocolError("BEP 10 was not negotiated in both handshakes")
@@ -1143,8 +1367,11 @@ _Receiver = Callable[[Connection, bytearray, int, int, int], _Parsed]
 def _receivers() -> tuple[tuple[_Receiver, int], ...]:
     """Message id -> (parser, exact length or 0 if the parser frames it)."""
     table: list[tuple[_Receiver, int]] = [(Connection._recv_unknown, 0)] * 256
-    for msg_id in _FAST_IDS:
-        table[msg_id] = (Connection._recv_fast, 0)
+    table[_SUGGEST] = (Connection._recv_suggest, 0)
+    table[_HAVE_ALL] = (Connection._recv_have_all, 0)
+    table[_HAVE_NONE] = (Connection._recv_have_none, 0)
+    table[_REJECT] = (Connection._recv_reject, 0)
+    table[_ALLOWED_FAST] = (Connection._recv_allowed_fast, 0)
     fixed: dict[int, _Receiver] = {
         _CHOKE: Connection._recv_choke,
         _UNCHOKE: Connection._recv_unchoke,
@@ -1180,4 +1407,9 @@ _SENDERS: Final[dict[type[Event], Callable[[Connection, Any], bytes]]] = {
     Piece: Connection._send_piece,
     Port: Connection._send_port,
     Extended: Connection._send_extended,
+    HaveAll: Connection._send_have_all,
+    HaveNone: Connection._send_have_none,
+    SuggestPiece: Connection._send_suggest,
+    RejectRequest: Connection._send_reject,
+    AllowedFast: Connection._send_allowed_fast,
 }

@@ -317,7 +317,7 @@ class _Worker:
         )
 
     def _greet(self, p: _Peer) -> None:
-        p.greet(self.have, interested=not self.seed_only)
+        p.greet()
 
     def _check_control(self) -> None:
         while True:
@@ -499,8 +499,10 @@ class _Worker:
                 if ev.peer_id[:SELF_ID_LEN] == self.client_prefix:
                     raise _SelfConnection
                 p.state = ACTIVE
+                # our bitfield (or HaveAll/HaveNone) first, then the BEP 10 handshake
+                p.greet_rest(self.have, interested=not self.seed_only)
                 self.ext.attach(p)  # BEP 10, if both handshakes set its bit
-            elif isinstance(ev, wire.Bitfield):
+            elif isinstance(ev, (wire.Bitfield, wire.HaveAll)):  # HaveAll: BEP 6's full bitfield
                 if self.seed_only:  # availability matters only while downloading
                     if self._leave_if_seed(p):
                         return
@@ -517,7 +519,11 @@ class _Worker:
                 else:
                     self.haves.setdefault(p.addr, []).append(ev.index)
             elif isinstance(ev, wire.Choke):
-                self._release_pending(p)
+                # BEP 6: the peer answers each request (block or RejectRequest) even so.
+                if not conn.fast_enabled:
+                    self._release_pending(p)
+            elif isinstance(ev, wire.RejectRequest):
+                policy.rejected(p, ev.index, ev.begin)  # asked again, of whoever has it
             elif isinstance(ev, (wire.Request, wire.Cancel, wire.Interested, wire.NotInterested)):
                 self.uploader.on_event(p, ev)
             elif not isinstance(ev, (wire.Unchoke, wire.KeepAlive)):
@@ -544,10 +550,10 @@ class _Worker:
         for i in pieces:
             self.told[i] = 1
         for q in self.peers.values():
-            # A peer still connecting gets them in the bitfield it is greeted with; a
-            # seed needs none (libtorrent's send_redundant_have off: it would only wake
-            # the seed to read them).
-            if q.state in (HANDSHAKING, ACTIVE) and not q.wire.peer_is_seed:
+            # A peer still connecting gets them in the bitfield it is greeted with once
+            # its handshake is in; a seed needs none (libtorrent's send_redundant_have
+            # off: it would only wake the seed to read them).
+            if q.state == ACTIVE and not q.wire.peer_is_seed:
                 q.queue(b"".join(q.wire.send(wire.Have(i)) for i in pieces))
 
     def _report_haves(self) -> None:

@@ -5,7 +5,10 @@ requests are queued) and is used both by fetch workers (which serve while they
 download) and by ``mptorrent seed`` worker processes.  Safety rules: serve only
 pieces in the verified have-map; the wire layer already refuses requests over
 16 KiB or outside the piece; each peer's queue of pending requests is capped;
-reads go through the mapped files only.
+reads go through the mapped files only.  With the fast extension (BEP 6) every
+request we do not serve (choked, a piece we lack, cancelled, queued when we
+choke) is answered with a Reject Request.  We send no Allowed Fast: a choked
+peer is served nothing.
 """
 
 from __future__ import annotations
@@ -71,9 +74,12 @@ class Uploader:
                 st.choked_requests += 1
                 if st.choked_requests > MAX_CHOKED_REQUESTS:
                     raise ProtocolError("too many requests while choked")
+                self._reject(p, ev.index, ev.begin, ev.length)
                 return
             if not self.have[ev.index]:
-                return  # we never announced it; ignore rather than lie
+                # we never announced it; refuse rather than lie
+                self._reject(p, ev.index, ev.begin, ev.length)
+                return
             if len(st.queue) >= MAX_QUEUED_REQUESTS:
                 raise ProtocolError("request queue overflow")
             st.queue.append((ev.index, ev.begin, ev.length))
@@ -81,7 +87,9 @@ class Uploader:
             try:
                 st.queue.remove((ev.index, ev.begin, ev.length))
             except ValueError:
-                pass
+                pass  # served already: the block is its answer
+            else:
+                self._reject(p, ev.index, ev.begin, ev.length)  # BEP 6: a cancel is answered
         elif isinstance(ev, wire.Interested):
             # Unchoke promptly while there are free slots; the rechoke fixes the rest.
             if p.wire.am_choking and self._unchoked_count() < UNCHOKE_SLOTS:
@@ -99,7 +107,15 @@ class Uploader:
 
     def _choke(self, p: PeerSession, st: UploadState) -> None:
         p.queue(p.wire.send(wire.Choke()))
+        for index, begin, length in st.queue:  # BEP 6: a choke no longer implies them
+            self._reject(p, index, begin, length)
         st.queue.clear()
+
+    def _reject(self, p: PeerSession, index: int, begin: int, length: int) -> None:
+        """A request we will not serve: with the fast extension the peer is told (BEP 6
+        Reject Request), without it the request is dropped silently, as BEP 3 has it."""
+        if p.wire.fast_enabled:
+            p.queue(p.wire.send(wire.RejectRequest(index, begin, length)))
 
     def backlogged(self, p: PeerSession) -> bool:
         """Requests are queued that serve() has not put in the send buffer yet."""

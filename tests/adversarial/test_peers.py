@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import os
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -37,7 +38,7 @@ from mptorrent.engine.coordinator import Coordinator, FetchOptions, FetchResult,
 from mptorrent.errors import DownloadError
 from mptorrent.messages import PeerAddr
 from mptorrent.netio.peer import Timeouts
-from mptorrent.proto.wire import MAX_MESSAGE
+from mptorrent.proto.wire import FAST_RESERVED, MAX_MESSAGE
 from tests.fakes.evil_peer import (
     BLOCK,
     EXTENSION_RESERVED,
@@ -536,6 +537,20 @@ def extended(payload: bytes) -> Script:
     return script
 
 
+def fast_offense(action: Callable[[EvilConn], None]) -> Script:
+    """Open with BEP 6 negotiated (the client sets the fast bit too) and a full bitfield,
+    then break one of the fast extension's rules."""
+
+    def script(c: EvilConn) -> None:
+        c.read_handshake()
+        c.send_handshake(reserved=FAST_RESERVED)
+        c.send_bitfield()
+        c.mark("offense")
+        action(c)
+
+    return script
+
+
 VIOLATIONS: dict[str, Callable[[bytes], Script]] = {
     **{name: (lambda _d, a=action: offend(a)) for name, action in OVERSIZED.items()},
     **{
@@ -545,6 +560,13 @@ VIOLATIONS: dict[str, Callable[[bytes], Script]] = {
     "C8-have": lambda _d: offend(lambda c: c.send_have(c.torrent.num_pieces)),
     "C8-have-all": lambda _d: offend(lambda c: c.send_have_all(), greet=False),
     "C8-have-none": lambda _d: offend(lambda c: c.send_have_none(), greet=False),
+    "C8-fast-have-all-late": lambda _d: fast_offense(lambda c: c.send_have_all()),
+    "C8-fast-allowed-range": lambda _d: fast_offense(
+        lambda c: c.send_message(0x11, struct.pack(">I", c.torrent.num_pieces))
+    ),
+    "C8-fast-reject-unasked": lambda _d: fast_offense(
+        lambda c: c.send_message(0x10, struct.pack(">III", 0, 0, BLOCK))  # still choked
+    ),
     "C9b-index": lambda _d: offend(piece_outside("index")),
     "C9b-begin": lambda _d: offend(piece_outside("begin")),
     "C16-deep": lambda _d: extended(DEEP_BENCODE),
@@ -689,6 +711,20 @@ def test_c7_bad_bitfield_closes(violations: Run, kind: str, reason: str) -> None
     ],
 )
 def test_c8_bad_have_closes(violations: Run, name: str, reason: str) -> None:
+    assert_closed_and_banned(violations, name, reason)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("C8-fast-have-all-late", "have all after other messages"),
+        ("C8-fast-allowed-range", f"allowed fast for piece {NUM_PIECES} of {NUM_PIECES}"),
+        ("C8-fast-reject-unasked", rf"reject for block \(0, 0, {BLOCK}\) we never requested"),
+    ],
+)
+def test_c8_fast_extension_rule_broken_closes(violations: Run, name: str, reason: str) -> None:
+    """BEP 6 negotiated (our handshake sets the bit): HAVE_ALL after a bitfield, ALLOWED_FAST
+    past the last piece, REJECT_REQUEST for a block never asked."""
     assert_closed_and_banned(violations, name, reason)
 
 
