@@ -109,13 +109,15 @@ def connect(
         total_length=meta.total_length,
     )  # fmt: skip
     p.inbound = inbound
-    p.greet(None, interested=True)
+    p.greet()
     remote = Remote(meta, p, bep10=bep10)
     first = remote.take()
     assert isinstance(first[0], wire.Handshake) and first[0].extensions  # our BEP 10 bit
     got = remote.give(remote.hs)
     assert isinstance(got[0], wire.Handshake)
     p.state = ACTIVE
+    p.greet_rest(None, interested=True)  # as the worker does, before the BEP 10 handshake
+    assert [type(e) for e in remote.take()] == [wire.Interested]
     ext.attach(p)
     return ext, p, remote
 
