@@ -10,9 +10,11 @@ in the same run and prints both times (``pytest -s`` shows them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -24,8 +26,15 @@ import libtorrent as lt
 import pytest
 
 from mptorrent.messages import PeerAddr
-from mptorrent.proto import bencode, metainfo
-from mptorrent.proto.ext.ut_metadata import METADATA_PIECE
+from mptorrent.proto import bencode, metainfo, wire
+from mptorrent.proto.ext import ExtensionRouter
+from mptorrent.proto.ext.ut_metadata import (
+    METADATA_PIECE,
+    MetadataRequested,
+    UtMetadata,
+    encode_reject,
+    serve_request,
+)
 from mptorrent.proto.magnet import Magnet
 from tests.interop.opentracker import OpenTracker, run_opentracker
 from tests.interop.test_fetch import (
@@ -337,15 +346,6 @@ class _HostilePeer:
         self.thread.start()
 
     def _serve(self) -> None:
-        from mptorrent.proto import wire
-        from mptorrent.proto.ext import ExtensionRouter
-        from mptorrent.proto.ext.ut_metadata import (
-            MetadataRequested,
-            UtMetadata,
-            encode_reject,
-            serve_request,
-        )
-
         try:
             sock, _ = self.server.accept()
         except OSError:
@@ -360,23 +360,31 @@ class _HostilePeer:
                 ours = wire.Extended(0, bencode.encode(huge))
             sock.sendall(conn.send(hello))
             sock.settimeout(20)
-            while data := sock.recv(65536):
-                conn.receive_data(data)
-                while (event := conn.next_event()) is not wire.NEED_DATA:
-                    if isinstance(event, wire.Handshake):
-                        sock.sendall(conn.send(ours))
-                    elif isinstance(event, MetadataRequested) and router.peer_supports(
-                        "ut_metadata"
-                    ):
-                        self.served += 1
-                        if self.mode == "silent":
-                            continue
-                        payload = (
-                            serve_request(self.forged, event.piece)
-                            if self.mode == "lie"
-                            else encode_reject(event.piece)
-                        )
-                        sock.sendall(conn.send(router.message("ut_metadata", payload)))
+            with contextlib.suppress(ConnectionError):  # the client hangs up on a liar
+                self._answer(sock, conn, router, ours)
+
+    def _answer(
+        self,
+        sock: socket.socket,
+        conn: wire.Connection,
+        router: ExtensionRouter,
+        ours: wire.Extended,
+    ) -> None:
+        while data := sock.recv(65536):
+            conn.receive_data(data)
+            while (event := conn.next_event()) is not wire.NEED_DATA:
+                if isinstance(event, wire.Handshake):
+                    sock.sendall(conn.send(ours))
+                elif isinstance(event, MetadataRequested) and router.peer_supports("ut_metadata"):
+                    self.served += 1
+                    if self.mode == "silent":
+                        continue
+                    payload = (
+                        serve_request(self.forged, event.piece)
+                        if self.mode == "lie"
+                        else encode_reject(event.piece)
+                    )
+                    sock.sendall(conn.send(router.message("ut_metadata", payload)))
 
     def close(self) -> None:
         self.server.close()
