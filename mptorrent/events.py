@@ -44,8 +44,10 @@ class MetadataReceived:
 
 @dataclass(frozen=True, slots=True)
 class Metadata:
-    """The torrent a fetch downloads (from a .torrent, or a magnet's verified metadata): the
-    first event of a fetch's download phase."""
+    """The torrent a fetch downloads (from a .torrent, or a magnet's verified metadata).
+
+    Sent by whoever starts the download (``--json``, the Python API) just before it, so
+    that a stream says which torrent it is about; the coordinator does not send it."""
 
     name: str
     info_hash: str  # hex (v1)

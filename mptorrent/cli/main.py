@@ -640,6 +640,10 @@ def _fetch(
         jobs=jobs or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
         use_trackers=not no_trackers, io=io, seed_after=seed_after,
     )  # fmt: skip
+    if stream is not None:  # which torrent, before anything else the download says
+        from mptorrent.engine.coordinator import metadata_event
+
+        stream(metadata_event(meta))
     with _sigterm_as_interrupt():
         try:
             run_fetch(meta, output, opts, progress)  # ends with the summary (Done or Seeded)

@@ -239,7 +239,6 @@ class Coordinator:
         """Download (and seed after, if asked), reporting through the event sink.
 
         A failure is reported as an ``Error`` event, then raised."""
-        self.emit(metadata_event(self.meta))
         try:
             result = self._fetch()
         except MptorrentError as exc:
