@@ -123,3 +123,19 @@ def test_names_with_control_characters_stay_ascii() -> None:
     text = buf.getvalue()
     assert text.isascii() and "\x1b" not in text
     assert lines(buf)[0]["name"] == "a\u202eb\x1b[31m"
+
+
+def test_a_given_peer_is_marked_manual() -> None:
+    from mptorrent.messages import PeerAddr
+
+    given, other = PeerAddr("127.0.0.5", 6881), PeerAddr("::1", 51413)
+    buf = io.StringIO()
+    sink = JsonLines(buf, manual=[given])
+    sink(ev.PeerConnected(0, given))
+    sink(ev.PeerGone(0, other))
+    got = lines(buf)
+    assert [(g["address"], g["source"]) for g in got] == [
+        ("127.0.0.5:6881", "manual"), ("[::1]:51413", None),
+    ]  # fmt: skip
+    for g in got:
+        validate(g, schema())

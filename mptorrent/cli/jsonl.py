@@ -16,7 +16,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, TextIO, TypeAlias, assert_never
 
 if TYPE_CHECKING:
@@ -33,9 +33,11 @@ def _addr(peer: PeerAddr | None) -> str | None:
     return None if peer is None else str(peer)
 
 
-def record(event: ev.Event) -> Record | None:
+def record(event: ev.Event, manual: frozenset[PeerAddr] = frozenset()) -> Record | None:
     """The JSON object for ``event`` without ``t`` and ``v``; None for ``Progress``, which
-    :class:`JsonLines` writes itself (it needs the previous one for the rates)."""
+    :class:`JsonLines` writes itself (it needs the previous one for the rates).
+
+    ``manual``: the peers the user gave (``--peer``), whose ``source`` is known."""
     from mptorrent import events as ev
 
     match event:
@@ -64,11 +66,11 @@ def record(event: ev.Event) -> Record | None:
         case ev.Progress():
             return None
         case ev.PeerConnected(worker, peer):
-            return _peer(peer, "connected", worker, None)
+            return _peer(peer, "connected", worker, None, manual)
         case ev.PeerGone(worker, peer):
-            return _peer(peer, "gone", worker, None)
+            return _peer(peer, "gone", worker, None, manual)
         case ev.PeerBanned(peer, reason, worker):
-            return _peer(peer, "banned", worker, reason)
+            return _peer(peer, "banned", worker, reason, manual)
         case ev.PieceVerified(index, size, worker, peer):
             return {
                 "event": "piece", "index": index, "size": size, "worker": worker,
@@ -116,11 +118,13 @@ def record(event: ev.Event) -> Record | None:
             assert_never(event)
 
 
-def _peer(peer: PeerAddr, state: str, worker: int, reason: str | None) -> Record:
-    # where a peer came from (tracker, pex, manual) is not known to the events yet
+def _peer(
+    peer: PeerAddr, state: str, worker: int, reason: str | None, manual: frozenset[PeerAddr]
+) -> Record:
+    # the events do not say where a peer came from (tracker, pex...): only --peer is known
     return {
         "event": "peer", "address": str(peer), "state": state, "worker": worker,
-        "reason": reason, "source": None,
+        "reason": reason, "source": "manual" if peer in manual else None,
     }  # fmt: skip
 
 
@@ -139,8 +143,10 @@ class JsonLines:
     def __init__(
         self, out: TextIO | None = None, *, clock: Callable[[], float] = time.monotonic,
         progress_every: float = PROGRESS_EVERY, last: tuple[str, ...] = ("done", "error"),
+        manual: Iterable[PeerAddr] = (),
     ) -> None:  # fmt: skip
         self.last = last
+        self.manual = frozenset(manual)
         self.out = out if out is not None else sys.stdout
         self.clock = clock
         self.t0 = clock()
@@ -156,7 +162,7 @@ class JsonLines:
         if isinstance(event, ev.Progress):
             self._progress(event)
             return
-        rec = record(event)
+        rec = record(event, self.manual)
         if rec is not None:
             self.write(rec)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Never, NoReturn
@@ -263,12 +263,14 @@ def _json_stream(stream: JsonLines | None) -> Iterator[None]:
         raise
 
 
-def _json_lines(as_json: bool, *, last: tuple[str, ...] = ("done", "error")) -> JsonLines | None:
+def _json_lines(
+    as_json: bool, *, last: tuple[str, ...] = ("done", "error"), manual: Iterable[PeerAddr] = ()
+) -> JsonLines | None:
     if not as_json:
         return None
     from mptorrent.cli.jsonl import JsonLines
 
-    return JsonLines(last=last)
+    return JsonLines(last=last, manual=manual)
 
 
 @cli.command()
@@ -596,7 +598,8 @@ def fetch(
 ) -> None:  # fmt: skip
     """Download a torrent (a .torrent file or a magnet link) with parallel worker processes."""
     seeds = seed_ratio is not None or seed_time is not None
-    stream = _json_lines(as_json, last=("seeded", "error") if seeds else ("done", "error"))
+    last = ("seeded", "error") if seeds else ("done", "error")
+    stream = _json_lines(as_json, last=last, manual=peers)
     with _json_stream(stream):
         _fetch(
             torrent, output, jobs, peers, port, bind, max_peers, no_trackers, seed_ratio,

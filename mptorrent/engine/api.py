@@ -243,6 +243,10 @@ class Download:
     (threads, asyncio tasks) can follow one download.  :meth:`cancel` stops it the way
     Ctrl-C stops the command line: workers stop, verified pieces stay on disk, and
     :meth:`wait` raises :class:`~mptorrent.errors.Cancelled` (exit code 130).
+
+    Cancelling takes effect at the download's next event: within a fraction of a second
+    while downloading (progress is reported several times a second), but a magnet link's
+    metadata phase reports little, so there it may take until that phase ends.
     """
 
     def __init__(
@@ -271,7 +275,8 @@ class Download:
             self._cond.notify_all()
         if self._on_event is not None:
             self._on_event(event)
-        if self._cancel.is_set() and not self._cancel_raised:
+        final = isinstance(event, ev.Done | ev.Error | ev.Seeded)  # too late to cancel those
+        if self._cancel.is_set() and not self._cancel_raised and not final:
             self._cancel_raised = True
             raise Cancelled("cancelled")
 

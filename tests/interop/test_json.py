@@ -103,6 +103,7 @@ def test_fetch_json_validates_and_ends_with_done(
     swarm_addrs = {f"{a[0]}:{a[1]}" for a in swarm.addrs}
     connected = {line["address"] for line in lines if line["event"] == "peer"}
     assert connected and connected <= swarm_addrs
+    assert {line["source"] for line in lines if line["event"] == "peer"} == {"manual"}
     assert "progress" in kinds
     for p in (line for line in lines if line["event"] == "progress"):
         assert p["total"] == meta.total_length and 0 <= p["done"] <= p["total"]
