@@ -116,3 +116,21 @@ def test_an_asyncio_program_follows_a_download(
     assert result.bytes == single_case.meta.total_length
     assert same_tree(out, single_case.payload.root)
     assert ticks > 1
+
+
+def test_a_magnet_link_from_python(single_case: TorrentCase, swarm: Swarm, tmp_path: Path) -> None:
+    from mptorrent.proto.magnet import Magnet
+
+    meta = single_case.meta
+    uri = Magnet(meta.info_hash, name="from the link").to_uri()
+    t = mptorrent.Torrent.from_magnet(uri, peers=swarm.addrs, trackers=False, timeout=30)
+    assert (t.info_hash, t.name, t.size, t.pieces) == (
+        meta.info_hash_hex, meta.name, meta.total_length, meta.num_pieces,
+    )  # fmt: skip
+    assert t.data is not None and mptorrent.Torrent.load(t.data).info_hash == t.info_hash
+    seen: list[ev.Event] = []
+    out = tmp_path / "out.bin"
+    res = mptorrent.fetch(uri, out, peers=swarm.addrs, trackers=False, on_event=seen.append)
+    assert same_tree(out, single_case.payload.root) and res.bytes == meta.total_length
+    kinds = [type(e) for e in seen]
+    assert kinds[:3] == [ev.FetchingMetadata, ev.MetadataReceived, ev.Metadata]
