@@ -40,9 +40,9 @@ def peer_args(swarm: Swarm) -> list[str]:
     return [arg for a in swarm.addrs for arg in ("--peer", f"{a[0]}:{a[1]}")]
 
 
-def parse(stdout: str) -> list[dict[str, Any]]:
+def parse(stdout: str, last: tuple[str, ...] = ("done", "error")) -> list[dict[str, Any]]:
     """Every line of stdout: one schema-valid JSON object, the version on the first only,
-    times that never go back, and done or error only as the last line."""
+    times that never go back, and done or error (``last``) only as the last line."""
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert lines, "nothing on stdout"
     for n, line in enumerate(lines):
@@ -51,8 +51,8 @@ def parse(stdout: str) -> list[dict[str, Any]]:
     assert lines[0]["v"] == 1
     times = [line["t"] for line in lines]
     assert times == sorted(times)
-    assert all(line["event"] not in ("done", "error") for line in lines[:-1])
-    assert lines[-1]["event"] in ("done", "error")
+    assert all(line["event"] not in last for line in lines[:-1])
+    assert lines[-1]["event"] in last
     return lines
 
 
@@ -218,3 +218,17 @@ def test_seed_json_ready_then_sigterm_ends_with_error_130(
     assert ready["state"] == "ready" and ready["port"] > 0
     assert ready["pieces"] == single_case.meta.num_pieces
     assert lines[-1]["event"] == "error" and lines[-1]["exit"] == 130
+
+
+def test_a_fetch_that_seeds_after_ends_with_seeded(
+    single_case: TorrentCase, swarm: Swarm, torrent: Path, tmp_path: Path
+) -> None:
+    proc = run(
+        "fetch", str(torrent), "-o", str(tmp_path / "out.bin"), "--port", "0", "--no-trackers",
+        *peer_args(swarm), "--seed-time", "0.01", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = parse(proc.stdout, last=("seeded", "error"))
+    kinds = [line["event"] for line in lines]
+    assert kinds.count("done") == 1 and kinds[-1] == "seeded"
+    assert lines[kinds.index("done")]["bytes"] == single_case.meta.total_length
