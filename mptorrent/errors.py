@@ -28,6 +28,11 @@ class MptorrentError(Exception):
     exit_status: ExitStatus = ExitStatus.ERROR
     detail: str = ""  # more for -v: the traceback of the worker process that failed
 
+    @property
+    def exit_code(self) -> int:
+        """The command line's exit status for this error, as a plain int."""
+        return int(self.exit_status)
+
     def with_detail(self, detail: str) -> Self:
         self.detail = detail
         return self
@@ -101,3 +106,9 @@ class NoPeers(DownloadError):
 
 class MetadataTimeout(DownloadError):
     """A magnet link's metadata did not arrive (verified) in the time allowed."""
+
+
+class Cancelled(MptorrentError):
+    """A download stopped by its caller (``Download.cancel()``), as Ctrl-C stops the CLI."""
+
+    exit_status = ExitStatus.INTERRUPTED

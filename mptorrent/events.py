@@ -43,6 +43,21 @@ class MetadataReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class Metadata:
+    """The torrent a fetch downloads (from a .torrent, or a magnet's verified metadata).
+
+    Sent by whoever starts the download (``--json``, the Python API) just before it, so
+    that a stream says which torrent it is about; the coordinator does not send it."""
+
+    name: str
+    info_hash: str  # hex (v1)
+    size: int  # bytes in the torrent, padding files included
+    piece_length: int
+    pieces: int
+    files: tuple[tuple[str, int], ...]  # ("dir/file", bytes), without padding files
+
+
+@dataclass(frozen=True, slots=True)
 class CheckingExisting:
     """The output already exists: its pieces are being verified before the download."""
 
@@ -73,6 +88,8 @@ class Progress:
     total: int
     peers: int  # connected peers, over all workers
     workers: int  # worker processes alive
+    received: int = 0  # block payload received so far, duplicates included (for rates)
+    uploaded: int = 0  # bytes uploaded so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +217,7 @@ class Error:
 
 
 Event: TypeAlias = (
-    FetchingMetadata | MetadataReceived
+    FetchingMetadata | MetadataReceived | Metadata
     | CheckingExisting | Started | PortBusy | Progress | PeerConnected | PeerGone | PeerBanned
     | PieceVerified | PieceFailed | TrackerReply | TrackerError | WorkerError | WorkerRestarted
     | Done | SeedingStopped | Seeded | Error

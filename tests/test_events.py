@@ -44,6 +44,7 @@ LINES: list[tuple[ev.Event, str | None]] = [
         ev.MetadataReceived("a name", 10 * MiB, 40, 0.256, 2),
         "mptorrent: metadata received in 0.26 s: a name, 10.0 MiB in 40 piece(s)",
     ),
+    (ev.Metadata("a name", "ab" * 20, 10 * MiB, 256 * KiB, 40, (("a name", 10 * MiB),)), None),
     (ev.CheckingExisting(), "mptorrent: checking existing data"),
     (ev.Started(total=10 * MiB, done=MiB, pieces=40, resumed=4), None),
     (ev.PortBusy(6881, 40123), "mptorrent: port 6881 is busy; accepting peers on port 40123"),

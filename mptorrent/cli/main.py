@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Never, NoReturn
@@ -27,7 +27,9 @@ from mptorrent.mp import default_jobs
 if TYPE_CHECKING:
     from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]  # stubs optional
 
-    from mptorrent.disk.storage import IoChoice
+    from mptorrent.cli.jsonl import JsonLines
+    from mptorrent.disk.checker import VerifyReport
+    from mptorrent.disk.storage import IoChoice, Layout
     from mptorrent.engine.coordinator import FetchResult, SeedAfter
     from mptorrent.engine.metadata import MetadataResult
     from mptorrent.events import Event
@@ -234,6 +236,43 @@ def _notes(quiet: bool = False) -> Callable[[Event], None]:
     return show
 
 
+json_option = click.option(
+    "--json", "as_json", is_flag=True,
+    help="One JSON object per line on stdout, no progress bar (docs/events.md).",
+)  # fmt: skip
+
+
+@contextmanager
+def _json_stream(stream: JsonLines | None) -> Iterator[None]:
+    """End a ``--json`` stream with an ``error`` line whatever stops the command (exit 130
+    for Ctrl-C and SIGTERM), unless it ended already; without a stream, do nothing."""
+    if stream is None:
+        yield
+        return
+    try:
+        with _sigterm_as_interrupt():
+            yield
+    except MptorrentError as exc:
+        stream.end_with_error(str(exc), int(exc.exit_status))
+        raise
+    except click.ClickException as exc:
+        stream.end_with_error(exc.format_message(), exc.exit_code)
+        raise
+    except KeyboardInterrupt:
+        stream.end_with_error("interrupted", int(ExitStatus.INTERRUPTED))
+        raise
+
+
+def _json_lines(
+    as_json: bool, *, last: tuple[str, ...] = ("done", "error"), manual: Iterable[PeerAddr] = ()
+) -> JsonLines | None:
+    if not as_json:
+        return None
+    from mptorrent.cli.jsonl import JsonLines
+
+    return JsonLines(last=last, manual=manual)
+
+
 @cli.command()
 @click.argument("torrent", metavar="TORRENT|MAGNET", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -368,17 +407,40 @@ def create(
 @click.argument("torrent", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("path", type=click.Path(path_type=Path))
 @jobs_option
+@json_option
 @quiet_option
 @verbose_option
-def verify(torrent: Path, path: Path, jobs: int | None, quiet: bool) -> None:
+def verify(torrent: Path, path: Path, jobs: int | None, as_json: bool, quiet: bool) -> None:
     """Recheck downloaded data against a .torrent; exit 0 only if all pieces verify."""
+    stream = _json_lines(as_json)
+    with _json_stream(stream):
+        _verify(torrent, path, jobs or default_jobs(), quiet, stream)
+
+
+def _verify(torrent: Path, path: Path, jobs: int, quiet: bool, stream: JsonLines | None) -> None:
     from mptorrent.disk import checker
     from mptorrent.disk.storage import Layout
 
+    t0 = time.monotonic()
     meta = load_torrent(torrent, quiet=quiet)
     layout = Layout.for_torrent(meta, path)
+    if stream is not None:
+        from mptorrent import events as ev
+        from mptorrent.engine.coordinator import metadata_event
+
+        stream(metadata_event(meta))
+        checked = 0
+
+        def advance(n: int) -> None:
+            nonlocal checked
+            checked += n
+            stream(ev.Progress(checked, meta.total_length, 0, jobs))
+
+        report = checker.verify(meta, layout, jobs=jobs, progress=advance)
+        _verify_json(stream, meta, layout, report, time.monotonic() - t0)
+        return
     with byte_bar(meta.total_length, "verifying", quiet) as update:
-        report = checker.verify(meta, layout, jobs=jobs or default_jobs(), progress=update)
+        report = checker.verify(meta, layout, jobs=jobs, progress=update)
     bad = set(report.invalid) | set(report.missing)
     for i, f in enumerate(meta.files):
         if f.padding or not bad.intersection(layout.file_pieces(i)):
@@ -394,6 +456,38 @@ def verify(torrent: Path, path: Path, jobs: int | None, quiet: bool) -> None:
     )
     if not report.complete:
         sys.exit(int(ExitStatus.ERROR))
+
+
+def _file_state(meta: metainfo.Metainfo, layout: Layout, i: int) -> str:
+    p = layout.paths[i]
+    if p is None or not Path(p).is_file():
+        return "missing"
+    return "wrong size" if Path(p).stat().st_size != meta.files[i].length else "incomplete"
+
+
+def _verify_json(
+    stream: JsonLines, meta: metainfo.Metainfo, layout: Layout, report: VerifyReport,
+    elapsed: float,
+) -> None:  # fmt: skip
+    bad = set(report.invalid) | set(report.missing)
+    for i, f in enumerate(meta.files):
+        if not f.padding and bad.intersection(layout.file_pieces(i)):
+            stream.write(
+                {"event": "file", "path": "/".join(f.path), "state": _file_state(meta, layout, i)}
+            )
+    stream.write({
+        "event": "verified", "pieces": meta.num_pieces, "valid": report.valid_count,
+        "invalid": sorted(report.invalid), "missing": sorted(report.missing),
+    })  # fmt: skip
+    if not report.complete:
+        msg = f"{len(report.invalid)} invalid and {len(report.missing)} missing piece(s)"
+        stream.end_with_error(msg, int(ExitStatus.ERROR))
+        sys.exit(int(ExitStatus.ERROR))
+    rate = meta.total_length / elapsed if elapsed > 0 else 0.0
+    stream.write({
+        "event": "done", "bytes": meta.total_length, "elapsed": round(elapsed, 3),
+        "rate": round(rate, 1), "wasted": 0,
+    })  # fmt: skip
 
 
 # -- fetch --------------------------------------------------------------------
@@ -493,19 +587,37 @@ class BarProgress:
 @save_torrent_option
 @metadata_timeout_option
 @io_option
+@json_option
 @quiet_option
 @verbose_option
 def fetch(
     torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
-    quiet: bool,
+    as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Download a torrent (a .torrent file or a magnet link) with parallel worker processes."""
+    seeds = seed_ratio is not None or seed_time is not None
+    last = ("seeded", "error") if seeds else ("done", "error")
+    stream = _json_lines(as_json, last=last, manual=peers)
+    with _json_stream(stream):
+        _fetch(
+            torrent, output, jobs, peers, port, bind, max_peers, no_trackers, seed_ratio,
+            seed_time, save_torrent, metadata_timeout, io, quiet or as_json, stream,
+        )  # fmt: skip
+
+
+def _fetch(
+    torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
+    bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
+    seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
+    quiet: bool, stream: JsonLines | None,
+) -> None:  # fmt: skip
     from mptorrent.engine.coordinator import FetchOptions
     from mptorrent.engine.coordinator import fetch as run_fetch
 
-    progress = BarProgress(quiet, verbose=_verbose())
+    progress: BarProgress | JsonLines
+    progress = stream if stream is not None else BarProgress(quiet, verbose=_verbose())
 
     def phase(magnet: Magnet) -> MetadataResult:
         from mptorrent.engine.metadata import fetch_metadata
@@ -531,6 +643,10 @@ def fetch(
         jobs=jobs or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
         use_trackers=not no_trackers, io=io, seed_after=seed_after,
     )  # fmt: skip
+    if stream is not None:  # which torrent, before anything else the download says
+        from mptorrent.engine.coordinator import metadata_event
+
+        stream(metadata_event(meta))
     with _sigterm_as_interrupt():
         try:
             run_fetch(meta, output, opts, progress)  # ends with the summary (Done or Seeded)
@@ -539,8 +655,9 @@ def fetch(
 
 
 def _seed_after(
-    total: int, ratio: float | None, minutes: float | None, progress: BarProgress, quiet: bool
-) -> SeedAfter:
+    total: int, ratio: float | None, minutes: float | None, progress: BarProgress | JsonLines,
+    quiet: bool,
+) -> SeedAfter:  # fmt: skip
     """Seeding once complete, by the fetch's own workers, until whichever limit comes
     first; uploads during the download count towards the ratio."""
     from mptorrent.engine.coordinator import SeedAfter
@@ -591,22 +708,40 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--no-trackers", is_flag=True, help="Do not announce.")
 @io_option
+@json_option
 @quiet_option
 @verbose_option
 def seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
-    io: IoChoice, quiet: bool,
+    io: IoChoice, as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Serve a torrent's data to other peers until Ctrl-C."""
+    stream = _json_lines(as_json)
+    with _json_stream(stream):
+        _seed(torrent, path, jobs, port, bind, no_trackers, io, quiet or as_json, stream)
+
+
+def _seed(
+    torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
+    io: IoChoice, quiet: bool, stream: JsonLines | None,
+) -> None:  # fmt: skip
     from mptorrent.engine.seeder import Seeder
 
     meta = load_torrent(torrent, quiet=quiet)
     verbose = _verbose()
 
     def show(event: Event) -> None:
+        if stream is not None:
+            stream(event)
+            return
         text = render(event, verbose=verbose)  # shown with -q too: -q hides the bar
         if text is not None:
             click.echo(text, err=True)
+
+    if stream is not None:
+        from mptorrent.engine.coordinator import metadata_event
+
+        stream(metadata_event(meta))
 
     seeder = Seeder(
         meta, path, jobs=jobs or default_jobs(), bind=bind, port=port, io=io,
@@ -615,6 +750,11 @@ def seed(
 
     def announce_ready() -> None:
         seeder.ready.wait()
+        if stream is not None and seeder.stats.port:
+            stream.write({
+                "event": "seeding", "state": "ready", "address": bind, "port": seeder.stats.port,
+                "pieces": seeder.stats.valid_pieces,
+            })  # fmt: skip
         if not quiet and seeder.stats.port:
             click.echo(
                 f"seeding {safe_text(meta.name)} ({seeder.stats.valid_pieces}/{meta.num_pieces} "

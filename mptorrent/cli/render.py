@@ -62,6 +62,8 @@ def render(event: ev.Event, *, quiet: bool = False, verbose: bool = False) -> st
             return None
         case ev.PieceVerified() | ev.Error():
             return None
+        case ev.Metadata():  # the lines above the bar say what they need of it
+            return None
         case ev.FetchingMetadata(info_hash, name):
             what = info_hash if name is None else f"{name} ({info_hash})"
             return _note(f"fetching the metadata of {what}", quiet)

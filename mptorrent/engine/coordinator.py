@@ -524,7 +524,10 @@ class Coordinator:
                 if now - last_peer_seen > self.opts.no_peers_timeout:
                     raise DownloadError(self._no_peers_reason())
             alive = self.pool.alive()
-            self.emit(ev.Progress(self.done_bytes, self.meta.total_length, peers, alive))
+            self.emit(ev.Progress(
+                self.done_bytes, self.meta.total_length, peers, alive, self.downloaded,
+                self.uploaded,
+            ))  # fmt: skip
 
     def _take_inbox(self, timeout: float) -> None:
         """Handle everything reported, waiting up to ``timeout`` for the first report."""
@@ -752,6 +755,15 @@ def fetch(
     progress: ev.EventSink | None = None,  # typed events (mptorrent.events)
 ) -> FetchResult:  # fmt: skip
     return Coordinator(meta, output, opts, progress).run()
+
+
+def metadata_event(meta: Metainfo) -> ev.Metadata:
+    """The event that says which torrent a fetch (or a seed, a verify) works on."""
+    files = tuple(("/".join(f.path), f.length) for f in meta.files if not f.padding)
+    return ev.Metadata(
+        meta.name, meta.info_hash_hex, meta.total_length, meta.piece_length, meta.num_pieces,
+        files,
+    )  # fmt: skip
 
 
 def done_event(res: FetchResult) -> ev.Done:

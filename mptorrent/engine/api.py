@@ -1,0 +1,502 @@
+"""The Python API behind ``import mptorrent``: fetch, a non-blocking download handle, seed,
+verify, create, and torrents to inspect.
+
+``mptorrent/__init__.py`` re-exports these names and imports this module only when one is
+used, so ``import mptorrent`` stays cheap.  Everything a call reports goes to its
+``on_event`` sink as the typed records of :mod:`mptorrent.events` (the ones ``--json``
+prints); every failure is a :class:`~mptorrent.errors.MptorrentError` whose ``exit_code``
+is the one the command line would exit with.
+
+Parameters that belong to later issues (``dht``, ``only``, ``sequential``) are not here yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+from mptorrent import events as ev
+from mptorrent.errors import BadTorrent, Cancelled, DownloadError, StorageError
+from mptorrent.messages import PeerAddr
+
+if TYPE_CHECKING:
+    from mptorrent.proto.metainfo import Metainfo
+
+Source: TypeAlias = "str | os.PathLike[str] | bytes | Torrent"
+PeerLike: TypeAlias = "PeerAddr | tuple[str, int] | str"  # ("host", port) or "host:port"
+IoMode: TypeAlias = Literal["auto", "mmap", "pwrite"]
+
+
+# -- torrents -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TorrentFile:
+    """One file of a torrent: its path inside the torrent ("dir/name") and size in bytes."""
+
+    path: str
+    length: int
+
+
+class Torrent:
+    """A torrent's metadata: what a .torrent holds, or what a magnet link's peers sent.
+
+    Make one with :meth:`load` (a path or the bytes of a .torrent) or :meth:`from_magnet`
+    (asks peers for the metadata); pass it to :func:`fetch` to skip parsing again.
+    """
+
+    def __init__(self, meta: Metainfo, data: bytes | None = None) -> None:
+        self.meta = meta  # the parsed metainfo (mptorrent.proto.metainfo.Metainfo)
+        self.data = data  # the .torrent's bytes, when known
+        self.peers: tuple[PeerAddr, ...] = ()  # from_magnet: the peers that had the metadata
+
+    @classmethod
+    def load(cls, source: str | os.PathLike[str] | bytes) -> Torrent:
+        """Parse a .torrent file (a path) or its bytes; raises BadTorrent (exit code 3)."""
+        from mptorrent.proto import metainfo
+
+        if isinstance(source, bytes):
+            return cls(metainfo.parse(source), source)
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadTorrent(f"cannot read {path}: {exc.strerror}") from None
+        return cls(metainfo.load(path), data)
+
+    @classmethod
+    def from_magnet(
+        cls, uri: str, *, peers: Iterable[PeerLike] = (), trackers: bool = True,
+        timeout: float = 60.0, bind: str = "0.0.0.0", on_event: ev.EventSink | None = None,
+    ) -> Torrent:  # fmt: skip
+        """Fetch a magnet link's metadata from its peers (``x.pe``, ``peers``, trackers)."""
+        from mptorrent.engine.metadata import fetch_metadata
+        from mptorrent.proto.magnet import parse_magnet, torrent_from_metadata
+
+        magnet = parse_magnet(uri)
+        found = fetch_metadata(
+            magnet, peers=_peers(peers), use_trackers=trackers, bind=bind, timeout=timeout,
+            events=on_event or ev.ignore, announce_stopped=True,
+        )  # fmt: skip
+        t = cls(found.meta, torrent_from_metadata(found.info, magnet))
+        t.peers = found.peers
+        return t
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def info_hash(self) -> str:
+        """Hex, as in magnet links."""
+        return self.meta.info_hash_hex
+
+    @property
+    def size(self) -> int:
+        return self.meta.total_length
+
+    @property
+    def piece_length(self) -> int:
+        return self.meta.piece_length
+
+    @property
+    def pieces(self) -> int:
+        return self.meta.num_pieces
+
+    @property
+    def files(self) -> tuple[TorrentFile, ...]:
+        """Without padding files."""
+        return tuple(
+            TorrentFile("/".join(f.path), f.length) for f in self.meta.files if not f.padding
+        )
+
+    @property
+    def trackers(self) -> tuple[tuple[str, ...], ...]:
+        """Tiers of announce URLs."""
+        return tuple(tuple(tier) for tier in self.meta.trackers)
+
+    @property
+    def private(self) -> bool:
+        return self.meta.private
+
+    def __repr__(self) -> str:
+        return f"Torrent({self.name!r}, {self.info_hash}, {self.size} bytes)"
+
+
+# -- fetch ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """A finished download: where it is, how big, how long it took."""
+
+    path: Path  # the file, or a multi-file torrent's folder
+    bytes: int  # the torrent's size (all of it is there and verified)
+    elapsed: float  # seconds, the metadata phase of a magnet link included
+    info_hash: str  # hex
+    downloaded: int  # bytes of pieces verified in this run (resumed ones not counted)
+    resumed: int  # pieces already on disk when it started
+    peers_used: int
+
+
+def _peers(peers: Iterable[PeerLike]) -> tuple[PeerAddr, ...]:
+    out = []
+    for p in peers:
+        if isinstance(p, str):
+            host, sep, port = p.strip().rpartition(":")
+            host = host.removeprefix("[").removesuffix("]")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{p!r} is not HOST:PORT")
+            out.append(PeerAddr(host, int(port)))
+        else:
+            out.append(PeerAddr(str(p[0]), int(p[1])))
+    return tuple(out)
+
+
+def _torrent(
+    source: Source, peers: tuple[PeerAddr, ...], trackers: bool, bind: str, timeout: float,
+    emit: ev.EventSink,
+) -> Torrent:  # fmt: skip
+    from mptorrent.proto.magnet import is_magnet
+
+    if isinstance(source, Torrent):
+        return source
+    if isinstance(source, str) and is_magnet(source):
+        return Torrent.from_magnet(
+            source, peers=peers, trackers=trackers, timeout=timeout, bind=bind, on_event=emit
+        )
+    return Torrent.load(source)
+
+
+def fetch(
+    source: Source,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    workers: int | None = None,
+    peers: Iterable[PeerLike] = (),
+    trackers: bool = True,
+    on_event: ev.EventSink | None = None,
+    port: int = 0,
+    bind: str = "0.0.0.0",
+    max_peers: int = 50,
+    metadata_timeout: float = 60.0,
+    io: IoMode = "auto",
+) -> FetchResult:
+    """Download ``source`` (a .torrent path, its bytes, a magnet URI or a :class:`Torrent`)
+    into ``output`` (default: ./NAME) and return once it is complete and verified.
+
+    ``workers``: worker processes (default: the CPU count); ``peers``: peers to dial
+    besides the trackers' (``trackers=False``: only these); ``port``: where to accept peers
+    (0: any free port).  ``on_event`` receives every :mod:`mptorrent.events` record, on this
+    thread.  Data already in ``output`` is verified and kept: a second call resumes.
+    """
+    return _fetch(
+        source, output, workers=workers, peers=_peers(peers), trackers=trackers,
+        emit=on_event or ev.ignore, port=port, bind=bind, max_peers=max_peers,
+        metadata_timeout=metadata_timeout, io=io,
+    )  # fmt: skip
+
+
+def _fetch(
+    source: Source, output: str | os.PathLike[str] | None, *, workers: int | None,
+    peers: tuple[PeerAddr, ...], trackers: bool, emit: ev.EventSink, port: int, bind: str,
+    max_peers: int, metadata_timeout: float, io: IoMode,
+) -> FetchResult:  # fmt: skip
+    from mptorrent.engine.coordinator import FetchOptions, metadata_event, output_path
+    from mptorrent.engine.coordinator import fetch as run_fetch
+    from mptorrent.mp import default_jobs
+
+    t0 = time.monotonic()
+    torrent = _torrent(source, peers, trackers, bind, metadata_timeout, emit)
+    meta = torrent.meta
+    peers = tuple(dict.fromkeys((*torrent.peers, *peers)))
+    if not peers and (not trackers or not meta.trackers):
+        why = "trackers are turned off" if not trackers else "the torrent lists no usable trackers"
+        raise DownloadError(f"no peers: {why} and no peer was given")
+    opts = FetchOptions(
+        jobs=workers or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
+        use_trackers=trackers, io=io,
+    )  # fmt: skip
+    emit(metadata_event(meta))
+    res = run_fetch(meta, None if output is None else Path(output), opts, emit)
+    return FetchResult(
+        path=output_path(meta, None if output is None else Path(output)),
+        bytes=meta.total_length, elapsed=time.monotonic() - t0, info_hash=meta.info_hash_hex,
+        downloaded=res.downloaded, resumed=res.resumed_pieces, peers_used=res.peers_used,
+    )  # fmt: skip
+
+
+# -- the non-blocking handle ----------------------------------------------------------------
+
+
+class Download:
+    """A fetch running on a thread of its own (:func:`start`).
+
+    Every event is kept and each call of :meth:`events` or :meth:`aevents` iterates all of
+    them from the first, waiting for more until the download ends, so several consumers
+    (threads, asyncio tasks) can follow one download.  :meth:`cancel` stops it the way
+    Ctrl-C stops the command line: workers stop, verified pieces stay on disk, and
+    :meth:`wait` raises :class:`~mptorrent.errors.Cancelled` (exit code 130).
+
+    Cancelling takes effect at the download's next event: within a fraction of a second
+    while downloading (progress is reported several times a second), but a magnet link's
+    metadata phase reports little, so there it may take until that phase ends.
+    """
+
+    def __init__(
+        self, run: Callable[[ev.EventSink], FetchResult], on_event: ev.EventSink | None = None
+    ) -> None:
+        self._cond = threading.Condition()
+        self._events: list[ev.Event] = []
+        self._finished = False
+        self._result: FetchResult | None = None
+        self._error: BaseException | None = None
+        self._cancel = threading.Event()
+        self._cancel_raised = False
+        self._on_event = on_event
+        self._progress: ev.Progress | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(run,), name="mptorrent-download", daemon=True
+        )
+        self._thread.start()
+
+    def _sink(self, event: ev.Event) -> None:
+        # called on the download's thread; raising here unwinds the fetch (as Ctrl-C does)
+        with self._cond:
+            self._events.append(event)
+            if isinstance(event, ev.Progress):
+                self._progress = event
+            self._cond.notify_all()
+        if self._on_event is not None:
+            self._on_event(event)
+        final = isinstance(event, ev.Done | ev.Error | ev.Seeded)  # too late to cancel those
+        if self._cancel.is_set() and not self._cancel_raised and not final:
+            self._cancel_raised = True
+            raise Cancelled("cancelled")
+
+    def _run(self, run: Callable[[ev.EventSink], FetchResult]) -> None:
+        try:
+            result = run(self._sink)
+        except BaseException as exc:  # handed to wait()
+            with self._cond:
+                self._error = exc
+        else:
+            with self._cond:
+                self._result = result
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    @property
+    def progress(self) -> ev.Progress | None:
+        """The latest progress record (bytes done, total, peers, workers), None before."""
+        with self._cond:
+            return self._progress
+
+    @property
+    def done(self) -> bool:
+        """True once the download ended, well or not."""
+        with self._cond:
+            return self._finished
+
+    def cancel(self) -> None:
+        """Stop the download soon (within a fraction of a second once it is downloading);
+        does not wait: :meth:`wait` does."""
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> FetchResult:
+        """The result, once complete; raises the download's error (an MptorrentError, or
+        TimeoutError if ``timeout`` seconds pass first)."""
+        self._thread.join(timeout)
+        with self._cond:
+            if not self._finished:
+                raise TimeoutError("the download is still running")
+            if self._error is not None:
+                raise self._error
+            assert self._result is not None
+            return self._result
+
+    def _next(self, index: int, timeout: float | None) -> ev.Event | None:
+        """Event number ``index``, waiting for it; None once none will come."""
+        with self._cond:
+            self._cond.wait_for(lambda: index < len(self._events) or self._finished, timeout)
+            return self._events[index] if index < len(self._events) else None
+
+    def events(self) -> Iterator[ev.Event]:
+        """Every event of the download, from the first, as they come; ends with it."""
+        index = 0
+        while (event := self._next(index, None)) is not None:
+            yield event
+            index += 1
+
+    async def aevents(self) -> AsyncIterator[ev.Event]:
+        """:meth:`events` for asyncio: waits in a worker thread, never blocks the loop."""
+        index = 0
+        while True:
+            event = await asyncio.to_thread(self._next, index, 1.0)
+            if event is None:
+                if self.done and index >= len(self._events):
+                    return
+                continue  # the wait timed out: ask again (lets cancellation through)
+            yield event
+            index += 1
+
+    def __enter__(self) -> Download:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        # leaving the block early cancels; either way the download has ended after it
+        if not self.done:
+            self.cancel()
+        self._thread.join()
+
+
+def start(
+    source: Source,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    workers: int | None = None,
+    peers: Iterable[PeerLike] = (),
+    trackers: bool = True,
+    on_event: ev.EventSink | None = None,
+    port: int = 0,
+    bind: str = "0.0.0.0",
+    max_peers: int = 50,
+    metadata_timeout: float = 60.0,
+    io: IoMode = "auto",
+) -> Download:
+    """Begin :func:`fetch` on a thread and return its :class:`Download` handle at once.
+    ``on_event`` (if given) is called on that thread."""
+    peer_addrs = _peers(peers)  # a bad one is a ValueError here, not on the thread
+
+    def run(sink: ev.EventSink) -> FetchResult:
+        return _fetch(
+            source, output, workers=workers, peers=peer_addrs, trackers=trackers, emit=sink,
+            port=port, bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
+        )  # fmt: skip
+
+    return Download(run, on_event)
+
+
+# -- verify, create, seed -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What :func:`verify` found: piece indices that are bad or touch a missing file."""
+
+    pieces: int
+    valid: int
+    invalid: tuple[int, ...]
+    missing: tuple[int, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.invalid and not self.missing
+
+
+def verify(
+    torrent: str | os.PathLike[str] | bytes | Torrent,
+    path: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> VerifyResult:
+    """Check the data at ``path`` against ``torrent`` (``on_progress`` gets bytes checked,
+    as they are); unlike ``mptorrent verify``, an incomplete result is not an error."""
+    from mptorrent.disk import checker
+    from mptorrent.disk.storage import Layout
+    from mptorrent.mp import default_jobs
+
+    t = torrent if isinstance(torrent, Torrent) else Torrent.load(torrent)
+    layout = Layout.for_torrent(t.meta, Path(path))
+    report = checker.verify(t.meta, layout, jobs=workers or default_jobs(), progress=on_progress)
+    return VerifyResult(t.pieces, report.valid_count, tuple(report.invalid), tuple(report.missing))
+
+
+def create(
+    path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    trackers: Sequence[str | Sequence[str]] = (),
+    piece_length: int | None = None,
+    private: bool = False,
+    comment: str | None = None,
+    web_seeds: Sequence[str] = (),
+    workers: int | None = None,
+) -> Torrent:
+    """Make a torrent of a file or a folder; written to ``output`` if given.
+
+    ``trackers``: one URL per tier, or a list of URLs for a tier of several;
+    ``piece_length``: None picks one for the size.
+    """
+    from mptorrent.disk.create import create as make
+    from mptorrent.mp import default_jobs
+
+    tiers = [[t] if isinstance(t, str) else list(t) for t in trackers]
+    data = make(
+        Path(path), trackers=tiers, piece_length=piece_length, jobs=workers or default_jobs(),
+        private=private, comment=comment, web_seeds=list(web_seeds),
+    )  # fmt: skip
+    if output is not None:
+        try:
+            Path(output).write_bytes(data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {output}: {exc.strerror}") from None
+    return Torrent.load(data)
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """What a :func:`seed` did before it stopped."""
+
+    uploaded: int
+    port: int
+
+
+def seed(
+    torrent: str | os.PathLike[str] | bytes | Torrent,
+    path: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    port: int = 0,
+    bind: str = "0.0.0.0",
+    trackers: bool = True,
+    on_event: ev.EventSink | None = None,
+    until: Callable[[int], bool] | None = None,
+    on_ready: Callable[[int], None] | None = None,
+    io: IoMode = "auto",
+) -> SeedResult:
+    """Serve ``path``'s data until ``until(bytes uploaded)`` is true (checked a few times a
+    second) or KeyboardInterrupt; ``on_ready`` gets the port once peers can connect."""
+    from mptorrent.engine.seeder import Seeder
+    from mptorrent.mp import default_jobs
+
+    t = torrent if isinstance(torrent, Torrent) else Torrent.load(torrent)
+    seeder = Seeder(
+        t.meta, Path(path), jobs=workers or default_jobs(), bind=bind, port=port, io=io,
+        use_trackers=trackers, events=on_event,
+        until=None if until is None else (lambda stats: until(stats.uploaded)),
+    )  # fmt: skip
+    if on_ready is not None:
+        ready = on_ready
+
+        def tell() -> None:
+            seeder.ready.wait()
+            ready(seeder.stats.port)
+
+        threading.Thread(target=tell, daemon=True).start()
+    stats = seeder.run()
+    return SeedResult(stats.uploaded, stats.port)
+
+
+__all__ = [
+    "Download", "FetchResult", "SeedResult", "Source", "Torrent", "TorrentFile", "VerifyResult",
+    "create", "fetch", "seed", "start", "verify",
+]  # fmt: skip
