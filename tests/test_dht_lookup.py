@@ -256,3 +256,31 @@ def test_saved_table_restores_the_id_and_needs_no_bootstrap(net: Network) -> Non
     done = [e for e in new.take_events() if isinstance(e, LookupDone)]
     assert done and done[-1].queries >= K
     assert sum(e.last_response is not None for e in new.table.entries()) >= K
+
+
+def test_stale_buckets_are_refreshed_with_find_node(net: Network) -> None:
+    addr = net.addrs[60]
+    node = net.nodes[addr]
+    later = net.now + 16 * 60
+    out = node.timers(later)
+    queries = [krpc.decode(d) for d, _ in out]
+    assert queries and all(isinstance(q, FindNode | krpc.Ping) for q in queries)
+    assert 0 < node.lookups <= 8  # at most half the lookup slots
+    net.now = later
+    net.send(addr, out)
+    net.run(30)
+    assert node.lookups == 0
+
+
+def test_too_many_lookups_end_the_oldest_with_an_event() -> None:
+    from mptorrent.proto.dht.node import MAX_LOOKUPS
+
+    node = Node(random_id(random.Random(1)), rng=random.Random(1))
+    for i in range(MAX_LOOKUPS + 2):
+        node.start_lookup(i.to_bytes(20, "big"), 0.0, bootstrap=[("10.0.0.9", 6881)])
+    done = node.take_events()
+    assert [e.target for e in done if isinstance(e, LookupDone)] == [
+        bytes(20),
+        (1).to_bytes(20, "big"),
+    ]
+    assert node.lookups == MAX_LOOKUPS

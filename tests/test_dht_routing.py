@@ -15,7 +15,6 @@ from mptorrent.proto.dht.routing import (
     K,
     NodeState,
     RoutingTable,
-    add_unverified,
     distance,
     id_int,
     load_saved,
@@ -195,7 +194,7 @@ def test_save_and_load_round_trip() -> None:
     assert {(n.id, n.addr) for n in nodes} == {(e.id, e.addr) for e in t.entries()}
     fresh = RoutingTable(own)
     for n in nodes:
-        add_unverified(fresh, n, 0.0)
+        fresh.add_unverified(n, 0.0)
     assert {e.id for e in fresh.entries()} == {e.id for e in t.entries()}
     assert all(e.state(0.0) is NodeState.QUESTIONABLE for e in fresh.entries())
 
@@ -206,3 +205,37 @@ def test_save_and_load_round_trip() -> None:
 def test_load_refuses_what_is_not_a_saved_table(data: bytes) -> None:
     with pytest.raises(ValueError, match="not a saved DHT table"):
         load_saved(data)
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["heard", "queried", "failed"]), st.integers(0, 63), st.integers(0, 40)
+    ),
+    max_size=300,
+)
+
+
+@given(ops, st.binary(min_size=20, max_size=20))
+def test_table_invariants_hold_under_any_sequence(
+    seq: list[tuple[str, int, int]], own: bytes
+) -> None:
+    """Buckets tile the id space, hold at most K nodes each, every node sits in its bucket,
+    and the two indexes agree; our own id never enters."""
+    t = RoutingTable(own)
+    rng = random.Random(0)
+    pool = [random_id(rng) for _ in range(48)] + [own[:19] + bytes([i]) for i in range(16)]
+    now = 0.0
+    for op, who, dt in seq:
+        now += dt
+        node_id, where = pool[who], addr(who % 40)  # some ids share an address
+        if op == "failed":
+            t.failed(where, now)
+        else:
+            t.heard_from(node_id, where, now, responded=op == "heard")
+    assert t.buckets[0].lo == 0 and t.buckets[-1].hi == 1 << 160
+    assert all(a.hi == b.lo for a, b in zip(t.buckets, t.buckets[1:], strict=False))
+    entries = t.entries()
+    assert all(len(b.nodes) <= K and len(b.replacements) <= K for b in t.buckets)
+    assert all(b.covers(id_int(e.id)) for b in t.buckets for e in b.nodes + b.replacements)
+    assert len(entries) == len(t) == len({e.id for e in entries}) == len({e.addr for e in entries})
+    assert own not in {e.id for e in entries}

@@ -79,6 +79,11 @@ class Lookup:
             else:
                 self._add(seed, None)
 
+    def add_seed(self, addr: Addr) -> None:
+        """A contact whose id we do not know (a bootstrap router): asked only while fewer
+        than ``k`` known nodes are closer."""
+        self._add(addr, None)
+
     def _add(self, addr: Addr, node_id: bytes | None) -> None:
         if addr in self._candidates or not 0 < addr[1] < 65536 or addr[0] in self.own_addrs:
             return

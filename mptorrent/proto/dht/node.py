@@ -32,12 +32,7 @@ from mptorrent.proto.dht.krpc import (
     Response,
 )
 from mptorrent.proto.dht.lookup import QUERY_TIMEOUT, Kind, Lookup
-from mptorrent.proto.dht.routing import (
-    K,
-    RoutingTable,
-    add_unverified,
-    load_saved,
-)
+from mptorrent.proto.dht.routing import K, RoutingTable, load_saved
 from mptorrent.proto.dht.server import Server
 
 MAX_PENDING: Final = 512
@@ -124,7 +119,7 @@ class Node:
         node = cls(own_id, now=now, rng=rng, own_addrs=own_addrs, family=family)
         for info in nodes:
             if node._usable(info.addr):
-                add_unverified(node.table, info, now)
+                node.table.add_unverified(info, now)
         return node
 
     # ---- helpers ----
@@ -188,16 +183,17 @@ class Node:
         self, kind: Kind, target: bytes, now: float, *, extra: list[Addr],
         announce: int | None = None, implied: bool = False,
     ) -> list[Datagram]:  # fmt: skip
+        out: list[Datagram] = []
         if len(self._searches) >= MAX_LOOKUPS:
-            self._searches.pop(0)  # the oldest gives way; its answers are then ignored
+            # The oldest gives way (its late answers are ignored) and says so.
+            self._finish(self._searches[0], now, out)
         seeds: list[NodeInfo] | list[Addr] = self.table.closest(target, 3 * K, family=self.family)
         lookup = Lookup(kind, target, seeds, own_id=self.id, own_addrs=self.own_addrs)
         for addr in extra:
             if self._usable(addr):
-                lookup._add(addr, None)
+                lookup.add_seed(addr)
         search = _Search(lookup, announce, implied)
         self._searches.append(search)
-        out: list[Datagram] = []
         self._step(search, now, out)
         return out
 
@@ -212,15 +208,20 @@ class Node:
             if not self._send(msg, addr, now, search, out):
                 lookup.failed(addr)
         if lookup.done and search in self._searches:
-            self._searches.remove(search)
-            announced = 0
-            if search.announce_port is not None:
-                for info, token in lookup.closest_answered():
-                    ann = AnnouncePeer(self._tid(), self.id, lookup.target, search.announce_port,
-                                       token, search.implied_port)  # fmt: skip
-                    announced += self._send(ann, info.addr, now, None, out, announce=True)
-            self._events.append(LookupDone(lookup.target, lookup.kind, len(lookup.peers),
-                                           lookup.queries_sent, announced))  # fmt: skip
+            self._finish(search, now, out)
+
+    def _finish(self, search: _Search, now: float, out: list[Datagram]) -> None:
+        """End ``search``: announce to the closest nodes that gave a token, if asked to."""
+        self._searches.remove(search)
+        lookup = search.lookup
+        announced = 0
+        if search.announce_port is not None:
+            for info, token in lookup.closest_answered():
+                ann = AnnouncePeer(self._tid(), self.id, lookup.target, search.announce_port,
+                                   token, search.implied_port)  # fmt: skip
+                announced += self._send(ann, info.addr, now, None, out, announce=True)
+        self._events.append(LookupDone(lookup.target, lookup.kind, len(lookup.peers),
+                                       lookup.queries_sent, announced))  # fmt: skip
 
     # ---- input ----
 
@@ -285,8 +286,10 @@ class Node:
             search.lookup.expire(now)
             self._step(search, now, out)
         if len(self.table):
-            for target in self.table.refresh_due(now, self.rng):
-                self._start("find_node", target, now, extra=[])
+            # Refreshes never push a caller's lookup out: they use half the slots at most.
+            room = MAX_LOOKUPS // 2 - len(self._searches)
+            for target in self.table.refresh_due(now, self.rng, limit=max(0, room)):
+                out += self._start("find_node", target, now, extra=[])
             for info in self.table.questionable_to_ping(now):
                 if not any(p.addr == info.addr for p in self._pending.values()):
                     self._send(Ping(self._tid(), self.id), info.addr, now, None, out)

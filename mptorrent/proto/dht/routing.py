@@ -141,6 +141,15 @@ class RoutingTable:
             return "not a unicast address"
         return None
 
+    def add_unverified(self, node: NodeInfo, now: float) -> Outcome:
+        """Put a node we have not heard from (a saved table's) where there is room; it stays
+        questionable until it answers, and never pushes anyone into the replacement cache."""
+        if self.refuses(node.id, node.addr) is not None:
+            return "rejected"
+        if node.id in self._by_id or node.addr in self._by_addr:
+            return "rejected"
+        return self._insert(Entry(node.id, node.addr), now)
+
     def get(self, node_id: bytes) -> Entry | None:
         return self._by_id.get(node_id)
 
@@ -254,11 +263,12 @@ class RoutingTable:
                     out.append(min(q, key=lambda e: e.last_seen).info())
         return out
 
-    def refresh_due(self, now: float, rng: random.Random) -> list[bytes]:
-        """A random target in each bucket not changed for ``REFRESH_AFTER``; marks it refreshed."""
+    def refresh_due(self, now: float, rng: random.Random, limit: int = ID_BITS) -> list[bytes]:
+        """A random target in each bucket (at most ``limit``) not changed for
+        ``REFRESH_AFTER``; those buckets count as refreshed."""
         out: list[bytes] = []
         for b in self.buckets:
-            if now - b.last_changed >= REFRESH_AFTER:
+            if len(out) < limit and now - b.last_changed >= REFRESH_AFTER:
                 out.append(random_id(rng, b.lo, b.hi))
                 b.last_changed = now
         return out
@@ -321,13 +331,3 @@ def load_saved(data: bytes) -> tuple[bytes, list[NodeInfo]]:
                 NodeInfo(raw[pos : pos + ID_LEN], unpack_addr(raw[pos + ID_LEN : pos + size]))
             )
     return own, nodes
-
-
-def add_unverified(table: RoutingTable, node: NodeInfo, now: float) -> Outcome:
-    """Put a node we have not heard from (a saved table's) where there is room; it stays
-    questionable until it answers, and never pushes anyone into the replacement cache."""
-    if table.refuses(node.id, node.addr) is not None or table.get(node.id) is not None:
-        return "rejected"
-    if node.addr in table._by_addr:
-        return "rejected"
-    return table._insert(Entry(node.id, node.addr), now)

@@ -5,10 +5,11 @@
   every ``TOKEN_ROTATION`` (5 minutes) and the previous one is still accepted, so a
   token is good for 5 to 10 minutes, and only from the address it was given to.
 - **Peer store**: an announced peer expires ``PEER_TTL`` (30 minutes) after its last
-  announce.  At most ``MAX_PEERS_PER_HASH`` (100) peers per info-hash, ``MAX_HASHES``
-  (2,000) info-hashes and ``MAX_PEERS_TOTAL`` (20,000) peers in all: when full, new
-  announces are acknowledged but not stored (choice: a flood cannot evict the peers
-  already there); a ``get_peers`` answer carries at most ``MAX_VALUES_REPLY`` (50).
+  announce (never handed out after that; swept out at most a minute later).  At most
+  ``MAX_PEERS_PER_HASH`` (100) peers per info-hash, ``MAX_HASHES`` (2,000) info-hashes
+  and ``MAX_PEERS_TOTAL`` (20,000) peers in all: when full, new announces are
+  acknowledged but not stored (choice: a flood cannot evict the peers already there);
+  a ``get_peers`` answer carries at most ``MAX_VALUES_REPLY`` (50).
 - **Rate limit** per source IP: a bucket of ``RATE_BURST`` (20) queries refilled at
   ``RATE_PER_SECOND`` (5/s); queries over it are dropped unanswered.  At most
   ``MAX_SOURCES`` (5,000) sources are tracked, the least recently seen forgotten first.
@@ -46,6 +47,7 @@ MAX_VALUES_REPLY: Final = 50
 RATE_BURST: Final = 20.0
 RATE_PER_SECOND: Final = 5.0
 MAX_SOURCES: Final = 5000
+SWEEP_EVERY: Final = 60.0  # how often the peer store drops expired peers
 
 # Given a target and an address family (4 or 6), the nodes to name in a reply.
 Closest = Callable[[bytes, int], list[NodeInfo]]
@@ -70,13 +72,16 @@ class PeerStore:
         self.ttl = ttl
         self._peers: dict[bytes, dict[Addr, float]] = {}  # info-hash -> peer -> expiry
         self._count = 0
+        self._next_sweep = 0.0
 
     def __len__(self) -> int:
         return self._count
 
     def add(self, info_hash: bytes, peer: Addr, now: float) -> bool:
         """Store or refresh ``peer``; False when a cap refuses it."""
-        self.expire(now)
+        if now >= self._next_sweep:  # a sweep costs the whole store: once a minute at most
+            self.expire(now)
+            self._next_sweep = now + SWEEP_EVERY
         peers = self._peers.get(info_hash)
         if peers is not None and peer in peers:
             peers[peer] = now + self.ttl
