@@ -18,6 +18,7 @@ from mptorrent.proto.dht.krpc import (
 from mptorrent.proto.dht.node import LookupDone, Node, PeersFound
 from mptorrent.proto.dht.routing import random_id
 from mptorrent.proto.dht.server import (
+    MAX_HASHES,
     MAX_VALUES_REPLY,
     PEER_TTL,
     RATE_BURST,
@@ -136,13 +137,20 @@ def test_announce_floods_hit_the_caps_and_keep_what_is_stored() -> None:
 
 
 def test_announce_flood_through_the_node_is_bounded() -> None:
+    """J7 through the node: one asker announcing 2,100 info-hashes (paced under the rate
+    limit) fills MAX_HASHES and no more; a burst in one second is cut by the rate limit."""
     n = node()
     reply = ask(n, GetPeers(b"g1", b"T" * 20, IH))
     assert isinstance(reply, Response) and reply.token is not None
-    for i in range(2000):
-        ask(n, AnnouncePeer(b"a%d" % i, b"T" * 20, i.to_bytes(20, "big"), 1, reply.token), now=i)
-    assert len(n.server.store) <= 2000  # every one stored (within the caps), none crashed
-    assert n.server.dropped == 0
+    token = reply.token
+    for i in range(2100):
+        ann = AnnouncePeer(b"a%d" % i, b"T" * 20, i.to_bytes(20, "big"), 1, token)
+        assert ask(n, ann, now=1.0 + i / 4) == Response(b"a%d" % i, n.id)
+    assert len(n.server.store) == MAX_HASHES and n.server.dropped == 0
+    burst = AnnouncePeer(b"b", b"T" * 20, IH, 2, token)
+    now = 10_000.0  # tokens would be stale: the rate limit acts first anyway
+    answered = sum(bool(n.datagram_received(krpc.encode(burst), ASKER, now)) for _ in range(1000))
+    assert answered == RATE_BURST and n.server.dropped == 1000 - RATE_BURST
 
 
 def test_a_source_over_its_rate_is_dropped_unanswered() -> None:
