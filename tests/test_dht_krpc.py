@@ -1,4 +1,7 @@
-"""mptorrent.proto.dht.krpc: BEP 5's examples byte for byte, hostile datagrams, round trips."""
+"""mptorrent.proto.dht.krpc: BEP 5's examples byte for byte, hostile datagrams, round trips.
+
+Hostile inputs are rows of tests/adversarial/README.md table J.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 The network tests run 200 real :class:`Node` objects exchanging their own datagrams in
 memory (the protocol's own input, no mock), with a simulated clock.
+
+Hostile inputs are rows of tests/adversarial/README.md table J.
 """
 
 from __future__ import annotations

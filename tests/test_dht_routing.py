@@ -1,4 +1,7 @@
-"""mptorrent.proto.dht.routing: XOR distance, k-buckets, node states, replacement, refresh."""
+"""mptorrent.proto.dht.routing: XOR distance, k-buckets, node states, replacement, refresh.
+
+Hostile inputs are rows of tests/adversarial/README.md table J.
+"""
 
 from __future__ import annotations
 

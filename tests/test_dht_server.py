@@ -1,5 +1,8 @@
 """mptorrent.proto.dht.server and the Node façade's input side: the good citizen's answers,
-tokens, the peer store's expiry and caps, the rate limit, and replies that do not match."""
+tokens, the peer store's expiry and caps, the rate limit, and replies that do not match.
+
+Hostile inputs are rows of tests/adversarial/README.md table J.
+"""
 
 from __future__ import annotations
 
