@@ -15,6 +15,7 @@ from mptorrent.proto.dht.krpc import NodeInfo
 from mptorrent.proto.dht.routing import (
     GOOD_FOR,
     REFRESH_AFTER,
+    BadSavedTable,
     K,
     NodeState,
     RoutingTable,
@@ -206,7 +207,7 @@ def test_save_and_load_round_trip() -> None:
     "data", [b"", b"garbage", b"le", b"d2:id3:abce", b"d2:id20:" + bytes(20) + b"5:nodes3:abce"]
 )
 def test_load_refuses_what_is_not_a_saved_table(data: bytes) -> None:
-    with pytest.raises(ValueError, match="not a saved DHT table"):
+    with pytest.raises(BadSavedTable, match="not a saved DHT table"):
         load_saved(data)
 
 

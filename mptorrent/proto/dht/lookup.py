@@ -147,8 +147,8 @@ class Lookup:
         c = self._candidates.get(addr)
         if c is None or c.state is not CandidateState.ASKED:
             return []
-        if c.id is not None and c.id != response.id:
-            c.state = CandidateState.FAILED  # not the node we meant to ask
+        if (c.id is not None and c.id != response.id) or response.id == self.own_id:
+            c.state = CandidateState.FAILED  # not the node we meant to ask, or posing as us
             return []
         if c.id is None:
             c.id = response.id

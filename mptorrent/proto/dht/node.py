@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from mptorrent.proto.dht import krpc
 from mptorrent.proto.dht.krpc import (
@@ -39,6 +39,7 @@ MAX_PENDING: Final = 512
 MAX_LOOKUPS: Final = 16
 
 Datagram: TypeAlias = tuple[bytes, Addr]
+Family: TypeAlias = Literal[4, 6]  # the address family of the node's socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +68,7 @@ Event: TypeAlias = PeersFound | LookupDone
 class _Pending:
     addr: Addr
     sent_at: float
-    lookup: _Search | None
-    announce: bool = False
+    lookup: _Search | None  # the search this query serves, if any
 
 
 @dataclass(slots=True)
@@ -87,11 +87,11 @@ class Node:
 
     def __init__(
         self, node_id: bytes, *, now: float = 0.0, rng: random.Random | None = None,
-        own_addrs: frozenset[str] = frozenset(), family: int = 4,
+        own_addrs: frozenset[str] = frozenset(), family: Family = 4,
     ) -> None:  # fmt: skip
         self.rng = rng if rng is not None else random.SystemRandom()
         self.id = node_id
-        self.family = family
+        self.family: Family = family
         self.own_addrs = own_addrs
         self.table = RoutingTable(node_id, now=now, own_addrs=own_addrs)
         self.server = Server(node_id, self._closest, rng=self.rng, now=now)
@@ -111,10 +111,10 @@ class Node:
     @classmethod
     def load(
         cls, data: bytes, *, now: float = 0.0, rng: random.Random | None = None,
-        own_addrs: frozenset[str] = frozenset(), family: int = 4,
+        own_addrs: frozenset[str] = frozenset(), family: Family = 4,
     ) -> Node:  # fmt: skip
-        """A node with the id and nodes of a :meth:`save` (``ValueError`` if it is not one);
-        the nodes are questionable until they answer."""
+        """A node with the id and nodes of a :meth:`save` (:class:`~.routing.BadSavedTable`
+        if it is not one); the nodes are questionable until they answer."""
         own_id, nodes = load_saved(data)
         node = cls(own_id, now=now, rng=rng, own_addrs=own_addrs, family=family)
         for info in nodes:
@@ -143,11 +143,11 @@ class Node:
 
     def _send(
         self, msg: krpc.Query, addr: Addr, now: float, search: _Search | None,
-        out: list[Datagram], announce: bool = False,
+        out: list[Datagram],
     ) -> bool:  # fmt: skip
         if len(self._pending) >= MAX_PENDING:
             return False
-        self._pending[msg.tid] = _Pending(addr, now, search, announce)
+        self._pending[msg.tid] = _Pending(addr, now, search)
         out.append((krpc.encode(msg), addr))
         return True
 
@@ -219,7 +219,7 @@ class Node:
             for info, token in lookup.closest_answered():
                 ann = AnnouncePeer(self._tid(), self.id, lookup.target, search.announce_port,
                                    token, search.implied_port)  # fmt: skip
-                announced += self._send(ann, info.addr, now, None, out, announce=True)
+                announced += self._send(ann, info.addr, now, None, out)
         self._events.append(LookupDone(lookup.target, lookup.kind, len(lookup.peers),
                                        lookup.queries_sent, announced))  # fmt: skip
 

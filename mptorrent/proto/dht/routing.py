@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
-from mptorrent.errors import BencodeError
+from mptorrent.errors import BencodeError, MptorrentError
 from mptorrent.proto import bencode
 from mptorrent.proto.dht.krpc import ID_LEN, Addr, NodeInfo, pack_addr, unpack_addr
 
@@ -33,6 +33,11 @@ REPLACEMENTS: Final = K  # replacement cache size per bucket
 MAX_SAVED: Final = 2000  # nodes read from a saved table at most
 
 Outcome: TypeAlias = Literal["added", "updated", "cached", "rejected"]
+
+
+class BadSavedTable(MptorrentError, ValueError):
+    """Bytes that are not a routing table :meth:`RoutingTable.save` wrote (start from the
+    bootstrap nodes instead)."""
 
 
 def id_int(node_id: bytes) -> int:
@@ -309,21 +314,21 @@ SAVE_FORMAT_MAX: Final = 64 + MAX_SAVED * 40
 
 
 def load_saved(data: bytes) -> tuple[bytes, list[NodeInfo]]:
-    """Our id and the nodes of a :meth:`RoutingTable.save`; ``ValueError`` when it is not one."""
+    """Our id and the nodes of a :meth:`RoutingTable.save`, or :class:`BadSavedTable`."""
     try:
         top = bencode.decode(data, max_size=SAVE_FORMAT_MAX * 2, max_depth=2)
     except BencodeError as exc:
-        raise ValueError(f"not a saved DHT table: {exc.reason}") from None
+        raise BadSavedTable(f"not a saved DHT table: {exc.reason}") from None
     if not isinstance(top, dict):
-        raise ValueError("not a saved DHT table: not a dictionary")
+        raise BadSavedTable("not a saved DHT table: not a dictionary")
     own = top.get(b"id")
     if not isinstance(own, bytes) or len(own) != ID_LEN:
-        raise ValueError("not a saved DHT table: no 20-byte id")
+        raise BadSavedTable("not a saved DHT table: no 20-byte id")
     nodes: list[NodeInfo] = []
     for key, size in ((b"nodes", 26), (b"nodes6", 38)):
         raw = top.get(key, b"")
         if not isinstance(raw, bytes) or len(raw) % size:
-            raise ValueError(f"not a saved DHT table: bad {key.decode()!r}")
+            raise BadSavedTable(f"not a saved DHT table: bad {key.decode()!r}")
         for pos in range(0, len(raw), size):
             if len(nodes) >= MAX_SAVED:
                 break
