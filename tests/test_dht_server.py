@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from mptorrent.proto.dht import krpc
 from mptorrent.proto.dht.krpc import (
     AnnouncePeer,
@@ -230,3 +232,16 @@ def test_timeouts_fail_the_node_and_end_the_lookup() -> None:
     n.timers(5.0)
     (done,) = n.take_events()
     assert isinstance(done, LookupDone) and done.queries == 1 and n.lookups == 0
+
+
+def test_datagrams_from_unusable_sources_are_dropped() -> None:
+    n = node()
+    ping = krpc.encode(Ping(b"p", b"T" * 20))
+    for src in [("fe80::1%eth0", 1), ("::1", 1), ("10.0.0.2", 0), ("not-an-ip", 1)]:
+        assert n.datagram_received(ping, src, 0.0) == []
+    assert n.malformed == 4 and len(n.table) == 0
+
+
+def test_announcing_port_zero_is_our_own_mistake() -> None:
+    with pytest.raises(ValueError, match="cannot announce port 0"):
+        node().start_lookup(IH, 0.0, announce_port=0)

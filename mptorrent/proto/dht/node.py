@@ -175,6 +175,8 @@ class Node:
     ) -> list[Datagram]:  # fmt: skip
         """A ``get_peers`` search for ``info_hash``; with ``announce_port`` (or
         ``implied_port``), an ``announce_peer`` to the closest nodes when it ends."""
+        if announce_port is not None and not 0 < announce_port < 65536:
+            raise ValueError(f"cannot announce port {announce_port}")
         port = announce_port if announce_port is not None or not implied_port else 0
         return self._start("get_peers", info_hash, now, extra=bootstrap or [], announce=port,
                            implied=implied_port)  # fmt: skip
@@ -226,8 +228,12 @@ class Node:
     # ---- input ----
 
     def datagram_received(self, data: bytes, addr: Addr, now: float) -> list[Datagram]:
-        """One datagram from ``addr``: the datagrams to send in return."""
+        """One datagram from ``addr`` (an ``(IP literal, port)`` pair of our family): the
+        datagrams to send in return."""
         out: list[Datagram] = []
+        if not self._usable(addr) or not 0 < addr[1] < 65536:
+            self.malformed += 1  # nothing can be sent back there
+            return out
         try:
             msg = krpc.decode(data)
         except KrpcError as exc:
