@@ -26,8 +26,9 @@ Hostile = Callable[[bytes, Addr, Addr], list[tuple[bytes, Addr]]]
 class Network:
     """Nodes on 10.x addresses delivering each other's datagrams in memory, in order."""
 
-    def __init__(self, n: int, seed: int = 1) -> None:
+    def __init__(self, n: int, seed: int = 1, loss: float = 0.0) -> None:
         self.rng = random.Random(seed)
+        self.loss = loss  # the share of datagrams the network drops
         self.now = 1000.0
         self.nodes: dict[Addr, Node] = {}
         self.hostile: dict[Addr, Hostile] = {}
@@ -44,19 +45,22 @@ class Network:
     def send(self, src: Addr, out: list[tuple[bytes, Addr]]) -> None:
         self.queue.extend((data, src, dst) for data, dst in out)
 
-    def run(self, seconds: float = 30.0, max_datagrams: int = 500_000) -> None:
-        """Deliver until quiet, then step the clock a second at a time, for ``seconds``."""
+    def run(self, seconds: float = 30.0, max_datagrams: int = 500_000, settle: bool = True) -> None:
+        """Deliver until quiet, then step the clock a second at a time, for ``seconds`` or
+        (with ``settle``) until no node has a lookup running."""
         end = self.now + seconds
         while True:
             while self.queue:
                 data, src, dst = self.queue.popleft()
                 self.delivered += 1
                 assert self.delivered < max_datagrams, "the network never quietens"
+                if self.loss and self.rng.random() < self.loss:
+                    continue
                 if dst in self.hostile:
                     self.queue.extend((d, dst, to) for d, to in self.hostile[dst](data, src, dst))
                 elif dst in self.nodes:
                     self.send(dst, self.nodes[dst].datagram_received(data, src, self.now))
-            if self.now >= end or all(n.lookups == 0 for n in self.nodes.values()):
+            if self.now >= end or (settle and all(n.lookups == 0 for n in self.nodes.values())):
                 return
             self.now += 1.0
             for addr, node in self.nodes.items():
@@ -286,3 +290,43 @@ def test_too_many_lookups_end_the_oldest_with_an_event() -> None:
         (1).to_bytes(20, "big"),
     ]
     assert node.lookups == MAX_LOOKUPS
+
+
+def test_lookups_converge_and_terminate_when_a_fifth_of_datagrams_are_lost() -> None:
+    lossy = Network(200, seed=9, loss=0.2)
+    lossy.bootstrap()
+    lossy.run(300, settle=False)  # nodes whose bootstrap was lost try again every 30 s
+    assert all(len(n.table) >= K for n in lossy.nodes.values())
+    hits = 0
+    for i in range(10):
+        info_hash = random_id(lossy.rng)
+        seeder, leecher = lossy.addrs[i], lossy.addrs[-1 - i]
+        lossy.send(
+            seeder, lossy.nodes[seeder].start_lookup(info_hash, lossy.now, announce_port=7000)
+        )
+        lossy.run(60)
+        lossy.send(leecher, lossy.nodes[leecher].start_lookup(info_hash, lossy.now))
+        lossy.run(60)
+        assert lossy.nodes[seeder].lookups == lossy.nodes[leecher].lookups == 0  # both ended
+        found = {
+            p
+            for e in lossy.nodes[leecher].take_events()
+            if isinstance(e, PeersFound)
+            for p in e.peers
+        }
+        assert found <= {(seeder[0], 7000)}
+        hits += bool(found)
+    assert hits >= 9
+
+
+def test_bootstrap_is_retried_while_the_table_is_small() -> None:
+    from mptorrent.proto.dht.node import BOOTSTRAP_RETRY
+
+    node = Node(random_id(random.Random(4)), rng=random.Random(4))
+    router = ("10.0.0.1", 6881)
+    assert [to for _, to in node.bootstrap([router], 0.0)] == [router]
+    assert node.timers(10.0) == []  # the query timed out; the lookup ended
+    assert node.next_deadline() == BOOTSTRAP_RETRY
+    again = node.timers(BOOTSTRAP_RETRY)
+    assert [to for _, to in again] == [router]
+    assert isinstance(krpc.decode(again[0][0]), FindNode)

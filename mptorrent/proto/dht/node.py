@@ -37,6 +37,10 @@ from mptorrent.proto.dht.server import Server
 
 MAX_PENDING: Final = 512
 MAX_LOOKUPS: Final = 16
+BOOTSTRAP_RETRY: Final = (
+    30.0  # while the table holds fewer than K nodes, bootstrap again this often
+)
+MAX_ROUTERS: Final = 16
 
 Datagram: TypeAlias = tuple[bytes, Addr]
 Family: TypeAlias = Literal[4, 6]  # the address family of the node's socket
@@ -99,6 +103,8 @@ class Node:
         self._searches: list[_Search] = []
         self._events: list[Event] = []
         self._next_tid = self.rng.randrange(1 << 16)
+        self._routers: list[Addr] = []  # the bootstrap addresses, for retries
+        self._next_bootstrap = float("inf")
         self.malformed = 0  # datagrams refused by the codec
         self.unmatched = 0  # replies with an unknown transaction id or from the wrong address
 
@@ -166,7 +172,10 @@ class Node:
         return out
 
     def bootstrap(self, addrs: list[Addr], now: float) -> list[Datagram]:
-        """A ``find_node`` of our own id through ``addrs`` and the table's nodes."""
+        """A ``find_node`` of our own id through ``addrs`` and the table's nodes; repeated
+        every ``BOOTSTRAP_RETRY`` seconds while the table holds fewer than ``K`` nodes."""
+        self._routers = [a for a in addrs if self._usable(a)][:MAX_ROUTERS]
+        self._next_bootstrap = now + BOOTSTRAP_RETRY
         return self._start("find_node", self.id, now, extra=addrs)
 
     def start_lookup(
@@ -291,6 +300,11 @@ class Node:
         for search in list(self._searches):
             search.lookup.expire(now)
             self._step(search, now, out)
+        if self._routers and len(self.table) < K and now >= self._next_bootstrap:
+            bootstrapping = any(s.lookup.target == self.id for s in self._searches)
+            if not bootstrapping:
+                out += self.bootstrap(self._routers, now)
+            self._next_bootstrap = now + BOOTSTRAP_RETRY
         if len(self.table):
             # Refreshes never push a caller's lookup out: they use half the slots at most.
             room = MAX_LOOKUPS // 2 - len(self._searches)
@@ -305,6 +319,8 @@ class Node:
         """When :meth:`timers` next has something to do."""
         deadlines = [p.sent_at + QUERY_TIMEOUT for p in self._pending.values()]
         deadlines.append(self.table.next_refresh())
+        if self._routers and len(self.table) < K:
+            deadlines.append(self._next_bootstrap)
         return min(deadlines)
 
     @property
