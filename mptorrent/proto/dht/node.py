@@ -187,7 +187,10 @@ class Node:
         if announce_port is not None and not 0 < announce_port < 65536:
             raise ValueError(f"cannot announce port {announce_port}")
         port = announce_port if announce_port is not None or not implied_port else 0
-        return self._start("get_peers", info_hash, now, extra=bootstrap or [], announce=port,
+        # Bootstrap addresses (ours, and those given) are asked only while fewer than k
+        # known nodes are closer: they help a table that is still nearly empty.
+        extra = (bootstrap or []) + self._routers
+        return self._start("get_peers", info_hash, now, extra=extra, announce=port,
                            implied=implied_port)  # fmt: skip
 
     def _start(
