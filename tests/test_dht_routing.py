@@ -243,3 +243,17 @@ def test_table_invariants_hold_under_any_sequence(
     assert all(b.covers(id_int(e.id)) for b in t.buckets for e in b.nodes + b.replacements)
     assert len(entries) == len(t) == len({e.id for e in entries}) == len({e.addr for e in entries})
     assert own not in {e.id for e in entries}
+
+
+def test_a_move_onto_another_nodes_address_needs_both_to_be_bad() -> None:
+    t = RoutingTable(OWN)
+    t.heard_from(nid(1), addr(1), 0.0, responded=True)
+    t.heard_from(nid(2), addr(2), 0.0, responded=True)
+    for _ in range(2):
+        t.failed(addr(1), 1.0)
+    assert t.heard_from(nid(1), addr(2), 2.0, responded=True) == "rejected"  # 2 is alive
+    for _ in range(2):
+        t.failed(addr(2), 3.0)
+    assert t.heard_from(nid(1), addr(2), 4.0, responded=True) == "added"
+    assert [(e.id, e.addr) for e in t.entries()] == [(nid(1), addr(2))]
+    assert t.get(nid(2)) is None

@@ -164,15 +164,14 @@ class RoutingTable:
             return "rejected"
         entry = self._by_id.get(node_id)
         other = self._by_addr.get(addr)
-        moved = entry is not None and entry.addr != addr
-        if moved or (other is not None and other is not entry):
-            # An id that moved, or an address that changed its id: keep what we have
-            # unless it went bad (a forged source cannot take a good node's place).
-            old = entry if entry is not None else other
-            assert old is not None
-            if old.state(now) is not NodeState.BAD:
-                return "rejected"
-            self._remove(old)
+        # An id that moved, or an address that changed its id: keep what we have unless
+        # it went bad (a forged source cannot take a live node's place).
+        stale = [e for e in (entry, other) if e is not None and (e.id, e.addr) != (node_id, addr)]
+        if any(e.state(now) is not NodeState.BAD for e in stale):
+            return "rejected"
+        for e in stale:
+            self._remove(e)
+        if entry in stale:
             entry = None
         if entry is None:
             for cached in self._bucket(node_id).replacements:
