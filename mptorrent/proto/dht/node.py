@@ -6,6 +6,12 @@ The I/O layer owns the UDP socket and the clock.  It calls
 each returns the datagrams to send as ``(bytes, addr)`` pairs.  What happened comes out
 of :meth:`Node.take_events`: :class:`PeersFound` and :class:`LookupDone`.
 
+The I/O layer passes addresses as ``(IP literal, port)`` pairs of the node's family
+(an IPv6 socket's 4-tuples cut to two; scoped addresses are dropped).  Bootstrap
+addresses given to :meth:`Node.bootstrap` are remembered: asked again every
+``BOOTSTRAP_RETRY`` (30 s) while the table holds fewer than ``K`` nodes, and offered to
+every lookup as a last resort.
+
 Replies are matched to our queries by transaction id *and* source address: a reply
 with an unknown id, or with a known id from another address, is dropped.  At most
 ``MAX_PENDING`` (512) queries are out at once; a query unanswered for
