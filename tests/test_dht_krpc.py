@@ -216,9 +216,9 @@ nodes4 = st.lists(st.builds(NodeInfo, ids, st.tuples(ip4, ports)), max_size=MAX_
 nodes6 = st.lists(st.builds(NodeInfo, ids, st.tuples(ip6, ports)), max_size=MAX_NODES).map(tuple)
 peers = st.lists(st.tuples(ip4 | ip6, ports), max_size=50).map(tuple)
 messages = st.one_of(
-    st.builds(Ping, tids, ids),
-    st.builds(FindNode, tids, ids, ids),
-    st.builds(GetPeers, tids, ids, ids),
+    st.builds(Ping, tids, ids, st.booleans()),
+    st.builds(FindNode, tids, ids, ids, st.booleans()),
+    st.builds(GetPeers, tids, ids, ids, st.booleans()),
     st.builds(
         AnnouncePeer,
         tids,
@@ -226,6 +226,7 @@ messages = st.one_of(
         ids,
         st.integers(0, 65535),
         st.binary(min_size=1, max_size=64),
+        st.booleans(),
         st.booleans(),
     ),
     st.builds(Response, tids, ids, nodes4, nodes6, peers, st.none() | st.binary(max_size=64)),
@@ -297,3 +298,12 @@ def test_fuzz_target_lets_no_foreign_exception_through(monkeypatch: pytest.Monke
     monkeypatch.setattr(krpc, "decode", broken)
     with pytest.raises(IndexError):
         fuzz_dht.TestOneInput(seed)
+
+
+def test_bep43_read_only_flag_round_trips_and_odd_values_are_ignored() -> None:
+    ping = Ping(b"aa", A, read_only=True)
+    raw = encode(ping)
+    assert raw == b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping2:roi1e1:t2:aa1:y1:qe"
+    assert decode(raw) == ping
+    odd = raw.replace(b"2:roi1e", b"2:ro3:yes")
+    assert decode(odd) == Ping(b"aa", A)

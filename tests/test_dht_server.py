@@ -245,3 +245,11 @@ def test_datagrams_from_unusable_sources_are_dropped() -> None:
 def test_announcing_port_zero_is_our_own_mistake() -> None:
     with pytest.raises(ValueError, match="cannot announce port 0"):
         node().start_lookup(IH, 0.0, announce_port=0)
+
+
+def test_read_only_askers_are_answered_but_not_added() -> None:
+    n = node()
+    assert ask(n, Ping(b"p", b"T" * 20, read_only=True)) == Response(b"p", n.id)
+    assert len(n.table) == 0
+    assert ask(n, Ping(b"q", b"T" * 20)) == Response(b"q", n.id)
+    assert len(n.table) == 1

@@ -14,7 +14,9 @@ Limits on untrusted input (a datagram is whatever anyone on the internet sends):
 - at most ``MAX_VALUES`` (200) peers of ``values`` are taken, the rest ignored;
 - a ``token`` of at most ``MAX_TOKEN`` (64) bytes; an error message of at most 512.
 
-Nodes and peers with port 0 cannot be reached, so the codec leaves them out.
+Nodes and peers with port 0 cannot be reached, so the codec leaves them out.  Queries
+carry BEP 43's read-only flag (top-level ``ro``: 1); other unknown keys (``v``, BEP 42's
+``ip``, BEP 32's ``want``) are ignored.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class Ping:
 
     tid: bytes
     id: bytes
+    read_only: bool = False  # BEP 43 ``ro``: the asker answers no queries; keep it out of tables
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,7 @@ class FindNode:
     tid: bytes
     id: bytes
     target: bytes
+    read_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,7 @@ class GetPeers:
     tid: bytes
     id: bytes
     info_hash: bytes
+    read_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,7 @@ class AnnouncePeer:
     port: int
     token: bytes
     implied_port: bool = False
+    read_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,18 +194,18 @@ def encode(msg: Message) -> bytes:
     """The datagram for ``msg``."""
     match msg:
         case Ping():
-            return _query(msg.tid, "ping", {b"id": msg.id})
+            return _query(msg, "ping", {b"id": msg.id})
         case FindNode():
-            return _query(msg.tid, "find_node", {b"id": msg.id, b"target": msg.target})
+            return _query(msg, "find_node", {b"id": msg.id, b"target": msg.target})
         case GetPeers():
-            return _query(msg.tid, "get_peers", {b"id": msg.id, b"info_hash": msg.info_hash})
+            return _query(msg, "get_peers", {b"id": msg.id, b"info_hash": msg.info_hash})
         case AnnouncePeer():
             args: dict[bytes, bencode.Encodable] = {
                 b"id": msg.id, b"info_hash": msg.info_hash, b"port": msg.port, b"token": msg.token,
             }  # fmt: skip
             if msg.implied_port:
                 args[b"implied_port"] = 1
-            return _query(msg.tid, "announce_peer", args)
+            return _query(msg, "announce_peer", args)
         case Response():
             r: dict[bytes, bencode.Encodable] = {b"id": msg.id}
             if msg.nodes:
@@ -215,8 +221,11 @@ def encode(msg: Message) -> bytes:
             return bencode.encode({b"e": [msg.code, msg.message], b"t": msg.tid, b"y": b"e"})
 
 
-def _query(tid: bytes, method: Method, args: dict[bytes, bencode.Encodable]) -> bytes:
-    return bencode.encode({b"a": args, b"q": method, b"t": tid, b"y": b"q"})
+def _query(msg: Query, method: Method, args: dict[bytes, bencode.Encodable]) -> bytes:
+    top: dict[bytes, bencode.Encodable] = {b"a": args, b"q": method, b"t": msg.tid, b"y": b"q"}
+    if msg.read_only:
+        top[b"ro"] = 1
+    return bencode.encode(top)
 
 
 # ---- decoding ----------------------------------------------------------------------
@@ -271,12 +280,13 @@ def _decode_query(top: dict[bytes, bencode.BValue], tid: bytes) -> Query:
     if not isinstance(args, dict):
         raise KrpcError("'a' is not a dictionary", tid=tid, is_query=True)
     node_id = _id(args, b"id", tid, True)
+    ro = top.get(b"ro", 0) == 1  # BEP 43; any other value is ignored, as libtorrent does
     if method == b"ping":
-        return Ping(tid, node_id)
+        return Ping(tid, node_id, ro)
     if method == b"find_node":
-        return FindNode(tid, node_id, _id(args, b"target", tid, True))
+        return FindNode(tid, node_id, _id(args, b"target", tid, True), ro)
     if method == b"get_peers":
-        return GetPeers(tid, node_id, _id(args, b"info_hash", tid, True))
+        return GetPeers(tid, node_id, _id(args, b"info_hash", tid, True), ro)
     if method == b"announce_peer":
         info_hash = _id(args, b"info_hash", tid, True)
         port = args.get(b"port")
@@ -291,7 +301,7 @@ def _decode_query(top: dict[bytes, bencode.BValue], tid: bytes) -> Query:
         if not isinstance(token, bytes) or not 1 <= len(token) <= MAX_TOKEN:
             raise KrpcError(f"'token' is not a string of 1 to {MAX_TOKEN} bytes", tid=tid,
                             is_query=True)  # fmt: skip
-        return AnnouncePeer(tid, node_id, info_hash, port, token, bool(implied))
+        return AnnouncePeer(tid, node_id, info_hash, port, token, bool(implied), ro)
     name = method[:40].decode("ascii", "replace")
     raise KrpcError(f"unknown method {name!r}", tid=tid, code=METHOD_UNKNOWN, is_query=True)
 

@@ -265,7 +265,8 @@ class Node:
             answer = self.server.handle(msg, addr, now)
             if answer is not None:
                 out.append((krpc.encode(answer), addr))
-                self.table.heard_from(msg.id, addr, now, responded=False)
+                if not msg.read_only:  # BEP 43: a read-only node would never answer us
+                    self.table.heard_from(msg.id, addr, now, responded=False)
             return out
         pending = self._pending.get(msg.tid)
         if pending is None or pending.addr != addr:
