@@ -22,9 +22,19 @@ from typing import Any
 
 import pytest
 
-from fuzz import fuzz_bencode, fuzz_ext, fuzz_magnet, fuzz_metainfo, fuzz_tracker, fuzz_wire, run
+from fuzz import (
+    fuzz_bencode,
+    fuzz_dht,
+    fuzz_ext,
+    fuzz_magnet,
+    fuzz_metainfo,
+    fuzz_tracker,
+    fuzz_wire,
+    run,
+)
 from mptorrent.proto import bencode, metainfo, wire
 from mptorrent.proto import tracker as tr
+from mptorrent.proto.dht import krpc
 from mptorrent.proto.ext import ut_metadata, ut_pex
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +46,7 @@ TARGETS: dict[str, ModuleType] = {
     "tracker": fuzz_tracker,
     "magnet": fuzz_magnet,
     "ext": fuzz_ext,
+    "dht": fuzz_dht,
 }
 
 NASTY: list[bytes] = [
@@ -130,6 +141,9 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
         (ut_pex, "decode_pex", _raise),
         (ut_metadata.MetadataAssembler, "next_requests", lambda self, peer, now: [7]),
     ],
+    "dht": [
+        (krpc, "decode", _raise),
+    ],
 }  # fmt: skip
 
 
@@ -152,9 +166,9 @@ def test_entry_points_import_without_atheris() -> None:
         "import sys\n"
         "sys.modules['atheris'] = None  # any import of it now fails\n"
         "import fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker\n"
-        "import fuzz.fuzz_magnet, fuzz.fuzz_ext\n"
+        "import fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht\n"
         "for m in (fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker,\n"
-        "          fuzz.fuzz_magnet, fuzz.fuzz_ext):\n"
+        "          fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht):\n"
         "    assert callable(m.TestOneInput) and callable(m.main)\n"
     )
     proc = subprocess.run(
@@ -176,7 +190,7 @@ def test_bounded_run_with_the_hypothesis_engine() -> None:
     assert proc.stdout.splitlines()[0].startswith("fuzz: ENGINE hypothesis"), proc.stdout
     for name in TARGETS:
         assert f"fuzz_{name}: ok (hypothesis" in proc.stdout
-    assert "6 of 6 targets clean" in proc.stdout
+    assert "7 of 7 targets clean" in proc.stdout
 
 
 def test_the_hypothesis_engine_stops_at_its_time_bound() -> None:
@@ -238,4 +252,4 @@ def test_bounded_run_with_atheris_when_installed() -> None:
         n = len(set(TARGETS[name].seeds()))
         assert line.startswith(f"fuzz_{name}: ok (atheris: Done "), line
         assert line.endswith(f", {n} seed files)"), (line, n)
-    assert "6 of 6 targets clean" in proc.stdout
+    assert "7 of 7 targets clean" in proc.stdout
