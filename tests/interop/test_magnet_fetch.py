@@ -400,6 +400,7 @@ def test_magnet_times_against_a_libtorrent_leecher(
 
 
 # -- hostile peers beside an honest one ---------------------------------------------------
+# tests/adversarial/README.md table K (K1-K4 here; K5 and K6 are the error tests above).
 
 
 class _HostilePeer:
