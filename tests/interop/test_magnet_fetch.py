@@ -364,7 +364,9 @@ def test_magnet_times_against_a_libtorrent_leecher(
     single_case: TorrentCase, single_swarm: Swarm, tracker: OpenTracker, tmp_path: Path,
     fresh_ip: Callable[[], str],
 ) -> None:  # fmt: skip
-    """Not a speed test (benchmarks/ are): it prints the times for the record."""
+    """Not a speed test (benchmarks/ are): it prints the times for the record.
+    benchmarks/magnet.py measures the same comparison with the time to the first piece
+    request, as the seeders see it."""
     uri = magnet_of(single_case, trackers=(tracker.announce_url,))
     out = tmp_path / "out"
     cmd = [
