@@ -47,6 +47,7 @@ class FakePeer:
     pending: set[tuple[int, int]] = field(default_factory=set)
     requests: list[Key] = field(default_factory=list)  # not yet answered
     cancels: list[Key] = field(default_factory=list)
+    allowed_fast: set[int] = field(default_factory=set)  # BEP 6, while it chokes us
 
     @property
     def active(self) -> bool:
@@ -54,7 +55,12 @@ class FakePeer:
 
     @property
     def spare(self) -> int:
-        return self.depth - len(self.pending) if self.active and not self.choked else 0
+        may = self.active and (not self.choked or bool(self.allowed_fast))
+        return self.depth - len(self.pending) if may else 0
+
+    @property
+    def allowed_while_choked(self) -> set[int] | None:
+        return self.allowed_fast if self.choked else None
 
     def has_piece(self, index: int) -> bool:
         return index in self.have
@@ -182,6 +188,24 @@ def test_fill_asks_only_for_pieces_the_peer_has_and_nothing_when_choked() -> Non
     assert s.policy.fill(c) == 0 and c.requests == []
     c.choked = False
     assert s.policy.fill(c) == 4 and {k[0] for k in c.requests} == {0}
+
+
+def test_a_choking_peer_is_asked_only_for_pieces_it_allowed_fast() -> None:
+    s = swarm([[0, 1, 2, 3]])
+    c = s.add(3, have={0, 1, 2}, depth=16, choked=True)
+    c.allowed_fast = {2, 3, 5}  # BEP 6 may name pieces it lacks (3) or we do not want (5)
+    assert s.policy.fill(c) == 4
+    assert c.requests == blocks_of(2)
+    assert 0 in s.policy.backlog and 1 in s.policy.backlog  # left for peers that unchoke us
+    # Unchoked, the peer is asked for everything again, on the normal path.
+    c.choked = False
+    assert s.policy.fill(c) == 8
+    assert {k[0] for k in c.requests[4:]} == {0, 1}
+    # Choked with nothing allowed: nothing asked, whatever the pipeline has room for.
+    d = s.add(4, have={3}, choked=True)
+    assert s.policy.fill(d) == 0 and d.requests == []
+    d.allowed_fast = {0}  # allowed, but piece 3 is the one it has
+    assert s.policy.fill(d) == 0 and d.requests == []
 
 
 def test_batches_are_taken_until_the_peer_has_something_to_fetch() -> None:

@@ -7,6 +7,8 @@ tests/adversarial/README.md, table F; each is a row of HOSTILE below.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address, IPv6Address
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -70,8 +72,33 @@ def test_optional_fields_and_unknown_keys() -> None:
         }
     )
     hs = decode_handshake(data)
-    assert hs == ExtendedHandshake({"lt_donthave": 7, "ut_metadata": 0})
+    assert hs == ExtendedHandshake(
+        {"lt_donthave": 7, "ut_metadata": 0}, yourip=IPv4Address("127.0.0.1")
+    )
     assert decode_handshake(b"de") == ExtendedHandshake()
+
+
+def test_yourip_encodes_byte_for_byte_and_back() -> None:
+    v4 = ExtendedHandshake(yourip=IPv4Address("127.0.0.9"))
+    assert encode_handshake(v4) == b"d1:mde6:yourip4:\x7f\x00\x00\x09e"
+    assert decode_handshake(b"d1:mde6:yourip4:\x7f\x00\x00\x09e") == v4
+    v6 = ExtendedHandshake(yourip=IPv6Address("::1"))
+    assert encode_handshake(v6) == b"d1:mde6:yourip16:" + bytes(15) + b"\x01e"
+    assert decode_handshake(encode_handshake(v6)) == v6
+    # After 'v' in key order, as bencode wants.
+    full = encode_handshake(ExtendedHandshake({"a": 1}, client="c", yourip=IPv4Address("1.2.3.4")))
+    assert full == b"d1:md1:ai1ee1:v1:c6:yourip4:\x01\x02\x03\x04e"
+    router = ExtensionRouter(yourip=IPv4Address("10.0.0.2"))
+    assert router.handshake().payload == b"d1:mde6:yourip4:\n\x00\x00\x02e"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"\x7f\x00\x01", b"\x7f\x00\x00\x01\x1a\xe1", bytes(15), bytes(17), 5, [b"1"]]
+)
+def test_yourip_of_a_wrong_length_or_type_is_dropped_not_fatal(raw: bencode.Encodable) -> None:
+    # A hint about our own address, nothing to drop the peer for: adversarial F6.
+    data = bencode.encode({b"p": 6881, b"yourip": raw})
+    assert decode_handshake(data) == ExtendedHandshake(port=6881)
 
 
 def test_client_text_is_decoded_with_replacement() -> None:

@@ -1776,12 +1776,27 @@ def test_an_allowed_fast_block_arrives_while_choked() -> None:
     pair.a.send_requests([(1, 0, BLOCK_SIZE)])
     pair.expect_same(pair.b, Choke())
     block = bytes(range(256)) * 64
-    # Our sender refuses to serve while choking (it sends no Allowed Fast itself): the
-    # peer's block comes as raw bytes, and is still the answer to an outstanding request.
+    # The peer's block comes as raw bytes (whatever its sender checks), and is still the
+    # answer to an outstanding request.
     frame = (9 + BLOCK_SIZE).to_bytes(4, "big") + b"\x07" + (1).to_bytes(4, "big") + bytes(4)
     frame += block
     assert feed_zero_copy(pair.a, frame) == [Piece(1, 0, block)]
     assert pair.a.outstanding_requests == 0
+
+
+def test_we_may_serve_only_the_pieces_we_allowed_fast_while_choking() -> None:
+    pair = fast_pair()  # b chokes a, as every connection starts
+    pair.expect_same(pair.b, AllowedFast(1))
+    block = bytes(range(256)) * 64
+    feed_zero_copy(pair.b, pair.a.send_requests([(1, 0, BLOCK_SIZE)]))
+    assert pair.b.peer_requests == 1  # owed, though a is choked: it was allowed fast
+    assert pair.b.send(Piece(1, 0, block))[:13] == bytes.fromhex("00004009 07 00000001 00000000")
+    assert pair.b.peer_requests == 0
+    with pytest.raises(LocalProtocolError, match="while choking the peer"):
+        pair.b.send(Piece(2, 0, block))
+    with pytest.raises(LocalProtocolError, match="while choking the peer"):
+        pair.b.piece_header(0, 0, BLOCK_SIZE)
+    assert len(pair.b.piece_header(1, BLOCK_SIZE, BLOCK_SIZE)) == 13
 
 
 def test_a_reject_for_a_cancelled_request_is_dropped_quietly() -> None:

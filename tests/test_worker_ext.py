@@ -5,6 +5,7 @@ peers learned by PEX.  Real-software tests are in tests/interop/test_ext_workers
 from __future__ import annotations
 
 import hashlib
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from mptorrent.netio.peer import ACTIVE, CLOSED, PeerSession
 from mptorrent.policy.budget import METADATA_BURST, RequestBudget
 from mptorrent.policy.picker import Picker
 from mptorrent.proto import metainfo, wire
-from mptorrent.proto.ext import ExtendedHandshake, ExtensionRouter
+from mptorrent.proto.ext import ExtendedHandshake, ExtensionRouter, encode_handshake
 from mptorrent.proto.ext.ut_metadata import (
     MetadataPieceReceived,
     MetadataRejected,
@@ -24,7 +25,7 @@ from mptorrent.proto.ext.ut_metadata import (
 )
 from mptorrent.proto.ext.ut_pex import PexFlags, PexPeer, PexPeers, UtPex, encode_pex
 from mptorrent.proto.metainfo import Metainfo
-from mptorrent.worker.extensions import CLIENT, WorkerExtensions
+from mptorrent.worker.extensions import CLIENT, WorkerExtensions, _seen_address
 from mptorrent.worker.upload import MAX_QUEUED_REQUESTS
 
 THEIR_ID = b"-LT2000-theirpeerid0"
@@ -136,10 +137,19 @@ def test_extended_handshake_says_what_the_issue_asks() -> None:
     assert hs.metadata_size == len(meta.info_bytes)
     assert hs.reqq == MAX_QUEUED_REQUESTS
     assert hs.port == 6881
+    assert hs.yourip == IPv4Address("127.0.0.9")  # the peer's address as we see it
+    assert b"6:yourip4:\x7f\x00\x00\x09" in encode_handshake(hs)
     # Not listening: no ``p``.
     _, _, remote2 = connect(meta, listen=None)
     (hs2,) = [e for e in remote2.take() if isinstance(e, ExtendedHandshake)]
     assert hs2.port is None
+
+
+def test_yourip_is_the_peers_literal_address() -> None:
+    assert _seen_address("::ffff:10.1.2.3") == IPv4Address("10.1.2.3")  # dual-stack socket
+    assert str(_seen_address("fe80::1%eth0")) == "fe80::1"
+    assert str(_seen_address("::1")) == "::1"
+    assert _seen_address("peer.example") is None
 
 
 def test_private_torrent_has_no_pex_and_ignores_what_arrives_under_any_id() -> None:

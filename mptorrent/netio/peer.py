@@ -207,7 +207,19 @@ class PeerSession:
 
     @property
     def can_request(self) -> bool:
-        return self.state == ACTIVE and not self.wire.peer_choking
+        """Requests may go out: the peer does not choke us, or it does but allowed us some
+        pieces fast (BEP 6; :attr:`allowed_while_choked` says which)."""
+        if self.state != ACTIVE:
+            return False
+        conn = self.wire
+        return not conn.peer_choking or bool(conn.allowed_fast)
+
+    @property
+    def allowed_while_choked(self) -> frozenset[int] | None:
+        """None while the peer does not choke us; else the pieces it allowed us fast
+        (BEP 6), the only ones we may ask of it then (often none)."""
+        conn = self.wire
+        return conn.allowed_fast if conn.peer_choking else None
 
     @property
     def spare(self) -> int:

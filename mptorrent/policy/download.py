@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -56,7 +57,14 @@ class Peer(Protocol):
 
     @property
     def spare(self) -> int:
-        """Requests it can take now (0 while it cannot take any, e.g. choked)."""
+        """Requests it can take now (0 while it cannot take any, e.g. choked and nothing
+        allowed fast)."""
+        ...
+
+    @property
+    def allowed_while_choked(self) -> AbstractSet[int] | None:
+        """None while it does not choke us; else the only pieces we may ask of it, those it
+        allowed fast (BEP 6)."""
         ...
 
     @property
@@ -231,6 +239,15 @@ class DownloadPolicy(Generic[P]):
         if spare <= 0 or (p.pending and spare < p.depth // 2):
             return 0
         has_piece = p.has_piece
+        only = p.allowed_while_choked
+        if only is not None:  # choked: BEP 6 lets us ask for the pieces it allowed fast
+            if not only:
+                return 0
+            peer_has = has_piece
+
+            def has_piece(index: int) -> bool:
+                return index in only and peer_has(index)
+
         pending = p.pending
         keys: list[BlockRequest] = []
         while spare > 0:
@@ -241,12 +258,12 @@ class DownloadPolicy(Generic[P]):
                     if blocks:
                         break
             else:
-                started = self._start_piece(p)
+                started = self._start_piece(has_piece)
                 if started is not None:
                     job = started
                     blocks = job.take(spare)
                 else:
-                    found = self._endgame_blocks(p, spare)
+                    found = self._endgame_blocks(p, spare, has_piece)
                     if found is None:
                         break
                     job, blocks = found
@@ -262,8 +279,7 @@ class DownloadPolicy(Generic[P]):
             p.request(keys)
         return len(keys)
 
-    def _start_piece(self, p: P) -> PieceJob | None:
-        has_piece = p.has_piece
+    def _start_piece(self, has_piece: Callable[[int], bool]) -> PieceJob | None:
         while True:
             for k, index in enumerate(self.backlog):
                 if has_piece(index):
@@ -306,12 +322,13 @@ class DownloadPolicy(Generic[P]):
         if len(self.free_bufs) < MAX_FREE_BUFFERS and len(buf) == self.piece_length:
             self.free_bufs.append(buf)
 
-    def _endgame_blocks(self, p: P, n: int) -> tuple[PieceJob, list[int]] | None:
+    def _endgame_blocks(
+        self, p: P, n: int, has_piece: Callable[[int], bool]
+    ) -> tuple[PieceJob, list[int]] | None:
         """Nothing new to fetch: ask this peer for up to ``n`` blocks of one piece that
-        others are slow to send."""
+        others are slow to send (``has_piece``: what we may ask of it)."""
         if not self.queue_empty or not self.done[self.num_pieces]:
             return None
-        has_piece = p.has_piece
         pending = p.pending
         for job in self.jobs.values():
             if not has_piece(job.index):

@@ -343,7 +343,8 @@ class RejectRequest(Event):
 @dataclass(frozen=True, slots=True)
 class AllowedFast(Event):
     """BEP 6: the receiver may request blocks of piece ``index`` even while choked. One received
-    before the geometry is known is checked then and kept in :attr:`Connection.allowed_fast`."""
+    before the geometry is known is checked then and kept in :attr:`Connection.allowed_fast`; one
+    we send lets blocks of ``index`` go out while we choke the receiver."""
 
     index: int
 
@@ -447,6 +448,7 @@ class Connection:
 
     __slots__ = (
         "_allowed_fast",
+        "_allowed_out",
         "_am_choking",
         "_am_interested",
         "_bitfield_in_open",
@@ -543,6 +545,7 @@ class Connection:
         self._early_haves = bytearray()
         self._early_all = False  # a HaveAll came before the geometry
         self._allowed_fast: set[int] = set()  # pieces the peer lets us request while choked
+        self._allowed_out: set[int] = set()  # pieces we let the peer request while choked
 
         self._ledger = RequestLedger()
         # The hot paths use the ledger's dicts directly: one attribute, not two.
@@ -1001,7 +1004,7 @@ class Connection:
         if geometry is None or not geometry.block_ok(index, begin, blen):
             raise self._block_in_error("request")
         self._bitfield_in_open = False
-        if not self._am_choking:
+        if not self._am_choking or index in self._allowed_out:
             self._ledger.peer_requested(key)
         return Request(index, begin, blen)
 
@@ -1202,7 +1205,7 @@ class Connection:
         geo = self._geometry
         if geo is None or index < 0 or begin < 0 or not geo.block_ok(index, begin, length):
             self._check_block_out(index, begin, length)  # raises the right error
-        if self._am_choking:
+        if self._am_choking and index not in self._allowed_out:  # BEP 6: unless allowed fast
             raise LocalProtocolError("cannot send a block while choking the peer")
         self._bitfield_out_open = False
         if self._peer_requests:
@@ -1341,7 +1344,9 @@ class Connection:
         return self._send_piece_hint(ev.index, _SUGGEST)
 
     def _send_allowed_fast(self, ev: AllowedFast) -> bytes:
-        return self._send_piece_hint(ev.index, _ALLOWED_FAST)
+        data = self._send_piece_hint(ev.index, _ALLOWED_FAST)
+        self._allowed_out.add(ev.index)  # its blocks may go out while we choke the peer
+        return data
 
     def _send_reject(self, ev: RejectRequest) -> bytes:
         self._need_fast()

@@ -3,7 +3,8 @@
 A worker sets the BEP 10 bit in its handshake.  On a connection where the peer
 set it too, :meth:`WorkerExtensions.attach` sends our extended handshake (``m``
 with ut_metadata and, unless the torrent is private (BEP 27), ut_pex; ``v``,
-``p`` when we listen, ``reqq``, ``metadata_size``) and puts an
+``p`` when we listen, ``reqq``, ``metadata_size``, ``yourip``: the peer's
+address as we see it, which tells a peer behind NAT its public address) and puts an
 :class:`~mptorrent.proto.ext.ExtensionRouter` on the connection, whose events the
 worker hands to :meth:`WorkerExtensions.handle`:
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Final
 
 from mptorrent import __version__
@@ -55,6 +57,18 @@ CLIENT: Final = f"mptorrent/{__version__}"
 # Incoming ut_pex: three messages at once, then one per 20 s (BEP 11 allows one a minute).
 PEX_BURST: Final = 3.0
 PEX_RATE: Final = 1 / 20
+
+
+def _seen_address(host: str) -> IPv4Address | IPv6Address | None:
+    """``host`` as BEP 10's ``yourip``: an IPv4 peer on a dual-stack socket
+    (``::ffff:a.b.c.d``) gets its 4 bytes; None if ``host`` is not an IP literal."""
+    try:
+        addr = ip_address(host.split("%", 1)[0])  # a scoped v6 address drops its zone
+    except ValueError:
+        return None
+    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
 
 
 @dataclass
@@ -95,6 +109,7 @@ class WorkerExtensions:
             port=self.listen_port,
             metadata_size=len(self.info) if self.info else None,
             reqq=MAX_QUEUED_REQUESTS,
+            yourip=_seen_address(p.addr.host),
         )
         self._peers[p] = _PeerExt(router, RequestBudget(), RequestBudget(PEX_RATE, PEX_BURST))
         p.wire.extensions = router

@@ -501,6 +501,7 @@ class _Worker:
                 p.state = ACTIVE
                 # our bitfield (or HaveAll/HaveNone) first, then the BEP 10 handshake
                 p.greet_rest(self.have, interested=not self.seed_only)
+                self.uploader.greeted(p)  # BEP 6 Allowed Fast, if both speak it
                 self.ext.attach(p)  # BEP 10, if both handshakes set its bit
             elif isinstance(ev, (wire.Bitfield, wire.HaveAll)):  # HaveAll: BEP 6's full bitfield
                 if self.seed_only:  # availability matters only while downloading

@@ -7,8 +7,11 @@ pieces in the verified have-map; the wire layer already refuses requests over
 16 KiB or outside the piece; each peer's queue of pending requests is capped;
 reads go through the mapped files only.  With the fast extension (BEP 6) every
 request we do not serve (choked, a piece we lack, cancelled, queued when we
-choke) is answered with a Reject Request.  We send no Allowed Fast: a choked
-peer is served nothing.
+choke) is answered with a Reject Request.  It also lets us give each peer an
+Allowed Fast set (:meth:`Uploader.greeted`): BEP 6's canonical pieces for its
+address (``ALLOWED_FAST_SENT`` of them, those we have), whose requests are
+served even while that peer is choked, so a newcomer can get its first pieces
+(and something to trade) before a rechoke reaches it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from mptorrent.disk.storage import Storage
 from mptorrent.errors import ProtocolError
 from mptorrent.netio.peer import ACTIVE, PeerSession
 from mptorrent.proto import wire
+from mptorrent.proto.fast import allowed_fast_set
 
 MAX_QUEUED_REQUESTS = 500  # libtorrent max_allowed_in_request_queue
 MAX_CHOKED_REQUESTS = 300  # libtorrent too_many_requests_when_choked
@@ -28,15 +32,20 @@ SEND_HIGH_WATER = 1 << 20  # stop reading blocks for a peer while this much is u
 UNCHOKE_SLOTS = 8
 RECHOKE_EVERY = 10.0
 OPTIMISTIC_EVERY = 30.0
+# BEP 6 Allowed Fast pieces offered to each peer.  Few: a peer can collect a set per /24
+# it connects from, and each set is served regardless of the rechoke.
+ALLOWED_FAST_SENT = 4
 
 
 class UploadState:
     """One peer's upload side in this worker: requests waiting to be served (dropped when we choke
-    it), requests sent while choked (capped per choke) and bytes served since the last rechoke."""
+    it), requests sent while choked (capped per choke), bytes served since the last rechoke, and
+    the pieces we allowed it fast (BEP 6: served even while it is choked)."""
 
-    __slots__ = ("choked_requests", "queue", "rate_bytes", "unchoked_at")
+    __slots__ = ("allowed_fast", "choked_requests", "queue", "rate_bytes", "unchoked_at")
 
     def __init__(self) -> None:
+        self.allowed_fast: frozenset[int] = frozenset()
         self.queue: deque[tuple[int, int, int]] = deque()
         self.choked_requests = 0
         self.rate_bytes = 0  # uploaded since the last rechoke
@@ -60,6 +69,26 @@ class Uploader:
     def attach(self, p: PeerSession) -> None:
         self.state[p] = UploadState()
 
+    def greeted(self, p: PeerSession) -> None:
+        """Our piece state is sent (``PeerSession.greet_rest``): with the fast extension,
+        tell the peer which of BEP 6's pieces for its address it may request while choked."""
+        st = self.state.get(p)
+        conn = p.wire
+        geometry = conn.geometry
+        if st is None or not conn.fast_enabled or geometry is None:
+            return
+        try:
+            chosen = allowed_fast_set(
+                p.addr.host, p.info_hash, geometry.num_pieces, ALLOWED_FAST_SENT
+            )
+        except ValueError:
+            return  # not an IP literal: no set to compute
+        have = self.have
+        allowed = [index for index in chosen if have[index]]
+        st.allowed_fast = frozenset(allowed)
+        for index in allowed:
+            p.queue(conn.send(wire.AllowedFast(index)))
+
     def detach(self, p: PeerSession) -> None:
         self.state.pop(p, None)
         if self.optimistic is p:
@@ -70,7 +99,7 @@ class Uploader:
         if st is None:
             return
         if isinstance(ev, wire.Request):
-            if p.wire.am_choking:
+            if p.wire.am_choking and ev.index not in st.allowed_fast:
                 st.choked_requests += 1
                 if st.choked_requests > MAX_CHOKED_REQUESTS:
                     raise ProtocolError("too many requests while choked")
@@ -118,9 +147,10 @@ class Uploader:
             p.queue(p.wire.send(wire.RejectRequest(index, begin, length)))
 
     def backlogged(self, p: PeerSession) -> bool:
-        """Requests are queued that serve() has not put in the send buffer yet."""
+        """Requests are queued that serve() has not put in the send buffer yet (a choked
+        peer's queue holds only requests for pieces we allowed it fast)."""
         st = self.state.get(p)
-        return st is not None and bool(st.queue) and not p.wire.am_choking
+        return st is not None and bool(st.queue)
 
     def serve(self, p: PeerSession) -> None:
         """Move queued requests into the send buffer, up to the high-water mark."""

@@ -4,13 +4,16 @@ What each side puts on the wire is checked with a raw client: a socket driven by
 ``wire.Connection`` with the fast bit set (the simplest exact check, and independent of
 libtorrent's API).  libtorrent seeders greet it with HaveAll and an Allowed Fast set that
 must be the one BEP 6 defines (``proto.fast.allowed_fast_set``); `mptorrent seed` greets it
-with HaveAll, and answers every request it does not serve with a RejectRequest (choked,
-cancelled, or queued when it chokes).  Whole transfers run both ways with the bit on.
+with HaveAll and its own Allowed Fast set, serves those pieces to it while it stays choked,
+and answers every request it does not serve with a RejectRequest (choked, cancelled, or
+queued when it chokes).  Whole transfers run both ways with the bit on, and `mptorrent
+fetch` takes the pieces a choking libtorrent seed allowed it fast.
 """
 
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import struct
 import subprocess
@@ -20,12 +23,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import libtorrent as lt
 import pytest
 
 from mptorrent.proto import wire
+from mptorrent.proto.fast import allowed_fast_set
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.worker.upload import ALLOWED_FAST_SENT
 from tests.interop.test_seed import mptorrent_seed
-from tests.swarm import LtPeer, Swarm, TorrentCase, run_lt_leecher, same_tree, write_torrent
+from tests.swarm import (
+    LtPeer,
+    Swarm,
+    TorrentCase,
+    run_lt_leecher,
+    same_tree,
+    single_file_case,
+    write_torrent,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -165,14 +179,79 @@ def test_libtorrent_allowed_fast_is_accepted_and_kept(
         allowed = [ev.index for ev in client.got if isinstance(ev, wire.AllowedFast)]
         assert len(set(allowed)) == 5 and all(0 <= i < meta.num_pieces for i in allowed)
         assert client.conn.allowed_fast == set(allowed)
-        key = bytes(map(int, ip.split("."))) + meta.info_hash
-        digests = []
-        for _ in range(4):
-            key = hashlib.sha1(key).digest()
-            digests.append(key)
-        n = meta.num_pieces
-        words = [int.from_bytes(d[j : j + 4], "big") % n for d in digests for j in range(0, 20, 4)]
-        assert allowed == list(dict.fromkeys(words))[:5]
+        assert allowed == lt_local_allowed_fast(ip, meta.info_hash, meta.num_pieces, 5)
+
+
+def lt_local_allowed_fast(ip: str, info_hash: bytes, num_pieces: int, k: int) -> list[int]:
+    """libtorrent's Allowed Fast set for a peer on a local network: BEP 6's chain over the
+    peer's full IPv4 address (no /24 mask)."""
+    key = bytes(map(int, ip.split("."))) + info_hash
+    out: list[int] = []
+    while len(out) < k:
+        key = hashlib.sha1(key).digest()
+        for j in range(0, 20, 4):
+            index = int.from_bytes(key[j : j + 4], "big") % num_pieces
+            if index not in out and len(out) < k:
+                out.append(index)
+    return out
+
+
+def test_fetch_takes_the_pieces_a_choking_libtorrent_seed_allowed_fast(
+    tmp_path: Path, fresh_ip: IpSource
+) -> None:
+    """A libtorrent seed that never unchokes us (no unchoke slots, and loopback peers made
+    to count against them) but allows five pieces fast: `mptorrent fetch` asks for exactly
+    those while choked, gets and verifies them, and nothing else."""
+    case = single_file_case(tmp_path / "small", 8 * 64 * 1024 - 1000, 64 * 1024)
+    meta = case.meta
+    torrent = write_torrent(tmp_path, case.torrent)
+    our_ip = fresh_ip()
+    allowed = lt_local_allowed_fast(our_ip, meta.info_hash, meta.num_pieces, 5)
+    never = {"unchoke_slots_limit": 0, "num_optimistic_unchoke_slots": 0,
+             "optimistic_unchoke_interval": 3600, "unchoke_interval": 3600}  # fmt: skip
+    with LtPeer(
+        case.torrent, case.save_dir, ip=fresh_ip(), use_trackers=False,
+        settings={"allowed_fast_set_size": 5, **never},
+    ) as seeder:  # fmt: skip
+        ses = seeder._ses
+        local = ses.get_peer_class(ses.local_peer_class_id)
+        local["ignore_unchoke_slots"] = False  # else loopback peers are always unchoked
+        ses.set_peer_class(ses.local_peer_class_id, local)
+        out = tmp_path / "out.bin"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o", str(out), "-q",
+             "-j", "1", "--no-trackers", "--bind", our_ip, "--port", "0",
+             "--peer", f"{seeder.addr[0]}:{seeder.addr[1]}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            want = sum(meta.piece_size(i) for i in allowed)
+            deadline = time.monotonic() + 30
+            sent = 0
+            while time.monotonic() < deadline:
+                infos = [p for p in seeder.handle.get_peer_info() if p.ip[0] == our_ip]
+                assert all(p.flags & lt.peer_info.choked for p in infos)  # choked throughout
+                sent = sum(p.total_upload for p in infos)
+                if sent >= want:
+                    break
+                time.sleep(0.1)
+            time.sleep(0.5)  # room for anything more it would send
+            infos = [p for p in seeder.handle.get_peer_info() if p.ip[0] == our_ip]
+            assert infos and all(p.flags & lt.peer_info.choked for p in infos)
+            assert sum(p.total_upload for p in infos) == want
+            assert proc.poll() is None  # the rest never came
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err[-2000:]
+    data = out.read_bytes()
+    got = {
+        i
+        for i in range(meta.num_pieces)
+        if hashlib.sha1(data[i * meta.piece_length : i * meta.piece_length + meta.piece_size(i)])
+        .digest() == meta.piece_hash(i)
+    }  # fmt: skip
+    assert got == set(allowed)
 
 
 def test_fetch_from_libtorrent_seeds_with_the_fast_extension(
@@ -217,10 +296,12 @@ def test_mptorrent_seed_rejects_what_it_will_not_serve(
     torrent = write_torrent(tmp_path, multi_case.torrent)
     everything = blocks(meta, range(meta.num_pieces))
     with mptorrent_seed(torrent, multi_case.payload.root, fresh_ip(), "--no-trackers") as seed:
-        with raw_client(seed.addr, meta, fresh_ip()) as client:
+        ip = fresh_ip()
+        with raw_client(seed.addr, meta, ip) as client:
             first_piece_state(client)
-            # Choked: refused at once.
-            key = everything[0]
+            # Choked: refused at once (a piece outside the set it allowed us fast).
+            fast = set(allowed_fast_set(ip, meta.info_hash, meta.num_pieces, ALLOWED_FAST_SENT))
+            key = next(k for k in everything if k[0] not in fast)
             # (our wire refuses to ask a choking peer: record it and send the bytes ourselves)
             client.conn.ledger.record([key])
             client.sock.sendall(struct.pack(">IBIII", 13, 6, *key))
@@ -230,18 +311,19 @@ def test_mptorrent_seed_rejects_what_it_will_not_serve(
             # Unchoked: served; and a cancel is answered by the block or a reject.
             client.send(wire.Interested())
             client.read_until(lambda got: isinstance(got[-1], wire.Unchoke))
-            client.send_requests(everything[1:3])
-            client.send(wire.Cancel(*everything[2]))
+            rest = [k for k in everything if k != key]
+            client.send_requests(rest[0:2])
+            client.send(wire.Cancel(*rest[1]))
             # The answer to a cancelled request (block or reject) is dropped by our wire
             # without an event, once: the key leaves the ledger's cancelled set.
             cancelled = client.conn.ledger.cancelled
             got = client.read_until(
-                lambda got: everything[2] not in cancelled and answered(everything[1])(got[-1])
+                lambda got: rest[1] not in cancelled and answered(rest[0])(got[-1])
             )
-            assert answers(got) == [("piece", everything[1])]
+            assert answers(got) == [("piece", rest[0])]
             # Many requests, then NotInterested: the seed chokes us with most still queued,
             # and rejects each of them after its Choke.
-            many = everything[3:]
+            many = rest[2:]
             client.send_requests(many)
             client.send(wire.NotInterested())
             got = client.read_until(lambda got: client.conn.outstanding_requests == 0, timeout=20)
@@ -252,5 +334,51 @@ def test_mptorrent_seed_rejects_what_it_will_not_serve(
             assert all(kind == "reject" for kind, _ in answers(after_choke))
             # exactly one answer per request
             assert sorted(k for _, k in answers(got)) == sorted(many)
+        status, err = seed.interrupt()
+    assert status == 130, err
+
+
+def test_mptorrent_seed_serves_a_choked_peer_the_pieces_it_allowed_fast(
+    multi_case: TorrentCase, tmp_path: Path, fresh_ip: IpSource
+) -> None:
+    """A peer that never says Interested stays choked.  `mptorrent seed -j 1` sends it BEP 6's
+    Allowed Fast set for its address (``ALLOWED_FAST_SENT`` pieces, all of them here: a seed
+    has everything), serves those pieces exactly while it stays choked, and rejects the rest."""
+    meta = multi_case.meta
+    torrent = write_torrent(tmp_path, multi_case.torrent)
+    ip = fresh_ip()
+    expected = allowed_fast_set(ip, meta.info_hash, meta.num_pieces, ALLOWED_FAST_SENT)
+    assert len(expected) == ALLOWED_FAST_SENT
+    with mptorrent_seed(
+        torrent, multi_case.payload.root, fresh_ip(), "--no-trackers", jobs=1
+    ) as seed:
+        with raw_client(seed.addr, meta, ip) as client:
+            client.send(wire.HaveNone())
+            client.read_until(
+                lambda got: sum(isinstance(e, wire.AllowedFast) for e in got) >= len(expected)
+            )
+            allowed = [e.index for e in client.got if isinstance(e, wire.AllowedFast)]
+            assert allowed == expected  # in BEP 6's order, each once
+            assert client.conn.peer_choking
+            wanted = blocks(meta, range(0))
+            for index in allowed:
+                wanted += blocks(meta, range(index, index + 1))
+            other = next(i for i in range(meta.num_pieces) if i not in allowed)
+            # Our wire lets a choked client ask only for allowed-fast pieces: send the
+            # one outside the set by hand, recorded so that its reject is expected.
+            refused = blocks(meta, range(other, other + 1))[0]
+            client.send_requests(wanted)
+            client.conn.ledger.record([refused])
+            client.sock.sendall(struct.pack(">IBIII", 13, 6, *refused))
+            got = client.read_until(lambda got: client.conn.outstanding_requests == 0, timeout=20)
+            assert sorted(k for kind, k in answers(got) if kind == "piece") == sorted(wanted)
+            assert [k for kind, k in answers(got) if kind == "reject"] == [refused]
+            assert not any(isinstance(e, wire.Unchoke) for e in client.got)  # choked throughout
+            pieces: dict[int, bytearray] = {i: bytearray(meta.piece_size(i)) for i in allowed}
+            for ev in got:
+                if isinstance(ev, wire.Piece):
+                    pieces[ev.index][ev.begin : ev.begin + len(ev.block)] = ev.block
+            for index, data in pieces.items():
+                assert hashlib.sha1(data).digest() == meta.piece_hash(index)
         status, err = seed.interrupt()
     assert status == 130, err

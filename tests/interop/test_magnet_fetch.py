@@ -4,8 +4,9 @@ metadata (BEP 9) from real libtorrent seeders on loopback, found through Debian'
 
 Seeders of the single-file torrent sit on 127.0.0.41-43 and of the many-file one (an info
 dictionary of several 16 KiB metadata pieces) on 127.0.0.44-46; the client under test binds its
-own address from ``fresh_ip``.  The last test fetches the same magnet with a libtorrent leecher
-in the same run and prints both times (``pytest -s`` shows them).
+own address from ``fresh_ip``.  One test builds its own swarm: a magnet whose one ``x.pe``
+peer leads mptorrent to two seeders by ut_pex.  The timing test fetches the same magnet with
+a libtorrent leecher in the same run and prints both times (``pytest -s`` shows them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,8 +48,10 @@ from tests.interop.test_fetch import (
 )
 from tests.spread import CLI_WITH_RESULT, RESULT_ENV, assert_spread, read_result
 from tests.swarm import (
+    LtPeer,
     Swarm,
     TorrentCase,
+    info_hash,
     make_payload,
     make_torrent,
     same_tree,
@@ -177,6 +181,88 @@ def test_fetch_magnet_with_one_x_pe_peer_and_no_tracker(
     assert same_tree(out, single_case.payload.root)
 
 
+def test_magnet_pex_from_the_one_x_pe_peer_leads_to_the_others(
+    tmp_path: Path, fresh_ip: Callable[[], str]
+) -> None:
+    """``fetch 'magnet:?xt=...&x.pe=A' --no-trackers -j 2``: A holds half the pieces and is
+    connected to seeders B and C; its ut_pex names them, and mptorrent dials both.
+
+    libtorrent drops a connection between two peers that want nothing, so A is a downloader
+    (throttled to a trickle) and B and C are connected to it, not to each other.  B and C run
+    without ut_pex: they cannot learn mptorrent's address from A and dial in, so each
+    connection they see from mptorrent (``peer_info`` without ``local_connection``) was
+    dialled by mptorrent.  Their uploads are throttled so that the fetch lasts long enough
+    to watch those connections.
+    """
+    payload = make_payload(tmp_path / "data", 4 * 1024 * 1024 + 777, name="file.bin")
+    torrent = make_torrent(payload.root, 64 * 1024)
+    n = lt.torrent_info(torrent).num_pieces()
+    first_half = range(n // 2)
+    half_dir = tmp_path / "half"
+    half_dir.mkdir()
+    shutil.copy(payload.root, half_dir / "file.bin")
+    ours = fresh_ip()
+    seen: dict[str, set[str]] = {}  # seeder -> how its connections with us began ("in", "out")
+    uploaded: dict[str, int] = {}  # seeder -> payload bytes it sent us (libtorrent's count)
+    with (
+        LtPeer(torrent, payload.save_dir, ip=fresh_ip(), use_trackers=False, pex=False,
+               upload_rate_limit=768 * 1024) as b,
+        LtPeer(torrent, payload.save_dir, ip=fresh_ip(), use_trackers=False, pex=False,
+               upload_rate_limit=768 * 1024) as c,
+        LtPeer(torrent, half_dir, ip=fresh_ip(), have_pieces=first_half,
+               use_trackers=False) as a,
+    ):  # fmt: skip
+        ses = a._ses  # A wants the rest, at a trickle: it stays a downloader
+        cls = ses.get_peer_class(ses.local_peer_class_id)
+        cls["download_limit"] = 2 * 1024
+        ses.set_peer_class(ses.local_peer_class_id, cls)
+        a.handle.prioritize_pieces([4] * n)
+        for seeder in (b, c):
+            a.add_peer(*seeder.addr)
+        deadline = time.monotonic() + 10
+        while {b.addr, c.addr} - {
+            p.ip for p in a.handle.get_peer_info() if not p.flags & lt.peer_info.connecting
+        }:
+            assert time.monotonic() < deadline, "A did not connect to both seeders"
+            time.sleep(0.05)
+        uri = Magnet(info_hash(torrent), name="file.bin", peers=(a.addr,)).to_uri()
+        out, result = tmp_path / "out.bin", tmp_path / "r.json"
+        cmd = [
+            sys.executable, "-c", CLI_WITH_RESULT, "fetch", uri, "-o", str(out), "-j", "2",
+            "--no-trackers", "--bind", ours, "--port", str(unused_port()),
+        ]  # fmt: skip
+        env = {**os.environ, RESULT_ENV: str(result)}
+        with subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env,
+        ) as proc:  # fmt: skip
+            deadline = time.monotonic() + MAGNET_TIMEOUT
+            while proc.poll() is None:
+                assert time.monotonic() < deadline, "the fetch did not finish"
+                for seeder in (b, c):
+                    for p in seeder.handle.get_peer_info():
+                        if p.ip[0] != ours or p.flags & lt.peer_info.connecting:
+                            continue
+                        way = "out" if p.flags & lt.peer_info.local_connection else "in"
+                        key = str(seeder.addr)
+                        seen.setdefault(key, set()).add(way)
+                        uploaded[key] = max(uploaded.get(key, 0), p.total_upload)
+                time.sleep(0.02)
+            _, stderr = proc.communicate()
+        assert proc.returncode == 0, stderr[-2000:]
+        b_addr, c_addr = str(b.addr), str(c.addr)
+    assert same_tree(out, payload.root)
+    # Both seeders saw mptorrent dial them (an incoming connection) and none of their own.
+    assert seen == {b_addr: {"in"}, c_addr: {"in"}}, seen
+    per_peer = read_result(result).pieces_per_peer
+    # Pieces came from more than one peer: from A and from both seeders it named, each
+    # at its listening address (so we dialled it).
+    assert {b_addr, c_addr} <= set(per_peer), per_peer
+    assert per_peer[b_addr] > 0 and per_peer[c_addr] > 0, per_peer
+    assert per_peer[b_addr] + per_peer[c_addr] >= n - len(first_half), per_peer
+    assert uploaded[b_addr] > 0 and uploaded[c_addr] > 0, uploaded
+
+
 # -- info ---------------------------------------------------------------------------------
 
 
@@ -287,7 +373,9 @@ def test_magnet_times_against_a_libtorrent_leecher(
     single_case: TorrentCase, single_swarm: Swarm, tracker: OpenTracker, tmp_path: Path,
     fresh_ip: Callable[[], str],
 ) -> None:  # fmt: skip
-    """Not a speed test (benchmarks/ are): it prints the times for the record."""
+    """Not a speed test (benchmarks/ are): it prints the times for the record.
+    benchmarks/magnet.py measures the same comparison with the time to the first piece
+    request, as the seeders see it."""
     uri = magnet_of(single_case, trackers=(tracker.announce_url,))
     out = tmp_path / "out"
     cmd = [
@@ -323,6 +411,7 @@ def test_magnet_times_against_a_libtorrent_leecher(
 
 
 # -- hostile peers beside an honest one ---------------------------------------------------
+# tests/adversarial/README.md table L (L1-L4 here; L5 and L6 are the error tests above).
 
 
 class _HostilePeer:
@@ -356,7 +445,10 @@ class _HostilePeer:
             hello = wire.Handshake(self.info_hash, b"-XX0000-hostilepeer!", wire.EXTENSION_RESERVED)
             ours = router.handshake()
             if self.mode == "huge":  # 4 GiB of metadata, as no encoder of ours would write
-                huge = {b"m": {b"ut_metadata": 1}, b"metadata_size": 4 << 30}
+                huge: dict[bytes, bencode.Encodable] = {
+                    b"m": {b"ut_metadata": 1},
+                    b"metadata_size": 4 << 30,
+                }
                 ours = wire.Extended(0, bencode.encode(huge))
             sock.sendall(conn.send(hello))
             sock.settimeout(20)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, ClassVar, Final
 
 from mptorrent.errors import BencodeError
@@ -67,7 +68,10 @@ class ExtendedHandshake(Event):
     under, 0 meaning "disabled" (a later handshake changes only the names it
     lists).  The rest are optional: ``client`` is ``v``, ``port`` is ``p`` (the
     sender's listen port), ``metadata_size`` is BEP 9's, ``reqq`` the number of
-    outstanding requests the sender allows.  Other keys are ignored on receipt.
+    outstanding requests the sender allows, ``yourip`` the receiver's address as
+    the sender sees it (4 or 16 bytes on the wire).  Other keys are ignored on
+    receipt, and so is a ``yourip`` that is not 4 or 16 bytes: it is only a hint
+    about our own address, nothing to drop a peer for.
     """
 
     extensions: Mapping[str, int] = field(default_factory=dict)
@@ -75,6 +79,7 @@ class ExtendedHandshake(Event):
     port: int | None = None
     metadata_size: int | None = None
     reqq: int | None = None
+    yourip: IPv4Address | IPv6Address | None = None
 
 
 def _bad(reason: str) -> RemoteProtocolError:
@@ -98,6 +103,12 @@ def _name(raw: object) -> str:
     if not (raw.isascii() and raw.decode().isprintable()):
         raise _bad(f"extension name {raw!r} is not printable ASCII")
     return raw.decode()
+
+
+def _yourip(raw: object) -> IPv4Address | IPv6Address | None:
+    if isinstance(raw, bytes) and len(raw) in (4, 16):
+        return ip_address(raw)
+    return None
 
 
 def decode_handshake(payload: bytes) -> ExtendedHandshake:
@@ -137,6 +148,7 @@ def decode_handshake(payload: bytes) -> ExtendedHandshake:
         port=_int_in(top, b"p", 1, 0xFFFF),
         metadata_size=_int_in(top, b"metadata_size", 1, MAX_METADATA_SIZE),
         reqq=_int_in(top, b"reqq", 1, MAX_REQQ),
+        yourip=_yourip(top.get(b"yourip")),
     )
 
 
@@ -167,6 +179,8 @@ def encode_handshake(hs: ExtendedHandshake) -> bytes:
             top[key] = value
     if hs.client is not None:
         top[b"v"] = hs.client.encode()
+    if hs.yourip is not None:
+        top[b"yourip"] = hs.yourip.packed  # 4 or 16 bytes by construction
     data = bencode.encode(top)
     if len(data) > MAX_HANDSHAKE_SIZE:
         raise LocalProtocolError("extended handshake is too large")
@@ -208,6 +222,7 @@ class ExtensionRouter:
         "peer_handshake",
         "port",
         "reqq",
+        "yourip",
     )
 
     def __init__(
@@ -218,6 +233,7 @@ class ExtensionRouter:
         port: int | None = None,
         metadata_size: int | None = None,
         reqq: int | None = None,
+        yourip: IPv4Address | IPv6Address | None = None,
     ) -> None:
         self._handlers: dict[int, ExtensionHandler] = {}
         self._local_ids: dict[str, int] = {}
@@ -226,6 +242,7 @@ class ExtensionRouter:
         self.port = port
         self.metadata_size = metadata_size
         self.reqq = reqq
+        self.yourip = yourip
         self.peer_handshake: ExtendedHandshake | None = None  # the latest received
         for handler in handlers:
             self.register(handler)
@@ -259,7 +276,12 @@ class ExtensionRouter:
     def handshake(self) -> Extended:
         """Our extended handshake, for ``Connection.send``."""
         ours = ExtendedHandshake(
-            dict(self._local_ids), self.client, self.port, self.metadata_size, self.reqq
+            dict(self._local_ids),
+            self.client,
+            self.port,
+            self.metadata_size,
+            self.reqq,
+            self.yourip,
         )
         return Extended(HANDSHAKE_ID, encode_handshake(ours))
 
