@@ -8,6 +8,7 @@ Torrents are made by libtorrent (tests/swarm.py).  Seeders of the single-file to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -74,6 +75,17 @@ def wait_for_seeders(tracker: OpenTracker, info_hash: bytes, n: int, timeout: fl
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def tracked_swarm(case: TorrentCase, tracker: OpenTracker, first_ip: int) -> Iterator[Swarm]:
+    """Three libtorrent seeders of ``case`` from 127.0.0.``first_ip`` on, announced to
+    ``tracker``, and known to it as complete before the test goes on."""
+    with Swarm(
+        case.torrent, case.save_dir, first_ip=first_ip, tracker_url=tracker.announce_url
+    ) as s:
+        wait_for_seeders(tracker, case.meta.info_hash, 3)
+        yield s
+
+
 def peer_args(addrs: Iterable[tuple[str, int]]) -> list[str]:
     return [arg for host, port in addrs for arg in ("--peer", f"{host}:{port}")]
 
@@ -135,19 +147,13 @@ def tracker(
 
 @pytest.fixture(scope="module")
 def single_swarm(single_case: TorrentCase, tracker: OpenTracker) -> Iterator[Swarm]:
-    with Swarm(
-        single_case.torrent, single_case.save_dir, first_ip=11, tracker_url=tracker.announce_url
-    ) as swarm:
-        wait_for_seeders(tracker, single_case.meta.info_hash, 3)
+    with tracked_swarm(single_case, tracker, first_ip=11) as swarm:
         yield swarm
 
 
 @pytest.fixture(scope="module")
 def multi_swarm(multi_case: TorrentCase, tracker: OpenTracker) -> Iterator[Swarm]:
-    with Swarm(
-        multi_case.torrent, multi_case.save_dir, first_ip=14, tracker_url=tracker.announce_url
-    ) as swarm:
-        wait_for_seeders(tracker, multi_case.meta.info_hash, 3)
+    with tracked_swarm(multi_case, tracker, first_ip=14) as swarm:
         yield swarm
 
 

@@ -42,8 +42,8 @@ from tests.interop.opentracker import OpenTracker, run_opentracker
 from tests.interop.test_fetch import (
     SUMMARY,
     summary_of,
+    tracked_swarm,
     unused_port,
-    wait_for_seeders,
     with_tracker,
 )
 from tests.spread import CLI_WITH_RESULT, RESULT_ENV, assert_spread, read_result
@@ -82,19 +82,13 @@ def tracker(
 
 @pytest.fixture(scope="module")
 def single_swarm(single_case: TorrentCase, tracker: OpenTracker) -> Iterator[Swarm]:
-    with Swarm(
-        single_case.torrent, single_case.save_dir, first_ip=41, tracker_url=tracker.announce_url
-    ) as swarm:
-        wait_for_seeders(tracker, single_case.meta.info_hash, 3)
+    with tracked_swarm(single_case, tracker, first_ip=41) as swarm:
         yield swarm
 
 
 @pytest.fixture(scope="module")
 def tree_swarm(tree_case: TorrentCase, tracker: OpenTracker) -> Iterator[Swarm]:
-    with Swarm(
-        tree_case.torrent, tree_case.save_dir, first_ip=44, tracker_url=tracker.announce_url
-    ) as swarm:
-        wait_for_seeders(tracker, tree_case.meta.info_hash, 3)
+    with tracked_swarm(tree_case, tracker, first_ip=44) as swarm:
         yield swarm
 
 
