@@ -448,14 +448,7 @@ class DownloadPolicy(Generic[P]):
         """``p`` will not answer its requests (it choked us or left): let others ask for
         the blocks."""
         for index, begin in p.pending:
-            job = self.jobs.get(index)
-            if job is None:
-                continue
-            blk = begin // BLOCK
-            if job.requested[blk]:
-                job.requested[blk] -= 1
-            if not job.received[blk] and job.requested[blk] == 0:
-                job.todo.append(blk)
+            self._unask(index, begin)
         p.pending.clear()
 
     def rejected(self, p: P, index: int, begin: int) -> None:
@@ -464,6 +457,11 @@ class DownloadPolicy(Generic[P]):
         if (index, begin) not in p.pending:
             return  # given up meanwhile (the piece finished, or an endgame cancel)
         p.pending.discard((index, begin))
+        self._unask(index, begin)
+
+    def _unask(self, index: int, begin: int) -> None:
+        """One request for this block will not be answered: once none is out and the block
+        is still missing, it goes back on its piece's to-do list."""
         job = self.jobs.get(index)
         if job is None:
             return
