@@ -16,9 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from mptorrent.messages import PeerAddr
+
+PeerSource: TypeAlias = Literal["manual", "tracker", "pex", "dht", "incoming"]
+"""Where a fetch first heard of a peer: the user (``--peer``, a magnet's ``x.pe``), a
+tracker's reply, a peer's PEX message, the DHT, or the peer dialled us."""
 
 # -- a fetch ------------------------------------------------------------------
 
@@ -98,6 +102,7 @@ class PeerConnected:
 
     worker: int
     peer: PeerAddr
+    source: PeerSource | None = None  # None: not known (a sender that does not track it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +163,7 @@ class TrackerError:
     A fetch reports each distinct error once while it recurs."""
 
     message: str
+    url: str | None = None  # scheme://host:port of the tracker that failed, when one did
 
 
 @dataclass(frozen=True, slots=True)

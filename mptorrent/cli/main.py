@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mptorrent.disk.storage import IoChoice, Layout
     from mptorrent.engine.coordinator import FetchResult, SeedAfter
     from mptorrent.engine.metadata import MetadataResult
-    from mptorrent.events import Event
+    from mptorrent.events import Event, PeerSource
     from mptorrent.messages import PeerAddr
     from mptorrent.proto import metainfo
     from mptorrent.proto.magnet import Magnet
@@ -619,15 +619,19 @@ def _fetch(
     progress: BarProgress | JsonLines
     progress = stream if stream is not None else BarProgress(quiet, verbose=_verbose())
 
+    sources: dict[PeerAddr, PeerSource] = {}  # of the metadata phase's peers
+
     def phase(magnet: Magnet) -> MetadataResult:
         from mptorrent.engine.metadata import fetch_metadata
 
-        return fetch_metadata(
+        found = fetch_metadata(
             magnet, peers=peers, use_trackers=not no_trackers, port=port, bind=bind,
             timeout=metadata_timeout, events=progress,
             # the download announces its own port; with --port 0 this phase's was a guess
             announce_stopped=port == 0,
         )  # fmt: skip
+        sources.update(found.sources)
+        return found
 
     meta, found = load_source(torrent, quiet=quiet, save_torrent=save_torrent, magnet_phase=phase)
     # the peers that gave the metadata first: the download starts with them
@@ -641,7 +645,7 @@ def _fetch(
         seed_after = _seed_after(meta.total_length, seed_ratio, seed_time, progress, quiet)
     opts = FetchOptions(
         jobs=jobs or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
-        use_trackers=not no_trackers, io=io, seed_after=seed_after,
+        use_trackers=not no_trackers, io=io, seed_after=seed_after, sources=sources,
     )  # fmt: skip
     if stream is not None:  # which torrent, before anything else the download says
         from mptorrent.engine.coordinator import metadata_event

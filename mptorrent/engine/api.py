@@ -55,6 +55,7 @@ class Torrent:
         self.meta = meta  # the parsed metainfo (mptorrent.proto.metainfo.Metainfo)
         self.data = data  # the .torrent's bytes, when known
         self.peers: tuple[PeerAddr, ...] = ()  # from_magnet: the peers that had the metadata
+        self.peer_sources: dict[PeerAddr, ev.PeerSource] = {}  # where those came from
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | bytes) -> Torrent:
@@ -86,6 +87,7 @@ class Torrent:
         )  # fmt: skip
         t = cls(found.meta, torrent_from_metadata(found.info, magnet))
         t.peers = found.peers
+        t.peer_sources = dict(found.sources)
         return t
 
     @property
@@ -221,7 +223,7 @@ def _fetch(
         raise DownloadError(f"no peers: {why} and no peer was given")
     opts = FetchOptions(
         jobs=workers or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
-        use_trackers=trackers, io=io,
+        use_trackers=trackers, io=io, sources=torrent.peer_sources,
     )  # fmt: skip
     emit(metadata_event(meta))
     res = run_fetch(meta, None if output is None else Path(output), opts, emit)

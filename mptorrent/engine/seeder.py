@@ -164,8 +164,9 @@ class Seeder:
                     for msg in item.reports:
                         self._on_worker(msg)
                 case TierResult():
-                    for err in item.errors:
-                        self.emit(ev.TrackerError(err))
+                    for i, err in enumerate(item.errors):
+                        url = item.failed[i] if i < len(item.failed) else None
+                        self.emit(ev.TrackerError(err, url))
             try:
                 item = self.inbox.get_nowait()
             except queue.Empty:
