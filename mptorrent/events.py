@@ -201,6 +201,17 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True)
+class SeedingReady:
+    """A seed has verified its data and listens: peers can connect (``mptorrent seed``)."""
+
+    name: str  # the torrent's
+    address: str  # the address it listens on ("0.0.0.0": all of them)
+    port: int
+    pieces: int  # pieces verified on disk, the ones it serves
+    total: int  # pieces in the torrent
+
+
+@dataclass(frozen=True, slots=True)
 class SeedingStopped:
     """Seeding after a download ended early: workers kept crashing."""
 
@@ -226,7 +237,7 @@ Event: TypeAlias = (
     FetchingMetadata | MetadataReceived | Metadata
     | CheckingExisting | Started | PortBusy | Progress | PeerConnected | PeerGone | PeerBanned
     | PieceVerified | PieceFailed | TrackerReply | TrackerError | WorkerError | WorkerRestarted
-    | Done | SeedingStopped | Seeded | Error
+    | Done | SeedingReady | SeedingStopped | Seeded | Error
 )  # fmt: skip
 
 EventSink: TypeAlias = Callable[[Event], None]

@@ -117,6 +117,11 @@ def record(
                 "banned": event.banned, "hash_failures": event.hash_failures,
                 "uploaded": event.uploaded,
             }  # fmt: skip
+        case ev.SeedingReady(_name, address, port, pieces):
+            return {
+                "event": "seeding", "state": "ready", "address": address, "port": port,
+                "pieces": pieces,
+            }  # fmt: skip
         case ev.SeedingStopped(reason):
             return {"event": "seeding", "state": "stopped", "reason": reason}
         case ev.Seeded(uploaded):
