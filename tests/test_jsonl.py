@@ -173,3 +173,19 @@ def test_a_tracker_error_line_names_its_tracker() -> None:
     ]  # fmt: skip
     for g in got:
         validate(g, schema())
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, _text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_stdout_stops_the_command_and_ends_the_stream() -> None:
+    from mptorrent.errors import ExitStatus, OutputClosed
+
+    sink = JsonLines(_ClosedPipe())
+    with pytest.raises(OutputClosed) as info:
+        sink(ev.CheckingExisting())
+    assert info.value.exit_code == 141 and info.value.exit_status is ExitStatus.OUTPUT_CLOSED
+    sink.end_with_error("stdout is closed", 141)  # the CLI's catch-all: nothing more is tried
+    sink(ev.PieceVerified(0, 1, 0, None))

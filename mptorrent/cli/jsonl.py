@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from mptorrent import events as ev
     from mptorrent.messages import PeerAddr
 
+from mptorrent.errors import OutputClosed
+
 VERSION: Final = 1
 PROGRESS_EVERY: Final = 0.5  # seconds between progress lines
 
@@ -217,8 +219,13 @@ class JsonLines:
             line = json.dumps({**head, **rec}, ensure_ascii=True, allow_nan=False)
             if rec["event"] in self.last:
                 self.ended = True
-            self.out.write(line + "\n")
-            self.out.flush()
+            try:
+                self.out.write(line + "\n")
+                self.out.flush()
+            except BrokenPipeError:
+                # raised through the engine, it stops the command as Ctrl-C does
+                self.ended = True  # and nothing more is written
+                raise OutputClosed("stdout is closed: nobody reads the --json lines") from None
 
     def end_with_error(self, message: str, exit_status: int) -> None:
         self.write(error_record(message, exit_status))

@@ -18,7 +18,7 @@ import click
 
 from mptorrent import __version__
 from mptorrent.cli.render import render, safe_text
-from mptorrent.errors import DownloadError, ExitStatus, MptorrentError
+from mptorrent.errors import DownloadError, ExitStatus, MptorrentError, OutputClosed
 from mptorrent.mp import default_jobs
 
 # Start-up time is part of every command's run time, so modules only some commands need
@@ -45,6 +45,9 @@ class MptorrentGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except OutputClosed:  # stdout's reader left (--json | head): no words, 141
+            _stdout_to_devnull()
+            ctx.exit(int(ExitStatus.OUTPUT_CLOSED))
         except MptorrentError as exc:
             self._fail(ctx, str(exc), exc.exit_status, exc.detail)
         except KeyboardInterrupt:
@@ -60,6 +63,19 @@ class MptorrentGroup(click.Group):
                 click.echo(detail.rstrip(), err=True)
         click.echo(f"mptorrent: error: {safe_text(message)}", err=True)
         ctx.exit(int(status))
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that what is still buffered for the closed pipe goes
+    nowhere at exit instead of into a second BrokenPipeError (and Python's note about it)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # no stdout, or no file behind it
+        pass
 
 
 def _verbose() -> bool:
