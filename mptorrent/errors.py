@@ -20,6 +20,7 @@ class ExitStatus(IntEnum):
     BAD_TORRENT = 3
     STORAGE = 4
     INTERRUPTED = 130
+    OUTPUT_CLOSED = 141  # the shell's code for SIGPIPE: stdout's reader left (--json | head)
 
 
 class MptorrentError(Exception):
@@ -106,6 +107,13 @@ class NoPeers(DownloadError):
 
 class MetadataTimeout(DownloadError):
     """A magnet link's metadata did not arrive (verified) in the time allowed."""
+
+
+class OutputClosed(MptorrentError):
+    """Nobody reads the ``--json`` lines any more (stdout is a closed pipe): the command stops
+    the way Ctrl-C stops it, and quietly, as a program killed by SIGPIPE would."""
+
+    exit_status = ExitStatus.OUTPUT_CLOSED
 
 
 class Cancelled(MptorrentError):

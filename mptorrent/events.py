@@ -16,9 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from mptorrent.messages import PeerAddr
+
+PeerSource: TypeAlias = Literal["manual", "tracker", "pex", "dht", "incoming"]
+"""Where a fetch first heard of a peer: the user (``--peer``, a magnet's ``x.pe``), a
+tracker's reply, a peer's PEX message, the DHT, or the peer dialled us."""
 
 # -- a fetch ------------------------------------------------------------------
 
@@ -98,6 +102,7 @@ class PeerConnected:
 
     worker: int
     peer: PeerAddr
+    source: PeerSource | None = None  # None: not known (a sender that does not track it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +163,7 @@ class TrackerError:
     A fetch reports each distinct error once while it recurs."""
 
     message: str
+    url: str | None = None  # scheme://host:port of the tracker that failed, when one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +201,17 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True)
+class SeedingReady:
+    """A seed has verified its data and listens: peers can connect (``mptorrent seed``)."""
+
+    name: str  # the torrent's
+    address: str  # the address it listens on ("0.0.0.0": all of them)
+    port: int
+    pieces: int  # pieces verified on disk, the ones it serves
+    total: int  # pieces in the torrent
+
+
+@dataclass(frozen=True, slots=True)
 class SeedingStopped:
     """Seeding after a download ended early: workers kept crashing."""
 
@@ -220,7 +237,7 @@ Event: TypeAlias = (
     FetchingMetadata | MetadataReceived | Metadata
     | CheckingExisting | Started | PortBusy | Progress | PeerConnected | PeerGone | PeerBanned
     | PieceVerified | PieceFailed | TrackerReply | TrackerError | WorkerError | WorkerRestarted
-    | Done | SeedingStopped | Seeded | Error
+    | Done | SeedingReady | SeedingStopped | Seeded | Error
 )  # fmt: skip
 
 EventSink: TypeAlias = Callable[[Event], None]

@@ -81,6 +81,10 @@ LINES: list[tuple[ev.Event, str | None]] = [
         "mptorrent: worker 0 crashed (signal 11); giving up after 20 worker restarts; "
         "seeding stops",
     ),
+    (
+        ev.SeedingReady("a.iso", "127.0.0.9", 6881, 15, 16),
+        "seeding a.iso (15/16 pieces) on 127.0.0.9:6881; Ctrl-C stops",
+    ),
     (ev.Seeded(3 * MiB + MiB // 2), "seeded: 3.5 MiB uploaded in all"),
     (ev.Error("no peers: the trackers returned none", ExitStatus.ERROR), None),
 ]

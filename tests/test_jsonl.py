@@ -139,3 +139,53 @@ def test_a_given_peer_is_marked_manual() -> None:
     ]  # fmt: skip
     for g in got:
         validate(g, schema())
+
+
+def test_a_peer_line_says_where_the_peer_came_from() -> None:
+    from mptorrent.messages import PeerAddr
+
+    pexed, dialled_us = PeerAddr("127.0.0.6", 6881), PeerAddr("127.0.0.7", 40000)
+    old = PeerAddr("127.0.0.8", 1)
+    buf = io.StringIO()
+    sink = JsonLines(buf, manual=[old])
+    sink(ev.PeerConnected(0, pexed, "pex"))
+    sink(ev.PeerConnected(1, dialled_us, "incoming"))
+    sink(ev.PeerGone(0, pexed))  # gone and banned lines repeat the source connected said
+    sink(ev.PeerBanned(dialled_us, "sent bad data", 1))
+    sink(ev.PeerConnected(0, old))  # an event that does not know: --peer peers are manual
+    got = lines(buf)
+    assert [(g["state"], g["source"]) for g in got] == [
+        ("connected", "pex"), ("connected", "incoming"), ("gone", "pex"), ("banned", "incoming"),
+        ("connected", "manual"),
+    ]  # fmt: skip
+    for g in got:
+        validate(g, schema())
+
+
+def test_a_tracker_error_line_names_its_tracker() -> None:
+    buf = io.StringIO()
+    sink = JsonLines(buf)
+    sink(ev.TrackerError("tracker 127.0.0.1:9 failed: refused", "http://127.0.0.1:9"))
+    sink(ev.TrackerError("a; b"))  # one message for several trackers: no single url
+    got = lines(buf)
+    assert [(g["outcome"], g["url"]) for g in got] == [
+        ("error", "http://127.0.0.1:9"), ("error", None),
+    ]  # fmt: skip
+    for g in got:
+        validate(g, schema())
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, _text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_stdout_stops_the_command_and_ends_the_stream() -> None:
+    from mptorrent.errors import ExitStatus, OutputClosed
+
+    sink = JsonLines(_ClosedPipe())
+    with pytest.raises(OutputClosed) as info:
+        sink(ev.CheckingExisting())
+    assert info.value.exit_code == 141 and info.value.exit_status is ExitStatus.OUTPUT_CLOSED
+    sink.end_with_error("stdout is closed", 141)  # the CLI's catch-all: nothing more is tried
+    sink(ev.PieceVerified(0, 1, 0, None))

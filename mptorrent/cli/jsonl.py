@@ -16,12 +16,15 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, TextIO, TypeAlias, assert_never
 
 if TYPE_CHECKING:
     from mptorrent import events as ev
     from mptorrent.messages import PeerAddr
+
+from mptorrent.errors import OutputClosed
 
 VERSION: Final = 1
 PROGRESS_EVERY: Final = 0.5  # seconds between progress lines
@@ -29,15 +32,23 @@ PROGRESS_EVERY: Final = 0.5  # seconds between progress lines
 Record: TypeAlias = dict[str, object]  # JSON-ready: str, numbers, None, lists and dicts of them
 
 
+_NO_SOURCES: Mapping[PeerAddr, str] = MappingProxyType({})
+
+
 def _addr(peer: PeerAddr | None) -> str | None:
     return None if peer is None else str(peer)
 
 
-def record(event: ev.Event, manual: frozenset[PeerAddr] = frozenset()) -> Record | None:
+def record(
+    event: ev.Event, manual: frozenset[PeerAddr] = frozenset(),
+    sources: Mapping[PeerAddr, str] = _NO_SOURCES,
+) -> Record | None:  # fmt: skip
     """The JSON object for ``event`` without ``t`` and ``v``; None for ``Progress``, which
     :class:`JsonLines` writes itself (it needs the previous one for the rates).
 
-    ``manual``: the peers the user gave (``--peer``), whose ``source`` is known."""
+    A ``peer`` line's ``source`` is the event's (``PeerConnected``), else ``sources``' (what
+    earlier events said of that peer), else ``manual`` for the peers the user gave
+    (``--peer``), else null."""
     from mptorrent import events as ev
 
     match event:
@@ -65,12 +76,12 @@ def record(event: ev.Event, manual: frozenset[PeerAddr] = frozenset()) -> Record
             return {"event": "port", "wanted": wanted, "port": port}
         case ev.Progress():
             return None
-        case ev.PeerConnected(worker, peer):
-            return _peer(peer, "connected", worker, None, manual)
+        case ev.PeerConnected(worker, peer, source):
+            return _peer(peer, "connected", worker, None, source or _source(peer, manual, sources))
         case ev.PeerGone(worker, peer):
-            return _peer(peer, "gone", worker, None, manual)
+            return _peer(peer, "gone", worker, None, _source(peer, manual, sources))
         case ev.PeerBanned(peer, reason, worker):
-            return _peer(peer, "banned", worker, reason, manual)
+            return _peer(peer, "banned", worker, reason, _source(peer, manual, sources))
         case ev.PieceVerified(index, size, worker, peer):
             return {
                 "event": "piece", "index": index, "size": size, "worker": worker,
@@ -87,9 +98,9 @@ def record(event: ev.Event, manual: frozenset[PeerAddr] = frozenset()) -> Record
                 "announce": announce, "interval": interval, "seeders": seeders,
                 "leechers": leechers, "message": warning,
             }  # fmt: skip
-        case ev.TrackerError(message):
-            # the message names the tracker (host:port); the record has no URL of its own
-            return {"event": "tracker", "url": None, "outcome": "error", "peers": 0,
+        case ev.TrackerError(message, url):
+            # url: None where one message reports several trackers' errors (it names each)
+            return {"event": "tracker", "url": url, "outcome": "error", "peers": 0,
                     "message": message}  # fmt: skip
         case ev.WorkerError(worker, message):
             return {"event": "worker", "worker": worker, "restarted": False, "reason": message}
@@ -108,6 +119,11 @@ def record(event: ev.Event, manual: frozenset[PeerAddr] = frozenset()) -> Record
                 "banned": event.banned, "hash_failures": event.hash_failures,
                 "uploaded": event.uploaded,
             }  # fmt: skip
+        case ev.SeedingReady(_name, address, port, pieces):
+            return {
+                "event": "seeding", "state": "ready", "address": address, "port": port,
+                "pieces": pieces,
+            }  # fmt: skip
         case ev.SeedingStopped(reason):
             return {"event": "seeding", "state": "stopped", "reason": reason}
         case ev.Seeded(uploaded):
@@ -120,13 +136,18 @@ def record(event: ev.Event, manual: frozenset[PeerAddr] = frozenset()) -> Record
             return None
 
 
+def _source(
+    peer: PeerAddr, manual: frozenset[PeerAddr], sources: Mapping[PeerAddr, str]
+) -> str | None:
+    return sources.get(peer) or ("manual" if peer in manual else None)
+
+
 def _peer(
-    peer: PeerAddr, state: str, worker: int, reason: str | None, manual: frozenset[PeerAddr]
+    peer: PeerAddr, state: str, worker: int, reason: str | None, source: str | None
 ) -> Record:
-    # the events do not say where a peer came from (tracker, pex...): only --peer is known
     return {
         "event": "peer", "address": str(peer), "state": state, "worker": worker,
-        "reason": reason, "source": "manual" if peer in manual else None,
+        "reason": reason, "source": source,
     }  # fmt: skip
 
 
@@ -149,6 +170,7 @@ class JsonLines:
     ) -> None:  # fmt: skip
         self.last = last
         self.manual = frozenset(manual)
+        self.sources: dict[PeerAddr, str] = {}  # from PeerConnected, for gone and banned lines
         self.out = out if out is not None else sys.stdout
         self.clock = clock
         self.t0 = clock()
@@ -164,7 +186,9 @@ class JsonLines:
         if isinstance(event, ev.Progress):
             self._progress(event)
             return
-        rec = record(event, self.manual)
+        if isinstance(event, ev.PeerConnected) and event.source is not None:
+            self.sources.setdefault(event.peer, event.source)
+        rec = record(event, self.manual, self.sources)
         if rec is not None:
             self.write(rec)
 
@@ -195,8 +219,13 @@ class JsonLines:
             line = json.dumps({**head, **rec}, ensure_ascii=True, allow_nan=False)
             if rec["event"] in self.last:
                 self.ended = True
-            self.out.write(line + "\n")
-            self.out.flush()
+            try:
+                self.out.write(line + "\n")
+                self.out.flush()
+            except BrokenPipeError:
+                # raised through the engine, it stops the command as Ctrl-C does
+                self.ended = True  # and nothing more is written
+                raise OutputClosed("stdout is closed: nobody reads the --json lines") from None
 
     def end_with_error(self, message: str, exit_status: int) -> None:
         self.write(error_record(message, exit_status))

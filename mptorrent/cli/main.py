@@ -18,7 +18,7 @@ import click
 
 from mptorrent import __version__
 from mptorrent.cli.render import render, safe_text
-from mptorrent.errors import DownloadError, ExitStatus, MptorrentError
+from mptorrent.errors import DownloadError, ExitStatus, MptorrentError, OutputClosed
 from mptorrent.mp import default_jobs
 
 # Start-up time is part of every command's run time, so modules only some commands need
@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]  # stubs optional
 
     from mptorrent.cli.jsonl import JsonLines
-    from mptorrent.disk.checker import VerifyReport
+    from mptorrent.disk import checker
     from mptorrent.disk.storage import IoChoice, Layout
-    from mptorrent.engine.coordinator import FetchResult, SeedAfter
+    from mptorrent.engine.api import VerifyResult
     from mptorrent.engine.metadata import MetadataResult
     from mptorrent.events import Event
     from mptorrent.messages import PeerAddr
@@ -45,6 +45,9 @@ class MptorrentGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except OutputClosed:  # stdout's reader left (--json | head): no words, 141
+            _stdout_to_devnull()
+            ctx.exit(int(ExitStatus.OUTPUT_CLOSED))
         except MptorrentError as exc:
             self._fail(ctx, str(exc), exc.exit_status, exc.detail)
         except KeyboardInterrupt:
@@ -60,6 +63,19 @@ class MptorrentGroup(click.Group):
                 click.echo(detail.rstrip(), err=True)
         click.echo(f"mptorrent: error: {safe_text(message)}", err=True)
         ctx.exit(int(status))
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that what is still buffered for the closed pipe goes
+    nowhere at exit instead of into a second BrokenPipeError (and Python's note about it)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # no stdout, or no file behind it
+        pass
 
 
 def _verbose() -> bool:
@@ -110,7 +126,7 @@ def shows_bar(quiet: bool) -> bool:
 
 
 @contextmanager
-def byte_bar(total: int, desc: str, quiet: bool) -> Iterator[Callable[[int], None]]:
+def byte_bar(total: int, desc: str, quiet: bool) -> Iterator[checker.Progress]:
     if not shows_bar(quiet):
         yield lambda _n: None
         return
@@ -418,12 +434,12 @@ def verify(torrent: Path, path: Path, jobs: int | None, as_json: bool, quiet: bo
 
 
 def _verify(torrent: Path, path: Path, jobs: int, quiet: bool, stream: JsonLines | None) -> None:
-    from mptorrent.disk import checker
     from mptorrent.disk.storage import Layout
+    from mptorrent.engine import api
 
     t0 = time.monotonic()
     meta = load_torrent(torrent, quiet=quiet)
-    layout = Layout.for_torrent(meta, path)
+    layout = Layout.for_torrent(meta, path)  # here, for the files' states
     if stream is not None:
         from mptorrent import events as ev
         from mptorrent.engine.coordinator import metadata_event
@@ -436,11 +452,11 @@ def _verify(torrent: Path, path: Path, jobs: int, quiet: bool, stream: JsonLines
             checked += n
             stream(ev.Progress(checked, meta.total_length, 0, jobs))
 
-        report = checker.verify(meta, layout, jobs=jobs, progress=advance)
+        report = api.verify(api.Torrent(meta), path, workers=jobs, on_progress=advance)
         _verify_json(stream, meta, layout, report, time.monotonic() - t0)
         return
     with byte_bar(meta.total_length, "verifying", quiet) as update:
-        report = checker.verify(meta, layout, jobs=jobs, progress=update)
+        report = api.verify(api.Torrent(meta), path, workers=jobs, on_progress=update)
     bad = set(report.invalid) | set(report.missing)
     for i, f in enumerate(meta.files):
         if f.padding or not bad.intersection(layout.file_pieces(i)):
@@ -451,7 +467,7 @@ def _verify(torrent: Path, path: Path, jobs: int, quiet: bool, stream: JsonLines
             state = "wrong size"
         click.echo(f"{state}: {safe_text('/'.join(f.path))}")
     click.echo(
-        f"{report.valid_count} of {meta.num_pieces} pieces valid, "
+        f"{report.valid} of {meta.num_pieces} pieces valid, "
         f"{len(report.invalid)} invalid, {len(report.missing)} missing"
     )
     if not report.complete:
@@ -466,7 +482,7 @@ def _file_state(meta: metainfo.Metainfo, layout: Layout, i: int) -> str:
 
 
 def _verify_json(
-    stream: JsonLines, meta: metainfo.Metainfo, layout: Layout, report: VerifyReport,
+    stream: JsonLines, meta: metainfo.Metainfo, layout: Layout, report: VerifyResult,
     elapsed: float,
 ) -> None:  # fmt: skip
     bad = set(report.invalid) | set(report.missing)
@@ -476,7 +492,7 @@ def _verify_json(
                 {"event": "file", "path": "/".join(f.path), "state": _file_state(meta, layout, i)}
             )
     stream.write({
-        "event": "verified", "pieces": meta.num_pieces, "valid": report.valid_count,
+        "event": "verified", "pieces": meta.num_pieces, "valid": report.valid,
         "invalid": sorted(report.invalid), "missing": sorted(report.missing),
     })  # fmt: skip
     if not report.complete:
@@ -613,72 +629,33 @@ def _fetch(
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
     quiet: bool, stream: JsonLines | None,
 ) -> None:  # fmt: skip
-    from mptorrent.engine.coordinator import FetchOptions
-    from mptorrent.engine.coordinator import fetch as run_fetch
+    # the Python API's fetch (mptorrent.fetch), in its two halves: the download runs
+    # under this command's signal handling and closes the bar whatever happens
+    from mptorrent.engine import api
 
     progress: BarProgress | JsonLines
     progress = stream if stream is not None else BarProgress(quiet, verbose=_verbose())
 
-    def phase(magnet: Magnet) -> MetadataResult:
-        from mptorrent.engine.metadata import fetch_metadata
+    def warn(text: str) -> None:
+        click.echo(f"mptorrent: warning: {safe_text(text)}", err=True)
 
-        return fetch_metadata(
-            magnet, peers=peers, use_trackers=not no_trackers, port=port, bind=bind,
-            timeout=metadata_timeout, events=progress,
-            # the download announces its own port; with --port 0 this phase's was a guess
-            announce_stopped=port == 0,
-        )  # fmt: skip
+    def seeding() -> None:  # the download's summary is out (its Done event closed the bar)
+        click.echo("mptorrent: seeding until the ratio or time limit; Ctrl-C stops", err=True)
 
-    meta, found = load_source(torrent, quiet=quiet, save_torrent=save_torrent, magnet_phase=phase)
-    # the peers that gave the metadata first: the download starts with them
-    peers = tuple(dict.fromkeys((*found, *peers)))
-    if not peers and (no_trackers or not meta.trackers):
-        # decided before anything is created on disk
-        why = "trackers are turned off" if no_trackers else "the torrent lists no usable trackers"
-        raise DownloadError(f"no peers: {why} and no --peer was given")
-    seed_after = None
-    if seed_ratio is not None or seed_time is not None:
-        seed_after = _seed_after(meta.total_length, seed_ratio, seed_time, progress, quiet)
-    opts = FetchOptions(
-        jobs=jobs or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
-        use_trackers=not no_trackers, io=io, seed_after=seed_after,
+    t0 = time.monotonic()
+    found, opts = api.prepare(
+        torrent, workers=jobs, peers=peers, trackers=not no_trackers, emit=progress, port=port,
+        bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
+        seed_ratio=seed_ratio, seed_time=None if seed_time is None else seed_time * 60,
+        save_torrent=save_torrent, warn=None if quiet else warn,
+        on_seeding=None if quiet else seeding, peer_option="--peer",
     )  # fmt: skip
-    if stream is not None:  # which torrent, before anything else the download says
-        from mptorrent.engine.coordinator import metadata_event
-
-        stream(metadata_event(meta))
     with _sigterm_as_interrupt():
         try:
-            run_fetch(meta, output, opts, progress)  # ends with the summary (Done or Seeded)
+            # ends with the summary (Done or Seeded)
+            api.download(found, output, opts, progress, t0)
         finally:
             progress.close()
-
-
-def _seed_after(
-    total: int, ratio: float | None, minutes: float | None, progress: BarProgress | JsonLines,
-    quiet: bool,
-) -> SeedAfter:  # fmt: skip
-    """Seeding once complete, by the fetch's own workers, until whichever limit comes
-    first; uploads during the download count towards the ratio."""
-    from mptorrent.engine.coordinator import SeedAfter
-
-    target = ratio * total if ratio is not None else None
-    deadline: float | None = None
-
-    def started(_download: FetchResult) -> None:
-        nonlocal deadline
-        if minutes is not None:
-            deadline = time.monotonic() + minutes * 60
-        # the download's summary is out (its Done event closed the bar)
-        if not quiet:
-            click.echo("mptorrent: seeding until the ratio or time limit; Ctrl-C stops", err=True)
-
-    def until(uploaded: int) -> bool:
-        if deadline is not None and time.monotonic() >= deadline:
-            return True
-        return target is not None and uploaded >= target
-
-    return SeedAfter(until=until, started=started)
 
 
 @contextmanager
@@ -725,7 +702,7 @@ def _seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
     io: IoChoice, quiet: bool, stream: JsonLines | None,
 ) -> None:  # fmt: skip
-    from mptorrent.engine.seeder import Seeder
+    from mptorrent.engine import api
 
     meta = load_torrent(torrent, quiet=quiet)
     verbose = _verbose()
@@ -734,7 +711,8 @@ def _seed(
         if stream is not None:
             stream(event)
             return
-        text = render(event, verbose=verbose)  # shown with -q too: -q hides the bar
+        # shown with -q too (-q hides the bar), except the line that says it is ready
+        text = render(event, quiet=quiet and _is_ready(event), verbose=verbose)
         if text is not None:
             click.echo(text, err=True)
 
@@ -743,30 +721,17 @@ def _seed(
 
         stream(metadata_event(meta))
 
-    seeder = Seeder(
-        meta, path, jobs=jobs or default_jobs(), bind=bind, port=port, io=io,
-        use_trackers=not no_trackers, events=show,
-    )  # fmt: skip
-
-    def announce_ready() -> None:
-        seeder.ready.wait()
-        if stream is not None and seeder.stats.port:
-            stream.write({
-                "event": "seeding", "state": "ready", "address": bind, "port": seeder.stats.port,
-                "pieces": seeder.stats.valid_pieces,
-            })  # fmt: skip
-        if not quiet and seeder.stats.port:
-            click.echo(
-                f"seeding {safe_text(meta.name)} ({seeder.stats.valid_pieces}/{meta.num_pieces} "
-                f"pieces) on {bind}:{seeder.stats.port}; Ctrl-C stops",
-                err=True,
-            )
-
-    import threading
-
-    threading.Thread(target=announce_ready, daemon=True).start()
     with _sigterm_as_interrupt(), byte_bar(meta.total_length, "verifying", quiet) as update:
-        seeder.run(progress=update)
+        api.seed(
+            api.Torrent(meta), path, workers=jobs, port=port, bind=bind,
+            trackers=not no_trackers, on_event=show, io=io, on_progress=update,
+        )  # fmt: skip
+
+
+def _is_ready(event: Event) -> bool:
+    from mptorrent import events as ev
+
+    return isinstance(event, ev.SeedingReady)
 
 
 @cli.command("tracker")

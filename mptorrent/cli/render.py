@@ -95,6 +95,11 @@ def render(event: ev.Event, *, quiet: bool = False, verbose: bool = False) -> st
             return "\n".join(lines) or None
         case ev.WorkerRestarted(reason=reason):
             return _note(f"{reason}; restarting it", quiet)
+        case ev.SeedingReady(name, address, port, pieces, total):
+            if quiet:
+                return None
+            where = f"{address}:{port}"
+            return f"seeding {safe_text(name)} ({pieces}/{total} pieces) on {where}; Ctrl-C stops"
         case ev.SeedingStopped(reason):
             return _note(f"{reason}; seeding stops", quiet)
         case ev.Done():

@@ -26,6 +26,8 @@ from mptorrent.errors import BadTorrent, Cancelled, DownloadError, StorageError
 from mptorrent.messages import PeerAddr
 
 if TYPE_CHECKING:
+    from mptorrent.engine.coordinator import FetchOptions, SeedAfter
+    from mptorrent.proto.magnet import Magnet
     from mptorrent.proto.metainfo import Metainfo
 
 Source: TypeAlias = "str | os.PathLike[str] | bytes | Torrent"
@@ -55,6 +57,7 @@ class Torrent:
         self.meta = meta  # the parsed metainfo (mptorrent.proto.metainfo.Metainfo)
         self.data = data  # the .torrent's bytes, when known
         self.peers: tuple[PeerAddr, ...] = ()  # from_magnet: the peers that had the metadata
+        self.peer_sources: dict[PeerAddr, ev.PeerSource] = {}  # where those came from
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | bytes) -> Torrent:
@@ -64,11 +67,12 @@ class Torrent:
         if isinstance(source, bytes):
             return cls(metainfo.parse(source), source)
         path = Path(source)
+        meta = metainfo.load(path)  # its errors: a directory, too big, unreadable, not bencode
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise BadTorrent(f"cannot read {path}: {exc.strerror}") from None
-        return cls(metainfo.load(path), data)
+        return cls(meta, data)
 
     @classmethod
     def from_magnet(
@@ -76,16 +80,30 @@ class Torrent:
         timeout: float = 60.0, bind: str = "0.0.0.0", on_event: ev.EventSink | None = None,
     ) -> Torrent:  # fmt: skip
         """Fetch a magnet link's metadata from its peers (``x.pe``, ``peers``, trackers)."""
-        from mptorrent.engine.metadata import fetch_metadata
-        from mptorrent.proto.magnet import parse_magnet, torrent_from_metadata
+        from mptorrent.proto.magnet import parse_magnet
 
-        magnet = parse_magnet(uri)
+        return cls._from_magnet(
+            parse_magnet(uri), peers=_peers(peers), trackers=trackers, timeout=timeout,
+            bind=bind, emit=on_event or ev.ignore,
+        )  # fmt: skip
+
+    @classmethod
+    def _from_magnet(
+        cls, magnet: Magnet, *, peers: tuple[PeerAddr, ...], trackers: bool, timeout: float,
+        bind: str, emit: ev.EventSink, port: int = 0,
+    ) -> Torrent:  # fmt: skip
+        """``port``: the one the download will listen on, announced meanwhile; 0: not known
+        yet (6881 is announced, and "stopped" once the metadata is in)."""
+        from mptorrent.engine.metadata import fetch_metadata
+        from mptorrent.proto.magnet import torrent_from_metadata
+
         found = fetch_metadata(
-            magnet, peers=_peers(peers), use_trackers=trackers, bind=bind, timeout=timeout,
-            events=on_event or ev.ignore, announce_stopped=True,
+            magnet, peers=peers, use_trackers=trackers, port=port, bind=bind, timeout=timeout,
+            events=emit, announce_stopped=port == 0,
         )  # fmt: skip
         t = cls(found.meta, torrent_from_metadata(found.info, magnet))
         t.peers = found.peers
+        t.peer_sources = dict(found.sources)
         return t
 
     @property
@@ -159,21 +177,6 @@ def _peers(peers: Iterable[PeerLike]) -> tuple[PeerAddr, ...]:
     return tuple(out)
 
 
-def _torrent(
-    source: Source, peers: tuple[PeerAddr, ...], trackers: bool, bind: str, timeout: float,
-    emit: ev.EventSink,
-) -> Torrent:  # fmt: skip
-    from mptorrent.proto.magnet import is_magnet
-
-    if isinstance(source, Torrent):
-        return source
-    if isinstance(source, str) and is_magnet(source):
-        return Torrent.from_magnet(
-            source, peers=peers, trackers=trackers, timeout=timeout, bind=bind, on_event=emit
-        )
-    return Torrent.load(source)
-
-
 def fetch(
     source: Source,
     output: str | os.PathLike[str] | None = None,
@@ -187,6 +190,9 @@ def fetch(
     max_peers: int = 50,
     metadata_timeout: float = 60.0,
     io: IoMode = "auto",
+    seed_ratio: float | None = None,
+    seed_time: float | None = None,
+    save_torrent: str | os.PathLike[str] | None = None,
 ) -> FetchResult:
     """Download ``source`` (a .torrent path, its bytes, a magnet URI or a :class:`Torrent`)
     into ``output`` (default: ./NAME) and return once it is complete and verified.
@@ -195,41 +201,148 @@ def fetch(
     besides the trackers' (``trackers=False``: only these); ``port``: where to accept peers
     (0: any free port).  ``on_event`` receives every :mod:`mptorrent.events` record, on this
     thread.  Data already in ``output`` is verified and kept: a second call resumes.
+
+    ``seed_ratio`` / ``seed_time`` (seconds): once complete, keep seeding on the same
+    connections until uploaded/size reaches the ratio or the time is up, whichever comes
+    first (the call returns then).  ``save_torrent``: write the .torrent there (a magnet
+    link's once its metadata is verified).
     """
     return _fetch(
         source, output, workers=workers, peers=_peers(peers), trackers=trackers,
         emit=on_event or ev.ignore, port=port, bind=bind, max_peers=max_peers,
-        metadata_timeout=metadata_timeout, io=io,
+        metadata_timeout=metadata_timeout, io=io, seed_ratio=seed_ratio, seed_time=seed_time,
+        save_torrent=save_torrent,
     )  # fmt: skip
 
 
 def _fetch(
     source: Source, output: str | os.PathLike[str] | None, *, workers: int | None,
     peers: tuple[PeerAddr, ...], trackers: bool, emit: ev.EventSink, port: int, bind: str,
-    max_peers: int, metadata_timeout: float, io: IoMode,
+    max_peers: int, metadata_timeout: float, io: IoMode, seed_ratio: float | None,
+    seed_time: float | None, save_torrent: str | os.PathLike[str] | None,
 ) -> FetchResult:  # fmt: skip
-    from mptorrent.engine.coordinator import FetchOptions, metadata_event, output_path
-    from mptorrent.engine.coordinator import fetch as run_fetch
-    from mptorrent.mp import default_jobs
-
     t0 = time.monotonic()
-    torrent = _torrent(source, peers, trackers, bind, metadata_timeout, emit)
+    torrent, opts = prepare(
+        source, workers=workers, peers=peers, trackers=trackers, emit=emit, port=port,
+        bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
+        seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent,
+    )  # fmt: skip
+    return download(torrent, output, opts, emit, t0)
+
+
+def prepare(
+    source: Source, *, workers: int | None, peers: tuple[PeerAddr, ...], trackers: bool,
+    emit: ev.EventSink, port: int, bind: str, max_peers: int, metadata_timeout: float,
+    io: IoMode, seed_ratio: float | None = None, seed_time: float | None = None,
+    save_torrent: str | os.PathLike[str] | None = None,
+    warn: Callable[[str], None] | None = None, on_seeding: Callable[[], None] | None = None,
+    peer_option: str = "peer",
+) -> tuple[Torrent, FetchOptions]:  # fmt: skip
+    """:func:`fetch`'s first half, apart for the command line (which runs the second,
+    :func:`download`, under its own signal handling): the torrent (a magnet link's metadata
+    fetched), saved if asked, and the fetch's options; nothing is created on disk.
+
+    ``warn`` gets the magnet link's and the torrent's warnings (skipped trackers...);
+    ``on_seeding`` is called when seeding after the download begins; ``peer_option``
+    names the peers given in the no-peers error (the command line says ``--peer``)."""
+    from mptorrent.engine.coordinator import FetchOptions
+    from mptorrent.mp import default_jobs
+    from mptorrent.proto.magnet import is_magnet, parse_magnet
+
+    if isinstance(source, Torrent):
+        torrent = source
+    elif isinstance(source, str) and is_magnet(source):
+        magnet = parse_magnet(source)  # BadMagnet: exit 3
+        _warn(warn, magnet.warnings)
+        torrent = Torrent._from_magnet(
+            magnet, peers=peers, trackers=trackers, timeout=metadata_timeout, bind=bind,
+            emit=emit, port=port,
+        )  # fmt: skip
+        _save(torrent, save_torrent)
+        save_torrent = None
+    else:
+        torrent = Torrent.load(source)
+    _warn(warn, torrent.meta.warnings)
+    _save(torrent, save_torrent)  # a .torrent: after its warnings
     meta = torrent.meta
     peers = tuple(dict.fromkeys((*torrent.peers, *peers)))
     if not peers and (not trackers or not meta.trackers):
+        # decided before anything is created on disk
         why = "trackers are turned off" if not trackers else "the torrent lists no usable trackers"
-        raise DownloadError(f"no peers: {why} and no peer was given")
+        raise DownloadError(f"no peers: {why} and no {peer_option} was given")
     opts = FetchOptions(
         jobs=workers or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
-        use_trackers=trackers, io=io,
+        use_trackers=trackers, io=io, sources=torrent.peer_sources,
+        seed_after=_seed_after(meta.total_length, seed_ratio, seed_time, on_seeding),
     )  # fmt: skip
+    return torrent, opts
+
+
+def download(
+    torrent: Torrent, output: str | os.PathLike[str] | None, opts: FetchOptions,
+    emit: ev.EventSink, t0: float,
+) -> FetchResult:  # fmt: skip
+    """:func:`fetch`'s second half (see :func:`prepare`): says which torrent it is (the
+    ``Metadata`` event), then downloads; ``t0`` is when the fetch began (its elapsed time)."""
+    from mptorrent.engine.coordinator import fetch as run_fetch
+    from mptorrent.engine.coordinator import metadata_event, output_path
+
+    meta = torrent.meta
+    out = None if output is None else Path(output)
     emit(metadata_event(meta))
-    res = run_fetch(meta, None if output is None else Path(output), opts, emit)
+    res = run_fetch(meta, out, opts, emit)
     return FetchResult(
-        path=output_path(meta, None if output is None else Path(output)),
-        bytes=meta.total_length, elapsed=time.monotonic() - t0, info_hash=meta.info_hash_hex,
-        downloaded=res.downloaded, resumed=res.resumed_pieces, peers_used=res.peers_used,
+        path=output_path(meta, out), bytes=meta.total_length, elapsed=time.monotonic() - t0,
+        info_hash=meta.info_hash_hex, downloaded=res.downloaded, resumed=res.resumed_pieces,
+        peers_used=res.peers_used,
     )  # fmt: skip
+
+
+def _warn(warn: Callable[[str], None] | None, warnings: Iterable[str]) -> None:
+    if warn is not None:
+        for w in warnings:
+            warn(w)
+
+
+def _save(torrent: Torrent, path: str | os.PathLike[str] | None) -> None:
+    if path is None:
+        return
+    data = torrent.data
+    if data is None:  # a Torrent made from parsed metadata alone
+        raise ValueError("save_torrent: this Torrent has no .torrent bytes to write")
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _seed_after(
+    total: int, ratio: float | None, seconds: float | None, on_seeding: Callable[[], None] | None
+) -> SeedAfter | None:
+    """Seeding once complete, by the fetch's own workers, until whichever limit comes
+    first; uploads during the download count towards the ratio."""
+    from mptorrent.engine.coordinator import SeedAfter
+
+    if ratio is None and seconds is None:
+        return None
+    if (ratio is not None and ratio <= 0) or (seconds is not None and seconds <= 0):
+        raise ValueError("seed_ratio and seed_time must be positive")
+    target = ratio * total if ratio is not None else None
+    deadline: float | None = None
+
+    def started(_download: object) -> None:
+        nonlocal deadline
+        if seconds is not None:
+            deadline = time.monotonic() + seconds
+        if on_seeding is not None:  # the download's summary is out (its Done event)
+            on_seeding()
+
+    def until(uploaded: int) -> bool:
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        return target is not None and uploaded >= target
+
+    return SeedAfter(until=until, started=started)
 
 
 # -- the non-blocking handle ----------------------------------------------------------------
@@ -370,6 +483,9 @@ def start(
     max_peers: int = 50,
     metadata_timeout: float = 60.0,
     io: IoMode = "auto",
+    seed_ratio: float | None = None,
+    seed_time: float | None = None,
+    save_torrent: str | os.PathLike[str] | None = None,
 ) -> Download:
     """Begin :func:`fetch` on a thread and return its :class:`Download` handle at once.
     ``on_event`` (if given) is called on that thread."""
@@ -379,6 +495,7 @@ def start(
         return _fetch(
             source, output, workers=workers, peers=peer_addrs, trackers=trackers, emit=sink,
             port=port, bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
+            seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent,
         )  # fmt: skip
 
     return Download(run, on_event)
@@ -472,9 +589,12 @@ def seed(
     until: Callable[[int], bool] | None = None,
     on_ready: Callable[[int], None] | None = None,
     io: IoMode = "auto",
+    on_progress: Callable[[int], None] | None = None,
 ) -> SeedResult:
     """Serve ``path``'s data until ``until(bytes uploaded)`` is true (checked a few times a
-    second) or KeyboardInterrupt; ``on_ready`` gets the port once peers can connect."""
+    second) or KeyboardInterrupt; ``on_ready`` gets the port once peers can connect (as
+    ``on_event`` gets :class:`~mptorrent.events.SeedingReady`).  The data is verified
+    first: ``on_progress`` gets bytes checked, as they are."""
     from mptorrent.engine.seeder import Seeder
     from mptorrent.mp import default_jobs
 
@@ -492,7 +612,7 @@ def seed(
             ready(seeder.stats.port)
 
         threading.Thread(target=tell, daemon=True).start()
-    stats = seeder.run()
+    stats = seeder.run(progress=on_progress)
     return SeedResult(stats.uploaded, stats.port)
 
 

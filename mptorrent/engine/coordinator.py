@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, assert_never
@@ -100,6 +100,8 @@ class FetchOptions:
 
     jobs: int = 1
     peers: tuple[PeerAddr, ...] = ()
+    # where ``peers`` came from (a magnet's metadata phase knows); those not here: "manual"
+    sources: Mapping[PeerAddr, ev.PeerSource] = field(default_factory=dict)
     port: int = 6881
     bind: str | None = None  # accept peers on (bind, port) while fetching; None: only dial out
     max_peers: int = 50
@@ -162,6 +164,7 @@ class Coordinator:
         self.peer_id = tracker.make_peer_id()
         self.slots = [_Slot(w) for w in range(max(1, opts.jobs))]
         self.known: set[PeerAddr] = set()
+        self.sources: dict[PeerAddr, ev.PeerSource] = {}  # where we first heard of each
         self.banned: dict[PeerAddr, str] = {}
         self.inbox: queue.Queue[InboxItem] = queue.Queue()
         # One shared done-map: workers see each other's verified pieces (endgame,
@@ -286,7 +289,7 @@ class Coordinator:
             return self._result(t0, resumed)
         self.done_map[: self.meta.num_pieces] = have
         for addr in self.opts.peers:
-            self._add_peer(addr)
+            self._add_peer(addr, self.opts.sources.get(addr, "manual"))
         self._listen()
         try:
             if self.opts.use_trackers and self.announcer:
@@ -350,8 +353,9 @@ class Coordinator:
 
     # -- peers and trackers -------------------------------------------------
 
-    def _add_peer(self, addr: PeerAddr) -> None:
-        """Give a new peer to the worker with the fewest."""
+    def _add_peer(self, addr: PeerAddr, source: ev.PeerSource) -> None:
+        """Give a new peer to the worker with the fewest; remember where it came from."""
+        self.sources.setdefault(addr, source)
         if addr in self.known or addr in self.banned or addr.port == 0:
             return
         if self.listen is not None and _is_us(addr, self.listen):
@@ -369,7 +373,7 @@ class Coordinator:
         for addr in msg.peers:
             if len(self.known) >= MAX_PEX_KNOWN:
                 return
-            self._add_peer(addr)
+            self._add_peer(addr, "pex")
 
     def swarm(self) -> frozenset[PeerAddr]:
         """The peers some worker is connected to (its bitfield reported) that others can
@@ -593,9 +597,9 @@ class Coordinator:
     def _on_tracker(self, r: TierResult) -> None:
         with self._lock:
             self.trackers_pending -= 1
-        for err in r.errors:
+        for i, err in enumerate(r.errors):
             if err not in self.tracker_errors[-5:]:
-                self.emit(ev.TrackerError(err))
+                self.emit(ev.TrackerError(err, r.failed[i] if i < len(r.failed) else None))
             self.tracker_errors.append(err)
         if r.url is not None:
             self.emit(ev.TrackerReply(
@@ -603,7 +607,7 @@ class Coordinator:
                 r.incomplete, r.warning,
             ))  # fmt: skip
         for addr in r.peers:
-            self._add_peer(addr)
+            self._add_peer(addr, "tracker")
 
     def _on_worker(self, slot: _Slot, msg: WorkerReport) -> None:
         p = self.picker
@@ -627,7 +631,10 @@ class Coordinator:
                         self.emit(ev.PeerGone(wid, msg.peer))
                 elif msg.peer not in slot.reported:
                     slot.reported.add(msg.peer)
-                    self.emit(ev.PeerConnected(wid, msg.peer))
+                    # not dialled by us (no source): it connected to our port
+                    self.emit(
+                        ev.PeerConnected(wid, msg.peer, self.sources.get(msg.peer, "incoming"))
+                    )
                 p.peer_bitfield((wid, slot.gen, msg.peer), msg.bits, wid)
             case PeerHaves():
                 for i in msg.indices:

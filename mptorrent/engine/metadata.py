@@ -30,7 +30,7 @@ import queue
 import selectors
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -105,6 +105,7 @@ class MetadataResult:
     meta: metainfo.Metainfo  # the torrent it makes with the magnet's trackers
     peers: tuple[PeerAddr, ...]  # peers found, those that answered us first
     seconds: float
+    sources: Mapping[PeerAddr, ev.PeerSource] = field(default_factory=dict)  # of ``peers``
 
 
 class MetadataFetch:
@@ -133,7 +134,7 @@ class MetadataFetch:
         self.announce_stopped = announce_stopped
         self.source = None if bind in (None, "0.0.0.0", "::") else bind
         self.peer_id = tracker.make_peer_id()
-        self.known: dict[PeerAddr, None] = {}  # every address heard of, in order
+        self.known: dict[PeerAddr, ev.PeerSource] = {}  # every address heard of, in order
         self.answered: dict[PeerAddr, None] = {}  # those that completed the handshake
         self.dropped: set[PeerAddr] = set()  # sent metadata that cannot be right
         self.pending: list[PeerAddr] = []  # to dial
@@ -157,14 +158,14 @@ class MetadataFetch:
             )  # fmt: skip
             if not self.announcer:
                 self.announcer = None
-        self._learn([*magnet.peers, *peers])
+        self._learn([*magnet.peers, *peers], "manual")
 
     # -- peers ------------------------------------------------------------------------
 
-    def _learn(self, addrs: Iterable[PeerAddr]) -> None:
+    def _learn(self, addrs: Iterable[PeerAddr], source: ev.PeerSource) -> None:
         for addr in addrs:
             if addr not in self.known and addr not in self.dropped:
-                self.known[addr] = None
+                self.known[addr] = source
                 self.pending.append(addr)
 
     def _on_tracker(self, result: TierResult) -> None:
@@ -183,7 +184,9 @@ class MetadataFetch:
             self.trackers_busy -= 1
             if result.url is None:
                 if result.errors:
-                    self.emit(ev.TrackerError("; ".join(result.errors)))
+                    one = len(set(result.failed)) == 1  # else the message names each
+                    url = result.failed[0] if one else None
+                    self.emit(ev.TrackerError("; ".join(result.errors), url))
                 continue
             self.emit(
                 ev.TrackerReply(
@@ -191,7 +194,7 @@ class MetadataFetch:
                     result.interval, result.complete, result.incomplete, result.warning,
                 )
             )  # fmt: skip
-            self._learn(result.peers)
+            self._learn(result.peers, "tracker")
 
     def _announce(self, now: float, first: bool) -> None:
         if self.announcer is None:
@@ -470,7 +473,8 @@ class MetadataFetch:
                 meta.name, meta.total_length, meta.num_pieces, seconds, len(done.peers)
             )
         )
-        return MetadataResult(done.info, meta, peers, seconds)
+        sources = {a: self.known.get(a, "incoming") for a in peers}
+        return MetadataResult(done.info, meta, peers, seconds, sources)
 
 
 def fetch_metadata(

@@ -126,6 +126,10 @@ class Seeder:
             if self.use_trackers and announcer:
                 announcer.announce(event="started", left=left, on_result=self.inbox.put, wait=5.0)
             self.ready.set()
+            self.emit(ev.SeedingReady(
+                self.meta.name, self.bind, self.stats.port, self.stats.valid_pieces,
+                self.meta.num_pieces,
+            ))  # fmt: skip
             while not self.stop_requested.is_set():
                 if self.until is not None and self.until(self.stats):
                     break
@@ -164,8 +168,9 @@ class Seeder:
                     for msg in item.reports:
                         self._on_worker(msg)
                 case TierResult():
-                    for err in item.errors:
-                        self.emit(ev.TrackerError(err))
+                    for i, err in enumerate(item.errors):
+                        url = item.failed[i] if i < len(item.failed) else None
+                        self.emit(ev.TrackerError(err, url))
             try:
                 item = self.inbox.get_nowait()
             except queue.Empty:

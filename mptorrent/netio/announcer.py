@@ -53,6 +53,7 @@ class TierResult:
     peers: tuple[PeerAddr, ...] = ()
     interval: int | None = None
     errors: tuple[str, ...] = ()  # one line each, naming trackers by host:port only
+    failed: tuple[str, ...] = ()  # errors' trackers, redact()ed: failed[i] said errors[i]
     tier: int = 0
     # what was sent: "started" stands in for a first regular announce
     event: tracker.Event | None = None
@@ -293,6 +294,7 @@ class Announcer:
 
     def _tier(self, tier: _Tier, req: tracker.AnnounceRequest, on_result: OnResult | None) -> None:
         errors: list[str] = []
+        failed: list[str] = []
         result = TierResult(None, tier=tier.index, event=req.event)
         try:
             with tier.lock:  # in order: a "stopped" must not overtake our "started"
@@ -311,6 +313,7 @@ class Announcer:
                         )
                     except Exception as exc:  # a tracker must never take the client down
                         errors.append(_describe(url, exc))
+                        failed.append(redact(url))
                         continue
                     with self._lock:
                         self._answered(tier, url, req.event, resp)
@@ -334,7 +337,7 @@ class Announcer:
             with self._lock:
                 tier.inflight -= 1
             if on_result is not None:
-                on_result(replace(result, errors=tuple(errors)))
+                on_result(replace(result, errors=tuple(errors), failed=tuple(failed)))
 
     @staticmethod
     def _answered(

@@ -134,3 +134,21 @@ def test_a_magnet_link_from_python(single_case: TorrentCase, swarm: Swarm, tmp_p
     assert same_tree(out, single_case.payload.root) and res.bytes == meta.total_length
     kinds = [type(e) for e in seen]
     assert kinds[:3] == [ev.FetchingMetadata, ev.MetadataReceived, ev.Metadata]
+
+
+def test_fetch_takes_the_command_lines_options_seeding_after_and_saving_the_torrent(
+    single_case: TorrentCase, swarm: Swarm, tmp_path: Path
+) -> None:
+    """What ``fetch --seed-time --save-torrent`` does, from Python (the CLI calls this API)."""
+    seen: list[ev.Event] = []
+    copy = tmp_path / "copy.torrent"
+    mptorrent.fetch(
+        single_case.torrent, tmp_path / "out.bin", workers=2, peers=swarm.addrs,
+        trackers=False, on_event=seen.append, seed_time=0.3, save_torrent=copy,
+    )  # fmt: skip
+    assert copy.read_bytes() == single_case.torrent
+    assert same_tree(tmp_path / "out.bin", single_case.payload.root)
+    kinds = [type(e) for e in seen]
+    assert ev.Done in kinds and kinds[-1] is ev.Seeded
+    sources = {e.source for e in seen if isinstance(e, ev.PeerConnected)}
+    assert sources == {"manual"}  # the peers given

@@ -9,6 +9,7 @@ Torrents are made by libtorrent (tests/swarm.py).  Seeders of the single-file to
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ import pytest
 
 from mptorrent.proto import metainfo
 from tests.interop.opentracker import OpenTracker, run_opentracker
+from tests.schema_check import validate
 from tests.spread import (
     CLI_WITH_RESULT,
     RESULT_ENV,
@@ -38,6 +40,7 @@ from tests.swarm import Swarm, TorrentCase, same_tree
 pytestmark = pytest.mark.interop
 
 FETCH_TIMEOUT = 60.0
+SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "events.schema.json").read_text())
 SUMMARY = re.compile(
     r"done: [\d.]+ \S+ in [\d.]+ s, [\d.]+ \S+/s average, (?P<peers>\d+) peer\(s\) used"
     r"(, (?P<resumed>\d+) piece\(s\) already on disk)?"
@@ -190,6 +193,36 @@ def test_fetch_through_opentracker(
     assert same_tree(out, case.payload.root)
     # the peers came from opentracker (no --peer), and we told it we finished
     assert scrape(tracker, case.meta.info_hash).get(b"downloaded", 0) == before + 1
+
+
+@pytest.mark.parametrize("setup", ["single"], indirect=True)
+def test_json_says_the_peers_came_from_the_tracker(
+    setup: tuple[TorrentCase, Swarm, Path], tracker: OpenTracker, tmp_path: Path
+) -> None:
+    """--json: every peer the fetch dialled came from opentracker (no --peer), so its ``peer``
+    lines say ``tracker``; ``tracker`` lines name their tracker, a failed one too, without the
+    passkey in its path."""
+    case, swarm, _torrent = setup
+    dead = f"http://127.0.0.1:{unused_port()}"
+    d = lt.bdecode(with_tracker(case.torrent, tracker.announce_url))
+    d[b"announce-list"] = [[tracker.announce_url.encode()], [f"{dead}/SECRET/announce".encode()]]
+    torrent = tmp_path / "two-tiers.torrent"
+    torrent.write_bytes(lt.bencode(d))
+    proc = run_fetch(torrent, tmp_path / "out", "-j", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    for line in lines:
+        validate(line, SCHEMA)
+    assert lines[-1]["event"] == "done"
+    seeders = {f"{h}:{p}" for h, p in swarm.addrs}
+    dialled = {(g["address"], g["source"]) for g in lines if g["event"] == "peer"}
+    assert dialled and {a for a, _ in dialled} <= seeders, dialled
+    assert {src for _, src in dialled} == {"tracker"}, dialled
+    trackers = [g for g in lines if g["event"] == "tracker"]
+    ours = urllib.parse.urlsplit(tracker.announce_url)
+    assert {g["url"] for g in trackers if g["outcome"] == "ok"} == {f"http://{ours.netloc}"}
+    assert {g["url"] for g in trackers if g["outcome"] == "error"} == {dead}, trackers
+    assert "SECRET" not in proc.stdout
 
 
 @pytest.mark.parametrize("setup", ["single"], indirect=True)

@@ -190,6 +190,35 @@ def test_sigint_midway_ends_the_stream_with_error_130(
     assert not progress or progress[-1] < size
 
 
+def test_a_closed_stdout_stops_the_fetch_quietly_with_141(
+    single_case: TorrentCase, torrent: Path, tmp_path: Path
+) -> None:
+    """``fetch --json | head -1``: once nobody reads, the fetch stops as Ctrl-C stops it
+    (within moments: a line is due every 0.5 s), with no traceback and no words, exit 141."""
+    with Swarm(
+        single_case.torrent, single_case.save_dir, n_seeders=3, first_ip=54,
+        upload_rate_limit=9 * 512 * 1024, use_trackers=False,
+    ) as slow:  # fmt: skip
+        proc = subprocess.Popen(
+            cli("fetch", str(torrent), "-o", str(tmp_path / "out.bin"), "-j", "2", "--port", "0",
+                "--no-trackers", *peer_args(slow), "--json"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            proc.stdout.close()  # what head -1 does once it has its line
+            proc.stdout = None  # (communicate reads only stderr)
+            _, stderr = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert json.loads(first)["event"] == "metadata"
+    assert proc.returncode == 141, stderr
+    assert stderr == ""
+
+
 def test_seed_json_ready_then_sigterm_ends_with_error_130(
     single_case: TorrentCase, torrent: Path
 ) -> None:
