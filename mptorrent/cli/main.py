@@ -7,12 +7,13 @@ error's exit status; a traceback appears only with ``-v``.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Never, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, Never, NoReturn
 
 import click
 
@@ -182,6 +183,45 @@ metadata_timeout_option = click.option(
 )  # fmt: skip
 
 
+class DhtChoice(NamedTuple):
+    """The DHT options of fetch, seed and info MAGNET, as one parameter."""
+
+    on: bool
+    bootstrap: tuple[tuple[str, int], ...]
+    port: int | None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"dht": self.on, "dht_bootstrap": self.bootstrap, "dht_port": self.port}
+
+
+def dht_options(f: Callable[..., None]) -> Callable[..., None]:
+    """``--dht/--no-dht``, ``--dht-bootstrap`` and ``--dht-port``, passed to ``f`` as
+    one ``dht`` keyword (a :class:`DhtChoice`)."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any, dht_on: bool, dht_bootstrap: tuple[PeerAddr, ...], dht_port: int | None,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        boot = tuple((a.host, a.port) for a in dht_bootstrap)
+        f(*args, dht=DhtChoice(dht_on, boot, dht_port), **kwargs)
+
+    wrapper = click.option(
+        "--dht-port", type=click.IntRange(0, 65535),
+        help="UDP port of the DHT node [default: the --port number; 0: any free port].",
+    )(wrapper)  # fmt: skip
+    wrapper = click.option(
+        "--dht-bootstrap", multiple=True, callback=_peers, metavar="HOST:PORT",
+        help="Bootstrap the DHT from this node (repeatable); replaces the built-in routers "
+        "and the routing table saved in $XDG_CACHE_HOME/mptorrent/dht.dat.",
+    )(wrapper)  # fmt: skip
+    wrapper = click.option(
+        "--dht/--no-dht", "dht_on", default=True, show_default=True,
+        help="Find peers in the DHT (BEP 5); never for private torrents.",
+    )(wrapper)  # fmt: skip
+    return wrapper
+
+
 def _save_torrent(path: Path, data: bytes) -> None:
     from mptorrent.errors import StorageError
 
@@ -285,10 +325,11 @@ def _json_lines(
 @click.option("--no-trackers", is_flag=True, help="Ask only x.pe and --peer peers (magnet links).")
 @save_torrent_option
 @metadata_timeout_option
+@dht_options
 @verbose_option
 def info(
     torrent: str, as_json: bool, peers: tuple[PeerAddr, ...], bind: str, no_trackers: bool,
-    save_torrent: Path | None, metadata_timeout: float,
+    save_torrent: Path | None, metadata_timeout: float, dht: DhtChoice,
 ) -> None:  # fmt: skip
     """Show what a .torrent file holds, or a magnet link's torrent (its metadata is
     fetched from peers first)."""
@@ -299,7 +340,7 @@ def info(
 
         return fetch_metadata(
             magnet, peers=peers, use_trackers=not no_trackers, bind=bind,
-            timeout=metadata_timeout, events=_notes(), announce_stopped=True,
+            timeout=metadata_timeout, events=_notes(), announce_stopped=True, **dht.kwargs(),
         )  # fmt: skip
 
     meta, _found = load_source(torrent, save_torrent=save_torrent, magnet_phase=phase)
@@ -586,6 +627,10 @@ class BarProgress:
               help="After completing, keep seeding for MIN minutes.")  # fmt: skip
 @save_torrent_option
 @metadata_timeout_option
+@dht_options
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Give up (exit 1) after SEC without any data received "
+              "(no peer found, or none sends).")  # fmt: skip
 @io_option
 @json_option
 @quiet_option
@@ -594,7 +639,7 @@ def fetch(
     torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
-    as_json: bool, quiet: bool,
+    as_json: bool, quiet: bool, dht: DhtChoice, stall_timeout: float,
 ) -> None:  # fmt: skip
     """Download a torrent (a .torrent file or a magnet link) with parallel worker processes."""
     seeds = seed_ratio is not None or seed_time is not None
@@ -603,7 +648,8 @@ def fetch(
     with _json_stream(stream):
         _fetch(
             torrent, output, jobs, peers, port, bind, max_peers, no_trackers, seed_ratio,
-            seed_time, save_torrent, metadata_timeout, io, quiet or as_json, stream,
+            seed_time, save_torrent, metadata_timeout, io, quiet or as_json, stream, dht,
+            stall_timeout,
         )  # fmt: skip
 
 
@@ -611,7 +657,7 @@ def _fetch(
     torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
-    quiet: bool, stream: JsonLines | None,
+    quiet: bool, stream: JsonLines | None, dht: DhtChoice, stall_timeout: float,
 ) -> None:  # fmt: skip
     from mptorrent.engine.coordinator import FetchOptions
     from mptorrent.engine.coordinator import fetch as run_fetch
@@ -626,13 +672,13 @@ def _fetch(
             magnet, peers=peers, use_trackers=not no_trackers, port=port, bind=bind,
             timeout=metadata_timeout, events=progress,
             # the download announces its own port; with --port 0 this phase's was a guess
-            announce_stopped=port == 0,
+            announce_stopped=port == 0, **dht.kwargs(),
         )  # fmt: skip
 
     meta, found = load_source(torrent, quiet=quiet, save_torrent=save_torrent, magnet_phase=phase)
     # the peers that gave the metadata first: the download starts with them
     peers = tuple(dict.fromkeys((*found, *peers)))
-    if not peers and (no_trackers or not meta.trackers):
+    if not peers and (no_trackers or not meta.trackers) and not (dht.on and not meta.private):
         # decided before anything is created on disk
         why = "trackers are turned off" if no_trackers else "the torrent lists no usable trackers"
         raise DownloadError(f"no peers: {why} and no --peer was given")
@@ -641,7 +687,8 @@ def _fetch(
         seed_after = _seed_after(meta.total_length, seed_ratio, seed_time, progress, quiet)
     opts = FetchOptions(
         jobs=jobs or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
-        use_trackers=not no_trackers, io=io, seed_after=seed_after,
+        use_trackers=not no_trackers, io=io, seed_after=seed_after, stall_timeout=stall_timeout,
+        **dht.kwargs(),
     )  # fmt: skip
     if stream is not None:  # which torrent, before anything else the download says
         from mptorrent.engine.coordinator import metadata_event
@@ -707,23 +754,24 @@ def _sigterm_as_interrupt() -> Iterator[None]:
               help="Port to listen on (0: any free port).")  # fmt: skip
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--no-trackers", is_flag=True, help="Do not announce.")
+@dht_options
 @io_option
 @json_option
 @quiet_option
 @verbose_option
 def seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
-    io: IoChoice, as_json: bool, quiet: bool,
+    io: IoChoice, as_json: bool, quiet: bool, dht: DhtChoice,
 ) -> None:  # fmt: skip
     """Serve a torrent's data to other peers until Ctrl-C."""
     stream = _json_lines(as_json)
     with _json_stream(stream):
-        _seed(torrent, path, jobs, port, bind, no_trackers, io, quiet or as_json, stream)
+        _seed(torrent, path, jobs, port, bind, no_trackers, io, quiet or as_json, stream, dht)
 
 
 def _seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
-    io: IoChoice, quiet: bool, stream: JsonLines | None,
+    io: IoChoice, quiet: bool, stream: JsonLines | None, dht: DhtChoice,
 ) -> None:  # fmt: skip
     from mptorrent.engine.seeder import Seeder
 
@@ -745,7 +793,7 @@ def _seed(
 
     seeder = Seeder(
         meta, path, jobs=jobs or default_jobs(), bind=bind, port=port, io=io,
-        use_trackers=not no_trackers, events=show,
+        use_trackers=not no_trackers, events=show, **dht.kwargs(),
     )  # fmt: skip
 
     def announce_ready() -> None:
