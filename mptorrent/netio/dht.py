@@ -52,6 +52,10 @@ MAX_WAIT: Final = 0.25  # the thread looks at new requests and the stop flag thi
 PeersCallback = Callable[[bytes, tuple[PeerAddr, ...]], None]
 
 
+class DhtError(MptorrentError):
+    """The DHT node cannot run (its UDP socket cannot be bound)."""
+
+
 class NonLoopbackDestination(MptorrentError):
     """A datagram to a non-loopback address while ``MPTORRENT_LOOPBACK_ONLY`` is set."""
 
@@ -126,9 +130,14 @@ class Dht:
         family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.bind((self.bind, self.port))
-        except OSError:
-            sock.bind((self.bind, 0))  # a busy DHT port is no reason to fail a download
+            try:
+                sock.bind((self.bind, self.port))
+            except OSError:
+                sock.bind((self.bind, 0))  # a busy DHT port is no reason to fail a download
+        except OSError as exc:
+            sock.close()
+            why = f"cannot bind the DHT's UDP socket to {self.bind}: {exc.strerror}"
+            raise DhtError(why) from None
         sock.setblocking(False)
         self.sock = sock
         self.port = sock.getsockname()[1]

@@ -219,6 +219,23 @@ def test_seed_is_found_through_the_dht_by_libtorrent(
             client.close()
 
 
+def test_stall_timeout_ends_a_fetch_nobody_seeds(loopback_dht: LoopbackDht, tmp_path: Path) -> None:
+    """The DHT answers but knows no peer: no tracker failure ends the fetch, the stall does."""
+    case = single_file_case(tmp_path / "data", 100 * KiB, 16 * KiB, seed=99)
+    torrent = write_torrent(tmp_path, case.torrent)
+    cache = tmp_path / "cache"
+    started = time.monotonic()
+    proc = run(
+        mptorrent("fetch", torrent, "-o", tmp_path / "out", "-q", "--bind", f"{NET}.26",
+                  "--port", "0", "--dht-bootstrap", loopback_dht.bootstrap,
+                  "--stall-timeout", "4", cache=cache),
+        cache, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "stalled: no peer found for 4 s" in proc.stderr
+    assert 4 <= time.monotonic() - started < 30
+
+
 def test_the_dht_socket_refuses_non_loopback_destinations() -> None:
     """The net under every test: with MPTORRENT_LOOPBACK_ONLY (the root conftest sets it),
     a DHT datagram to a non-loopback address is an error, not a packet."""
