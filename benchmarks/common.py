@@ -294,7 +294,7 @@ def mptorrent_fetch_cmd(
     torrent: Path, out: Path, peers: Iterable[tuple[str, int]], jobs: int
 ) -> list[str]:
     cmd = [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o", str(out),
-           "-j", str(jobs), "--no-trackers", "-q"]  # fmt: skip
+           "-j", str(jobs), "--no-trackers", "--no-dht", "-q"]  # fmt: skip
     for host, port in peers:
         cmd += ["--peer", f"{host}:{port}"]
     return cmd

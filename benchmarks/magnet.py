@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
                     if client == MP:
                         cmd = [sys.executable, "-m", "mptorrent", "fetch", uri,
                                "-o", str(out_dir / NAME), "-j", str(args.jobs), "--no-trackers",
-                               "--bind", MPTORRENT_IP, "--port", "0"]  # fmt: skip
+                               "--bind", MPTORRENT_IP, "--port", "0", "--no-dht"]  # fmt: skip
                         ip = MPTORRENT_IP
                     else:
                         cmd = [sys.executable, str(Path(__file__).resolve()), "lt-magnet", uri,

@@ -279,7 +279,7 @@ def client_cmd(client: Client, setup: SwarmSetup, out_dir: Path) -> list[str]:
     if client.kind == "mptorrent":
         return [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o",
                 str(out_dir / wl.name), "-j", str(client.jobs), "--bind", MP_IP, "--port", "0",
-                "--io", client.io, "-q"]  # fmt: skip
+                "--io", client.io, "-q", "--no-dht"]  # fmt: skip
     if client.kind == LT:
         return [sys.executable, str(Path(__file__).resolve()), "lt-leech", str(torrent),
                 str(out_dir), "--tracker", setup.tracker_url, "--ip", LT_IP]  # fmt: skip

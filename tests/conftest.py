@@ -97,3 +97,20 @@ def opentracker_bin() -> str:
     if path is None:
         pytest.skip("opentracker is not installed")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dht_stays_home(tmp_path_factory: pytest.TempPathFactory) -> Generator[None, None, None]:
+    """No test reaches the public DHT, nor reads or writes the user's saved routing table.
+
+    Every process a test starts inherits these: the DHT's built-in routers become an
+    address where nothing listens (``MPTORRENT_DHT_ROUTERS``), the routing table is kept in
+    a temporary cache directory (``XDG_CACHE_HOME``), and a DHT datagram to any non-loopback
+    address raises (``MPTORRENT_LOOPBACK_ONLY``). Tests still pass ``--no-dht`` or a loopback
+    ``--dht-bootstrap``: this is the net under them.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPTORRENT_DHT_ROUTERS", "127.0.0.1:1")
+        mp.setenv("MPTORRENT_LOOPBACK_ONLY", "1")
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield

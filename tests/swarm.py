@@ -351,6 +351,72 @@ def session_settings(ip: str, port: int, *, seed: bool, encryption: bool = False
     return base
 
 
+def dht_settings() -> dict[str, Any]:
+    """Settings that turn a session's DHT on for a loopback DHT of our own (issue 15).
+
+    No public bootstrap node; libtorrent's private-address restrictions off (every node is on
+    127.x), its rate limit off and unverified node ids accepted (ids are not derived from
+    loopback addresses).  LSD, UPnP and NAT-PMP stay off as in ``session_settings``.
+    """
+    return {
+        "enable_dht": True,
+        "dht_bootstrap_nodes": "",
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "dht_restrict_routing_ips": False,
+        "dht_restrict_search_ips": False,
+        "dht_block_ratelimit": 0,
+        "dht_prefer_verified_node_ids": False,
+        "dht_announce_interval": 5,
+        "alert_mask": lt.alert_category.error | lt.alert_category.status
+        | lt.alert_category.dht | lt.alert_category.dht_operation,
+    }  # fmt: skip
+
+
+class LtDhtNode:
+    """A libtorrent session that is only a DHT node, on its own loopback address."""
+
+    def __init__(self, ip: str) -> None:
+        _check_loopback(ip)
+        settings = session_settings(ip, 0, seed=False)
+        settings.update(dht_settings())
+        self.ip = ip
+        self.session: Any = lt.session(settings)
+        deadline = time.monotonic() + 10
+        while not self.session.listen_port() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (self.ip, int(self.session.listen_port()))
+
+    def close(self) -> None:
+        self.session.pause()
+        del self.session
+
+
+def dht_mesh(sessions: Iterable[Any], addrs: Iterable[tuple[str, int]]) -> None:
+    """Introduce every node to every session.  Nodes named only as bootstrap nodes never
+    enter libtorrent's routing table, so ``add_dht_node`` it is."""
+    nodes = list(addrs)
+    for ses in sessions:
+        for addr in nodes:
+            ses.add_dht_node(addr)
+
+
+def dht_table_size(session: Any) -> int:
+    """How many nodes a session's DHT routing table holds (asks and waits for its stats)."""
+    session.post_dht_stats()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        for a in session.pop_alerts():
+            if isinstance(a, lt.dht_stats_alert):
+                return sum(int(b["num_nodes"]) for b in a.routing_table)
+        time.sleep(0.05)
+    return 0
+
+
 class LtPeer:
     """One libtorrent session on its own loopback address, holding one torrent.
 
@@ -599,6 +665,13 @@ class LtPeer:
             del ses
 
     # -- using it --
+
+    @property
+    def session(self) -> Any:
+        """The libtorrent session, for anything this class does not wrap (its DHT)."""
+        if self._ses is None:
+            raise SwarmError(f"{self.ip}: not started")
+        return self._ses
 
     def add_peer(self, host: str, port: int) -> None:
         self.handle.connect_peer((host, port))

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from mptorrent.cli.main import cli
 from mptorrent.errors import ExitStatus
 from mptorrent.proto import bencode, metainfo
+from tests.dht_off import no_dht
 
 PL = 16384
 
@@ -27,7 +28,7 @@ def runner() -> CliRunner:
 
 
 def run(args: Sequence[str | os.PathLike[str]]) -> Result:
-    return runner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return runner().invoke(cli, no_dht([str(a) for a in args]), catch_exceptions=False)
 
 
 def listing(d: Path) -> list[tuple[str, int]]:

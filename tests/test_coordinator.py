@@ -109,7 +109,7 @@ class SeederProcess:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mptorrent", "seed", str(case.torrent), str(case.root),
-             "-j", "1", "--bind", host, "--port", "0", "--no-trackers"],
+             "-j", "1", "--bind", host, "--port", "0", "--no-trackers", "--no-dht"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip

@@ -57,7 +57,7 @@ def case(tmp_path_factory: pytest.TempPathFactory, tracker: TrackerServer) -> Ca
 
 def seed_cmd(case: Case, data: Path, ip: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mptorrent", "seed", str(case.torrent), str(data),
-            "-j", "2", "--bind", ip, *extra]  # fmt: skip
+            "-j", "2", "--bind", ip, "--no-dht", *extra]  # fmt: skip
 
 
 def start_seed(case: Case, ip: str, *extra: str) -> tuple[subprocess.Popen[str], re.Match[str]]:

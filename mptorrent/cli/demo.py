@@ -103,7 +103,7 @@ def run_demo(
             host = f"127.0.0.{11 + k}"
             cmd = [
                 sys.executable, "-m", "mptorrent", "seed", str(torrent), str(movie),
-                "-j", "1", "--bind", host, "--port", "0", "-q",
+                "-j", "1", "--bind", host, "--port", "0", "-q", "--no-dht",
             ]  # fmt: skip
             seeders.append(
                 subprocess.Popen(
@@ -132,7 +132,7 @@ def run_demo(
         out = work / "download" / "BigMovie.mp4"
         out.parent.mkdir(exist_ok=True)
         say(f"fetching with {jobs} worker process(es)")
-        result = fetch(meta, out, FetchOptions(jobs=jobs, port=6881), progress)
+        result = fetch(meta, out, FetchOptions(jobs=jobs, port=6881, dht=False), progress)
         ok = file_sha256(out) == original
         return DemoResult(result, ok, size, names, work)
     finally:

@@ -7,12 +7,13 @@ error's exit status; a traceback appears only with ``-v``.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Never, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, Never, NoReturn
 
 import click
 
@@ -198,6 +199,45 @@ metadata_timeout_option = click.option(
 )  # fmt: skip
 
 
+class DhtChoice(NamedTuple):
+    """The DHT options of fetch, seed and info MAGNET, as one parameter."""
+
+    on: bool
+    bootstrap: tuple[tuple[str, int], ...]
+    port: int | None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"dht": self.on, "dht_bootstrap": self.bootstrap, "dht_port": self.port}
+
+
+def dht_options(f: Callable[..., None]) -> Callable[..., None]:
+    """``--dht/--no-dht``, ``--dht-bootstrap`` and ``--dht-port``, passed to ``f`` as
+    one ``dht`` keyword (a :class:`DhtChoice`)."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any, dht_on: bool, dht_bootstrap: tuple[PeerAddr, ...], dht_port: int | None,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        boot = tuple((a.host, a.port) for a in dht_bootstrap)
+        f(*args, dht=DhtChoice(dht_on, boot, dht_port), **kwargs)
+
+    wrapper = click.option(
+        "--dht-port", type=click.IntRange(0, 65535),
+        help="UDP port of the DHT node [default: the --port number; 0: any free port].",
+    )(wrapper)  # fmt: skip
+    wrapper = click.option(
+        "--dht-bootstrap", multiple=True, callback=_peers, metavar="HOST:PORT",
+        help="Bootstrap the DHT from this node (repeatable); replaces the built-in routers "
+        "and the routing table saved in $XDG_CACHE_HOME/mptorrent/dht.dat.",
+    )(wrapper)  # fmt: skip
+    wrapper = click.option(
+        "--dht/--no-dht", "dht_on", default=True, show_default=True,
+        help="Find peers in the DHT (BEP 5); never for private torrents.",
+    )(wrapper)  # fmt: skip
+    return wrapper
+
+
 def _save_torrent(path: Path, data: bytes) -> None:
     from mptorrent.errors import StorageError
 
@@ -301,10 +341,11 @@ def _json_lines(
 @click.option("--no-trackers", is_flag=True, help="Ask only x.pe and --peer peers (magnet links).")
 @save_torrent_option
 @metadata_timeout_option
+@dht_options
 @verbose_option
 def info(
     torrent: str, as_json: bool, peers: tuple[PeerAddr, ...], bind: str, no_trackers: bool,
-    save_torrent: Path | None, metadata_timeout: float,
+    save_torrent: Path | None, metadata_timeout: float, dht: DhtChoice,
 ) -> None:  # fmt: skip
     """Show what a .torrent file holds, or a magnet link's torrent (its metadata is
     fetched from peers first)."""
@@ -315,7 +356,7 @@ def info(
 
         return fetch_metadata(
             magnet, peers=peers, use_trackers=not no_trackers, bind=bind,
-            timeout=metadata_timeout, events=_notes(), announce_stopped=True,
+            timeout=metadata_timeout, events=_notes(), announce_stopped=True, **dht.kwargs(),
         )  # fmt: skip
 
     meta, _found = load_source(torrent, save_torrent=save_torrent, magnet_phase=phase)
@@ -602,6 +643,10 @@ class BarProgress:
               help="After completing, keep seeding for MIN minutes.")  # fmt: skip
 @save_torrent_option
 @metadata_timeout_option
+@dht_options
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Give up (exit 1) after SEC without any data received "
+              "(no peer found, or none sends).")  # fmt: skip
 @io_option
 @json_option
 @quiet_option
@@ -610,7 +655,7 @@ def fetch(
     torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
-    as_json: bool, quiet: bool,
+    as_json: bool, quiet: bool, dht: DhtChoice, stall_timeout: float,
 ) -> None:  # fmt: skip
     """Download a torrent (a .torrent file or a magnet link) with parallel worker processes."""
     seeds = seed_ratio is not None or seed_time is not None
@@ -619,7 +664,8 @@ def fetch(
     with _json_stream(stream):
         _fetch(
             torrent, output, jobs, peers, port, bind, max_peers, no_trackers, seed_ratio,
-            seed_time, save_torrent, metadata_timeout, io, quiet or as_json, stream,
+            seed_time, save_torrent, metadata_timeout, io, quiet or as_json, stream, dht,
+            stall_timeout,
         )  # fmt: skip
 
 
@@ -627,7 +673,7 @@ def _fetch(
     torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
-    quiet: bool, stream: JsonLines | None,
+    quiet: bool, stream: JsonLines | None, dht: DhtChoice, stall_timeout: float,
 ) -> None:  # fmt: skip
     # the Python API's fetch (mptorrent.fetch), in its two halves: the download runs
     # under this command's signal handling and closes the bar whatever happens
@@ -649,6 +695,7 @@ def _fetch(
         seed_ratio=seed_ratio, seed_time=None if seed_time is None else seed_time * 60,
         save_torrent=save_torrent, warn=None if quiet else warn,
         on_seeding=None if quiet else seeding, peer_option="--peer",
+        stall_timeout=stall_timeout, **dht.kwargs(),
     )  # fmt: skip
     with _sigterm_as_interrupt():
         try:
@@ -684,23 +731,24 @@ def _sigterm_as_interrupt() -> Iterator[None]:
               help="Port to listen on (0: any free port).")  # fmt: skip
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--no-trackers", is_flag=True, help="Do not announce.")
+@dht_options
 @io_option
 @json_option
 @quiet_option
 @verbose_option
 def seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
-    io: IoChoice, as_json: bool, quiet: bool,
+    io: IoChoice, as_json: bool, quiet: bool, dht: DhtChoice,
 ) -> None:  # fmt: skip
     """Serve a torrent's data to other peers until Ctrl-C."""
     stream = _json_lines(as_json)
     with _json_stream(stream):
-        _seed(torrent, path, jobs, port, bind, no_trackers, io, quiet or as_json, stream)
+        _seed(torrent, path, jobs, port, bind, no_trackers, io, quiet or as_json, stream, dht)
 
 
 def _seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
-    io: IoChoice, quiet: bool, stream: JsonLines | None,
+    io: IoChoice, quiet: bool, stream: JsonLines | None, dht: DhtChoice,
 ) -> None:  # fmt: skip
     from mptorrent.engine import api
 
@@ -724,7 +772,7 @@ def _seed(
     with _sigterm_as_interrupt(), byte_bar(meta.total_length, "verifying", quiet) as update:
         api.seed(
             api.Torrent(meta), path, workers=jobs, port=port, bind=bind,
-            trackers=not no_trackers, on_event=show, io=io, on_progress=update,
+            trackers=not no_trackers, on_event=show, io=io, on_progress=update, **dht.kwargs(),
         )  # fmt: skip
 
 

@@ -90,7 +90,8 @@ class Torrent:
     @classmethod
     def _from_magnet(
         cls, magnet: Magnet, *, peers: tuple[PeerAddr, ...], trackers: bool, timeout: float,
-        bind: str, emit: ev.EventSink, port: int = 0,
+        bind: str, emit: ev.EventSink, port: int = 0, dht: bool = False,
+        dht_bootstrap: tuple[tuple[str, int], ...] = (), dht_port: int | None = None,
     ) -> Torrent:  # fmt: skip
         """``port``: the one the download will listen on, announced meanwhile; 0: not known
         yet (6881 is announced, and "stopped" once the metadata is in)."""
@@ -99,7 +100,8 @@ class Torrent:
 
         found = fetch_metadata(
             magnet, peers=peers, use_trackers=trackers, port=port, bind=bind, timeout=timeout,
-            events=emit, announce_stopped=port == 0,
+            events=emit, announce_stopped=port == 0, dht=dht, dht_bootstrap=dht_bootstrap,
+            dht_port=dht_port,
         )  # fmt: skip
         t = cls(found.meta, torrent_from_metadata(found.info, magnet))
         t.peers = found.peers
@@ -236,7 +238,9 @@ def prepare(
     io: IoMode, seed_ratio: float | None = None, seed_time: float | None = None,
     save_torrent: str | os.PathLike[str] | None = None,
     warn: Callable[[str], None] | None = None, on_seeding: Callable[[], None] | None = None,
-    peer_option: str = "peer",
+    peer_option: str = "peer", dht: bool = False,
+    dht_bootstrap: tuple[tuple[str, int], ...] = (), dht_port: int | None = None,
+    stall_timeout: float = 300.0,  # coordinator.STALL_TIMEOUT (imported lazily here)
 ) -> tuple[Torrent, FetchOptions]:  # fmt: skip
     """:func:`fetch`'s first half, apart for the command line (which runs the second,
     :func:`download`, under its own signal handling): the torrent (a magnet link's metadata
@@ -256,7 +260,7 @@ def prepare(
         _warn(warn, magnet.warnings)
         torrent = Torrent._from_magnet(
             magnet, peers=peers, trackers=trackers, timeout=metadata_timeout, bind=bind,
-            emit=emit, port=port,
+            emit=emit, port=port, dht=dht, dht_bootstrap=dht_bootstrap, dht_port=dht_port,
         )  # fmt: skip
         _save(torrent, save_torrent)
         save_torrent = None
@@ -266,7 +270,7 @@ def prepare(
     _save(torrent, save_torrent)  # a .torrent: after its warnings
     meta = torrent.meta
     peers = tuple(dict.fromkeys((*torrent.peers, *peers)))
-    if not peers and (not trackers or not meta.trackers):
+    if not peers and (not trackers or not meta.trackers) and not (dht and not meta.private):
         # decided before anything is created on disk
         why = "trackers are turned off" if not trackers else "the torrent lists no usable trackers"
         raise DownloadError(f"no peers: {why} and no {peer_option} was given")
@@ -274,6 +278,7 @@ def prepare(
         jobs=workers or default_jobs(), peers=peers, port=port, bind=bind, max_peers=max_peers,
         use_trackers=trackers, io=io, sources=torrent.peer_sources,
         seed_after=_seed_after(meta.total_length, seed_ratio, seed_time, on_seeding),
+        dht=dht, dht_bootstrap=dht_bootstrap, dht_port=dht_port, stall_timeout=stall_timeout,
     )  # fmt: skip
     return torrent, opts
 
@@ -590,6 +595,9 @@ def seed(
     on_ready: Callable[[int], None] | None = None,
     io: IoMode = "auto",
     on_progress: Callable[[int], None] | None = None,
+    dht: bool = False,
+    dht_bootstrap: tuple[tuple[str, int], ...] = (),
+    dht_port: int | None = None,
 ) -> SeedResult:
     """Serve ``path``'s data until ``until(bytes uploaded)`` is true (checked a few times a
     second) or KeyboardInterrupt; ``on_ready`` gets the port once peers can connect (as
@@ -601,7 +609,8 @@ def seed(
     t = torrent if isinstance(torrent, Torrent) else Torrent.load(torrent)
     seeder = Seeder(
         t.meta, Path(path), jobs=workers or default_jobs(), bind=bind, port=port, io=io,
-        use_trackers=trackers, events=on_event,
+        use_trackers=trackers, events=on_event, dht=dht, dht_bootstrap=dht_bootstrap,
+        dht_port=dht_port,
         until=None if until is None else (lambda stats: until(stats.uploaded)),
     )  # fmt: skip
     if on_ready is not None:

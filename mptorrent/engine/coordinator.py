@@ -53,6 +53,7 @@ from mptorrent.messages import (
 )
 from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult, redact
+from mptorrent.netio.dht import Dht
 from mptorrent.netio.peer import Timeouts
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
@@ -62,6 +63,7 @@ from mptorrent.worker.process import WorkerConfig, reserve_port, run
 AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
 MIN_AHEAD, MAX_AHEAD = 2, 64
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
+STALL_TIMEOUT = 300.0  # no data received (no peer found, or none sends) for this long: exit 1
 SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
@@ -71,8 +73,13 @@ MAX_SWARM = 200  # connected peers sent to the workers at most (PEX sends 50 a m
 
 
 # What the coordinator's inbox carries: a tracker tier's answer (from an announce
-# thread), or one report batch of a worker incarnation (from its reader thread).
-InboxItem = tuple[Literal["tracker"], TierResult] | tuple[Literal["worker"], Batch]
+# thread), one report batch of a worker incarnation (from its reader thread), or peers
+# the DHT found (from the DHT thread).
+InboxItem = (
+    tuple[Literal["tracker"], TierResult]
+    | tuple[Literal["worker"], Batch]
+    | tuple[Literal["dht"], tuple[PeerAddr, ...]]
+)
 
 
 @dataclass
@@ -110,6 +117,10 @@ class FetchOptions:
     io: IoChoice = "auto"  # "auto" is pwrite on network/FUSE filesystems, else mmap
     timeouts: Timeouts = field(default_factory=Timeouts)
     seed_after: SeedAfter | None = None  # keep serving once complete; None: leave at once
+    dht: bool = False  # look for peers in the DHT (never for a private torrent)
+    dht_bootstrap: tuple[tuple[str, int], ...] = ()  # empty: the saved table, else the routers
+    dht_port: int | None = None  # UDP port of the DHT node; None: the listening port
+    stall_timeout: float = STALL_TIMEOUT  # no data received for this long: give up
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,7 @@ class Coordinator:
         self._swarm_sent: frozenset[PeerAddr] = frozenset()  # the last SwarmPeers
         self._swarm_at = 0.0
         self._holder: socket.socket | None = None
+        self.dht: Dht | None = None
         self._lock_fd: int | None = None
         self.ahead = max(MIN_AHEAD, min(MAX_AHEAD, AHEAD_BYTES // meta.piece_length))
         self.first_ahead = max(MIN_AHEAD, self.ahead // 4)
@@ -263,11 +275,13 @@ class Coordinator:
 
     def _fetch(self) -> FetchResult:
         t0 = time.monotonic()
-        if self.opts.use_trackers and not self.announcer and not self.opts.peers:
+        if self._uses_dht():
+            pass  # the DHT may find peers where trackers and --peer give none
+        elif self.opts.use_trackers and not self.announcer and not self.opts.peers:
             why = "the torrent lists no usable trackers" if self.meta.trackers else (
                 "the torrent lists no trackers")  # fmt: skip
             raise DownloadError(f"no peers: {why} and no --peer was given")
-        if not self.opts.use_trackers and not self.opts.peers:
+        elif not self.opts.use_trackers and not self.opts.peers:
             raise DownloadError("no peers: trackers are turned off and no --peer was given")
         self._lock_output()
         try:
@@ -292,6 +306,7 @@ class Coordinator:
             self._add_peer(addr, self.opts.sources.get(addr, "manual"))
         self._listen()
         try:
+            self._start_dht()
             if self.opts.use_trackers and self.announcer:
                 self._announce_all("started", wait=None)
             try:
@@ -313,7 +328,26 @@ class Coordinator:
         finally:
             if self._holder is not None:
                 self._holder.close()
+            if self.dht is not None:
+                self.dht.stop()  # saves the routing table
         return self._result(t0, resumed)
+
+    def _uses_dht(self) -> bool:
+        return self.opts.dht and not self.meta.private  # BEP 27: never for private torrents
+
+    def _start_dht(self) -> None:
+        if not self._uses_dht():
+            return
+        port = self.listen[1] if self.listen is not None else self.opts.port
+        self.dht = Dht(
+            bind=self.opts.bind or "0.0.0.0",
+            port=self.opts.dht_port if self.opts.dht_port is not None else port,
+            bootstrap=self.opts.dht_bootstrap,
+            on_peers=lambda _ih, peers: self.inbox.put(("dht", peers)),
+        )
+        self.dht.start()
+        # announce only a port peers can reach: the one we listen on
+        self.dht.lookup(self.meta.info_hash, port if self.listen is not None else None)
 
     def _listen(self) -> None:
         """Hold the port every worker listens on (SO_REUSEPORT), so other peers can dial us."""
@@ -502,7 +536,8 @@ class Coordinator:
     # -- the loop -----------------------------------------------------------
 
     def _loop(self) -> None:
-        last_peer_seen = started = time.monotonic()
+        last_peer_seen = started = last_data = time.monotonic()
+        received = self.downloaded
         shared = False
         while self.picker.remaining:
             now = time.monotonic()
@@ -516,16 +551,24 @@ class Coordinator:
             now = time.monotonic()
             self._share_swarm(now)
             self._reannounce(now, peers)
+            if self.downloaded != received:
+                received, last_data = self.downloaded, now
+            elif now - last_data > self.opts.stall_timeout:
+                what = "no data received" if self.known else "no peer found"
+                raise DownloadError(
+                    f"stalled: {what} for {self.opts.stall_timeout:.0f} s (--stall-timeout)"
+                )
             if peers:
                 last_peer_seen = now
             elif self.trackers_pending == 0:
-                if not self.known:
+                if not self.known and (self.dht is None or self.dht.hopeless()):
                     # Every tracker has answered (or failed) and nobody gave us a peer.
                     raise DownloadError(self._no_peers_reason())
                 usable = self.known - self.banned.keys()
                 if not usable and self.banned and not self.announcer:
                     raise DownloadError(self._no_peers_reason())
-                if now - last_peer_seen > self.opts.no_peers_timeout:
+                # with the DHT, new peers may still come: --stall-timeout decides
+                if self.dht is None and now - last_peer_seen > self.opts.no_peers_timeout:
                     raise DownloadError(self._no_peers_reason())
             alive = self.pool.alive()
             self.emit(ev.Progress(
@@ -586,6 +629,9 @@ class Coordinator:
         match item:
             case ("tracker", TierResult() as r):
                 self._on_tracker(r)
+            case ("dht", tuple() as found):
+                for addr in found:
+                    self._add_peer(addr, "dht")
             case ("worker", Batch(wid, gen, batch)):
                 slot = self.slots[wid]
                 for msg in batch:

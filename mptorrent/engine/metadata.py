@@ -38,6 +38,7 @@ from mptorrent import events as ev
 from mptorrent.errors import MetadataTimeout, NoPeers
 from mptorrent.messages import PeerAddr
 from mptorrent.netio.announcer import Announcer, TierResult, redact
+from mptorrent.netio.dht import Dht
 from mptorrent.proto import metainfo, tracker, wire
 from mptorrent.proto.ext import ExtendedHandshake, ExtensionRouter
 from mptorrent.proto.ext.ut_metadata import (
@@ -124,6 +125,9 @@ class MetadataFetch:
         events: ev.EventSink = ev.ignore,
         announce_stopped: bool = False,
         request_timeout: float = REQUEST_TIMEOUT,
+        dht: bool = False,
+        dht_bootstrap: tuple[tuple[str, int], ...] = (),
+        dht_port: int | None = None,
     ) -> None:
         self.magnet = magnet
         self.request_timeout = request_timeout
@@ -159,6 +163,14 @@ class MetadataFetch:
             if not self.announcer:
                 self.announcer = None
         self._learn([*magnet.peers, *peers], "manual")
+        # The DHT only looks here: nothing listens on our port during this phase.
+        self.dht: Dht | None = None
+        self.dht_found: queue.Queue[tuple[PeerAddr, ...]] = queue.Queue()
+        if dht:
+            self.dht = Dht(
+                bind=bind or "0.0.0.0", port=dht_port if dht_port is not None else port,
+                bootstrap=dht_bootstrap, on_peers=self._on_dht,
+            )  # fmt: skip
 
     # -- peers ------------------------------------------------------------------------
 
@@ -174,6 +186,20 @@ class MetadataFetch:
             self._wake_w.send(b"!")
         except OSError:
             pass  # the phase is over
+
+    def _on_dht(self, _info_hash: bytes, peers: tuple[PeerAddr, ...]) -> None:
+        self.dht_found.put(peers)  # from the DHT thread: handled by the loop
+        try:
+            self._wake_w.send(b"!")
+        except OSError:
+            pass  # the phase is over
+
+    def _drain_dht(self) -> None:
+        while True:
+            try:
+                self._learn(self.dht_found.get_nowait(), "dht")
+            except queue.Empty:
+                return
 
     def _drain_trackers(self) -> None:
         while True:
@@ -395,6 +421,9 @@ class MetadataFetch:
         deadline = start + self.timeout
         self._announce(start, first=True)
         idle_since: float | None = None
+        if self.dht is not None:
+            self.dht.start()
+            self.dht.lookup(self.info_hash, None)
         try:
             while True:
                 now = time.monotonic()
@@ -404,10 +433,11 @@ class MetadataFetch:
                         f"({len(self.known)} peer(s) known, {len(self.answered)} answered)"
                     )
                 self._drain_trackers()
+                self._drain_dht()
                 while self.pending and len(self.conns) < self.max_connections:
                     self._dial(self.pending.pop(0), now)
                 if not self.conns and not self.pending and not self.trackers_busy:
-                    if not self.known:
+                    if not self.known and (self.dht is None or self.dht.hopeless()):
                         raise NoPeers(self._no_peers_reason())
                     # Everyone known was tried: ask the trackers again, and redial.
                     if idle_since is None:
@@ -453,6 +483,8 @@ class MetadataFetch:
             self.sel.close()
             self._wake_r.close()
             self._wake_w.close()
+            if self.dht is not None:
+                self.dht.stop()  # saves the routing table
             if self.announce_stopped and self.announcer is not None:
                 self.announcer.announce(event="stopped", left=LEFT_UNKNOWN, wait=2.0)
 
@@ -488,6 +520,9 @@ def fetch_metadata(
     events: ev.EventSink = ev.ignore,
     announce_stopped: bool = False,
     request_timeout: float = REQUEST_TIMEOUT,
+    dht: bool = False,
+    dht_bootstrap: tuple[tuple[str, int], ...] = (),
+    dht_port: int | None = None,
 ) -> MetadataResult:
     """The metadata of ``magnet`` from its peers, ``peers`` and its trackers.
 
@@ -500,4 +535,5 @@ def fetch_metadata(
     return MetadataFetch(
         magnet, peers=peers, use_trackers=use_trackers, port=port, bind=bind, timeout=timeout,
         events=events, announce_stopped=announce_stopped, request_timeout=request_timeout,
+        dht=dht, dht_bootstrap=dht_bootstrap, dht_port=dht_port,
     ).run()  # fmt: skip

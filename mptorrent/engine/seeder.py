@@ -41,6 +41,7 @@ from mptorrent.messages import (
 )
 from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult
+from mptorrent.netio.dht import Dht
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.worker.process import WorkerConfig, reserve_port, run
@@ -74,8 +75,15 @@ class Seeder:
         events: ev.EventSink | None = None,
         until: Callable[[SeedStats], bool] | None = None,
         io: IoChoice = "auto",
+        dht: bool = False,
+        dht_bootstrap: tuple[tuple[str, int], ...] = (),
+        dht_port: int | None = None,
     ) -> None:
         self.meta = meta
+        self.use_dht = dht and not meta.private  # BEP 27: never for private torrents
+        self.dht_bootstrap = dht_bootstrap
+        self.dht_port = dht_port
+        self.dht: Dht | None = None
         self.layout = Layout.for_torrent(meta, path)
         self.io = choose_io(io, path)  # as fetch: pread where a fault could SIGBUS a worker
         self.jobs = max(1, jobs)
@@ -125,6 +133,14 @@ class Seeder:
                 pool.start(w, config(w))
             if self.use_trackers and announcer:
                 announcer.announce(event="started", left=left, on_result=self.inbox.put, wait=5.0)
+            if self.use_dht:
+                # announce into the DHT; the peers it finds are left to dial us
+                self.dht = Dht(
+                    bind=self.bind, bootstrap=self.dht_bootstrap, on_peers=lambda _i, _p: None,
+                    port=self.dht_port if self.dht_port is not None else self.stats.port,
+                )  # fmt: skip
+                self.dht.start()
+                self.dht.lookup(self.meta.info_hash, self.stats.port)
             self.ready.set()
             self.emit(ev.SeedingReady(
                 self.meta.name, self.bind, self.stats.port, self.stats.valid_pieces,
@@ -150,6 +166,8 @@ class Seeder:
         finally:
             pool.stop()
             holder.close()
+            if self.dht is not None:
+                self.dht.stop()  # saves the routing table
             if self.use_trackers and announcer:
                 announcer.announce(
                     event="stopped", left=left, uploaded=self.stats.uploaded, wait=2.0

@@ -100,7 +100,7 @@ def tracker() -> Iterator[Listener]:
 def run_fetch(torrent: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o", str(out),
-         "--bind", "127.0.4.1", "--port", "0", *args],
+         "--bind", "127.0.4.1", "--port", "0", "--no-dht", *args],
         cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

@@ -1126,7 +1126,7 @@ def test_c19_every_peer_hostile_exits_1_then_resumes_from_a_good_peer(
         peers = [arg for e in evils for arg in ("--peer", f"{e.host}:{e.port}")]
         proc = subprocess.run(
             [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o", str(out), "-j", "2",
-             "--no-trackers", "--bind", _ips(), "--port", "0", "-q", *peers],
+             "--no-trackers", "--no-dht", "--bind", _ips(), "--port", "0", "-q", *peers],
             capture_output=True, text=True, timeout=60, cwd=tmp_path,
         )  # fmt: skip
     assert proc.returncode == 1, proc.stderr

@@ -231,7 +231,7 @@ class Fetch:
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, "fetch", str(torrent), "-o", str(out), "-j", str(jobs),
-             "--no-trackers", "--bind", CLIENT_IP, "--port", "0", *peer_args, *args],
+             "--no-trackers", "--no-dht", "--bind", CLIENT_IP, "--port", "0", *peer_args, *args],
             cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=self._out,
             stderr=self._err, start_new_session=True,
         )  # fmt: skip
@@ -691,7 +691,7 @@ def test_d15_bad_jobs_is_a_usage_error(jobs: str, torrent: Path, tmp_path: Path)
     out = tmp_path / "out.bin"
     proc = subprocess.run(
         [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o", str(out), "-j", jobs,
-         "--no-trackers", "--peer", "127.0.3.9:9"],
+         "--no-trackers", "--no-dht", "--peer", "127.0.3.9:9"],
         cwd=REPO, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr

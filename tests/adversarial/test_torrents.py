@@ -35,6 +35,7 @@ from mptorrent.cli.main import cli
 from mptorrent.disk.create import create
 from mptorrent.errors import BadTorrent, ExitStatus
 from mptorrent.proto import bencode, metainfo
+from tests.dht_off import no_dht
 from tests.fakes.evil_tracker import EvilTracker
 
 PL = 16384
@@ -241,7 +242,7 @@ def runner() -> CliRunner:
 
 
 def run(args: Sequence[str | os.PathLike[str]]) -> Result:
-    return runner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return runner().invoke(cli, no_dht([str(a) for a in args]), catch_exceptions=False)
 
 
 def fetch_args(torrent_path: Path, out: Path | None) -> list[str]:
@@ -321,7 +322,7 @@ SUBPROCESS_IDS = {
 
 def mptorrent(*args: str | os.PathLike[str], cwd: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "mptorrent", *map(str, args)],
+        [sys.executable, "-m", "mptorrent", *no_dht([str(a) for a in args])],
         cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 

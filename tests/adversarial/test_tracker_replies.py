@@ -144,7 +144,7 @@ def test_b1_b3_no_tracker_gives_peers_is_exit_1_with_the_trackers_words(
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "mptorrent", "fetch", str(t), "-o", str(tmp_path / "out"), "-q",
-         "--port", "0", "--bind", ME, "-j", "1"],
+         "--port", "0", "--bind", ME, "-j", "1", "--no-dht"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == ExitStatus.ERROR, proc.stderr

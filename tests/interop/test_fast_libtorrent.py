@@ -220,7 +220,7 @@ def test_fetch_takes_the_pieces_a_choking_libtorrent_seed_allowed_fast(
         out = tmp_path / "out.bin"
         proc = subprocess.Popen(
             [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o", str(out), "-q",
-             "-j", "1", "--no-trackers", "--bind", our_ip, "--port", "0",
+             "-j", "1", "--no-trackers", "--no-dht", "--bind", our_ip, "--port", "0",
              "--peer", f"{seeder.addr[0]}:{seeder.addr[1]}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -262,7 +262,7 @@ def test_fetch_from_libtorrent_seeds_with_the_fast_extension(
     peers = [arg for a in lt_swarm.addrs for arg in ("--peer", f"{a[0]}:{a[1]}")]
     proc = subprocess.run(
         [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o", str(out), "-q",
-         "-j", "2", "--no-trackers", *peers],
+         "-j", "2", "--no-trackers", "--no-dht", *peers],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -26,6 +26,7 @@ import libtorrent as lt
 import pytest
 
 from mptorrent.proto import metainfo
+from tests.dht_off import no_dht
 from tests.interop.opentracker import OpenTracker, run_opentracker
 from tests.schema_check import validate
 from tests.spread import (
@@ -104,8 +105,8 @@ def unused_port() -> int:
 def fetch_cmd(torrent: Path, out: Path, *args: str) -> list[str]:
     """The real CLI, which also writes its FetchResult to $MPTORRENT_TEST_RESULT (spread.py)."""
     return [
-        sys.executable, "-c", CLI_WITH_RESULT, "fetch", str(torrent), "-o", str(out),
-        "--port", str(unused_port()), *args,
+        sys.executable, "-c", CLI_WITH_RESULT, *no_dht(["fetch", str(torrent), "-o", str(out),
+        "--port", str(unused_port()), *args]),
     ]  # fmt: skip
 
 

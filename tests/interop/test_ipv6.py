@@ -48,7 +48,8 @@ def v6_seeder(single_case: TorrentCase) -> Iterator[int]:
 
 
 def _fetch(torrent: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o", str(out), "-q", *args]
+    cmd = [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o", str(out), "-q",
+           "--no-dht", *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from mptorrent.proto.magnet import Magnet
+from tests.dht_off import no_dht
 from tests.schema_check import validate
 from tests.spread import CLI_WITH_RESULT
 from tests.swarm import Swarm, TorrentCase, same_tree
@@ -33,7 +34,7 @@ TIMEOUT = 60.0
 
 def cli(*args: str) -> list[str]:
     # the real CLI, with Python's SIGINT handler even when the test run ignores SIGINT
-    return [sys.executable, "-c", CLI_WITH_RESULT, *args]
+    return [sys.executable, "-c", CLI_WITH_RESULT, *no_dht(args)]
 
 
 def peer_args(swarm: Swarm) -> list[str]:

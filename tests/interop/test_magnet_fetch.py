@@ -38,6 +38,7 @@ from mptorrent.proto.ext.ut_metadata import (
     serve_request,
 )
 from mptorrent.proto.magnet import Magnet
+from tests.dht_off import no_dht
 from tests.interop.opentracker import OpenTracker, run_opentracker
 from tests.interop.test_fetch import (
     SUMMARY,
@@ -98,7 +99,7 @@ def magnet_of(case: TorrentCase, **kw: object) -> str:
 
 def run_cli(*args: str, timeout: float = MAGNET_TIMEOUT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mptorrent", *args], stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "mptorrent", *no_dht(args)], stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -108,8 +109,8 @@ def run_fetch(
 ) -> subprocess.CompletedProcess[str]:
     """The real CLI (writing its FetchResult to ``result``, tests/spread.py), given a magnet."""
     cmd = [
-        sys.executable, "-c", CLI_WITH_RESULT, "fetch", uri, "-o", str(out),
-        "--port", str(unused_port()), *args,
+        sys.executable, "-c", CLI_WITH_RESULT, *no_dht(["fetch", uri, "-o", str(out),
+        "--port", str(unused_port()), *args]),
     ]  # fmt: skip
     env = {**os.environ, RESULT_ENV: str(result)} if result else None
     return subprocess.run(
@@ -223,7 +224,7 @@ def test_magnet_pex_from_the_one_x_pe_peer_leads_to_the_others(
         out, result = tmp_path / "out.bin", tmp_path / "r.json"
         cmd = [
             sys.executable, "-c", CLI_WITH_RESULT, "fetch", uri, "-o", str(out), "-j", "2",
-            "--no-trackers", "--bind", ours, "--port", str(unused_port()),
+            "--no-trackers", "--bind", ours, "--port", str(unused_port()), "--no-dht",
         ]  # fmt: skip
         env = {**os.environ, RESULT_ENV: str(result)}
         with subprocess.Popen(
@@ -374,7 +375,7 @@ def test_magnet_times_against_a_libtorrent_leecher(
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "mptorrent", "fetch", uri, "-o", str(out), "-j", "2",
-        "--bind", fresh_ip(), "--port", str(unused_port()),
+        "--bind", fresh_ip(), "--port", str(unused_port()), "--no-dht",
     ]  # fmt: skip
     # stderr read as it comes: when the metadata line appears is the time to the metadata
     started = time.monotonic()

@@ -31,6 +31,7 @@ from mptorrent.netio.net import announce_http
 from mptorrent.netio.trackerserver import TrackerServer
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.proto.tracker import AnnounceRequest
+from tests.dht_off import no_dht
 from tests.interop.opentracker import opentracker_binary, run_opentracker
 from tests.spread import CLI_WITH_RESULT, RESULT_ENV, assert_spread, read_result
 from tests.swarm import (
@@ -54,7 +55,7 @@ SUMMARY = re.compile(r"done: .* (?P<peers>\d+) peer\(s\) used")
 
 
 def mptorrent(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "mptorrent", *map(str, args)]
+    return [sys.executable, "-m", "mptorrent", *no_dht([str(a) for a in args])]
 
 
 @dataclass
@@ -112,7 +113,12 @@ def free_port(ip: str) -> int:
 
 def reporting_fetch(torrent: Path, *args: str | Path) -> list[str]:
     """`mptorrent fetch` that also writes its FetchResult to $MPTORRENT_TEST_RESULT."""
-    return [sys.executable, "-c", CLI_WITH_RESULT, "fetch", str(torrent), *map(str, args)]
+    return [
+        sys.executable,
+        "-c",
+        CLI_WITH_RESULT,
+        *no_dht(["fetch", str(torrent), *map(str, args)]),
+    ]
 
 
 def start_fetch(torrent: Path, out: Path, *args: str | Path) -> subprocess.Popen[str]:
