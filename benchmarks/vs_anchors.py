@@ -44,6 +44,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import json
 import mmap
 import os
@@ -274,12 +275,26 @@ def aria2_binary() -> str | None:
     return shutil.which("aria2c")
 
 
+@functools.cache
+def _fetch_help(src: str) -> str:
+    """``mptorrent fetch --help`` of the checkout at ``src``."""
+    env = client_env(src)
+    cmd = [sys.executable, "-P", "-m", "mptorrent", "fetch", "--help"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60).stdout
+
+
 def client_cmd(client: Client, setup: SwarmSetup, out_dir: Path) -> list[str]:
     torrent, wl = setup.torrent, setup.workload
     if client.kind == "mptorrent":
-        return [sys.executable, "-m", "mptorrent", "fetch", str(torrent), "-o",
-                str(out_dir / wl.name), "-j", str(client.jobs), "--bind", MP_IP, "--port", "0",
-                "--io", client.io, "-q", "--no-dht"]  # fmt: skip
+        # -P: the working directory must not shadow PYTHONPATH (client_env), or a
+        # --baseline run would import this checkout's mptorrent instead of the baseline's
+        cmd = [sys.executable, "-P", "-m", "mptorrent", "fetch", str(torrent), "-o",
+               str(out_dir / wl.name), "-j", str(client.jobs), "--bind", MP_IP, "--port", "0",
+               "--io", client.io, "-q"]  # fmt: skip
+        # A --baseline checkout older than the DHT has no --no-dht (and no DHT to turn off).
+        if not client.src or "--no-dht" in _fetch_help(client.src):
+            cmd.append("--no-dht")
+        return cmd
     if client.kind == LT:
         return [sys.executable, str(Path(__file__).resolve()), "lt-leech", str(torrent),
                 str(out_dir), "--tracker", setup.tracker_url, "--ip", LT_IP]  # fmt: skip
