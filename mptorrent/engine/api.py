@@ -12,7 +12,6 @@ Parameters that belong to later issues (``dht``, ``only``, ``sequential``) are n
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -455,6 +454,8 @@ class Download:
 
     async def aevents(self) -> AsyncIterator[ev.Event]:
         """:meth:`events` for asyncio: waits in a worker thread, never blocks the loop."""
+        import asyncio  # here: asyncio costs the command line 18 ms to import
+
         index = 0
         while True:
             event = await asyncio.to_thread(self._next, index, 1.0)

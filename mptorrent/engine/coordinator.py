@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, assert_never
+from typing import TYPE_CHECKING, Literal, assert_never
 
 from mptorrent import events as ev
 from mptorrent.disk import checker
@@ -53,12 +53,14 @@ from mptorrent.messages import (
 )
 from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult, redact
-from mptorrent.netio.dht import Dht
 from mptorrent.netio.peer import Timeouts
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.worker.process import WorkerConfig, reserve_port, run
+
+if TYPE_CHECKING:
+    from mptorrent.netio.dht import Dht
 
 AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
 MIN_AHEAD, MAX_AHEAD = 2, 64
@@ -339,6 +341,8 @@ class Coordinator:
         if not self._uses_dht():
             return
         port = self.listen[1] if self.listen is not None else self.opts.port
+        from mptorrent.netio.dht import Dht  # only when the DHT is on
+
         self.dht = Dht(
             bind=self.opts.bind or "0.0.0.0",
             port=self.opts.dht_port if self.opts.dht_port is not None else port,

@@ -32,13 +32,12 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from mptorrent import events as ev
 from mptorrent.errors import MetadataTimeout, NoPeers
 from mptorrent.messages import PeerAddr
 from mptorrent.netio.announcer import Announcer, TierResult, redact
-from mptorrent.netio.dht import Dht
 from mptorrent.proto import metainfo, tracker, wire
 from mptorrent.proto.ext import ExtendedHandshake, ExtensionRouter
 from mptorrent.proto.ext.ut_metadata import (
@@ -58,6 +57,9 @@ from mptorrent.proto.ext.ut_metadata import (
     serve_request,
 )
 from mptorrent.proto.magnet import Magnet, torrent_from_metadata
+
+if TYPE_CHECKING:
+    from mptorrent.netio.dht import Dht
 
 METADATA_TIMEOUT: Final = 60.0  # seconds for the whole phase (the CLI's default)
 MAX_CONNECTIONS: Final = 30  # dialled at once
@@ -167,6 +169,8 @@ class MetadataFetch:
         self.dht: Dht | None = None
         self.dht_found: queue.Queue[tuple[PeerAddr, ...]] = queue.Queue()
         if dht:
+            from mptorrent.netio.dht import Dht  # only when the DHT is on
+
             self.dht = Dht(
                 bind=bind or "0.0.0.0", port=dht_port if dht_port is not None else port,
                 bootstrap=dht_bootstrap, on_peers=self._on_dht,

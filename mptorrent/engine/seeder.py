@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from mptorrent import events as ev
 from mptorrent.disk import checker
@@ -41,10 +41,12 @@ from mptorrent.messages import (
 )
 from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult
-from mptorrent.netio.dht import Dht
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.worker.process import WorkerConfig, reserve_port, run
+
+if TYPE_CHECKING:
+    from mptorrent.netio.dht import Dht
 
 
 @dataclass
@@ -135,6 +137,8 @@ class Seeder:
                 announcer.announce(event="started", left=left, on_result=self.inbox.put, wait=5.0)
             if self.use_dht:
                 # announce into the DHT; the peers it finds are left to dial us
+                from mptorrent.netio.dht import Dht  # only when the DHT is on
+
                 self.dht = Dht(
                     bind=self.bind, bootstrap=self.dht_bootstrap, on_peers=lambda _i, _p: None,
                     port=self.dht_port if self.dht_port is not None else self.stats.port,
