@@ -8,6 +8,7 @@ fetch midway); the seed test listens on 127.0.0.57.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -155,20 +156,29 @@ def test_a_garbage_torrent_is_one_error_line_with_exit_3(tmp_path: Path) -> None
     assert line["event"] == "error" and line["exit"] == 3
 
 
+@contextlib.contextmanager
+def slow_json_fetch(
+    case: TorrentCase, torrent: Path, tmp_path: Path, *, new_session: bool = False
+) -> Iterator[subprocess.Popen[str]]:
+    """``fetch --json -j 2`` from three seeders held to 4.5 MiB/s each, so that a test can
+    act on the stream (signal it, close it) well before the download ends."""
+    with Swarm(
+        case.torrent, case.save_dir, n_seeders=3, first_ip=54,
+        upload_rate_limit=9 * 512 * 1024, use_trackers=False,
+    ) as slow:  # fmt: skip
+        yield subprocess.Popen(
+            cli("fetch", str(torrent), "-o", str(tmp_path / "out.bin"), "-j", "2", "--port", "0",
+                "--no-trackers", *peer_args(slow), "--json"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=new_session,
+        )  # fmt: skip
+
+
 def test_sigint_midway_ends_the_stream_with_error_130(
     single_case: TorrentCase, torrent: Path, tmp_path: Path
 ) -> None:
     size = single_case.meta.total_length
-    with Swarm(
-        single_case.torrent, single_case.save_dir, n_seeders=3, first_ip=54,
-        upload_rate_limit=9 * 512 * 1024, use_trackers=False,
-    ) as slow:  # fmt: skip
-        proc = subprocess.Popen(
-            cli("fetch", str(torrent), "-o", str(tmp_path / "out.bin"), "-j", "2", "--port", "0",
-                "--no-trackers", *peer_args(slow), "--json"),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
+    with slow_json_fetch(single_case, torrent, tmp_path, new_session=True) as proc:
         try:
             assert proc.stdout is not None
             seen = []
@@ -196,15 +206,7 @@ def test_a_closed_stdout_stops_the_fetch_quietly_with_141(
 ) -> None:
     """``fetch --json | head -1``: once nobody reads, the fetch stops as Ctrl-C stops it
     (within moments: a line is due every 0.5 s), with no traceback and no words, exit 141."""
-    with Swarm(
-        single_case.torrent, single_case.save_dir, n_seeders=3, first_ip=54,
-        upload_rate_limit=9 * 512 * 1024, use_trackers=False,
-    ) as slow:  # fmt: skip
-        proc = subprocess.Popen(
-            cli("fetch", str(torrent), "-o", str(tmp_path / "out.bin"), "-j", "2", "--port", "0",
-                "--no-trackers", *peer_args(slow), "--json"),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+    with slow_json_fetch(single_case, torrent, tmp_path) as proc:
         try:
             assert proc.stdout is not None
             first = proc.stdout.readline()
