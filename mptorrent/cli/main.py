@@ -578,10 +578,14 @@ class BarProgress:
         self.verbose = verbose
         self.summary = summary
         self.bar: tqdm[Never] | None = None
+        from mptorrent import events  # the engine loads it anyway
+
+        self._ev = events  # an import statement per event would cost a call per piece
 
     def __call__(self, event: Event) -> None:
-        from mptorrent import events as ev  # loaded by the engine already
-
+        ev = self._ev
+        if type(event) is ev.PieceVerified:
+            return  # one per piece, and the bar draws from Progress: the cheapest way out
         if isinstance(event, ev.Progress):
             if self.bar is None:
                 return

@@ -630,19 +630,22 @@ class Coordinator:
 
     def _handle(self, item: InboxItem) -> None:
         """One inbox item: a tracker tier's answer, or a worker's list of reports."""
+        if item[0] == "worker":  # by far the commonest: no pattern matching on this path
+            wid, gen, batch = item[1]
+            slot = self.slots[wid]
+            on_worker = self._on_worker
+            for msg in batch:
+                if gen == slot.gen:  # ignore stragglers from a dead incarnation
+                    on_worker(slot, msg)
+                elif isinstance(msg, PieceDone):
+                    self._piece_done(msg.index, wid, msg.peers)  # verified is verified
+            return
         match item:
             case ("tracker", TierResult() as r):
                 self._on_tracker(r)
             case ("dht", tuple() as found):
                 for addr in found:
                     self._add_peer(addr, "dht")
-            case ("worker", Batch(wid, gen, batch)):
-                slot = self.slots[wid]
-                for msg in batch:
-                    if gen == slot.gen:  # ignore stragglers from a dead incarnation
-                        self._on_worker(slot, msg)
-                    elif isinstance(msg, PieceDone):
-                        self._piece_done(msg.index, wid, msg.peers)  # verified is verified
 
     def _on_tracker(self, r: TierResult) -> None:
         with self._lock:
@@ -660,6 +663,9 @@ class Coordinator:
             self._add_peer(addr, "tracker")
 
     def _on_worker(self, slot: _Slot, msg: WorkerReport) -> None:
+        if type(msg) is PieceDone:  # one per piece: ahead of the match below
+            self._piece_done(msg.index, slot.wid, msg.peers)
+            return
         p = self.picker
         wid = slot.wid
         match msg:
