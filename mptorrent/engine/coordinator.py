@@ -71,6 +71,9 @@ ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
 SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the workers' PEX
+# Progress events at most this often: the loop turns once per report batch, hundreds of
+# times a second at -j 2, and the bar redraws at most ten times a second anyway.
+PROGRESS_EVERY = 0.05
 MAX_SWARM = 200  # connected peers sent to the workers at most (PEX sends 50 a minute)
 
 
@@ -543,6 +546,7 @@ class Coordinator:
         last_peer_seen = started = last_data = time.monotonic()
         received = self.downloaded
         shared = False
+        last_progress = 0.0
         while self.picker.remaining:
             now = time.monotonic()
             if not shared and now - started > SHARE_AFTER:
@@ -574,6 +578,9 @@ class Coordinator:
                 # with the DHT, new peers may still come: --stall-timeout decides
                 if self.dht is None and now - last_peer_seen > self.opts.no_peers_timeout:
                     raise DownloadError(self._no_peers_reason())
+            if now - last_progress < PROGRESS_EVERY and self.picker.remaining:
+                continue
+            last_progress = now
             alive = self.pool.alive()
             self.emit(ev.Progress(
                 self.done_bytes, self.meta.total_length, peers, alive, self.downloaded,
