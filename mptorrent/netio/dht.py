@@ -48,6 +48,7 @@ LOOPBACK_ENV: Final = "MPTORRENT_LOOPBACK_ONLY"
 LOOKUP_EVERY: Final = 300.0  # seconds between lookups of one info-hash that found peers
 LOOKUP_RETRY: Final = 10.0  # ... and between lookups that found none
 MAX_WAIT: Final = 0.25  # the thread looks at new requests and the stop flag this often
+MAX_QUEUED_NODES: Final = 64  # nodes named by peers waiting for the thread; more are dropped
 
 PeersCallback = Callable[[bytes, tuple[PeerAddr, ...]], None]
 
@@ -151,9 +152,12 @@ class Dht:
             self._wanted[info_hash] = _Wanted(announce_port)
 
     def add_node(self, host: str, port: int) -> None:
-        """A node a peer told us about (the BEP 5 ``port`` message): ping it."""
+        """A node a peer told us about (the BEP 5 ``port`` message): a candidate the thread
+        pings (:meth:`Node.introduced`: rate-limited, never trusted); at most
+        ``MAX_QUEUED_NODES`` wait, the rest are dropped."""
         with self._lock:
-            self._pings.append((host, port))
+            if len(self._pings) < MAX_QUEUED_NODES:
+                self._pings.append((host, port))
 
     @property
     def table_size(self) -> int:
@@ -256,8 +260,10 @@ class Dht:
                 w.next_at = float("inf")  # until its LookupDone says when to look again
                 w.found = 0
         for host, port in pings:
+            # a peer's word is no reason to leave home: under MPTORRENT_LOOPBACK_ONLY a
+            # non-loopback node is not pinged (nor an error: the test did not choose it)
             if _is_loopback(host) or not _loopback_only():
-                self._send(node.ping((host, port), now))
+                self._send(node.introduced((host, port), now)[1])
         for ih, w in due:
             self._send(node.start_lookup(ih, now, announce_port=w.announce_port))
 
