@@ -219,6 +219,36 @@ def test_seed_is_found_through_the_dht_by_libtorrent(
             client.close()
 
 
+def test_a_failing_tracker_no_longer_ends_the_fetch_with_the_dht_on(
+    loopback_dht: LoopbackDht, tmp_path: Path
+) -> None:
+    """The same info dictionary (same info-hash) with a tracker that refuses: with --no-dht
+    the fetch ends at once (exit 1, the tracker's error); with the DHT it goes on, finds the
+    seeders there and completes."""
+    from mptorrent.proto import bencode
+
+    net, cache = loopback_dht, tmp_path / "cache"
+    top = bencode.decode(net.case.torrent, max_size=len(net.case.torrent))
+    assert isinstance(top, dict)
+    top[b"announce"] = b"http://127.0.0.1:1/announce"
+    torrent = tmp_path / "dead-tracker.torrent"
+    torrent.write_bytes(bencode.encode(top))
+    common = ["-q", "--port", "0"]
+    alone = run(
+        mptorrent("fetch", torrent, "-o", tmp_path / "no-dht", "--bind", f"{NET}.28", "--no-dht",
+                  *common, cache=cache),
+        cache, timeout=60,
+    )  # fmt: skip
+    assert alone.returncode == 1 and alone.stderr.startswith("mptorrent: error: no peers")
+    proc = run(
+        mptorrent("fetch", torrent, "-o", tmp_path / "out", "--bind", f"{NET}.29",
+                  "--dht-bootstrap", net.bootstrap, *common, cache=cache),
+        cache,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert same_tree(tmp_path / "out", net.case.payload.root)
+
+
 def test_the_python_api_fetches_a_bare_magnet_through_the_dht(
     loopback_dht: LoopbackDht, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
