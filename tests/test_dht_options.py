@@ -115,3 +115,24 @@ def test_help_states_the_stall_timeout_default_and_the_dht_options() -> None:
     assert "--stall-timeout" in out and "default: 300" in out
     for option in ("--no-dht", "--dht-bootstrap", "--dht-port"):
         assert option in out
+
+
+def test_a_bare_magnet_whose_dht_bootstrap_never_answers_says_so(tmp_path: Path) -> None:
+    """Nothing but the DHT, and no node answers the first bootstrap: exit 1 after that
+    bootstrap's time-out (QUERY_TIMEOUT), not the stall timeout, in words that name the DHT."""
+    from mptorrent.proto.dht.lookup import QUERY_TIMEOUT
+    from mptorrent.proto.magnet import Magnet
+
+    silent = bootstrap_node("127.0.9.5")  # bound, never answers
+    host, port = silent.getsockname()
+    started = time.monotonic()
+    with pytest.raises(mptorrent.MptorrentError) as caught:
+        mptorrent.fetch(
+            Magnet(bytes(range(20))).to_uri(), tmp_path / "out", workers=1, bind="127.0.9.5",
+            dht_bootstrap=[f"{host}:{port}"],
+        )  # fmt: skip
+    assert caught.value.exit_code == 1
+    assert str(caught.value).endswith("; no DHT node answered"), caught.value
+    assert QUERY_TIMEOUT <= time.monotonic() - started < QUERY_TIMEOUT + 10
+    assert first_datagram(silent, 0)  # it was asked
+    assert not list(tmp_path.glob("out*"))

@@ -229,3 +229,14 @@ def test_without_the_dht_no_bit_no_port_and_ports_are_ignored(tmp_path: Path) ->
                 assert pings(node, 0.3) == []
             finally:
                 peer.close()
+
+
+def test_the_dht_queues_at_most_64_named_nodes_and_unmaps_ipv4_over_ipv6() -> None:
+    from mptorrent.netio.dht import MAX_QUEUED_NODES, Dht
+
+    dht = Dht(bind="127.0.7.9", port=0, on_peers=lambda _ih, _p: None, save=False)
+    dht.add_node("::ffff:127.0.7.10", 7000)  # as a dual-stack socket names an IPv4 peer
+    for i in range(1000):
+        dht.add_node("127.0.7.11", 1000 + i)
+    assert dht._pings[0] == ("127.0.7.10", 7000)
+    assert len(dht._pings) == MAX_QUEUED_NODES

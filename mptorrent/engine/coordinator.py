@@ -624,10 +624,11 @@ class Coordinator:
                 f"could not complete: no usable peers ({len(self.banned)} banned: "
                 f"{'; '.join(reasons)[:200]})"
             )
+        dht = "; no DHT node answered" if self.dht is not None and self.dht.hopeless() else ""
         if self.tracker_errors and not self.known:
-            return "no peers: " + self.tracker_errors[-1]
+            return "no peers: " + self.tracker_errors[-1] + dht
         if not self.known:
-            return "no peers: the trackers returned none"
+            return "no peers: the trackers returned none" + dht
         return f"no peer could be reached for {self.opts.no_peers_timeout:.0f} s"
 
     def _handle(self, item: InboxItem) -> None:

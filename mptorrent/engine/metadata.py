@@ -8,7 +8,9 @@ the piece queues need the piece count, which only the metadata gives.  One threa
   through :class:`~mptorrent.netio.announcer.Announcer` with the info-hash alone; the
   answers arrive on a queue);
 * up to ``max_connections`` are dialled at once; each gets our handshake with the BEP 10
-  bit, then our extended handshake (``ut_metadata`` only);
+  bit, then our extended handshake (``ut_metadata`` only); with the DHT on, the handshake
+  has BEP 5's bit too, a peer that sets it is sent our node's port, and the node a peer
+  names in its ``port`` message goes to our DHT to be pinged;
 * a peer whose extended handshake announces ``metadata_size`` joins the
   :class:`~mptorrent.proto.ext.ut_metadata.MetadataAssembler` for that size (one
   assembler per distinct size, so a peer lying about the size cannot stall the honest
@@ -512,10 +514,12 @@ class MetadataFetch:
                 self.announcer.announce(event="stopped", left=LEFT_UNKNOWN, wait=2.0)
 
     def _no_peers_reason(self) -> str:
+        # the DHT gives up only when no node answered (Dht.hopeless): say so
+        dht = "; no DHT node answered" if self.dht is not None else ""
         if self.announcer is not None:
-            return "no peers: the trackers gave none, and no 'x.pe' or --peer peer was given"
+            return f"no peers: the trackers gave none, and no 'x.pe' or --peer peer was given{dht}"
         why = "trackers are turned off" if self.magnet.trackers else "it names no usable tracker"
-        return f"no peers: {why}, the magnet link has no 'x.pe' peer and no --peer was given"
+        return f"no peers: {why}, the magnet link has no 'x.pe' peer and no --peer was given{dht}"
 
     def _finish(self, done: MetadataVerified[PeerAddr], start: float) -> MetadataResult:
         seconds = time.monotonic() - start

@@ -155,6 +155,10 @@ class Dht:
         """A node a peer told us about (the BEP 5 ``port`` message): a candidate the thread
         pings (:meth:`Node.introduced`: rate-limited, never trusted); at most
         ``MAX_QUEUED_NODES`` wait, the rest are dropped."""
+        with contextlib.suppress(ValueError):  # a dual-stack socket's ::ffff:a.b.c.d is IPv4
+            mapped = ipaddress.ip_address(host.split("%", 1)[0])
+            if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+                host = str(mapped.ipv4_mapped)
         with self._lock:
             if len(self._pings) < MAX_QUEUED_NODES:
                 self._pings.append((host, port))
