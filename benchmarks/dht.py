@@ -219,7 +219,7 @@ def main(argv: list[str]) -> int:
         ])  # fmt: skip
     print(
         f"\nfetch of a bare magnet through a loopback DHT ({args.nodes} libtorrent nodes, 2 "
-        f"seeders), {args.size / 2**20:.0f} MiB, {args.piece_length // 1024} KiB pieces, "
+        f"seeders), {args.size / 1e6:.0f} MB, {args.piece_length // 1024} KiB pieces, "
         f"median of {args.runs} runs (s from process start):\n"
     )
     common.print_table(["client", "first peer", "metadata", "done", "exit"], rows)
