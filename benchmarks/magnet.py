@@ -72,12 +72,14 @@ class Timing:
 
 class RequestWatch:
     """The first piece request from one address to reach any seeder, from the seeders' peer
-    log (``peer_log_alert``), which is on only until that request is seen."""
+    log (``peer_log_alert``), which is on only until that request is seen.  ``needle``: the
+    log line to wait for (None: any line from that address, its first contact)."""
 
-    def __init__(self, seeders: list[LtPeer]) -> None:
+    def __init__(self, seeders: list[LtPeer], needle: str | None = "<== REQUEST") -> None:
         import libtorrent as lt
 
         self._lt = lt
+        self.needle = needle
         self.seeders = seeders
         self._quiet = lt.alert_category.error | lt.alert_category.status
         self.first: datetime | None = None
@@ -102,7 +104,7 @@ class RequestWatch:
                     if (
                         isinstance(a, lt.peer_log_alert)
                         and a.ip[0] == self._ip
-                        and "<== REQUEST" in a.message()
+                        and (self.needle is None or self.needle in a.message())
                     ):
                         at: datetime = a.timestamp()
                         if self.first is None or at < self.first:

@@ -35,6 +35,7 @@ from mptorrent.proto.ext import (
 )
 from mptorrent.proto.wire import (
     BLOCK_SIZE,
+    DHT_RESERVED,
     EXTENSION_RESERVED,
     FAST_RESERVED,
     MAX_MESSAGE,
@@ -74,6 +75,9 @@ OUR_HANDSHAKE = THEIR_HANDSHAKE.replace(THEM, US)
 FAST_EXT = bytes(a | b for a, b in zip(EXTENSION_RESERVED, FAST_RESERVED, strict=True))
 THEIR_FAST_HANDSHAKE = THEIR_HANDSHAKE.replace(EXTENSION_RESERVED, FAST_EXT)
 OUR_FAST_HANDSHAKE = OUR_HANDSHAKE.replace(EXTENSION_RESERVED, FAST_EXT)
+# BEP 5: the DHT bit, as libtorrent sends it beside BEP 10's and BEP 6's
+DHT_EXT = bytes(a | b for a, b in zip(FAST_EXT, DHT_RESERVED, strict=True))
+THEIR_DHT_HANDSHAKE = THEIR_HANDSHAKE.replace(EXTENSION_RESERVED, DHT_EXT)
 
 
 PROBE_ID = 1  # the id our router gives the stand-in extension
@@ -273,6 +277,10 @@ def seeds() -> list[bytes]:
     )
     peer = _model_peer(fast=True)
     fast_early = b"".join(peer.send(ev) for ev in (HaveAll(), AllowedFast(4), Have(1)))
+    # BEP 5 port messages: port 0 and the highest, then a short and a long one (errors)
+    peer = _model_peer()
+    ports = b"".join(peer.send(Port(p)) for p in (0, 65535, 6881))
+    short_port, long_port = b"\x00\x00\x00\x02\x09\x1a", b"\x00\x00\x00\x04\x09\x1a\xe1\x00"
     return [
         b"\x00" + stream,
         b"\x01" + THEIR_HANDSHAKE + stream,
@@ -283,6 +291,10 @@ def seeds() -> list[bytes]:
         b"\x05" + THEIR_FAST_HANDSHAKE + fast_stream,
         b"\x07" + THEIR_FAST_HANDSHAKE + fast_early + fast_stream[5:],
         b"\x04" + stream,  # the plain conversation with BEP 6 on
+        b"\x00" + ports + stream,
+        b"\x00" + ports + short_port + stream[:40],
+        b"\x00" + long_port + stream[:40],
+        b"\x05" + THEIR_DHT_HANDSHAKE + ports + fast_stream,
     ]
 
 

@@ -108,6 +108,15 @@ class PexLearned(NamedTuple):
     flags: tuple[int, ...]
 
 
+class DhtNodeLearned(NamedTuple):
+    """A peer's BEP 5 ``port`` message: its IP and the UDP port of its DHT node (never 0), at
+    most one per connection.  A candidate for the owner's DHT node to ping, never trusted
+    as it comes."""
+
+    worker: int
+    node: PeerAddr
+
+
 class WorkerFailed(NamedTuple):
     """A worker hit an error it cannot recover from (a bug, or a disk error)."""
 
@@ -150,7 +159,7 @@ class Seeding(NamedTuple):
 
 WorkerReport: TypeAlias = (
     Took | PieceDone | PieceFailed | Returned | PeerBitfield | PeerHaves | PeerBanned
-    | WorkerStats | WorkerFailed | Seeding | PexLearned
+    | WorkerStats | WorkerFailed | Seeding | PexLearned | DhtNodeLearned
 )  # fmt: skip
 """Worker -> coordinator (or seeder), in lists on the worker's report queue."""
 

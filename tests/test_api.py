@@ -43,6 +43,15 @@ def test_a_bad_magnet_raises_bad_magnet_with_exit_code_3() -> None:
     assert caught.value.exit_code == 3
 
 
+def test_a_bad_dht_bootstrap_is_a_value_error_before_anything_starts(tmp_path: Path) -> None:
+    for bad in ("nohost", "127.0.0.1:0", "127.0.0.1:70000", ":6881"):
+        with pytest.raises(ValueError, match="is not HOST:PORT"):
+            mptorrent.start(b"not even a torrent", tmp_path / "x", dht_bootstrap=[bad])
+        with pytest.raises(ValueError, match="is not HOST:PORT"):
+            mptorrent.fetch(b"not even a torrent", tmp_path / "x", dht_bootstrap=[bad])
+    assert not (tmp_path / "x").exists()
+
+
 def test_exit_code_mirrors_exit_status() -> None:
     classes = [c for c in vars(errors).values()
                if isinstance(c, type) and issubclass(c, errors.MptorrentError)]  # fmt: skip
@@ -131,7 +140,8 @@ def download(source: str | bytes | Path, out: Path) -> int:
     try:
         result: mptorrent.FetchResult = mptorrent.fetch(
             source, out, workers=2, peers=["127.0.0.1:6881", ("::1", 6881)], trackers=False,
-            on_event=show,
+            on_event=show, dht=True, dht_bootstrap=["127.0.0.2:6881", ("::1", 6882)],
+            dht_port=6881,
         )
     except mptorrent.MptorrentError as exc:
         return exc.exit_code

@@ -17,16 +17,17 @@ import pytest
 from mptorrent.proto.dht import krpc
 from mptorrent.proto.dht.krpc import Addr, FindNode, GetPeers, NodeInfo, Response
 from mptorrent.proto.dht.lookup import MAX_QUERIES, QUERY_TIMEOUT, Lookup
-from mptorrent.proto.dht.node import LookupDone, Node, PeersFound
+from mptorrent.proto.dht.node import Family, LookupDone, Node, PeersFound
 from mptorrent.proto.dht.routing import K, distance, random_id
 
 Hostile = Callable[[bytes, Addr, Addr], list[tuple[bytes, Addr]]]
 
 
 class Network:
-    """Nodes on 10.x addresses delivering each other's datagrams in memory, in order."""
+    """Nodes on 10.x addresses (``family=6``: 2001:db8::x, BEP 32) delivering each other's
+    datagrams in memory, in order."""
 
-    def __init__(self, n: int, seed: int = 1, loss: float = 0.0) -> None:
+    def __init__(self, n: int, seed: int = 1, loss: float = 0.0, family: Family = 4) -> None:
         self.rng = random.Random(seed)
         self.loss = loss  # the share of datagrams the network drops
         self.now = 1000.0
@@ -34,11 +35,15 @@ class Network:
         self.hostile: dict[Addr, Hostile] = {}
         self.delivered = 0
         for i in range(n):
-            addr = (f"10.0.{i // 200}.{i % 200 + 1}", 6881)
+            if family == 4:
+                addr = (f"10.0.{i // 200}.{i % 200 + 1}", 6881)
+            else:
+                addr = (f"2001:db8::{i + 1:x}", 6881)
             rng = random.Random(self.rng.random())
             self.nodes[addr] = Node(
-                random_id(rng), now=self.now, rng=rng, own_addrs=frozenset({addr[0]})
-            )
+                random_id(rng), now=self.now, rng=rng, own_addrs=frozenset({addr[0]}),
+                family=family,
+            )  # fmt: skip
         self.addrs = list(self.nodes)
         self.queue: deque[tuple[bytes, Addr, Addr]] = deque()
 
@@ -330,3 +335,21 @@ def test_bootstrap_is_retried_while_the_table_is_small() -> None:
     again = node.timers(BOOTSTRAP_RETRY)
     assert [to for _, to in again] == [router]
     assert isinstance(krpc.decode(again[0][0]), FindNode)
+
+
+def test_an_ipv6_network_bootstraps_announces_and_finds_peers() -> None:
+    """BEP 32: nodes of family 6 answer with ``nodes6``, fill their tables from it, and a
+    get_peers finds what another announced."""
+    net = Network(40, seed=32, family=6)
+    net.bootstrap()
+    assert all(len(node.table) >= K for node in net.nodes.values())
+    info_hash = random_id(net.rng)
+    seeder, leecher = net.addrs[3], net.addrs[30]
+    net.send(seeder, net.nodes[seeder].start_lookup(info_hash, net.now, announce_port=7000))
+    net.run(30)
+    net.send(leecher, net.nodes[leecher].start_lookup(info_hash, net.now))
+    net.run(30)
+    found = {
+        p for e in net.nodes[leecher].take_events() if isinstance(e, PeersFound) for p in e.peers
+    }
+    assert found == {(seeder[0], 7000)}

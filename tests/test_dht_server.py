@@ -253,3 +253,73 @@ def test_read_only_askers_are_answered_but_not_added() -> None:
     assert len(n.table) == 0
     assert ask(n, Ping(b"q", b"T" * 20)) == Response(b"q", n.id)
     assert len(n.table) == 1
+
+
+# -- nodes named by peers' BEP 5 port messages (Node.introduced) -----------------------
+
+
+def test_a_node_a_peer_names_is_pinged_and_enters_the_table_only_when_it_answers() -> None:
+    n = node()
+    named = ("10.0.9.1", 6881)
+    outcome, out = n.introduced(named, 0.0)
+    assert outcome == "pinged"
+    ((data, to),) = out
+    ping = krpc.decode(data)
+    assert to == named and isinstance(ping, Ping) and ping.id == n.id
+    assert len(n.table) == 0  # not trusted as it came
+    them = b"N" * 20
+    assert n.datagram_received(krpc.encode(Response(ping.tid, them)), named, 1.0) == []
+    entry = n.table.get(them)
+    assert entry is not None and entry.addr == named and entry.last_response == 1.0
+    assert n.introduced(named, 2.0) == ("known", [])  # in the table: nothing to ask
+
+
+def test_a_named_node_that_never_answers_stays_out_and_is_not_asked_again_soon() -> None:
+    n = node()
+    named = ("10.0.9.2", 6881)
+    assert n.introduced(named, 0.0)[0] == "pinged"
+    assert n.timers(10.0) == []  # the ping timed out
+    assert len(n.table) == 0
+    assert n.introduced(named, 20.0) == ("asked_lately", [])
+    assert n.introduced(named, 700.0)[0] == "pinged"  # INTRODUCED_AGAIN later: once more
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [("10.0.9.3", 0), ME, ("::1", 6881), ("224.0.0.1", 6881), ("0.0.0.0", 6881), ("x", 1)],
+    ids=["port 0", "our own address", "other family", "multicast", "unspecified", "no IP"],
+)
+def test_unusable_named_nodes_are_not_pinged(addr: tuple[str, int]) -> None:
+    n = node()
+    assert n.introduced(addr, 0.0) == ("unusable", [])
+    assert n.introductions == {"unusable": 1}
+
+
+def test_a_flood_of_named_nodes_is_pinged_at_a_capped_rate() -> None:
+    """Peers naming 1,000 nodes in one second cost INTRODUCED_BURST pings, then one a
+    second: the DHT cannot be made to ping a victim at the peers' rate."""
+    from mptorrent.proto.dht.node import INTRODUCED_BURST, INTRODUCED_RATE, MAX_INTRODUCED
+
+    n = node()
+    sent = 0
+    for i in range(1000):
+        outcome, out = n.introduced((f"10.2.{i // 250}.{i % 250 + 1}", 6881), i / 1000)
+        sent += len(out)
+        assert outcome in ("pinged", "over_rate")
+    assert sent == INTRODUCED_BURST  # the burst; the next token comes a second after it
+    assert n.introductions["over_rate"] == 1000 - sent
+    later = [n.introduced((f"10.3.0.{i + 1}", 6881), 10.0 + i / 10)[0] for i in range(50)]
+    assert later.count("pinged") <= INTRODUCED_BURST + 5 * INTRODUCED_RATE + 1
+    # what it remembers is bounded
+    for i in range(3 * MAX_INTRODUCED):
+        n.introduced((f"10.4.{i // 250}.{i % 250 + 1}", 6881), 1000.0 + i)
+    assert len(n._introduced) <= MAX_INTRODUCED
+
+
+def test_named_nodes_wait_when_every_query_slot_is_taken() -> None:
+    from mptorrent.proto.dht.node import MAX_PENDING
+
+    n = node()
+    for i in range(MAX_PENDING):
+        n.ping((f"10.5.{i // 250}.{i % 250 + 1}", 6881), 0.0)
+    assert n.introduced(("10.6.0.1", 6881), 0.0) == ("busy", [])

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from mptorrent.errors import ProtocolError
 from mptorrent.proto.wire import (
     BLOCK_SIZE,
+    DHT_RESERVED,
     EXTENSION_BIT,
     EXTENSION_RESERVED,
     HANDSHAKE_LEN,
@@ -1904,3 +1905,66 @@ def test_allowed_fast_pieces_may_be_requested_while_choked() -> None:
     with pytest.raises(LocalProtocolError, match="chokes us"):
         pair.a.send_requests([(1, 0, 100), (2, 0, BLOCK_SIZE)])  # all or nothing
     assert pair.a.outstanding_requests == 2
+
+
+# -- BEP 5: the DHT bit and the port message (issue 15) -------------------------------
+
+
+def test_the_dht_bit_is_the_last_reserved_bit_and_survives_beside_the_others() -> None:
+    assert bytes.fromhex("0000000000000001") == DHT_RESERVED
+    both = bytes(a | b for a, b in zip(EXTENSION_RESERVED, DHT_RESERVED, strict=True))
+    conn = new_conn()
+    sent = conn.send(Handshake(IH, PID_B, both))
+    assert sent[20:28] == bytes.fromhex("0000000000100001")  # BEP 10 and BEP 5, as libtorrent
+    conn.receive_data(handshake_bytes(reserved=both))
+    (got,) = drain(conn)
+    assert isinstance(got, Handshake) and got.dht and got.extensions and not got.fast
+    assert not Handshake(IH, PID_A, EXTENSION_RESERVED).dht
+    assert Handshake(IH, PID_A, bytes.fromhex("0000000000000005")).dht  # with BEP 6's bit
+
+
+@pytest.mark.parametrize("port", [0, 1, 6881, 65535])
+def test_a_port_is_taken_as_it_came_with_or_without_the_dht_bit(port: int) -> None:
+    """The wire passes every 2-byte port on (port 0 too: the worker drops it) whether the
+    handshakes set the DHT bit or not, as libtorrent accepts one from any peer."""
+    pair = Pair()  # no reserved bit at all
+    data = pair.a.send(Port(port))
+    assert data == b"\x00\x00\x00\x03\x09" + port.to_bytes(2, "big")
+    assert feed_zero_copy(pair.b, data + pair.a.send(KeepAlive())) == [Port(port), KeepAlive()]
+
+
+@pytest.mark.parametrize("length", [1, 2, 4, 5, 1000])
+def test_a_port_message_of_another_length_is_a_protocol_error(length: int) -> None:
+    conn = established_receiver()
+    body = bytes(length - 1)
+    conn.receive_data(length.to_bytes(4, "big") + b"\x09" + body)
+    with pytest.raises(RemoteProtocolError, match=f"message 9 has length {length}, not 3"):
+        conn.next_event()
+    with pytest.raises(RemoteProtocolError):  # sticky
+        conn.next_event()
+
+
+def test_port_messages_between_blocks_keep_the_zero_copy_path() -> None:
+    pair = Pair()
+    pair.b_requests((0, 0, 300), (1, 0, 200))
+    stream = b"".join(
+        (pair.a.send(Piece(0, 0, b"a" * 300)), pair.a.send(Port(6881)),
+         pair.a.send(Piece(1, 0, b"b" * 200)), pair.a.send(Port(6882)))
+    )  # fmt: skip
+    pair.b.receive_data(stream)
+    first = pair.b.next_event()
+    assert isinstance(first, Piece) and isinstance(first.block, memoryview)
+    assert bytes(first.block) == b"a" * 300
+    assert pair.b.next_event() == Port(6881)
+    second = pair.b.next_event()
+    assert isinstance(second, Piece) and isinstance(second.block, memoryview)
+    assert pair.b.next_event() == Port(6882)
+    assert pair.b.next_event() is NEED_DATA
+
+
+def test_sending_a_port_out_of_range_is_refused() -> None:
+    conn = new_conn()
+    conn.send(Handshake(IH, PID_B, DHT_RESERVED))
+    for bad in (-1, 65536):
+        with pytest.raises(LocalProtocolError, match="out of range"):
+            conn.send(Port(bad))

@@ -7,7 +7,9 @@ used, so ``import mptorrent`` stays cheap.  Everything a call reports goes to it
 prints); every failure is a :class:`~mptorrent.errors.MptorrentError` whose ``exit_code``
 is the one the command line would exit with.
 
-Parameters that belong to later issues (``dht``, ``only``, ``sequential``) are not here yet.
+The DHT (BEP 5) is on by default, as on the command line (``dht=False`` is ``--no-dht``,
+``dht_bootstrap`` ``--dht-bootstrap``, ``dht_port`` ``--dht-port``), never for a private
+torrent.  Parameters that belong to later issues (``only``, ``sequential``) are not here yet.
 """
 
 from __future__ import annotations
@@ -77,13 +79,16 @@ class Torrent:
     def from_magnet(
         cls, uri: str, *, peers: Iterable[PeerLike] = (), trackers: bool = True,
         timeout: float = 60.0, bind: str = "0.0.0.0", on_event: ev.EventSink | None = None,
+        dht: bool = True, dht_bootstrap: Iterable[PeerLike] = (), dht_port: int | None = None,
     ) -> Torrent:  # fmt: skip
-        """Fetch a magnet link's metadata from its peers (``x.pe``, ``peers``, trackers)."""
+        """Fetch a magnet link's metadata from its peers (``x.pe``, ``peers``, trackers, the
+        DHT: see :func:`fetch` for ``dht``, ``dht_bootstrap`` and ``dht_port``)."""
         from mptorrent.proto.magnet import parse_magnet
 
         return cls._from_magnet(
             parse_magnet(uri), peers=_peers(peers), trackers=trackers, timeout=timeout,
-            bind=bind, emit=on_event or ev.ignore,
+            bind=bind, emit=on_event or ev.ignore, dht=dht, dht_bootstrap=_peers(dht_bootstrap),
+            dht_port=dht_port,
         )  # fmt: skip
 
     @classmethod
@@ -185,6 +190,9 @@ def fetch(
     workers: int | None = None,
     peers: Iterable[PeerLike] = (),
     trackers: bool = True,
+    dht: bool = True,
+    dht_bootstrap: Iterable[PeerLike] = (),
+    dht_port: int | None = None,
     on_event: ev.EventSink | None = None,
     port: int = 0,
     bind: str = "0.0.0.0",
@@ -199,9 +207,15 @@ def fetch(
     into ``output`` (default: ./NAME) and return once it is complete and verified.
 
     ``workers``: worker processes (default: the CPU count); ``peers``: peers to dial
-    besides the trackers' (``trackers=False``: only these); ``port``: where to accept peers
-    (0: any free port).  ``on_event`` receives every :mod:`mptorrent.events` record, on this
-    thread.  Data already in ``output`` is verified and kept: a second call resumes.
+    besides the trackers' and the DHT's (``trackers=False, dht=False``: only these);
+    ``port``: where to accept peers (0: any free port).  ``on_event`` receives every
+    :mod:`mptorrent.events` record, on this thread.  Data already in ``output`` is verified
+    and kept: a second call resumes.
+
+    ``dht``: find peers in the DHT (BEP 5) and announce there, as the command line does
+    (never for a private torrent); ``dht_bootstrap``: nodes (``"host:port"`` or pairs) that
+    replace the built-in routers and the saved routing table; ``dht_port``: the node's UDP
+    port (default: the listening port).
 
     ``seed_ratio`` / ``seed_time`` (seconds): once complete, keep seeding on the same
     connections until uploaded/size reaches the ratio or the time is up, whichever comes
@@ -212,7 +226,8 @@ def fetch(
         source, output, workers=workers, peers=_peers(peers), trackers=trackers,
         emit=on_event or ev.ignore, port=port, bind=bind, max_peers=max_peers,
         metadata_timeout=metadata_timeout, io=io, seed_ratio=seed_ratio, seed_time=seed_time,
-        save_torrent=save_torrent,
+        save_torrent=save_torrent, dht=dht, dht_bootstrap=_peers(dht_bootstrap),
+        dht_port=dht_port,
     )  # fmt: skip
 
 
@@ -220,13 +235,15 @@ def _fetch(
     source: Source, output: str | os.PathLike[str] | None, *, workers: int | None,
     peers: tuple[PeerAddr, ...], trackers: bool, emit: ev.EventSink, port: int, bind: str,
     max_peers: int, metadata_timeout: float, io: IoMode, seed_ratio: float | None,
-    seed_time: float | None, save_torrent: str | os.PathLike[str] | None,
+    seed_time: float | None, save_torrent: str | os.PathLike[str] | None, dht: bool,
+    dht_bootstrap: tuple[PeerAddr, ...], dht_port: int | None,
 ) -> FetchResult:  # fmt: skip
     t0 = time.monotonic()
     torrent, opts = prepare(
         source, workers=workers, peers=peers, trackers=trackers, emit=emit, port=port,
         bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
-        seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent,
+        seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
+        dht_bootstrap=dht_bootstrap, dht_port=dht_port,
     )  # fmt: skip
     return download(torrent, output, opts, emit, t0)
 
@@ -483,6 +500,9 @@ def start(
     workers: int | None = None,
     peers: Iterable[PeerLike] = (),
     trackers: bool = True,
+    dht: bool = True,
+    dht_bootstrap: Iterable[PeerLike] = (),
+    dht_port: int | None = None,
     on_event: ev.EventSink | None = None,
     port: int = 0,
     bind: str = "0.0.0.0",
@@ -496,12 +516,14 @@ def start(
     """Begin :func:`fetch` on a thread and return its :class:`Download` handle at once.
     ``on_event`` (if given) is called on that thread."""
     peer_addrs = _peers(peers)  # a bad one is a ValueError here, not on the thread
+    boot = _peers(dht_bootstrap)
 
     def run(sink: ev.EventSink) -> FetchResult:
         return _fetch(
             source, output, workers=workers, peers=peer_addrs, trackers=trackers, emit=sink,
             port=port, bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
-            seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent,
+            seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
+            dht_bootstrap=boot, dht_port=dht_port,
         )  # fmt: skip
 
     return Download(run, on_event)
@@ -596,21 +618,22 @@ def seed(
     on_ready: Callable[[int], None] | None = None,
     io: IoMode = "auto",
     on_progress: Callable[[int], None] | None = None,
-    dht: bool = False,
-    dht_bootstrap: tuple[tuple[str, int], ...] = (),
+    dht: bool = True,
+    dht_bootstrap: Iterable[PeerLike] = (),
     dht_port: int | None = None,
 ) -> SeedResult:
     """Serve ``path``'s data until ``until(bytes uploaded)`` is true (checked a few times a
     second) or KeyboardInterrupt; ``on_ready`` gets the port once peers can connect (as
     ``on_event`` gets :class:`~mptorrent.events.SeedingReady`).  The data is verified
-    first: ``on_progress`` gets bytes checked, as they are."""
+    first: ``on_progress`` gets bytes checked, as they are.  ``dht``, ``dht_bootstrap``,
+    ``dht_port``: as for :func:`fetch` (the seed announces itself in the DHT)."""
     from mptorrent.engine.seeder import Seeder
     from mptorrent.mp import default_jobs
 
     t = torrent if isinstance(torrent, Torrent) else Torrent.load(torrent)
     seeder = Seeder(
         t.meta, Path(path), jobs=workers or default_jobs(), bind=bind, port=port, io=io,
-        use_trackers=trackers, events=on_event, dht=dht, dht_bootstrap=dht_bootstrap,
+        use_trackers=trackers, events=on_event, dht=dht, dht_bootstrap=_peers(dht_bootstrap),
         dht_port=dht_port,
         until=None if until is None else (lambda stats: until(stats.uploaded)),
     )  # fmt: skip

@@ -35,6 +35,7 @@ from mptorrent.engine.pool import Batch, Exit, WorkerPool
 from mptorrent.errors import DownloadError, MptorrentError, OutputLocked, StorageError
 from mptorrent.messages import (
     AddPeers,
+    DhtNodeLearned,
     PeerAddr,
     PeerBanned,
     PeerBitfield,
@@ -488,6 +489,7 @@ class Coordinator:
             timeouts=self.opts.timeouts, io=self.io,
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
             seed_only=self.picker.remaining == 0,  # a restart while seeding, or nothing to get
+            dht_port=self.dht.port if self.dht is not None else None,  # BEP 5 port messages
         )  # fmt: skip
         if restart is None:
             slot.gen = self.pool.start(slot.wid, cfg)
@@ -629,10 +631,11 @@ class Coordinator:
                 f"could not complete: no usable peers ({len(self.banned)} banned: "
                 f"{'; '.join(reasons)[:200]})"
             )
+        dht = "; no DHT node answered" if self.dht is not None and self.dht.hopeless() else ""
         if self.tracker_errors and not self.known:
-            return "no peers: " + self.tracker_errors[-1]
+            return "no peers: " + self.tracker_errors[-1] + dht
         if not self.known:
-            return "no peers: the trackers returned none"
+            return "no peers: the trackers returned none" + dht
         return f"no peer could be reached for {self.opts.no_peers_timeout:.0f} s"
 
     def _handle(self, item: InboxItem) -> None:
@@ -714,6 +717,9 @@ class Coordinator:
                 self.seeding_acks += 1
             case PexLearned():
                 self._pex_learned(msg)
+            case DhtNodeLearned():
+                if self.dht is not None:  # a candidate: pinged within the node's rate
+                    self.dht.add_node(msg.node.host, msg.node.port)
             case WorkerFailed():
                 if msg.storage:
                     raise StorageError(msg.message).with_detail(msg.detail)

@@ -8,7 +8,9 @@ the piece queues need the piece count, which only the metadata gives.  One threa
   through :class:`~mptorrent.netio.announcer.Announcer` with the info-hash alone; the
   answers arrive on a queue);
 * up to ``max_connections`` are dialled at once; each gets our handshake with the BEP 10
-  bit, then our extended handshake (``ut_metadata`` only);
+  bit, then our extended handshake (``ut_metadata`` only); with the DHT on, the handshake
+  has BEP 5's bit too, a peer that sets it is sent our node's port, and the node a peer
+  names in its ``port`` message goes to our DHT to be pinged;
 * a peer whose extended handshake announces ``metadata_size`` joins the
   :class:`~mptorrent.proto.ext.ut_metadata.MetadataAssembler` for that size (one
   assembler per distinct size, so a peer lying about the size cannot stall the honest
@@ -95,6 +97,8 @@ class _Peer:
     state: _State = _State.CONNECTING
     out: bytearray = field(default_factory=bytearray)
     size: int | None = None  # the metadata_size it announced, once it did
+    port_sent: bool = False  # our DHT port went out (BEP 5)
+    port_heard: bool = False  # its DHT port was handed to our node (once per connection)
 
     def send(self, event: wire.Event) -> None:
         self.out += self.conn.send(event)
@@ -294,7 +298,10 @@ class MetadataFetch:
             return
         peer.state = _State.HANDSHAKING
         peer.deadline = now + HANDSHAKE_TIMEOUT
-        peer.send(wire.Handshake(self.info_hash, self.peer_id, wire.EXTENSION_RESERVED))
+        reserved = wire.EXTENSION_RESERVED
+        if self.dht is not None:  # BEP 5: our node runs, peers may tell us theirs
+            reserved = bytes(a | b for a, b in zip(reserved, wire.DHT_RESERVED, strict=True))
+        peer.send(wire.Handshake(self.info_hash, self.peer_id, reserved))
 
     def _flush(self, peer: _Peer) -> None:
         if peer.out and peer.state is not _State.CLOSED:
@@ -343,6 +350,8 @@ class MetadataFetch:
                     return None
                 self.answered.setdefault(peer.addr, None)
                 peer.send(peer.router.handshake())
+                if event.dht:
+                    self._send_port(peer)
             case ExtendedHandshake():
                 peer.state = _State.ACTIVE
                 size = peer.ut.metadata_size
@@ -381,9 +390,21 @@ class MetadataFetch:
                     asm.rejected(peer.addr, event.piece)
             case MetadataRequested() if peer.router.peer_supports(NAME):
                 peer.send(peer.router.message(NAME, serve_request(None, event.piece)))
+            case wire.Port() if self.dht is not None:
+                # BEP 5: a node for ours to ping (rate-limited there), once per connection
+                self._send_port(peer)
+                if event.port and not peer.port_heard:
+                    peer.port_heard = True
+                    self.dht.add_node(peer.addr.host, event.port)
             case _:
                 pass  # bitfields, haves, chokes: kept by the connection for later, or moot
         return None
+
+    def _send_port(self, peer: _Peer) -> None:
+        """Our DHT node's port (BEP 5), once per connection."""
+        if self.dht is not None and not peer.port_sent:
+            peer.port_sent = True
+            peer.send(wire.Port(self.dht.port))
 
     def _drop_liars(self, info: bytes) -> None:
         """Whoever sent a piece of a round that did not verify, and that piece differs from
@@ -493,10 +514,12 @@ class MetadataFetch:
                 self.announcer.announce(event="stopped", left=LEFT_UNKNOWN, wait=2.0)
 
     def _no_peers_reason(self) -> str:
+        # the DHT gives up only when no node answered (Dht.hopeless): say so
+        dht = "; no DHT node answered" if self.dht is not None else ""
         if self.announcer is not None:
-            return "no peers: the trackers gave none, and no 'x.pe' or --peer peer was given"
+            return f"no peers: the trackers gave none, and no 'x.pe' or --peer peer was given{dht}"
         why = "trackers are turned off" if self.magnet.trackers else "it names no usable tracker"
-        return f"no peers: {why}, the magnet link has no 'x.pe' peer and no --peer was given"
+        return f"no peers: {why}, the magnet link has no 'x.pe' peer and no --peer was given{dht}"
 
     def _finish(self, done: MetadataVerified[PeerAddr], start: float) -> MetadataResult:
         seconds = time.monotonic() - start

@@ -26,6 +26,7 @@ from mptorrent.disk.storage import IoChoice, Layout, choose_io
 from mptorrent.engine.pool import Batch, Exit, WorkerPool
 from mptorrent.errors import StorageError
 from mptorrent.messages import (
+    DhtNodeLearned,
     PeerBanned,
     PeerBitfield,
     PeerHaves,
@@ -127,16 +128,13 @@ class Seeder:
                 worker_id=wid, meta=self.meta, layout=self.layout, peers=(),
                 parent_pid=os.getpid(), max_peers=self.max_peers,
                 listen=(self.bind, self.stats.port), seed_only=True, client_id=self.client_id,
-                io=self.io,
+                io=self.io, dht_port=self.dht.port if self.dht is not None else None,
             )  # fmt: skip
 
         try:
-            for w in range(self.jobs):
-                pool.start(w, config(w))
-            if self.use_trackers and announcer:
-                announcer.announce(event="started", left=left, on_result=self.inbox.put, wait=5.0)
             if self.use_dht:
-                # announce into the DHT; the peers it finds are left to dial us
+                # announce into the DHT; the peers it finds are left to dial us.  Started
+                # before the workers: they tell peers its port (BEP 5).
                 from mptorrent.netio.dht import Dht  # only when the DHT is on
 
                 self.dht = Dht(
@@ -145,6 +143,10 @@ class Seeder:
                 )  # fmt: skip
                 self.dht.start()
                 self.dht.lookup(self.meta.info_hash, self.stats.port)
+            for w in range(self.jobs):
+                pool.start(w, config(w))
+            if self.use_trackers and announcer:
+                announcer.announce(event="started", left=left, on_result=self.inbox.put, wait=5.0)
             self.ready.set()
             self.emit(ev.SeedingReady(
                 self.meta.name, self.bind, self.stats.port, self.stats.valid_pieces,
@@ -216,6 +218,9 @@ class Seeder:
                 pass  # what leechers have is their business
             case PexLearned():
                 pass  # a seed only serves: it dials nobody
+            case DhtNodeLearned():
+                if self.dht is not None:  # a candidate: pinged within the node's rate
+                    self.dht.add_node(msg.node.host, msg.node.port)
             case _:
                 assert_never(msg)
 

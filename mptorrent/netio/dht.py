@@ -48,6 +48,7 @@ LOOPBACK_ENV: Final = "MPTORRENT_LOOPBACK_ONLY"
 LOOKUP_EVERY: Final = 300.0  # seconds between lookups of one info-hash that found peers
 LOOKUP_RETRY: Final = 10.0  # ... and between lookups that found none
 MAX_WAIT: Final = 0.25  # the thread looks at new requests and the stop flag this often
+MAX_QUEUED_NODES: Final = 64  # nodes named by peers waiting for the thread; more are dropped
 
 PeersCallback = Callable[[bytes, tuple[PeerAddr, ...]], None]
 
@@ -121,6 +122,10 @@ class Dht:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # A byte on this pair wakes the thread's select at once (stop, a new lookup): the
+        # owner does not wait out MAX_WAIT (a magnet's metadata phase ends with a stop).
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._t0 = time.monotonic()
 
     # ---- the owner's side ----
@@ -141,6 +146,9 @@ class Dht:
         sock.setblocking(False)
         self.sock = sock
         self.port = sock.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="mptorrent-dht", daemon=True)
         self._thread.start()
 
@@ -149,11 +157,19 @@ class Dht:
         ``announce_port`` (None: only look)."""
         with self._lock:
             self._wanted[info_hash] = _Wanted(announce_port)
+        self._wake()
 
     def add_node(self, host: str, port: int) -> None:
-        """A node a peer told us about (the BEP 5 ``port`` message): ping it."""
+        """A node a peer told us about (the BEP 5 ``port`` message): a candidate the thread
+        pings (:meth:`Node.introduced`: rate-limited, never trusted); at most
+        ``MAX_QUEUED_NODES`` wait, the rest are dropped."""
+        with contextlib.suppress(ValueError):  # a dual-stack socket's ::ffff:a.b.c.d is IPv4
+            mapped = ipaddress.ip_address(host.split("%", 1)[0])
+            if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+                host = str(mapped.ipv4_mapped)
         with self._lock:
-            self._pings.append((host, port))
+            if len(self._pings) < MAX_QUEUED_NODES:
+                self._pings.append((host, port))
 
     @property
     def table_size(self) -> int:
@@ -166,8 +182,12 @@ class Dht:
     def stop(self) -> None:
         """End the thread and save the routing table; re-raise what ended the thread."""
         self._stop.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for end in (self._wake_r, self._wake_w):
+            if end is not None:
+                end.close()
         if self.sock is not None:
             self.sock.close()
         node = self.node
@@ -180,6 +200,11 @@ class Dht:
                 tmp.replace(path)
         if isinstance(self.error, MptorrentError):
             raise self.error
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (already woken) or closed
+            if self._wake_w is not None:
+                self._wake_w.send(b"\0")
 
     # ---- the thread ----
 
@@ -224,8 +249,8 @@ class Dht:
             self.bootstrapped.set()
 
     def _drive(self) -> None:
-        sock = self.sock
-        assert sock is not None
+        sock, wake = self.sock, self._wake_r
+        assert sock is not None and wake is not None
         node = self.node = self._make_node(sock.family)
         routers = self._resolve(list(self.bootstrap_addrs) or builtin_routers(), sock.family)
         self._send(node.bootstrap(routers, self._now()))
@@ -233,7 +258,11 @@ class Dht:
             now = self._now()
             self._start_lookups(node, now)
             wait = min(MAX_WAIT, max(0.0, node.next_deadline() - now))
-            readable, _, _ = select.select([sock], [], [], wait)
+            readable, _, _ = select.select([sock, wake], [], [], wait)
+            if wake in readable:
+                with contextlib.suppress(OSError):
+                    wake.recv(4096)
+                readable.remove(wake)
             if readable:
                 for _ in range(64):
                     try:
@@ -256,8 +285,10 @@ class Dht:
                 w.next_at = float("inf")  # until its LookupDone says when to look again
                 w.found = 0
         for host, port in pings:
+            # a peer's word is no reason to leave home: under MPTORRENT_LOOPBACK_ONLY a
+            # non-loopback node is not pinged (nor an error: the test did not choose it)
             if _is_loopback(host) or not _loopback_only():
-                self._send(node.ping((host, port), now))
+                self._send(node.introduced((host, port), now)[1])
         for ih, w in due:
             self._send(node.start_lookup(ih, now, announce_port=w.announce_port))
 

@@ -121,12 +121,15 @@ class PeerSession:
         self.inbound = True
         self.state = HANDSHAKING
 
-    def greet(self) -> None:
-        """Our handshake, offering BEP 10 and BEP 6.  Our piece state and interest wait for
-        the peer's (:meth:`greet_rest`): only then do we know whether BEP 6 lets a HaveAll
-        or HaveNone stand in for the bitfield."""
+    def greet(self, *, dht: bool = False) -> None:
+        """Our handshake, offering BEP 10 and BEP 6, and with ``dht`` BEP 5's bit (our DHT
+        node runs).  Our piece state and interest wait for the peer's (:meth:`greet_rest`):
+        only then do we know whether BEP 6 lets a HaveAll or HaveNone stand in for the
+        bitfield."""
         reserved = bytearray(wire.EXTENSION_RESERVED)  # BEP 10
         reserved[wire.FAST_BYTE] |= wire.FAST_BIT  # BEP 6
+        if dht:
+            reserved[wire.DHT_BYTE] |= wire.DHT_BIT  # BEP 5
         self.queue(self.wire.send(wire.Handshake(self.info_hash, self.peer_id, bytes(reserved))))
 
     def greet_rest(self, have: bytes | bytearray | memoryview | None, interested: bool) -> None:

@@ -59,6 +59,8 @@ from mptorrent.proto.wire_errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "BLOCK_SIZE",
+    "DHT_BIT",
+    "DHT_RESERVED",
     "EXTENSION_BIT",
     "EXTENSION_RESERVED",
     "FAST_BIT",
@@ -110,6 +112,9 @@ EXTENSION_RESERVED: Final = bytes([0, 0, 0, 0, 0, EXTENSION_BIT, 0, 0])
 FAST_BIT: Final = 0x04  # BEP 6: reserved[7] & 0x04
 FAST_BYTE: Final = 7
 FAST_RESERVED: Final = bytes([0, 0, 0, 0, 0, 0, 0, FAST_BIT])  # OR it into the reserved bytes
+DHT_BIT: Final = 0x01  # BEP 5: reserved[7] & 0x01, the sender runs a DHT node (Port messages)
+DHT_BYTE: Final = 7
+DHT_RESERVED: Final = bytes([0, 0, 0, 0, 0, 0, 0, DHT_BIT])  # OR it into the reserved bytes
 # Allowed Fast indices a peer may make us keep (libtorrent sends 10); more are
 # checked and reported, not kept, so a peer cannot grow the set without bound.
 MAX_ALLOWED_FAST: Final = 256
@@ -197,6 +202,11 @@ class Handshake(Event):
     def fast(self) -> bool:
         """The sender speaks the BEP 6 fast extension."""
         return bool(self.reserved[FAST_BYTE] & FAST_BIT)
+
+    @property
+    def dht(self) -> bool:
+        """The sender runs a DHT node (BEP 5): it may send, and wants, a :class:`Port`."""
+        return bool(self.reserved[DHT_BYTE] & DHT_BIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +302,11 @@ class Cancel(Event):
 
 @dataclass(frozen=True, slots=True)
 class Port(Event):
-    """BEP 5: the sender's DHT port. We run no DHT, so the worker ignores one it receives."""
+    """BEP 5: the UDP port of the sender's DHT node (at the connection's IP). Accepted with or
+    without the DHT bit in the handshake, as libtorrent does; port 0 is passed on as it came
+    (the receiver drops it). Any length but 3 is a protocol error."""
 
-    port: int  # BEP 5: the sender's DHT port
+    port: int
 
 
 @dataclass(frozen=True, slots=True, repr=False)

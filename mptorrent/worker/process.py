@@ -33,6 +33,7 @@ from mptorrent.errors import MptorrentError, ProtocolError, StorageError
 from mptorrent.messages import (
     AddPeers,
     ControlQueue,
+    DhtNodeLearned,
     DoneMap,
     PeerAddr,
     PeerBanned,
@@ -88,6 +89,9 @@ class WorkerConfig:
     source_address: str | None = None  # dial out from this address (the one we bind)
     io: IoMode = "mmap"  # how verified pieces reach the output
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # The UDP port of the owner's DHT node (BEP 5): our handshake sets the DHT bit and peers
+    # that set it too are sent a Port message.  None: no DHT (off, or a private torrent).
+    dht_port: int | None = None
 
 
 class _SelfConnection(Exception):
@@ -99,6 +103,9 @@ class _SelfConnection(Exception):
 
 class _Peer(PeerSession):
     """A wire connection as the download policy sees a peer (``policy.download.Peer``)."""
+
+    port_sent = False  # our BEP 5 Port went out on this connection
+    port_heard = False  # the peer's Port was reported (once per connection)
 
     @property
     def active(self) -> bool:
@@ -317,7 +324,25 @@ class _Worker:
         )
 
     def _greet(self, p: _Peer) -> None:
-        p.greet()
+        p.greet(dht=self.cfg.dht_port is not None)
+
+    def _send_port(self, p: _Peer) -> None:
+        """Our DHT node's port (BEP 5), once per connection, if our DHT runs."""
+        if self.cfg.dht_port is not None and not p.port_sent:
+            p.port_sent = True
+            p.queue(p.wire.send(wire.Port(self.cfg.dht_port)))
+
+    def _on_port(self, p: _Peer, port: int) -> None:
+        """The peer's DHT port (BEP 5): reported once per connection for the owner's DHT to
+        ping; port 0, later ones, or any while our DHT is off are dropped.  A peer that sends
+        one without the handshake's bit gets ours back, as libtorrent does."""
+        if self.cfg.dht_port is None:
+            return
+        self._send_port(p)
+        if port and not p.port_heard:
+            p.port_heard = True
+            node = PeerAddr(p.addr.host, port)
+            self._emit(DhtNodeLearned(self.cfg.worker_id, node), urgent=False)
 
     def _check_control(self) -> None:
         while True:
@@ -503,6 +528,8 @@ class _Worker:
                 p.greet_rest(self.have, interested=not self.seed_only)
                 self.uploader.greeted(p)  # BEP 6 Allowed Fast, if both speak it
                 self.ext.attach(p)  # BEP 10, if both handshakes set its bit
+                if ev.dht:
+                    self._send_port(p)  # BEP 5, after our piece state as libtorrent does
             elif isinstance(ev, (wire.Bitfield, wire.HaveAll)):  # HaveAll: BEP 6's full bitfield
                 if self.seed_only:  # availability matters only while downloading
                     if self._leave_if_seed(p):
@@ -527,6 +554,8 @@ class _Worker:
                 policy.rejected(p, ev.index, ev.begin)  # asked again, of whoever has it
             elif isinstance(ev, (wire.Request, wire.Cancel, wire.Interested, wire.NotInterested)):
                 self.uploader.on_event(p, ev)
+            elif isinstance(ev, wire.Port):
+                self._on_port(p, ev.port)
             elif not isinstance(ev, (wire.Unchoke, wire.KeepAlive)):
                 learned = self.ext.handle(p, ev, self.now)  # BEP 10 events
                 if learned is not None:

@@ -35,7 +35,7 @@ def test_fetch_is_byte_identical_and_reports_events(
     seen: list[ev.Event] = []
     out = tmp_path / "out.bin"
     res = mptorrent.fetch(
-        single_case.torrent, out, workers=2, peers=swarm.addrs, trackers=False,
+        single_case.torrent, out, workers=2, peers=swarm.addrs, trackers=False, dht=False,
         on_event=seen.append,
     )  # fmt: skip
     assert same_tree(out, single_case.payload.root)
@@ -63,7 +63,9 @@ def test_a_cancelled_download_keeps_its_pieces_and_a_second_call_resumes(
         single_case.torrent, single_case.save_dir, n_seeders=3, first_ip=74,
         upload_rate_limit=9 * 512 * 1024, use_trackers=False,
     ) as slow:  # fmt: skip
-        handle = mptorrent.start(torrent, out, workers=2, peers=slow.addrs, trackers=False)
+        handle = mptorrent.start(
+            torrent, out, workers=2, peers=slow.addrs, trackers=False, dht=False
+        )
         for event in handle.events():
             if isinstance(event, ev.Progress) and event.done >= 0.3 * size:
                 handle.cancel()
@@ -81,7 +83,7 @@ def test_a_cancelled_download_keeps_its_pieces_and_a_second_call_resumes(
         assert not check.complete and check.valid * meta.piece_length >= 0.25 * size
         assert not (out.parent / f".{out.name}.mptorrent-lock").exists()
 
-        res = mptorrent.fetch(torrent, out, workers=2, peers=slow.addrs, trackers=False)
+        res = mptorrent.fetch(torrent, out, workers=2, peers=slow.addrs, trackers=False, dht=False)
     assert res.resumed >= check.valid - 1
     assert res.downloaded <= size - (check.valid - 1) * meta.piece_length
     assert same_tree(out, single_case.payload.root)
@@ -104,7 +106,7 @@ def test_an_asyncio_program_follows_a_download(
         busy = asyncio.create_task(other_work())
         handle = mptorrent.start(
             mptorrent.Torrent.load(single_case.torrent), out, workers=2, peers=swarm.addrs,
-            trackers=False,
+            trackers=False, dht=False,
         )  # fmt: skip
         got = [event async for event in handle.aevents()]
         result = await asyncio.to_thread(handle.wait)
@@ -123,14 +125,16 @@ def test_a_magnet_link_from_python(single_case: TorrentCase, swarm: Swarm, tmp_p
 
     meta = single_case.meta
     uri = Magnet(meta.info_hash, name="from the link").to_uri()
-    t = mptorrent.Torrent.from_magnet(uri, peers=swarm.addrs, trackers=False, timeout=30)
+    t = mptorrent.Torrent.from_magnet(uri, peers=swarm.addrs, trackers=False, dht=False, timeout=30)
     assert (t.info_hash, t.name, t.size, t.pieces) == (
         meta.info_hash_hex, meta.name, meta.total_length, meta.num_pieces,
     )  # fmt: skip
     assert t.data is not None and mptorrent.Torrent.load(t.data).info_hash == t.info_hash
     seen: list[ev.Event] = []
     out = tmp_path / "out.bin"
-    res = mptorrent.fetch(uri, out, peers=swarm.addrs, trackers=False, on_event=seen.append)
+    res = mptorrent.fetch(
+        uri, out, peers=swarm.addrs, trackers=False, dht=False, on_event=seen.append
+    )
     assert same_tree(out, single_case.payload.root) and res.bytes == meta.total_length
     kinds = [type(e) for e in seen]
     assert kinds[:3] == [ev.FetchingMetadata, ev.MetadataReceived, ev.Metadata]
@@ -144,7 +148,7 @@ def test_fetch_takes_the_command_lines_options_seeding_after_and_saving_the_torr
     copy = tmp_path / "copy.torrent"
     mptorrent.fetch(
         single_case.torrent, tmp_path / "out.bin", workers=2, peers=swarm.addrs,
-        trackers=False, on_event=seen.append, seed_time=0.3, save_torrent=copy,
+        trackers=False, dht=False, on_event=seen.append, seed_time=0.3, save_torrent=copy,
     )  # fmt: skip
     assert copy.read_bytes() == single_case.torrent
     assert same_tree(tmp_path / "out.bin", single_case.payload.root)

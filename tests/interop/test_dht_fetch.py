@@ -219,6 +219,57 @@ def test_seed_is_found_through_the_dht_by_libtorrent(
             client.close()
 
 
+def test_a_failing_tracker_no_longer_ends_the_fetch_with_the_dht_on(
+    loopback_dht: LoopbackDht, tmp_path: Path
+) -> None:
+    """The same info dictionary (same info-hash) with a tracker that refuses: with --no-dht
+    the fetch ends at once (exit 1, the tracker's error); with the DHT it goes on, finds the
+    seeders there and completes."""
+    from mptorrent.proto import bencode
+
+    net, cache = loopback_dht, tmp_path / "cache"
+    top = bencode.decode(net.case.torrent, max_size=len(net.case.torrent))
+    assert isinstance(top, dict)
+    top[b"announce"] = b"http://127.0.0.1:1/announce"
+    torrent = tmp_path / "dead-tracker.torrent"
+    torrent.write_bytes(bencode.encode(top))
+    common = ["-q", "--port", "0"]
+    alone = run(
+        mptorrent("fetch", torrent, "-o", tmp_path / "no-dht", "--bind", f"{NET}.28", "--no-dht",
+                  *common, cache=cache),
+        cache, timeout=60,
+    )  # fmt: skip
+    assert alone.returncode == 1 and alone.stderr.startswith("mptorrent: error: no peers")
+    proc = run(
+        mptorrent("fetch", torrent, "-o", tmp_path / "out", "--bind", f"{NET}.29",
+                  "--dht-bootstrap", net.bootstrap, *common, cache=cache),
+        cache,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert same_tree(tmp_path / "out", net.case.payload.root)
+
+
+def test_the_python_api_fetches_a_bare_magnet_through_the_dht(
+    loopback_dht: LoopbackDht, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mptorrent.fetch(magnet, dht_bootstrap=[...])``: the API's DHT, as the CLI's."""
+    import mptorrent
+    from mptorrent import events as ev
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    net, out = loopback_dht, tmp_path / "out"
+    seen: list[ev.Event] = []
+    res = mptorrent.fetch(
+        magnet(net.case), out, workers=2, bind=f"{NET}.27", dht_bootstrap=[net.bootstrap],
+        on_event=seen.append,
+    )  # fmt: skip
+    assert same_tree(out, net.case.payload.root) and res.bytes == net.case.meta.total_length
+    seeders = {s.addr for s in net.seeders}
+    dialled = {e.peer for e in seen if isinstance(e, ev.PeerConnected) and e.source == "dht"}
+    assert dialled and dialled <= seeders  # found through the DHT, nowhere else
+    assert (tmp_path / "cache" / "mptorrent" / "dht.dat").stat().st_size > 20
+
+
 def test_stall_timeout_ends_a_fetch_nobody_seeds(loopback_dht: LoopbackDht, tmp_path: Path) -> None:
     """The DHT answers but knows no peer: no tracker failure ends the fetch, the stall does."""
     case = single_file_case(tmp_path / "data", 100 * KiB, 16 * KiB, seed=99)

@@ -12,6 +12,10 @@ addresses given to :meth:`Node.bootstrap` are remembered: asked again every
 ``BOOTSTRAP_RETRY`` (30 s) while the table holds fewer than ``K`` nodes, and offered to
 every lookup as a last resort.
 
+A node a peer names in a BEP 5 ``port`` message goes to :meth:`Node.introduced`: pinged,
+never trusted, within ``INTRODUCED_BURST`` / ``INTRODUCED_RATE``; it enters the table only
+when it answers, like any node.
+
 Replies are matched to our queries by transaction id *and* source address: a reply
 with an unknown id, or with a known id from another address, is dropped.  At most
 ``MAX_PENDING`` (512) queries are out at once; a query unanswered for
@@ -47,6 +51,13 @@ BOOTSTRAP_RETRY: Final = (
     30.0  # while the table holds fewer than K nodes, bootstrap again this often
 )
 MAX_ROUTERS: Final = 16
+# Nodes named by peers' BEP 5 port messages: a burst of this many pings, then one a second
+# (a peer, or many, cannot turn us into a ping cannon); an address asked in the last
+# INTRODUCED_AGAIN seconds is not asked again (at most MAX_INTRODUCED remembered).
+INTRODUCED_BURST: Final = 16.0
+INTRODUCED_RATE: Final = 1.0
+INTRODUCED_AGAIN: Final = 600.0
+MAX_INTRODUCED: Final = 1024
 
 Datagram: TypeAlias = tuple[bytes, Addr]
 Family: TypeAlias = Literal[4, 6]  # the address family of the node's socket
@@ -72,6 +83,9 @@ class LookupDone:
 
 
 Event: TypeAlias = PeersFound | LookupDone
+Introduction: TypeAlias = Literal[
+    "pinged", "unusable", "known", "asked_lately", "over_rate", "busy"
+]  # what Node.introduced did with a node a peer named
 
 
 @dataclass(slots=True)
@@ -111,6 +125,10 @@ class Node:
         self._next_tid = self.rng.randrange(1 << 16)
         self._routers: list[Addr] = []  # the bootstrap addresses, for retries
         self._next_bootstrap = float("inf")
+        self._introduced: dict[Addr, float] = {}  # addresses pinged for peers, and when
+        self._intro_tokens = INTRODUCED_BURST
+        self._intro_at: float | None = None
+        self.introductions: dict[Introduction, int] = {}  # outcomes of introduced(), counted
         self.malformed = 0  # datagrams refused by the codec
         self.unmatched = 0  # replies with an unknown transaction id or from the wrong address
 
@@ -176,6 +194,41 @@ class Node:
         if self._usable(addr) and addr[1] and addr[0] not in self.own_addrs:
             self._send(Ping(self._tid(), self.id), addr, now, None, out)
         return out
+
+    def introduced(self, addr: Addr, now: float) -> tuple[Introduction, list[Datagram]]:
+        """A node a peer named in a BEP 5 ``port`` message (the peer's IP, the port it sent):
+        pinged, so it enters the table only if it answers.  Not pinged: port 0, the other
+        family, our own address or not unicast (``"unusable"``), a node already in the table
+        (``"known"``), one asked in the last ``INTRODUCED_AGAIN`` seconds (``"asked_lately"``),
+        past the rate (``"over_rate"``), or with ``MAX_PENDING`` queries out (``"busy"``)."""
+        outcome, out = self._introduce(addr, now)
+        self.introductions[outcome] = self.introductions.get(outcome, 0) + 1
+        return outcome, out
+
+    def _introduce(self, addr: Addr, now: float) -> tuple[Introduction, list[Datagram]]:
+        not_us = bytes([self.id[0] ^ 0xFF]) + self.id[1:]  # an id the table does not refuse
+        if not self._usable(addr) or self.table.refuses(not_us, addr) is not None:
+            return "unusable", []
+        if self.table.knows(addr):
+            return "known", []
+        asked = self._introduced.get(addr)
+        if asked is not None and now - asked < INTRODUCED_AGAIN:
+            return "asked_lately", []
+        if self._intro_at is not None and now > self._intro_at:
+            gained = (now - self._intro_at) * INTRODUCED_RATE
+            self._intro_tokens = min(INTRODUCED_BURST, self._intro_tokens + gained)
+        self._intro_at = now if self._intro_at is None else max(now, self._intro_at)
+        if self._intro_tokens < 1.0:
+            return "over_rate", []
+        out: list[Datagram] = []
+        if not self._send(Ping(self._tid(), self.id), addr, now, None, out):
+            return "busy", []
+        self._intro_tokens -= 1.0
+        self._introduced.pop(addr, None)
+        if len(self._introduced) >= MAX_INTRODUCED:
+            del self._introduced[next(iter(self._introduced))]  # the oldest goes
+        self._introduced[addr] = now
+        return "pinged", out
 
     def bootstrap(self, addrs: list[Addr], now: float) -> list[Datagram]:
         """A ``find_node`` of our own id through ``addrs`` and the table's nodes; repeated

@@ -158,6 +158,10 @@ class RoutingTable:
     def get(self, node_id: bytes) -> Entry | None:
         return self._by_id.get(node_id)
 
+    def knows(self, addr: Addr) -> bool:
+        """A node at ``addr`` is in the table (its replacement caches not included)."""
+        return addr in self._by_addr
+
     def heard_from(self, node_id: bytes, addr: Addr, now: float, *, responded: bool) -> Outcome:
         """A message from ``node_id`` at ``addr``: an answer to our query when ``responded``."""
         if self.refuses(node_id, addr) is not None:
