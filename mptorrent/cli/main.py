@@ -162,6 +162,8 @@ def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
     return {
         "name": meta.name,
         "info_hash": meta.info_hash_hex,
+        "info_hash_v2": None if meta.info_hash_v2 is None else meta.info_hash_v2.hex(),
+        "meta_version": meta.meta_version,
         "total_length": meta.total_length,
         "piece_length": meta.piece_length,
         "num_pieces": meta.num_pieces,
@@ -369,6 +371,8 @@ def info(
     s = safe_text
     click.echo(f"name:        {s(meta.name)}")
     click.echo(f"info-hash:   {meta.info_hash_hex}")
+    if meta.info_hash_v2 is not None:
+        click.echo(f"info-hash v2: {meta.info_hash_v2.hex()} ({meta.meta_version})")
     click.echo(f"size:        {human_size(meta.total_length)} ({meta.total_length} bytes)")
     click.echo(f"pieces:      {meta.num_pieces} x {human_size(meta.piece_length)}")
     click.echo(f"private:     {'yes' if meta.private else 'no'}")

@@ -1,0 +1,108 @@
+"""BitTorrent v2 (BEP 52): the merkle verifier and v2/hybrid torrents read and checked."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from mptorrent.disk import checker
+from mptorrent.disk.storage import Layout, Storage, prepare
+from mptorrent.proto import bencode, merkle, metainfo
+from mptorrent.proto.hashing import PieceVerifier
+from tests.v2data import tree_of, v2_parts, v2_torrent
+
+PL = 32768
+FILES = [
+    ((b"a.bin",), os.urandom(100_000)),  # 4 pieces, the last partly padding
+    ((b"b.bin",), os.urandom(5000)),  # under one 16 KiB leaf
+    ((b"empty",), b""),
+    ((b"sub", b"c.bin"), os.urandom(2 * PL)),  # ends on a piece boundary: no padding
+    ((b"sub", b"d"), os.urandom(PL + 1)),
+]
+
+_conforms: type[PieceVerifier] = merkle.MerklePieces
+
+
+def payload(meta: metainfo.Metainfo) -> bytes:
+    """The torrent's linear byte space (padding as zeros)."""
+    by_path = {tuple(p.decode() for p in path): data for path, data in FILES}
+    return b"".join(bytes(f.length) if f.padding else by_path[f.path] for f in meta.files)
+
+
+@pytest.mark.parametrize("hybrid", [False, True], ids=["v2", "hybrid"])
+def test_every_piece_verifies_and_a_changed_byte_fails(hybrid: bool) -> None:
+    meta = metainfo.parse(v2_torrent(FILES, PL, hybrid=hybrid))
+    assert meta.meta_version == ("hybrid" if hybrid else "v2")
+    data = payload(meta)
+    v = pickle.loads(pickle.dumps(meta.verifier()))
+    assert v.num_pieces == meta.num_pieces == -(-len(data) // PL)
+    for i in range(meta.num_pieces):
+        piece = data[i * PL : (i + 1) * PL]
+        assert v.verify(i, piece), i
+        h = v.hasher(i)
+        for k in range(0, len(piece), 7000):  # odd-sized updates, as storage reads file by file
+            h.update(memoryview(piece)[k : k + 7000])
+        assert v.matches(i, h.digest()), i
+        bad = bytearray(piece)
+        bad[0] ^= 1  # (v2 ignores the padding bytes: they are never written anywhere)
+        assert not v.verify(i, bad), i
+
+
+def test_v2_only_places_files_on_piece_boundaries_like_libtorrent() -> None:
+    meta = metainfo.parse(v2_torrent(FILES, PL))
+    placed = [(f.path, f.offset, f.padding) for f in meta.files]
+    assert placed == [
+        (("a.bin",), 0, False), ((".pad", "31072"), 100_000, True),
+        (("b.bin",), 4 * PL, False), ((".pad", "27768"), 4 * PL + 5000, True),
+        (("empty",), 5 * PL, False), (("sub", "c.bin"), 5 * PL, False),
+        (("sub", "d"), 7 * PL, False), ((".pad", str(PL - 1)), 8 * PL + 1, True),
+    ]  # fmt: skip
+    assert meta.total_length == 9 * PL and meta.pieces == b""
+    info = bencode.encode(v2_parts(FILES, PL)[0])
+    assert meta.info_hash_v2 == hashlib.sha256(info).digest()
+    assert meta.info_hash == meta.info_hash_v2[:20]
+
+
+def test_roots_and_layers_follow_bep52() -> None:
+    data = os.urandom(5 * PL + 123)
+    root, layer = tree_of(data, PL)
+    assert merkle.file_root(data) == root
+    merkle.check_layer(root, layer, len(data), PL, "x")
+    assert merkle.layer_root(layer, PL) == root
+    small = os.urandom(3 * merkle.BLOCK + 1)  # 4 leaves: a tree narrower than the piece
+    assert merkle.file_root(small) == tree_of(small, PL * 4)[0]
+
+
+def test_a_magnet_info_dict_without_layers_is_read_and_checks_what_it_can() -> None:
+    info, _layers = v2_parts(FILES, PL)
+    data = bencode.encode({b"info": info})
+    with pytest.raises(metainfo.BadTorrent, match=r"no piece layer for file 'a\.bin'"):
+        metainfo.parse(data)
+    meta = metainfo.parse(data, missing_layers_ok=True)
+    v = meta.merkle_verifier()
+    whole = payload(meta)
+    assert v.expected(0) is None  # a.bin's layer: to come from peers
+    assert v.verify(4, whole[4 * PL : 5 * PL])  # b.bin is one piece: its root is the hash
+
+
+def test_checker_verifies_v2_and_hybrid_on_disk(tmp_path: Path) -> None:
+    for hybrid in (False, True):
+        meta = metainfo.parse(v2_torrent(FILES, PL, hybrid=hybrid))
+        out = tmp_path / meta.meta_version
+        layout = Layout.for_torrent(meta, out)
+        prepare(layout, out)
+        data = payload(meta)
+        with Storage(layout, writable=True) as st:
+            for i in range(meta.num_pieces):
+                st.write_piece(i, data[i * PL : (i + 1) * PL])
+        assert checker.verify(meta, layout, jobs=2).complete
+        target = out / "sub" / "d"
+        raw = bytearray(target.read_bytes())
+        raw[-1] ^= 1
+        target.write_bytes(raw)
+        report = checker.verify(meta, layout)
+        assert report.invalid == [8] and not report.missing
