@@ -106,3 +106,22 @@ def test_checker_verifies_v2_and_hybrid_on_disk(tmp_path: Path) -> None:
         target.write_bytes(raw)
         report = checker.verify(meta, layout)
         assert report.invalid == [8] and not report.missing
+
+
+@pytest.mark.parametrize("version", ["v2", "hybrid"])
+def test_create_matches_the_independent_builder_and_checks_complete(
+    tmp_path: Path, version: str
+) -> None:
+    from mptorrent.disk.create import create
+
+    root = tmp_path / "payload"
+    for path, data in FILES:
+        target = root.joinpath(*(p.decode() for p in path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    made = create(root, piece_length=PL, jobs=2, version=version)  # type: ignore[arg-type]
+    meta = metainfo.parse(made)
+    info, layers = v2_parts(FILES, PL, hybrid=version == "hybrid")
+    assert bencode.decode(meta.info_bytes, max_size=1 << 20) == info
+    assert dict(meta.piece_layers) == layers
+    assert checker.verify(meta, Layout.for_torrent(meta, root), jobs=2).complete

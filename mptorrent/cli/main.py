@@ -426,6 +426,10 @@ def _piece_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int
               help="auto, or a power of two from 16K to 16M.")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the .torrent (default: NAME.torrent).")  # fmt: skip
+@click.option("--v2", "v2", is_flag=True,
+              help="A BitTorrent v2-only torrent (BEP 52); v1 clients cannot read it.")  # fmt: skip
+@click.option("--hybrid", is_flag=True,
+              help="A hybrid v1+v2 torrent (BEP 52), for v1 and v2 clients.")  # fmt: skip
 @jobs_option
 @click.option("--private", is_flag=True, help="Set the private flag (BEP 27).")
 @click.option("--comment", help="A comment stored in the torrent.")
@@ -435,13 +439,16 @@ def _piece_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int
 def create(
     path: Path, trackers: tuple[str, ...], piece_size: int | None, output: Path | None,
     jobs: int | None, private: bool, comment: str | None, webseeds: tuple[str, ...], quiet: bool,
+    v2: bool, hybrid: bool,
 ) -> None:  # fmt: skip
-    """Make a .torrent from a file or a directory."""
+    """Make a .torrent from a file or a directory (BitTorrent v1 unless --v2 or --hybrid)."""
     from mptorrent.disk.create import create as make
     from mptorrent.disk.create import scan
     from mptorrent.disk.storage import human_size
     from mptorrent.proto import metainfo
 
+    if v2 and hybrid:
+        raise click.UsageError("--v2 and --hybrid exclude each other")
     src = scan(path)
     out = output or Path(f"{src.name}.torrent")
     tiers = [[u.strip() for u in t.split(",") if u.strip()] for t in trackers]
@@ -449,6 +456,7 @@ def create(
         data = make(
             path, trackers=tiers, piece_length=piece_size, jobs=jobs or default_jobs(),
             private=private, comment=comment, web_seeds=list(webseeds), progress=update,
+            version="v2" if v2 else "hybrid" if hybrid else "v1",
         )  # fmt: skip
     meta = metainfo.parse(data)
     try:
@@ -458,6 +466,7 @@ def create(
     click.echo(
         f"{out}: {safe_text(meta.name)}, {human_size(meta.total_length)} in {meta.num_pieces} "
         f"pieces of {human_size(meta.piece_length)}, info-hash {meta.info_hash_hex}"
+        + ("" if meta.info_hash_v2 is None else f", v2 info-hash {meta.info_hash_v2.hex()}")
     )
 
 

@@ -553,11 +553,13 @@ def create(
     comment: str | None = None,
     web_seeds: Sequence[str] = (),
     workers: int | None = None,
+    version: Literal["v1", "v2", "hybrid"] = "v1",
 ) -> Torrent:
     """Make a torrent of a file or a folder; written to ``output`` if given.
 
     ``trackers``: one URL per tier, or a list of URLs for a tier of several;
-    ``piece_length``: None picks one for the size.
+    ``piece_length``: None picks one for the size; ``version``: BitTorrent v1, v2-only or
+    hybrid (BEP 52).
     """
     from mptorrent.disk.create import create as make
     from mptorrent.mp import default_jobs
@@ -565,7 +567,7 @@ def create(
     tiers = [[t] if isinstance(t, str) else list(t) for t in trackers]
     data = make(
         Path(path), trackers=tiers, piece_length=piece_length, jobs=workers or default_jobs(),
-        private=private, comment=comment, web_seeds=list(web_seeds),
+        private=private, comment=comment, web_seeds=list(web_seeds), version=version,
     )  # fmt: skip
     if output is not None:
         try:

@@ -695,7 +695,16 @@ def build(
         info[b"length"] = length
     if private:
         info[b"private"] = 1
-    top: dict[bytes, Encodable] = {b"info": info}
+    return _wrap(info, {}, trackers, web_seeds, comment, created_by, creation_date)
+
+
+def _wrap(
+    info: dict[bytes, Encodable], extra: dict[bytes, Encodable], trackers: list[list[str]] | None,
+    web_seeds: list[str] | None, comment: str | None, created_by: str | None,
+    creation_date: int | None,
+) -> bytes:  # fmt: skip
+    """The whole .torrent around an info dict: trackers, web seeds, comment, dates."""
+    top: dict[bytes, Encodable] = {b"info": info, **extra}
     tiers = [t for t in (trackers or []) if t]
     if tiers:
         top[b"announce"] = tiers[0][0].encode()
@@ -708,3 +717,62 @@ def build(
     top[b"created by"] = (created_by or "mptorrent").encode()
     top[b"creation date"] = int(time.time()) if creation_date is None else creation_date
     return bencode.encode(top)
+
+
+def build_v2(
+    *,
+    name: str,
+    piece_length: int,
+    files: list[tuple[tuple[str, ...], int, bytes | None]],
+    piece_layers: dict[bytes, bytes],
+    multi_file: bool,
+    v1_pieces: bytes | None = None,
+    trackers: list[list[str]] | None = None,
+    web_seeds: list[str] | None = None,
+    private: bool = False,
+    comment: str | None = None,
+    created_by: str | None = None,
+    creation_date: int | None = None,
+) -> bytes:
+    """Encode a v2-only .torrent (BEP 52), or a hybrid one with ``v1_pieces``: then the v1
+    ``files`` list gets a padding file after each file that does not end on a piece boundary,
+    but the last, so that both halves place every file on a piece boundary."""
+    tree: dict[bytes, Encodable] = {}
+    for path, length, root in files:
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part.encode(), {})
+            assert isinstance(child, dict)
+            node = child
+        leaf: dict[bytes, Encodable] = {b"length": length}
+        if root is not None:
+            leaf[b"pieces root"] = root
+        node[path[-1].encode()] = {b"": leaf}
+    info: dict[bytes, Encodable] = {
+        b"file tree": tree,
+        b"meta version": META_VERSION_V2,
+        b"name": name.encode(),
+        b"piece length": piece_length,
+    }
+    if v1_pieces is not None:
+        info[b"pieces"] = v1_pieces
+        if multi_file:
+            v1: list[Encodable] = []
+            for n, (path, length, _root) in enumerate(files):
+                v1.append({b"length": length, b"path": [p.encode() for p in path]})
+                pad = -length % piece_length
+                if pad and n < len(files) - 1:
+                    v1.append(
+                        {
+                            b"attr": b"p",
+                            b"length": pad,
+                            b"path": [PAD_DIR.encode(), str(pad).encode()],
+                        }
+                    )
+            info[b"files"] = v1
+        else:
+            info[b"length"] = files[0][1]
+    if private:
+        info[b"private"] = 1
+    return _wrap(info, {b"piece layers": piece_layers}, trackers, web_seeds, comment,
+                 created_by, creation_date)  # fmt: skip
