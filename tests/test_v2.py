@@ -125,3 +125,20 @@ def test_create_matches_the_independent_builder_and_checks_complete(
     assert bencode.decode(meta.info_bytes, max_size=1 << 20) == info
     assert dict(meta.piece_layers) == layers
     assert checker.verify(meta, Layout.for_torrent(meta, root), jobs=2).complete
+
+
+@pytest.mark.parametrize("v2_only", [True, False], ids=["btmh", "btih+btmh"])
+def test_metadata_must_hash_to_the_v2_info_hash(v2_only: bool) -> None:
+    from mptorrent.proto.ext.ut_metadata import MetadataAssembler, MetadataVerified
+
+    info = bencode.encode(v2_parts(FILES, PL, hybrid=not v2_only)[0])
+    v2 = hashlib.sha256(info).digest()
+    v1 = v2[:20] if v2_only else hashlib.sha1(info).digest()
+    for sent, good in ((info, True), (info[:-2] + b"0e", False)):
+        asm: MetadataAssembler[str] = MetadataAssembler(v1, len(info), info_hash_v2=v2)
+        assert asm.add_peer("p", len(info))
+        out = None
+        for piece in asm.next_requests("p", 0.0):
+            chunk = sent[piece * 16384 : (piece + 1) * 16384]
+            out = asm.received("p", piece, len(sent), chunk)
+        assert isinstance(out, MetadataVerified) == good

@@ -350,8 +350,9 @@ class MetadataFetch:
                     asm = self.assemblers.get(size)
                     if asm is None and len(self.assemblers) < MAX_SIZES:
                         asm = self.assemblers[size] = MetadataAssembler(
-                            self.info_hash, size, timeout=self.request_timeout
-                        )
+                            self.info_hash, size, timeout=self.request_timeout,
+                            info_hash_v2=self.magnet.info_hash_v2,
+                        )  # fmt: skip
                     if asm is not None and asm.add_peer(peer.addr, size):
                         peer.size = size
                 if peer.size is None:
@@ -500,7 +501,8 @@ class MetadataFetch:
 
     def _finish(self, done: MetadataVerified[PeerAddr], start: float) -> MetadataResult:
         seconds = time.monotonic() - start
-        meta = metainfo.parse(torrent_from_metadata(done.info, self.magnet))
+        # A v2 info dict comes without its piece layers: peers send them (hash requests)
+        meta = metainfo.parse(torrent_from_metadata(done.info, self.magnet), missing_layers_ok=True)
         # Those that answered first, then the rest; none that sent bad metadata.
         order = [*done.peers, *self.answered, *self.known]
         peers = tuple(a for a in dict.fromkeys(order) if a not in self.dropped)

@@ -116,3 +116,19 @@ def test_mptorrent_seeds_a_v2_torrent_to_a_libtorrent_leecher(
         status, err = seed.interrupt()
     assert same_tree(tmp_path / "lt" / payload.root.name, payload.root)
     assert status == 130, err
+
+
+def test_fetch_a_hybrid_magnet_with_both_hashes(payload: Payload, tmp_path: Path) -> None:
+    data = lt_make(payload, "hybrid")
+    meta = metainfo.parse(data)
+    assert meta.info_hash_v2 is not None
+    with LtPeer(data, payload.save_dir, ip=fresh_ip(), use_trackers=False) as seeder:
+        uri = (
+            f"magnet:?xt=urn:btih:{meta.info_hash_hex}&xt=urn:btmh:1220{meta.info_hash_v2.hex()}"
+            f"&x.pe={seeder.addr.host}:{seeder.addr.port}"
+        )
+        out = tmp_path / "out"
+        r = cli("fetch", uri, "-o", str(out), "-j", "2", "-q", "--no-trackers",
+                "--bind", fresh_ip())  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    assert same_tree(out, payload.root)
