@@ -11,7 +11,7 @@ import pytest
 
 from mptorrent.disk import checker
 from mptorrent.disk.storage import Layout, Storage, prepare
-from mptorrent.proto import bencode, merkle, metainfo
+from mptorrent.proto import bencode, merkle, metainfo, wire
 from mptorrent.proto.hashing import PieceVerifier
 from tests.v2data import tree_of, v2_parts, v2_torrent
 
@@ -142,3 +142,145 @@ def test_metadata_must_hash_to_the_v2_info_hash(v2_only: bool) -> None:
             chunk = sent[piece * 16384 : (piece + 1) * 16384]
             out = asm.received("p", piece, len(sent), chunk)
         assert isinstance(out, MetadataVerified) == good
+
+
+# -- BEP 52 hash requests ------------------------------------------------------------------
+
+BIG = os.urandom(600 * 16384 + 5000)  # 601 pieces of 16 KiB: two chunks of piece hashes
+
+
+def _big_meta(pl: int = 16384) -> metainfo.Metainfo:
+    return metainfo.parse(v2_torrent([((b"big",), BIG), ((b"small",), b"x" * 10)], pl))
+
+
+def _leaves(piece_length: int) -> merkle.LeafSource:
+    def leaves(n: int) -> list[bytes] | None:
+        data = BIG[n * piece_length : (n + 1) * piece_length]
+        return merkle.leaf_hashes(data, len(data)) if data else None
+
+    return leaves
+
+
+def test_missing_layers_are_fetched_with_proofs_from_a_peer_that_has_them() -> None:
+    full = _big_meta()
+    seeder = full.merkle_verifier()
+    bare = metainfo.parse(b"d4:info" + full.info_bytes + b"e", missing_layers_ok=True)
+    fetch = merkle.LayerFetch(bare.merkle_verifier())
+    asked = []
+    while (req := fetch.next_request("seeder")) is not None:
+        asked.append(req)
+        answer = merkle.answer(seeder, req)
+        assert answer is not None
+        assert fetch.received("seeder", req, answer)
+    assert [(r.index, r.count) for r in asked] == [(0, 512), (512, 128)]
+    assert fetch.complete and dict(fetch.layers()) == dict(full.piece_layers)
+
+
+def test_a_wrong_proof_is_refused_and_asked_of_another_peer() -> None:
+    full = _big_meta()
+    seeder = full.merkle_verifier()
+    bare = metainfo.parse(b"d4:info" + full.info_bytes + b"e", missing_layers_ok=True)
+    fetch = merkle.LayerFetch(bare.merkle_verifier())
+    req = fetch.next_request("liar")
+    assert req is not None
+    good = merkle.answer(seeder, req)
+    assert good is not None
+    uncle_bent = good[:-1] + bytes([good[-1] ^ 1])
+    hash_bent = bytes([good[0] ^ 1]) + good[1:]
+    assert not fetch.received("liar", req, uncle_bent)
+    assert fetch.next_request("liar") is None  # a liar is not asked again
+    again = fetch.next_request("honest")
+    assert again is not None and not fetch.received("honest", again, hash_bent)
+    assert not fetch.received("nobody", again, good)  # not asked of it
+    assert not fetch.received("honest", again, good[:-32])  # one uncle short
+
+
+def test_block_hashes_of_a_piece_are_served_with_a_proof_to_the_root() -> None:
+    pl = 65536  # 4 leaves a piece
+    meta = _big_meta(pl)
+    v = meta.merkle_verifier()
+    root = meta.files[0].pieces_root
+    assert root is not None
+    tree = v.file_tree(root)
+    assert tree is not None
+    top = tree.root_level
+    for index, count in ((8, 4), (10, 2), (4, 4)):
+        req = merkle.HashRange(root, 0, index, count, top - 1)
+        answer = merkle.answer(v, req, _leaves(pl))
+        assert answer is not None and merkle.check_answer(req, answer, top)
+    # refused: not a power of two, not aligned, past the layer, across pieces, proof too deep
+    for bad in ((0, 0, 3, 2), (0, 2, 4, 2), (0, 1 << top, 2, 2), (0, 0, 8, 2), (0, 0, 4, top)):
+        assert merkle.answer(v, merkle.HashRange(root, *bad), _leaves(pl)) is None, bad
+    assert merkle.answer(v, merkle.HashRange(bytes(32), 2, 0, 2, 0)) is None  # unknown root
+    assert merkle.answer(v, merkle.HashRange(root, 0, 0, 4, 1)) is None  # no data to hash
+
+
+# -- the wire codec of BEP 52's hash messages ----------------------------------------------
+
+ROOT = bytes(range(32))
+
+
+def _wire_pair() -> tuple[wire.Connection, wire.Connection]:
+    a = wire.Connection(bytes(20), 4, PL, 4 * PL)
+    b = wire.Connection(bytes(20), 4, PL, 4 * PL)
+    b.receive_data(a.send(wire.Handshake(bytes(20), b"A" * 20)))
+    a.receive_data(b.send(wire.Handshake(bytes(20), b"B" * 20)))
+    assert isinstance(b.next_event(), wire.Handshake) and isinstance(a.next_event(), wire.Handshake)
+    return a, b
+
+
+def test_hash_messages_round_trip_whole_and_byte_by_byte() -> None:
+    a, b = _wire_pair()
+    events: list[wire.Event] = [
+        wire.HashRequest(ROOT, 2, 512, 512, 7),
+        wire.Hashes(ROOT, 2, 512, 4, 3, os.urandom(32 * 6)),  # 4 hashes + 2 uncles
+        wire.Hashes(ROOT, 0, 8, 2, 0, os.urandom(64)),
+        wire.HashReject(ROOT, 0, 0, 4, 9),
+    ]
+    data = b"".join(a.send(e) for e in events)
+    got: list[object] = []
+    for i in range(len(data)):
+        b.receive_data(data[i : i + 1])
+        while (ev := b.next_event()) is not wire.NEED_DATA:
+            got.append(ev)
+    assert got == events
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (bytes([21]) + ROOT + bytes(15), "message 21 has length 48, not 49"),
+        (bytes([21]) + ROOT + (0).to_bytes(4, "big") * 2 + (0).to_bytes(4, "big") * 2,
+         "hash request with base layer 0, length 0"),
+        (bytes([23]) + ROOT + (0).to_bytes(4, "big") * 2 + (8193).to_bytes(4, "big") + bytes(4),
+         "hash reject with base layer 0, length 8193"),
+        (bytes([21]) + ROOT + (99).to_bytes(4, "big") + bytes(4) + (2).to_bytes(4, "big")
+         + bytes(4), "hash request with base layer 99"),
+        (bytes([22]) + ROOT + bytes(16), "hashes message of 49 bytes is not 49 \\+ 32 x n"),
+        (bytes([22]) + ROOT + bytes(16) + bytes(31), "is not 49 \\+ 32 x n"),
+        (bytes([22]) + ROOT + bytes(8) + (4).to_bytes(4, "big") + bytes(4) + bytes(32 * 3),
+         "hashes message holds 3 hashes, its fields say 4"),
+        (bytes([22]) + ROOT + bytes(8) + (2).to_bytes(4, "big") + (5).to_bytes(4, "big")
+         + bytes(64), "holds 2 hashes, its fields say 7"),  # proof layers want uncles
+    ],
+    ids=["short", "count-0", "count-8193", "base-99", "no-hashes", "ragged", "too-few",
+         "no-uncles"],
+)  # fmt: skip
+def test_hostile_hash_messages_are_protocol_errors(body: bytes, message: str) -> None:
+    _a, b = _wire_pair()
+    b.receive_data(len(body).to_bytes(4, "big") + body)
+    with pytest.raises(wire.RemoteProtocolError, match=message):
+        while b.next_event() is not wire.NEED_DATA:
+            pass
+
+
+def test_hash_messages_we_would_send_wrong_are_refused() -> None:
+    a, _b = _wire_pair()
+    for bad in (
+        wire.HashRequest(ROOT[:31], 0, 0, 2, 0),
+        wire.HashRequest(ROOT, 0, -1, 2, 0),
+        wire.Hashes(ROOT, 0, 0, 2, 0, bytes(32)),
+        wire.HashReject(ROOT, 0, 0, 0, 0),
+    ):
+        with pytest.raises(wire.LocalProtocolError):
+            a.send(bad)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from mptorrent.errors import BadTorrent
@@ -163,7 +164,7 @@ class MerklePieces:
     Picklable (``checker`` hands it to its pool processes).
     """
 
-    __slots__ = ("_firsts", "files", "num_pieces", "piece_length")
+    __slots__ = ("_firsts", "_trees", "files", "num_pieces", "piece_length")
 
     def __init__(self, piece_length: int, num_pieces: int, files: Sequence[V2File]) -> None:
         if piece_length < BLOCK or piece_length & (piece_length - 1):
@@ -172,6 +173,7 @@ class MerklePieces:
         self.num_pieces = num_pieces
         self.files = tuple(sorted(files, key=lambda f: f.first_piece))
         self._firsts = [f.first_piece for f in self.files]
+        self._trees: dict[bytes, _FileTree] = {}
 
     def __getstate__(self) -> tuple[int, int, tuple[V2File, ...]]:
         return self.piece_length, self.num_pieces, self.files
@@ -179,6 +181,17 @@ class MerklePieces:
     def __setstate__(self, state: tuple[int, int, tuple[V2File, ...]]) -> None:
         self.piece_length, self.num_pieces, self.files = state
         self._firsts = [f.first_piece for f in self.files]
+        self._trees = {}
+
+    def file_tree(self, root: bytes) -> _FileTree | None:
+        """The file whose pieces root is ``root``, for answering hash requests (cached)."""
+        tree = self._trees.get(root)
+        if tree is None:
+            entry = next((f for f in self.files if f.root == root), None)
+            if entry is None:
+                return None
+            tree = self._trees[root] = _FileTree(entry, self.piece_length)
+        return tree
 
     def locate(self, index: int) -> tuple[V2File, int] | None:
         """The file piece ``index`` belongs to and the piece's number within that file."""
@@ -289,3 +302,219 @@ class _TwoHashers:
 
     def digest(self) -> bytes:
         return self.a.digest() + self.b.digest()
+
+
+# -- BEP 52 hash requests: answering them, and fetching missing piece layers -----------------
+
+MAX_HASH_COUNT = 8192  # hashes one request may ask for (libtorrent's limit too)
+LAYER_CHUNK = 512  # piece-layer hashes asked for at once (BEP 52: SHOULD NOT exceed 512)
+
+
+@dataclass(frozen=True, slots=True)
+class HashRange:
+    """The fields shared by BEP 52's hash request, hashes and hash reject messages: ``count``
+    hashes of the tree of the file whose root is ``root``, from ``index`` in layer ``base`` (0:
+    the 16 KiB leaves), with the uncle hashes of ``proof_layers`` layers above them."""
+
+    root: bytes
+    base: int
+    index: int
+    count: int
+    proof_layers: int
+
+
+def uncles_in(req: HashRange) -> int:
+    """How many uncle hashes follow the ``count`` hashes in an answer to ``req``: a proof layer
+    is left out while the requested hashes hold the whole layer below it (BEP 52)."""
+    return max(0, req.proof_layers - log2(next_pow2(req.count)) + 1)
+
+
+def _pairs(row: list[bytes]) -> list[bytes]:
+    it = iter(row)
+    return [_sha256(a + b).digest() for a, b in zip(it, it, strict=True)]
+
+
+def _layers_up(row: list[bytes], width: int, level: int) -> list[list[bytes]]:
+    """Every layer from ``row`` (at ``level``, filled with pad hashes to ``width``) to the root."""
+    row = row + [_PAD[level]] * (width - len(row))
+    out = [row]
+    while len(row) > 1:
+        row = _pairs(row)
+        out.append(row)
+    return out
+
+
+class _FileTree:
+    """What is needed to answer hash requests for one file: its layers from the piece layer up
+    (built once, then kept: a request costs a lookup, not a pass over the layer)."""
+
+    __slots__ = ("entry", "piece_level", "root_level", "upper")
+
+    def __init__(self, entry: V2File, piece_length: int) -> None:
+        self.entry = entry
+        self.piece_level = log2(piece_length // BLOCK)
+        self.root_level = log2(next_pow2(blocks_in(entry.length)))
+        self.upper: list[list[bytes]] | None = None
+        if entry.length > piece_length and entry.layer is not None:
+            hashes = [entry.layer[o : o + HASH] for o in range(0, len(entry.layer), HASH)]
+            self.upper = _layers_up(hashes, next_pow2(len(hashes)), self.piece_level)
+
+
+LeafSource = Callable[[int], "list[bytes] | None"]  # file's piece n -> its leaf hashes, or None
+
+
+def answer(v: MerklePieces, req: HashRange, leaves: LeafSource | None = None) -> bytes | None:
+    """The hashes (then uncles) that answer ``req``, or None: reject it.  Layers at or above the
+    piece layer come from the torrent's piece layers; below it, from ``leaves`` (the leaf
+    hashes of a piece we have, read from disk), for a range inside one piece."""
+    tree = v.file_tree(req.root)
+    if tree is None:
+        return None
+    base, index, count, proof = req.base, req.index, req.count, req.proof_layers
+    top = tree.root_level
+    if not 0 <= base < top or not 1 <= count <= MAX_HASH_COUNT or count & (count - 1):
+        return None
+    if index < 0 or index % count or index + count > (1 << (top - base)):
+        return None
+    if not 0 <= proof < top - base:
+        return None
+    p_level = tree.piece_level
+    below: list[list[bytes]] | None = None  # the piece's own layers, for levels under P
+    if base < p_level or (tree.upper is None and top <= p_level):
+        first = (index << base) >> p_level
+        last = ((index + count - 1) << base) >> p_level
+        if first != last or leaves is None:
+            return None
+        got = leaves(first)
+        if got is None:
+            return None
+        width = 1 << min(p_level, top)
+        below = _layers_up(got, width, 0)
+
+    def node(level: int, i: int) -> bytes | None:
+        if below is not None and level < len(below) and (level < p_level or tree.upper is None):
+            row = below[level]
+            return row[i % len(row)]
+        if tree.upper is not None and level >= p_level:
+            row = tree.upper[level - p_level]
+            return row[i] if i < len(row) else None
+        return None
+
+    out: list[bytes] = []
+    for i in range(index, index + count):
+        h = node(base, i)
+        if h is None:
+            return None
+        out.append(h)
+    h_levels = log2(count)
+    at = index >> h_levels
+    for j in range(uncles_in(req)):
+        h = node(base + h_levels + j, (at >> j) ^ 1)
+        if h is None:
+            return None
+        out.append(h)
+    return b"".join(out)
+
+
+def check_answer(req: HashRange, hashes: bytes, root_level: int) -> bool:
+    """Whether ``hashes``, the answer to our ``req`` (whose uncles reach the root), prove the
+    requested hashes against ``req.root`` in a tree whose root is ``root_level`` layers up."""
+    n = req.count + uncles_in(req)
+    if len(hashes) != n * HASH:
+        return False
+    row = [hashes[o : o + HASH] for o in range(0, req.count * HASH, HASH)]
+    node = root_of(row, req.count, req.base)
+    level = req.base + log2(req.count)
+    at = req.index >> log2(req.count)
+    for o in range(req.count * HASH, len(hashes), HASH):
+        uncle = hashes[o : o + HASH]
+        node = _sha256(node + uncle if at % 2 == 0 else uncle + node).digest()
+        at //= 2
+        level += 1
+    return level == root_level and node == req.root
+
+
+class LayerFetch:
+    """Sans-IO: the piece layers a torrent from a magnet link lacks, fetched with hash requests.
+
+    Each missing layer is asked for in chunks of up to 512 hashes with the uncles up to the
+    file's root, so every answer is checked on its own; a chunk that is rejected, or whose
+    proof fails, goes back to be asked of another peer (and a peer that lied is not asked
+    again).  ``P`` identifies a peer to the caller.
+    """
+
+    def __init__(self, v: MerklePieces) -> None:
+        self._pl = v.piece_length
+        self._level = log2(v.piece_length // BLOCK)
+        self._todo: list[HashRange] = []
+        self._layers: dict[bytes, bytearray] = {}
+        self._chunks_left: dict[bytes, int] = {}
+        self._pieces: dict[bytes, int] = {}
+        self._top: dict[bytes, int] = {}
+        self._asked: dict[HashRange, object] = {}
+        self._liars: set[object] = set()
+        for f in v.files:
+            if f.length <= v.piece_length or f.layer is not None or f.root is None:
+                continue
+            if f.root in self._layers:
+                continue
+            pieces = -(-f.length // v.piece_length)
+            top = log2(next_pow2(blocks_in(f.length)))
+            chunk = min(LAYER_CHUNK, next_pow2(pieces))
+            self._layers[f.root] = bytearray(HASH * pieces)
+            self._pieces[f.root] = pieces
+            self._top[f.root] = top
+            for index in range(0, pieces, chunk):
+                count = min(chunk, next_pow2(pieces - index))
+                self._todo.append(
+                    HashRange(f.root, self._level, index, count, top - self._level - 1)
+                )
+            self._chunks_left[f.root] = -(-pieces // chunk)
+
+    @property
+    def complete(self) -> bool:
+        return not any(self._chunks_left.values())
+
+    def next_request(self, peer: object) -> HashRange | None:
+        """A chunk to ask ``peer`` for, if any is left unasked (and the peer has not lied)."""
+        if peer in self._liars or not self._todo:
+            return None
+        req = self._todo.pop(0)
+        self._asked[req] = peer
+        return req
+
+    def forget(self, peer: object) -> None:
+        """``peer`` is gone: what it was asked goes back to be asked of another."""
+        for req, who in list(self._asked.items()):
+            if who == peer:
+                del self._asked[req]
+                self._todo.append(req)
+
+    def rejected(self, peer: object, req: HashRange) -> None:
+        if self._asked.get(req) == peer:
+            del self._asked[req]
+            self._todo.append(req)
+
+    def received(self, peer: object, req: HashRange, hashes: bytes) -> bool:
+        """Take an answer; False if it was not asked of ``peer`` or does not prove out (the
+        peer is then not asked again)."""
+        if self._asked.get(req) != peer:
+            return False
+        del self._asked[req]
+        if not check_answer(req, hashes, self._top[req.root]):
+            self._liars.add(peer)
+            self._todo.append(req)
+            return False
+        layer = self._layers[req.root]
+        keep = min(req.count, self._pieces[req.root] - req.index)
+        layer[req.index * HASH : (req.index + keep) * HASH] = hashes[: keep * HASH]
+        self._chunks_left[req.root] -= 1
+        return True
+
+    def layers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """(pieces root, piece layer) of every layer fetched whole."""
+        return tuple(
+            (root, bytes(layer))
+            for root, layer in self._layers.items()
+            if not self._chunks_left[root]
+        )
