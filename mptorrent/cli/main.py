@@ -275,7 +275,7 @@ def load_source(
         raise click.UsageError("this command takes a .torrent file, not a magnet link")
     found = magnet_phase(magnet)
     if save_torrent is not None:
-        _save_torrent(save_torrent, torrent_from_metadata(found.info, magnet))
+        _save_torrent(save_torrent, torrent_from_metadata(found.info, magnet, found.piece_layers))
     if not quiet:
         for w in found.meta.warnings:
             click.echo(f"mptorrent: warning: {safe_text(w)}", err=True)

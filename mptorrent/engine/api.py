@@ -102,7 +102,7 @@ class Torrent:
             events=emit, announce_stopped=port == 0, dht=dht, dht_bootstrap=dht_bootstrap,
             dht_port=dht_port,
         )  # fmt: skip
-        t = cls(found.meta, torrent_from_metadata(found.info, magnet))
+        t = cls(found.meta, torrent_from_metadata(found.info, magnet, found.piece_layers))
         t.peers = found.peers
         t.peer_sources = dict(found.sources)
         return t

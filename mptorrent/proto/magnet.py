@@ -285,16 +285,24 @@ def parse_magnet(uri: str) -> Magnet:
     )
 
 
-def torrent_from_metadata(info: bytes, magnet: Magnet) -> bytes:
+def torrent_from_metadata(
+    info: bytes, magnet: Magnet, piece_layers: tuple[tuple[bytes, bytes], ...] = ()
+) -> bytes:
     """A .torrent for ``--save-torrent``: the verified info dictionary exactly as
     received (so its info-hash is unchanged), with ``announce``/``announce-list``
-    from the magnet's trackers and ``url-list`` from its web seeds."""
+    from the magnet's trackers, ``piece layers`` (BEP 52) fetched from peers and
+    ``url-list`` from its web seeds."""
     head: dict[bytes, Encodable] = {}
     if magnet.trackers:
         head[b"announce"] = magnet.trackers[0]
         head[b"announce-list"] = [[url] for url in magnet.trackers]
-    # Keys sort as announce < announce-list < info < url-list: splice the raw
-    # info bytes in between rather than re-encode them.
+    # Keys sort as announce < announce-list < info < piece layers < url-list: splice
+    # the raw info bytes in between rather than re-encode them.
     before = bencode.encode(head)[1:-1]
-    after = bencode.encode({b"url-list": list(magnet.web_seeds)})[1:-1] if magnet.web_seeds else b""
+    tail: dict[bytes, Encodable] = {}
+    if piece_layers:
+        tail[b"piece layers"] = dict(piece_layers)
+    if magnet.web_seeds:
+        tail[b"url-list"] = list(magnet.web_seeds)
+    after = bencode.encode(tail)[1:-1]
     return b"d" + before + b"4:info" + info + after + b"e"

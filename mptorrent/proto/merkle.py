@@ -236,6 +236,14 @@ class MerklePieces:
             return None
         return root_of(leaf_hashes(data, length), width)
 
+    def piece_leaves(self, index: int, data: Data) -> list[bytes] | None:
+        """The leaf hashes of piece ``index`` whose bytes are ``data`` (its file's bytes only)."""
+        where = self.locate(index)
+        if where is None:
+            return None
+        length, _width = self._geometry(*where)
+        return leaf_hashes(data, length) if len(data) >= length else None
+
     def verify(self, index: int, data: Data) -> bool:
         want = self.expected(index)
         return want is not None and self.piece_root(index, data) == want
@@ -360,7 +368,7 @@ class _FileTree:
             self.upper = _layers_up(hashes, next_pow2(len(hashes)), self.piece_level)
 
 
-LeafSource = Callable[[int], "list[bytes] | None"]  # file's piece n -> its leaf hashes, or None
+LeafSource = Callable[[int], "list[bytes] | None"]  # piece index -> its leaf hashes, or None
 
 
 def answer(v: MerklePieces, req: HashRange, leaves: LeafSource | None = None) -> bytes | None:
@@ -385,7 +393,7 @@ def answer(v: MerklePieces, req: HashRange, leaves: LeafSource | None = None) ->
         last = ((index + count - 1) << base) >> p_level
         if first != last or leaves is None:
             return None
-        got = leaves(first)
+        got = leaves(tree.entry.first_piece + first)
         if got is None:
             return None
         width = 1 << min(p_level, top)
