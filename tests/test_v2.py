@@ -284,3 +284,40 @@ def test_hash_messages_we_would_send_wrong_are_refused() -> None:
     ):
         with pytest.raises(wire.LocalProtocolError):
             a.send(bad)
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_cli_create_info_and_verify_a_v2_torrent(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from mptorrent.cli.main import cli
+
+    root = tmp_path / "payload"
+    for path, data in FILES:
+        target = root.joinpath(*(p.decode() for p in path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    runner = CliRunner()
+    both = runner.invoke(cli, ["create", str(root), "--v2", "--hybrid", "-q"])
+    assert both.exit_code == 2 and "--v2 and --hybrid exclude each other" in both.output
+    out = tmp_path / "p.torrent"
+    made = runner.invoke(cli, ["create", str(root), "--hybrid", "-o", str(out), "-q"])
+    assert made.exit_code == 0, made.output
+    meta = metainfo.load(out)
+    assert (
+        meta.info_hash_v2 is not None and f"v2 info-hash {meta.info_hash_v2.hex()}" in made.output
+    )
+    shown = runner.invoke(cli, ["info", str(out), "--json", "--no-dht"])
+    assert shown.exit_code == 0, shown.output
+    got = json.loads(shown.output)
+    assert got["info_hash"] == meta.info_hash_hex and got["meta_version"] == "hybrid"
+    assert got["info_hash_v2"] == meta.info_hash_v2.hex()
+    text = runner.invoke(cli, ["info", str(out), "--no-dht"])
+    assert f"info-hash v2: {meta.info_hash_v2.hex()} (hybrid)" in text.output
+    assert runner.invoke(cli, ["verify", str(out), str(root), "-q"]).exit_code == 0
+    (root / "sub" / "d").write_bytes(b"\0" * (PL + 1))
+    assert runner.invoke(cli, ["verify", str(out), str(root), "-q"]).exit_code == 1
