@@ -24,6 +24,7 @@ import pytest
 
 from mptorrent.proto import metainfo
 from tests.dht_off import no_dht
+from tests.interop.opentracker import run_opentracker
 from tests.interop.test_seed import mptorrent_seed
 from tests.swarm import (
     IpPool,
@@ -228,3 +229,25 @@ def test_resume_keeps_what_verifies_against_the_merkle_trees(
     assert resumed, r.stderr[-1000:]
     # all but b/small's piece and z's last one
     assert int(resumed[1]) == meta.num_pieces - 2
+
+
+def test_a_v2_swarm_meets_at_a_tracker_under_the_truncated_v2_hash(
+    payload: Payload, tmp_path: Path, opentracker_bin: str
+) -> None:
+    """BEP 52: a v2-only torrent is announced with its SHA-256 info-hash cut to 20 bytes.
+    opentracker (whitelist: that hash only) introduces a libtorrent seeder and our fetch."""
+    data = lt_make(payload, "v2")
+    meta = metainfo.parse(data)
+    assert meta.info_hash_v2 is not None and meta.info_hash == meta.info_hash_v2[:20]
+    with run_opentracker([meta.info_hash]) as tracker:
+        d = lt.bdecode(data)
+        d[b"announce"] = tracker.announce_url.encode()
+        torrent = tmp_path / "tracked.torrent"
+        torrent.write_bytes(lt.bencode(d))
+        assert metainfo.load(torrent).info_hash_v2 == meta.info_hash_v2
+        with LtPeer(data, payload.save_dir, ip=fresh_ip(), tracker_url=tracker.announce_url):
+            out = tmp_path / "out"
+            r = cli("fetch", str(torrent), "-o", str(out), "-j", "2", "-q", "--bind", fresh_ip(),
+                    "--port", "0")  # fmt: skip
+            assert r.returncode == 0, r.stderr
+    assert same_tree(out, payload.root)
