@@ -319,5 +319,8 @@ def test_cli_create_info_and_verify_a_v2_torrent(tmp_path: Path) -> None:
     text = runner.invoke(cli, ["info", str(out), "--no-dht"])
     assert f"info-hash v2: {meta.info_hash_v2.hex()} (hybrid)" in text.output
     assert runner.invoke(cli, ["verify", str(out), str(root), "-q"]).exit_code == 0
+    from mptorrent.engine.api import Torrent
+
+    assert Torrent.load(out).info_hash_v2 == meta.info_hash_v2.hex()
     (root / "sub" / "d").write_bytes(b"\0" * (PL + 1))
     assert runner.invoke(cli, ["verify", str(out), str(root), "-q"]).exit_code == 1

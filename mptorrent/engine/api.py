@@ -117,6 +117,12 @@ class Torrent:
         return self.meta.info_hash_hex
 
     @property
+    def info_hash_v2(self) -> str | None:
+        """BitTorrent v2's SHA-256 info-hash in hex (64 digits); None for a v1 torrent."""
+        v2 = self.meta.info_hash_v2
+        return None if v2 is None else v2.hex()
+
+    @property
     def size(self) -> int:
         return self.meta.total_length
 
