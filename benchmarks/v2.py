@@ -2,14 +2,16 @@
 
     python3 benchmarks/v2.py                          # 256 MiB, 256 KiB pieces, 3 runs
     python3 benchmarks/v2.py --size 1GiB --runs 5 --jobs 2
-    python3 benchmarks/v2.py --verifier-only          # part 1 alone
+    python3 benchmarks/v2.py --verifier-only          # parts 1 and 2 alone
 
 1. **The verifiers over the same bytes**, in this process: one random file made into a
    hybrid torrent by ``mptorrent create --hybrid``; each piece is checked, from memory, by
    ``Sha1Pieces`` (v1), ``MerklePieces`` (v2: SHA-256 of each 16 KiB leaf, then the
    piece's subtree), and ``BothPieces`` (what a hybrid fetch does: both).  CPU seconds per
    GiB (``time.process_time``), the best of ``--runs``.
-2. **The same fetch benchmark three times**: libtorrent makes a v1-only, a v2-only and a
+2. **create and verify** (``mptorrent.disk``, ``-j 1`` and ``-j N``) of the same file as a
+   v1, v2 and hybrid torrent: seconds, the data in the page cache, best of ``--runs``.
+3. **The same fetch benchmark three times**: libtorrent makes a v1-only, a v2-only and a
    hybrid torrent of one random file; a libtorrent seeder (tests/swarm.py, 127.0.0.11)
    serves each, and the real ``mptorrent fetch -j N`` fetches it (v1: SHA-1; v2: merkle;
    hybrid: both), beside a libtorrent leecher of the same torrent from the same seeder.
@@ -33,7 +35,9 @@ from typing import Any
 import common
 from common import median, parse_size
 
+from mptorrent.disk import checker
 from mptorrent.disk.create import create
+from mptorrent.disk.storage import Layout
 from mptorrent.proto import merkle, metainfo
 from mptorrent.proto.hashing import PieceVerifier, Sha1Pieces
 from tests.swarm import LtPeer, make_single_file
@@ -64,6 +68,33 @@ def verifier_cpu(meta: metainfo.Metainfo, data: bytes, runs: int) -> dict[str, f
     return out
 
 
+def create_verify(payload: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Best wall seconds of ``create`` and of ``checker.verify`` per version and -j."""
+    out: dict[str, float] = {}
+    rows = []
+    for version in ("v1", "v2", "hybrid"):
+        for jobs in sorted({1, args.jobs}):
+            made = b""
+            best_c = best_v = float("inf")
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                made = create(payload, piece_length=args.piece_length, jobs=jobs,
+                              version=version)  # type: ignore[arg-type]  # fmt: skip
+                best_c = min(best_c, time.perf_counter() - t0)
+                meta = metainfo.parse(made)
+                layout = Layout.for_torrent(meta, payload)
+                t0 = time.perf_counter()
+                assert checker.verify(meta, layout, jobs=jobs).complete
+                best_v = min(best_v, time.perf_counter() - t0)
+            out[f"create {version} -j {jobs}"] = best_c
+            out[f"verify {version} -j {jobs}"] = best_v
+            gib = args.size / GiB
+            rows.append([f"{version} -j {jobs}", f"{best_c:.2f}", f"{gib / best_c * 1024:.0f}",
+                         f"{best_v:.2f}", f"{gib / best_v * 1024:.0f}"])  # fmt: skip
+    common.print_table(["version", "create s", "MiB/s", "verify s", "MiB/s"], rows)
+    return out
+
+
 def lt_torrent(payload: Path, piece_length: int, kind: str) -> bytes:
     import libtorrent as lt
 
@@ -79,7 +110,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--piece-length", type=parse_size, default=parse_size("256KiB"))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--verifier-only", action="store_true", help="part 1 alone")
+    ap.add_argument("--verifier-only", action="store_true", help="parts 1 and 2 alone")
     ap.add_argument("--out", type=Path)
     common.add_run_options(ap, settle=20.0)
     args = ap.parse_args(argv)
@@ -99,6 +130,7 @@ def main(argv: list[str]) -> int:
             ["verifier (one process, from memory)", "CPU s / GiB", "vs v1"],
             [[k, f"{s:.2f}", f"{s / base:.2f}x"] for k, s in cpu.items()],
         )
+        result["create_verify_s"] = create_verify(payload.root, args)
         if not args.verifier_only:
             result["fetch"] = fetch_part(work, payload.root, args)
     finally:
