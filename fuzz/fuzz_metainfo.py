@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mptorrent.errors import BadTorrent
-from mptorrent.proto import bencode, metainfo
+from mptorrent.proto import bencode, merkle, metainfo
 
 
 def TestOneInput(data: bytes) -> None:
@@ -30,7 +30,18 @@ def TestOneInput(data: bytes) -> None:
 
 def check(m: metainfo.Metainfo, data: bytes) -> None:
     """Everything a parsed torrent promises its users."""
-    assert m.info_hash == hashlib.sha1(m.info_bytes).digest()
+    if m.info_hash_v2 is None:
+        assert m.info_hash == hashlib.sha1(m.info_bytes).digest()
+    else:  # BEP 52: SHA-256; the wire's hash is v1's for a hybrid, v2's cut to 20 bytes else
+        assert m.info_hash_v2 == hashlib.sha256(m.info_bytes).digest()
+        v1 = hashlib.sha1(m.info_bytes).digest()
+        assert m.info_hash == (v1 if m.pieces else m.info_hash_v2[:20])
+        v = m.merkle_verifier()  # every layer kept hashes up to its file's root
+        for root, layer in m.piece_layers:
+            assert merkle.layer_root(layer, m.piece_length) == root
+        assert v.num_pieces == m.num_pieces
+        for f in m.data_files:
+            assert f.length == 0 or f.offset % m.piece_length == 0, f  # aligned to pieces
     assert m.info_bytes in data
     assert 0 < m.piece_length <= metainfo.MAX_PIECE_LENGTH
     assert 0 < m.total_length <= metainfo.MAX_TOTAL_LENGTH
@@ -83,7 +94,16 @@ def seeds() -> list[bytes]:
         b"length": 10, b"meta version": 2, b"name": b"h", b"piece length": pl,
         b"pieces": bytes(20),
     }})  # fmt: skip
-    return [single, multi, padded, hybrid]
+    big = bytes(range(256)) * 200  # three 16 KiB pieces: needs a piece layer
+    leaves = [hashlib.sha256(big[o : o + pl]).digest() for o in range(0, len(big), pl)]
+    layer = b"".join(leaves)
+    root = merkle.layer_root(layer, pl)
+    tree = {b"big": {b"": {b"length": len(big), b"pieces root": root}},
+            b"d": {b"e": {b"": {b"length": 0}}, b"s": {b"": {b"length": 3,
+                   b"pieces root": merkle.file_root(b"abc")}}}}  # fmt: skip
+    info = {b"file tree": tree, b"meta version": 2, b"name": b"v2", b"piece length": pl}
+    v2 = bencode.encode({b"info": info, b"piece layers": {root: layer}})
+    return [single, multi, padded, hybrid, v2]
 
 
 def main() -> None:

@@ -29,10 +29,11 @@ from fuzz import (
     fuzz_magnet,
     fuzz_metainfo,
     fuzz_tracker,
+    fuzz_v2,
     fuzz_wire,
     run,
 )
-from mptorrent.proto import bencode, metainfo, wire
+from mptorrent.proto import bencode, merkle, metainfo, wire
 from mptorrent.proto import tracker as tr
 from mptorrent.proto.dht import krpc
 from mptorrent.proto.ext import ut_metadata, ut_pex
@@ -47,6 +48,7 @@ TARGETS: dict[str, ModuleType] = {
     "magnet": fuzz_magnet,
     "ext": fuzz_ext,
     "dht": fuzz_dht,
+    "v2": fuzz_v2,
 }
 
 NASTY: list[bytes] = [
@@ -144,6 +146,10 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
     "dht": [
         (krpc, "decode", _raise),
     ],
+    "v2": [
+        (merkle, "answer", lambda *_a, **_kw: bytes(32)),
+        (merkle, "check_answer", lambda *_a, **_kw: True),
+    ],
 }  # fmt: skip
 
 
@@ -190,7 +196,7 @@ def test_bounded_run_with_the_hypothesis_engine() -> None:
     assert proc.stdout.splitlines()[0].startswith("fuzz: ENGINE hypothesis"), proc.stdout
     for name in TARGETS:
         assert f"fuzz_{name}: ok (hypothesis" in proc.stdout
-    assert "7 of 7 targets clean" in proc.stdout
+    assert f"{len(TARGETS)} of {len(TARGETS)} targets clean" in proc.stdout
 
 
 def test_the_hypothesis_engine_stops_at_its_time_bound() -> None:
@@ -252,4 +258,4 @@ def test_bounded_run_with_atheris_when_installed() -> None:
         n = len(set(TARGETS[name].seeds()))
         assert line.startswith(f"fuzz_{name}: ok (atheris: Done "), line
         assert line.endswith(f", {n} seed files)"), (line, n)
-    assert "7 of 7 targets clean" in proc.stdout
+    assert f"{len(TARGETS)} of {len(TARGETS)} targets clean" in proc.stdout

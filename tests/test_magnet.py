@@ -79,6 +79,13 @@ def test_v2_hash_is_kept_beside_the_v1_one() -> None:
     assert parse_magnet(again + "&xt=urn:ed2k:abcd&xt=urn:sha1:XYZ") == Magnet(IH)
 
 
+def test_a_v2_only_link_is_known_by_its_truncated_v2_hash() -> None:
+    m = parse_magnet(f"magnet:?xt=urn:btmh:1220{V2.hex()}&dn=x")
+    assert m.v2_only and m.info_hash == V2[:20] and m.info_hash_v2 == V2
+    assert "btih" not in m.to_uri() and parse_magnet(m.to_uri()) == m
+    assert not parse_magnet(f"magnet:?xt=urn:btih:{IH_HEX}&xt=urn:btmh:1220{V2.hex()}").v2_only
+
+
 def test_unusable_trackers_are_skipped_with_a_warning() -> None:
     m = parse_magnet(
         f"magnet:?xt=urn:btih:{IH_HEX}&tr=wss%3A%2F%2Fwt.example&tr=udp://no-port.example"
@@ -166,8 +173,7 @@ _XT = f"xt=urn:btih:{IH_HEX}"
 HOSTILE: list[tuple[str, str, str]] = [
     ("G1-not-magnet", "http://example.com/?" + _XT, "does not start with 'magnet:?'"),
     ("G1-empty", "", "does not start with 'magnet:?'"),
-    ("G1-no-xt", "magnet:?dn=x&tr=http://a/", "no 'xt=urn:btih:' info-hash"),
-    ("G1-v2-only", f"magnet:?xt=urn:btmh:1220{V2.hex()}", "only a v2 info-hash"),
+    ("G1-no-xt", "magnet:?dn=x&tr=http://a/", "no 'xt=urn:btih:' or 'xt=urn:btmh:' info-hash"),
     ("G2-short-hex", "magnet:?xt=urn:btih:" + IH_HEX[:-1], "neither 40 hex nor 32 base32"),
     ("G2-long-hex", "magnet:?xt=urn:btih:" + IH_HEX + "0", "neither 40 hex nor 32 base32"),
     ("G2-not-hex", "magnet:?xt=urn:btih:" + "g" * 40, "neither 40 hex nor 32 base32"),

@@ -36,6 +36,9 @@ from mptorrent.proto.wire import (
     Event,
     Extended,
     Handshake,
+    Hashes,
+    HashReject,
+    HashRequest,
     Have,
     HaveAll,
     Interested,
@@ -1311,6 +1314,9 @@ _BODIES: dict[int, bytes] = {
     8: bytes.fromhex("00000001 00000000 00004000"),
     9: b"\x1a\xe1",
     20: b"\x00d1:md6:ut_pexi1eee",
+    21: bytes(32) + bytes.fromhex("00000000 00000000 00000002 00000000"),  # BEP 52
+    22: bytes(32) + bytes.fromhex("00000000 00000000 00000002 00000000") + bytes(64),
+    23: bytes(32) + bytes.fromhex("00000000 00000000 00000002 00000000"),
 }
 _EXPECTED: dict[int, Event | None] = {
     0: Choke(),
@@ -1324,6 +1330,9 @@ _EXPECTED: dict[int, Event | None] = {
     8: Cancel(1, 0, BLOCK_SIZE),
     9: Port(6881),
     20: Extended(0, b"d1:md6:ut_pexi1eee"),
+    21: HashRequest(bytes(32), 0, 0, 2, 0),
+    22: Hashes(bytes(32), 0, 0, 2, 0, bytes(64)),
+    23: HashReject(bytes(32), 0, 0, 2, 0),
 }
 
 

@@ -162,6 +162,8 @@ def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
     return {
         "name": meta.name,
         "info_hash": meta.info_hash_hex,
+        "info_hash_v2": None if meta.info_hash_v2 is None else meta.info_hash_v2.hex(),
+        "meta_version": meta.meta_version,
         "total_length": meta.total_length,
         "piece_length": meta.piece_length,
         "num_pieces": meta.num_pieces,
@@ -273,7 +275,7 @@ def load_source(
         raise click.UsageError("this command takes a .torrent file, not a magnet link")
     found = magnet_phase(magnet)
     if save_torrent is not None:
-        _save_torrent(save_torrent, torrent_from_metadata(found.info, magnet))
+        _save_torrent(save_torrent, torrent_from_metadata(found.info, magnet, found.piece_layers))
     if not quiet:
         for w in found.meta.warnings:
             click.echo(f"mptorrent: warning: {safe_text(w)}", err=True)
@@ -369,6 +371,8 @@ def info(
     s = safe_text
     click.echo(f"name:        {s(meta.name)}")
     click.echo(f"info-hash:   {meta.info_hash_hex}")
+    if meta.info_hash_v2 is not None:
+        click.echo(f"info-hash v2: {meta.info_hash_v2.hex()} ({meta.meta_version})")
     click.echo(f"size:        {human_size(meta.total_length)} ({meta.total_length} bytes)")
     click.echo(f"pieces:      {meta.num_pieces} x {human_size(meta.piece_length)}")
     click.echo(f"private:     {'yes' if meta.private else 'no'}")
@@ -422,6 +426,10 @@ def _piece_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int
               help="auto, or a power of two from 16K to 16M.")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the .torrent (default: NAME.torrent).")  # fmt: skip
+@click.option("--v2", "v2", is_flag=True,
+              help="A BitTorrent v2-only torrent (BEP 52); v1 clients cannot read it.")  # fmt: skip
+@click.option("--hybrid", is_flag=True,
+              help="A hybrid v1+v2 torrent (BEP 52), for v1 and v2 clients.")  # fmt: skip
 @jobs_option
 @click.option("--private", is_flag=True, help="Set the private flag (BEP 27).")
 @click.option("--comment", help="A comment stored in the torrent.")
@@ -431,13 +439,16 @@ def _piece_size(_ctx: click.Context, _param: click.Parameter, value: str) -> int
 def create(
     path: Path, trackers: tuple[str, ...], piece_size: int | None, output: Path | None,
     jobs: int | None, private: bool, comment: str | None, webseeds: tuple[str, ...], quiet: bool,
+    v2: bool, hybrid: bool,
 ) -> None:  # fmt: skip
-    """Make a .torrent from a file or a directory."""
+    """Make a .torrent from a file or a directory (BitTorrent v1 unless --v2 or --hybrid)."""
     from mptorrent.disk.create import create as make
     from mptorrent.disk.create import scan
     from mptorrent.disk.storage import human_size
     from mptorrent.proto import metainfo
 
+    if v2 and hybrid:
+        raise click.UsageError("--v2 and --hybrid exclude each other")
     src = scan(path)
     out = output or Path(f"{src.name}.torrent")
     tiers = [[u.strip() for u in t.split(",") if u.strip()] for t in trackers]
@@ -445,6 +456,7 @@ def create(
         data = make(
             path, trackers=tiers, piece_length=piece_size, jobs=jobs or default_jobs(),
             private=private, comment=comment, web_seeds=list(webseeds), progress=update,
+            version="v2" if v2 else "hybrid" if hybrid else "v1",
         )  # fmt: skip
     meta = metainfo.parse(data)
     try:
@@ -454,6 +466,7 @@ def create(
     click.echo(
         f"{out}: {safe_text(meta.name)}, {human_size(meta.total_length)} in {meta.num_pieces} "
         f"pieces of {human_size(meta.piece_length)}, info-hash {meta.info_hash_hex}"
+        + ("" if meta.info_hash_v2 is None else f", v2 info-hash {meta.info_hash_v2.hex()}")
     )
 
 

@@ -1,16 +1,27 @@
-"""Making a .torrent from files on disk (``mptorrent create``)."""
+"""Making a .torrent from files on disk (``mptorrent create``): v1 (the default), v2 or hybrid.
+
+v2 and hybrid torrents (BEP 52) are hashed in one pass over a padded layout (each file
+starts on a piece boundary): each piece's merkle subtree root (and, for a hybrid, its SHA-1
+over the padded piece) in parallel processes, like v1; then each file's piece layer and root
+are put together from its pieces' roots.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypeAlias
 
 from mptorrent.disk import checker
 from mptorrent.disk.storage import Layout
 from mptorrent.errors import MptorrentError, StorageError
-from mptorrent.proto import metainfo
+from mptorrent.proto import merkle, metainfo
+from mptorrent.proto.hashing import Sha1Pieces
 from mptorrent.proto.metainfo import FileEntry
+
+Version: TypeAlias = Literal["v1", "v2", "hybrid"]
+VERSIONS: tuple[Version, ...] = ("v1", "v2", "hybrid")
 
 MIN_PIECE = 16 * 1024
 MAX_PIECE = 16 * 1024 * 1024
@@ -105,12 +116,18 @@ def create(
     comment: str | None = None,
     web_seeds: list[str] | None = None,
     progress: checker.Progress | None = None,
+    version: Version = "v1",
 ) -> bytes:
     src = scan(path)
     total = src.total_length
     if total == 0:
         raise CreateError(f"{path} holds no data (all files are empty)")
     pl = piece_length or auto_piece_length(total)
+    if version != "v1":
+        return _create_v2(
+            src, pl, hybrid=version == "hybrid", jobs=jobs, progress=progress, trackers=trackers,
+            web_seeds=web_seeds, private=private, comment=comment,
+        )  # fmt: skip
     layout = Layout(pl, total, src.files, src.paths)
     digests = bytearray(20 * layout.num_pieces)
     for index, digest in checker.hash_pieces(layout, jobs=jobs, progress=progress):
@@ -123,6 +140,74 @@ def create(
         pieces=bytes(digests),
         files=[(f.path, f.length) for f in src.files] if src.multi_file else None,
         length=None if src.multi_file else total,
+        trackers=trackers,
+        web_seeds=web_seeds,
+        private=private,
+        comment=comment,
+    )
+
+
+def _create_v2(
+    src: Source, pl: int, *, hybrid: bool, jobs: int, progress: checker.Progress | None,
+    trackers: list[list[str]] | None, web_seeds: list[str] | None, private: bool,
+    comment: str | None,
+) -> bytes:  # fmt: skip
+    # Each file on a piece boundary: padding after every file that does not end on one but
+    # the last (as build_v2 writes the hybrid's v1 list: the SHA-1 of the last piece covers
+    # no padding).
+    files: list[FileEntry] = []
+    paths: list[str | None] = []
+    offset = 0
+    for n, (f, p) in enumerate(zip(src.files, src.paths, strict=True)):
+        files.append(FileEntry(f.path, f.length, offset))
+        paths.append(p)
+        offset += f.length
+        if f.length % pl and n < len(src.files) - 1:
+            pad = pl - f.length % pl
+            files.append(FileEntry((metainfo.PAD_DIR, str(pad)), pad, offset, True))
+            paths.append(None)
+            offset += pad
+    layout = Layout(pl, offset, tuple(files), tuple(paths))
+    n = layout.num_pieces
+    entries = [
+        merkle.V2File(f.offset // pl, f.length, None, None)
+        for f in files
+        if f.length and not f.padding
+    ]
+    tree = merkle.MerklePieces(pl, n, entries)
+    # hashers only: a hybrid's digest is its SHA-1 then its merkle root
+    hashers = merkle.BothPieces(Sha1Pieces(bytes(20 * n)), tree) if hybrid else tree
+    roots: list[bytes] = [b""] * n
+    sha1 = bytearray(20 * n)
+    for index, digest in checker.hash_pieces(
+        layout, jobs=jobs, progress=progress, verifier=hashers
+    ):
+        if digest is None:
+            raise StorageError(f"a file under {src.name} changed or vanished while hashing")
+        roots[index] = digest[-merkle.HASH :]
+        if hybrid:
+            sha1[index * 20 : index * 20 + 20] = digest[:20]
+    v2files: list[tuple[tuple[str, ...], int, bytes | None]] = []
+    layers: dict[bytes, bytes] = {}
+    for e, f in zip(entries, (f for f in files if f.length and not f.padding), strict=True):
+        count = -(-e.length // pl)
+        if count == 1:
+            v2files.append((f.path, f.length, roots[e.first_piece]))
+            continue
+        layer = b"".join(roots[e.first_piece : e.first_piece + count])
+        root = merkle.layer_root(layer, pl)
+        layers[root] = layer
+        v2files.append((f.path, f.length, root))
+    # empty files, in their places: the tree and the v1 list keep the scan's order
+    by_path = {p: (p, length, root) for p, length, root in v2files}
+    ordered = [by_path.get(f.path, (f.path, 0, None)) for f in src.files]
+    return metainfo.build_v2(
+        name=src.name,
+        piece_length=pl,
+        files=ordered,
+        piece_layers=layers,
+        multi_file=src.multi_file,
+        v1_pieces=bytes(sha1) if hybrid else None,
         trackers=trackers,
         web_seeds=web_seeds,
         private=private,

@@ -107,7 +107,7 @@ class Torrent:
             events=emit, announce_stopped=port == 0, dht=dht, dht_bootstrap=dht_bootstrap,
             dht_port=dht_port,
         )  # fmt: skip
-        t = cls(found.meta, torrent_from_metadata(found.info, magnet))
+        t = cls(found.meta, torrent_from_metadata(found.info, magnet, found.piece_layers))
         t.peers = found.peers
         t.peer_sources = dict(found.sources)
         return t
@@ -120,6 +120,12 @@ class Torrent:
     def info_hash(self) -> str:
         """Hex, as in magnet links."""
         return self.meta.info_hash_hex
+
+    @property
+    def info_hash_v2(self) -> str | None:
+        """BitTorrent v2's SHA-256 info-hash in hex (64 digits); None for a v1 torrent."""
+        v2 = self.meta.info_hash_v2
+        return None if v2 is None else v2.hex()
 
     @property
     def size(self) -> int:
@@ -575,11 +581,13 @@ def create(
     comment: str | None = None,
     web_seeds: Sequence[str] = (),
     workers: int | None = None,
+    version: Literal["v1", "v2", "hybrid"] = "v1",
 ) -> Torrent:
     """Make a torrent of a file or a folder; written to ``output`` if given.
 
     ``trackers``: one URL per tier, or a list of URLs for a tier of several;
-    ``piece_length``: None picks one for the size.
+    ``piece_length``: None picks one for the size; ``version``: BitTorrent v1, v2-only or
+    hybrid (BEP 52).
     """
     from mptorrent.disk.create import create as make
     from mptorrent.mp import default_jobs
@@ -587,7 +595,7 @@ def create(
     tiers = [[t] if isinstance(t, str) else list(t) for t in trackers]
     data = make(
         Path(path), trackers=tiers, piece_length=piece_length, jobs=workers or default_jobs(),
-        private=private, comment=comment, web_seeds=list(web_seeds),
+        private=private, comment=comment, web_seeds=list(web_seeds), version=version,
     )  # fmt: skip
     if output is not None:
         try:

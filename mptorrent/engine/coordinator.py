@@ -535,9 +535,10 @@ class Coordinator:
         claimed = [i for i in range(n) if self.done_map[i] and self.picker.state[i] != DONE]
         if not claimed:
             return
+        verifier = self.meta.verifier()
         with Storage(self.layout) as st:
             for i in claimed:
-                if st.hash_piece(i) == self.meta.piece_hash(i):
+                if st.verify_piece(i, verifier):
                     self._piece_done(i, None, ())
                 else:
                     self.done_map[i] = 0

@@ -59,6 +59,7 @@ from mptorrent.proto.ext.ut_metadata import (
     serve_request,
 )
 from mptorrent.proto.magnet import Magnet, torrent_from_metadata
+from mptorrent.proto.merkle import HashRange, LayerFetch
 
 if TYPE_CHECKING:
     from mptorrent.netio.dht import Dht
@@ -69,6 +70,7 @@ CONNECT_TIMEOUT: Final = 5.0
 HANDSHAKE_TIMEOUT: Final = 10.0  # from connected to the peer's extended handshake
 REDIAL_AFTER: Final = 3.0  # everyone tried and failed: dial the known peers again after this
 MAX_SIZES: Final = 4  # distinct metadata_size claims followed at once
+MAX_HASH_ASKS: Final = 4  # BEP 52 hash requests outstanding per peer (v2 piece layers)
 RECV_SIZE: Final = 64 * 1024
 CLIENT: Final = "mptorrent"
 # A tracker lists a peer with nothing left as a seed; what is left is unknown yet.
@@ -113,6 +115,9 @@ class MetadataResult:
     peers: tuple[PeerAddr, ...]  # peers found, those that answered us first
     seconds: float
     sources: Mapping[PeerAddr, ev.PeerSource] = field(default_factory=dict)  # of ``peers``
+    # BEP 52: the piece layers of a v2 torrent, fetched with hash requests (the info dict
+    # has none); for --save-torrent's file.
+    piece_layers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class MetadataFetch:
@@ -137,6 +142,11 @@ class MetadataFetch:
     ) -> None:
         self.magnet = magnet
         self.request_timeout = request_timeout
+        # BEP 52: once a v2-only info dict is verified, its piece layers are fetched from the
+        # same peers before the phase ends (a torrent without them cannot check a piece).
+        self.verified: MetadataVerified[PeerAddr] | None = None
+        self.layer_fetch: LayerFetch | None = None
+        self.hash_asks: dict[PeerAddr, dict[HashRange, None]] = {}
         self.info_hash = magnet.info_hash
         self.timeout = timeout
         self.max_connections = max_connections
@@ -281,6 +291,9 @@ class MetadataFetch:
         asm = self.assemblers.get(peer.size) if peer.size is not None else None
         if asm is not None:
             asm.remove_peer(peer.addr)
+        if self.layer_fetch is not None:
+            self.layer_fetch.forget(peer.addr)
+            self.hash_asks.pop(peer.addr, None)
 
     def _drop(self, addr: PeerAddr) -> None:
         """``addr`` sent metadata that cannot be right: closed, and not given to the download."""
@@ -359,8 +372,9 @@ class MetadataFetch:
                     asm = self.assemblers.get(size)
                     if asm is None and len(self.assemblers) < MAX_SIZES:
                         asm = self.assemblers[size] = MetadataAssembler(
-                            self.info_hash, size, timeout=self.request_timeout
-                        )
+                            self.info_hash, size, timeout=self.request_timeout,
+                            info_hash_v2=self.magnet.info_hash_v2,
+                        )  # fmt: skip
                     if asm is not None and asm.add_peer(peer.addr, size):
                         peer.size = size
                 if peer.size is None:
@@ -375,7 +389,7 @@ class MetadataFetch:
                 match outcome:
                     case MetadataVerified():
                         self._drop_liars(outcome.info)
-                        return outcome
+                        return self._verified(outcome)
                     case PieceStored():
                         self._sent[peer.addr, event.piece] = hashlib.sha1(event.data).digest()
                     case PieceRefused():
@@ -388,6 +402,19 @@ class MetadataFetch:
                 asm = self.assemblers.get(peer.size) if peer.size is not None else None
                 if asm is not None:
                     asm.rejected(peer.addr, event.piece)
+            case wire.Hashes() if self.layer_fetch is not None:
+                req = HashRange(event.root, event.base, event.index, event.count,
+                                event.proof_layers)  # fmt: skip
+                self.hash_asks.get(peer.addr, {}).pop(req, None)
+                if not self.layer_fetch.received(peer.addr, req, event.hashes):
+                    self._close(peer)  # a wrong proof, or hashes nobody asked for
+                elif self.layer_fetch.complete:
+                    return self.verified
+            case wire.HashReject() if self.layer_fetch is not None:
+                req = HashRange(event.root, event.base, event.index, event.count,
+                                event.proof_layers)  # fmt: skip
+                self.hash_asks.get(peer.addr, {}).pop(req, None)
+                self.layer_fetch.rejected(peer.addr, req)
             case MetadataRequested() if peer.router.peer_supports(NAME):
                 peer.send(peer.router.message(NAME, serve_request(None, event.piece)))
             case wire.Port() if self.dht is not None:
@@ -417,7 +444,33 @@ class MetadataFetch:
             self.known.pop(addr, None)
             self.answered.pop(addr, None)
 
+    def _verified(self, done: MetadataVerified[PeerAddr]) -> MetadataVerified[PeerAddr] | None:
+        """The metadata verified: done, unless a v2-only torrent's piece layers must follow."""
+        meta = metainfo.parse(b"d4:info" + done.info + b"e", missing_layers_ok=True)
+        if meta.meta_version != "v2":  # v1, or a hybrid (its v1 hashes check every piece)
+            return done
+        fetch = LayerFetch(meta.merkle_verifier())
+        if fetch.complete:
+            return done
+        self.verified, self.layer_fetch = done, fetch
+        return None
+
+    def _ask_hashes(self) -> None:
+        fetch = self.layer_fetch
+        assert fetch is not None
+        for peer in list(self.conns.values()):
+            if peer.state is not _State.ACTIVE:
+                continue
+            asks = self.hash_asks.setdefault(peer.addr, {})
+            while len(asks) < MAX_HASH_ASKS and (req := fetch.next_request(peer.addr)):
+                asks[req] = None
+                peer.send(wire.HashRequest(req.root, req.base, req.index, req.count,
+                                           req.proof_layers))  # fmt: skip
+
     def _request(self, now: float) -> None:
+        if self.layer_fetch is not None:
+            self._ask_hashes()
+            return
         for peer in list(self.conns.values()):
             if peer.state is not _State.ACTIVE or peer.size is None:
                 continue
@@ -523,7 +576,11 @@ class MetadataFetch:
 
     def _finish(self, done: MetadataVerified[PeerAddr], start: float) -> MetadataResult:
         seconds = time.monotonic() - start
-        meta = metainfo.parse(torrent_from_metadata(done.info, self.magnet))
+        layers = self.layer_fetch.layers() if self.layer_fetch is not None else ()
+        # A v2-only torrent's layers are all in by now (a hybrid's pieces are checked by SHA-1)
+        meta = metainfo.parse(
+            torrent_from_metadata(done.info, self.magnet, layers), missing_layers_ok=True
+        )
         # Those that answered first, then the rest; none that sent bad metadata.
         order = [*done.peers, *self.answered, *self.known]
         peers = tuple(a for a in dict.fromkeys(order) if a not in self.dropped)
@@ -533,7 +590,7 @@ class MetadataFetch:
             )
         )
         sources = {a: self.known.get(a, "incoming") for a in peers}
-        return MetadataResult(done.info, meta, peers, seconds, sources)
+        return MetadataResult(done.info, meta, peers, seconds, sources, layers)
 
 
 def fetch_metadata(

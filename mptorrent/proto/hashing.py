@@ -4,7 +4,8 @@ BitTorrent v1 (BEP 3) names each piece by the SHA-1 of its bytes, the 20-byte di
 concatenated in the info dictionary's ``pieces``.  v2 (BEP 52) names pieces by SHA-256
 merkle roots instead; everything that checks a piece (the worker on a downloaded piece,
 ``checker`` on data read back from disk, ``storage`` streaming a piece file by file)
-asks a :class:`PieceVerifier`, so v2 can later be a second implementation of it.
+asks a :class:`PieceVerifier`; v2's implementation is :mod:`mptorrent.proto.merkle`
+(``MerklePieces``, and ``BothPieces`` for hybrids), chosen by ``Metainfo.verifier()``.
 
 The hot path is one ``hashlib`` call over the caller's buffer: a memoryview or a
 bytearray is hashed where it lies, without a copy, and hashlib releases the GIL.

@@ -72,7 +72,9 @@ _LABEL: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 @dataclass(frozen=True, slots=True)
 class Magnet:
-    """A parsed magnet link.  ``info_hash`` is the 20-byte v1 info-hash;
+    """A parsed magnet link.  ``info_hash`` is the 20-byte hash the wire, trackers and the DHT
+    use: the v1 info-hash, or for a v2-only link (``urn:btmh`` alone) the v2 one cut to 20
+    bytes (BEP 52);
     ``trackers`` are one tier each, in the order given; ``warnings`` are
     printable lines about skipped parameters (not part of :meth:`to_uri`)."""
 
@@ -89,13 +91,18 @@ class Magnet:
         return self.info_hash.hex()
 
     @property
+    def v2_only(self) -> bool:
+        """A link with a v2 info-hash and no v1 one."""
+        return self.info_hash_v2 is not None and self.info_hash == self.info_hash_v2[:20]
+
+    @property
     def tiers(self) -> tuple[tuple[str, ...], ...]:
         """The trackers as BEP 12 tiers (one each), as a .torrent's ``trackers`` are."""
         return tuple((url,) for url in self.trackers)
 
     def to_uri(self) -> str:
         """The magnet link: hex info-hash(es) first, then dn, tr, x.pe, ws."""
-        parts = [f"xt={_BTIH}{self.info_hash.hex()}"]
+        parts = [] if self.v2_only else [f"xt={_BTIH}{self.info_hash.hex()}"]
         if self.info_hash_v2 is not None:
             parts.append(f"xt={_BTMH}{_SHA256_MULTIHASH}{self.info_hash_v2.hex()}")
         if self.name is not None:
@@ -264,9 +271,9 @@ def parse_magnet(uri: str) -> Magnet:
             if len(peers) > MAX_PEERS:
                 raise BadMagnet(f"bad magnet link: more than {MAX_PEERS} 'x.pe' peers")
     if info_hash is None:
-        if info_hash_v2 is not None:
-            raise BadMagnet("bad magnet link: only a v2 info-hash (urn:btmh); v2 is not supported")
-        raise BadMagnet("bad magnet link: no 'xt=urn:btih:' info-hash")
+        if info_hash_v2 is None:
+            raise BadMagnet("bad magnet link: no 'xt=urn:btih:' or 'xt=urn:btmh:' info-hash")
+        info_hash = info_hash_v2[:20]  # BEP 52: a v2 swarm's name on the wire and at trackers
     return Magnet(
         info_hash=info_hash,
         name=name,
@@ -278,16 +285,24 @@ def parse_magnet(uri: str) -> Magnet:
     )
 
 
-def torrent_from_metadata(info: bytes, magnet: Magnet) -> bytes:
+def torrent_from_metadata(
+    info: bytes, magnet: Magnet, piece_layers: tuple[tuple[bytes, bytes], ...] = ()
+) -> bytes:
     """A .torrent for ``--save-torrent``: the verified info dictionary exactly as
     received (so its info-hash is unchanged), with ``announce``/``announce-list``
-    from the magnet's trackers and ``url-list`` from its web seeds."""
+    from the magnet's trackers, ``piece layers`` (BEP 52) fetched from peers and
+    ``url-list`` from its web seeds."""
     head: dict[bytes, Encodable] = {}
     if magnet.trackers:
         head[b"announce"] = magnet.trackers[0]
         head[b"announce-list"] = [[url] for url in magnet.trackers]
-    # Keys sort as announce < announce-list < info < url-list: splice the raw
-    # info bytes in between rather than re-encode them.
+    # Keys sort as announce < announce-list < info < piece layers < url-list: splice
+    # the raw info bytes in between rather than re-encode them.
     before = bencode.encode(head)[1:-1]
-    after = bencode.encode({b"url-list": list(magnet.web_seeds)})[1:-1] if magnet.web_seeds else b""
+    tail: dict[bytes, Encodable] = {}
+    if piece_layers:
+        tail[b"piece layers"] = dict(piece_layers)
+    if magnet.web_seeds:
+        tail[b"url-list"] = list(magnet.web_seeds)
+    after = bencode.encode(tail)[1:-1]
     return b"d" + before + b"4:info" + info + after + b"e"

@@ -8,22 +8,30 @@ with a one-line reason.
 What the download needs (info dict, piece hashes, paths) is checked strictly.
 What it can do without (trackers, web seeds) is checked leniently: a bad entry
 is skipped and described in :attr:`Metainfo.warnings`, one printable line each.
-BitTorrent v2-only torrents (BEP 52) are refused; hybrid v1+v2 torrents are
-read through their v1 fields.
+BitTorrent v2 (BEP 52): ``meta version`` 2 with a ``file tree`` is read, v2-only or hybrid.
+v2 pieces are aligned to files: a v2-only torrent's linear byte space gets a padding file
+after every file that does not end on a piece boundary (as libtorrent places them), so the
+storage, the wire and the picker see the same piece space as for a hybrid, whose v1 file
+list carries those padding files itself.  Every ``piece layers`` entry a file needs is
+checked against the file's ``pieces root`` here; a hybrid whose v1 and v2 halves describe
+different files is refused (a known attack: the two swarms would get different data).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from mptorrent.errors import BadTorrent, BencodeError
-from mptorrent.proto import bencode
+from mptorrent.proto import bencode, merkle
 from mptorrent.proto.bencode import BValue, Encodable
-from mptorrent.proto.hashing import SHA1_LEN, Sha1Pieces, info_hash_v1
+from mptorrent.proto.hashing import SHA1_LEN, PieceVerifier, Sha1Pieces, info_hash_v1
 
 MAX_PIECES = 2_097_152  # libtorrent max_pieces
 MAX_FILES = 200_000
@@ -47,6 +55,7 @@ class FileEntry:
     length: int
     offset: int
     padding: bool = False  # BEP 47 padding file: zeros, never written to disk
+    pieces_root: bytes | None = None  # v2: the file's merkle root (None: v1, or empty file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +79,23 @@ class Metainfo:
     info_bytes: bytes = field(default=b"", repr=False)  # raw info dict, for BEP 9
     # Skipped tracker and web seed entries and other oddities: printable lines for the user.
     warnings: tuple[str, ...] = ()
+    # BEP 52.  ``info_hash`` is then what the wire and trackers use: the v1 hash of a hybrid,
+    # the v2 hash cut to 20 bytes for a v2-only torrent.
+    info_hash_v2: bytes | None = None  # SHA-256 of the info dict
+    # (pieces root, piece layer) for each file larger than a piece whose layer is known
+    piece_layers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)
 
     @property
     def num_pieces(self) -> int:
+        if not self.pieces:  # v2-only: no v1 hashes to count
+            return -(-self.total_length // self.piece_length)
         return len(self.pieces) // HASH_LEN
+
+    @property
+    def meta_version(self) -> Literal["v1", "v2", "hybrid"]:
+        if self.info_hash_v2 is None:
+            return "v1"
+        return "hybrid" if self.pieces else "v2"
 
     @property
     def info_hash_hex(self) -> str:
@@ -82,9 +104,23 @@ class Metainfo:
     def piece_hash(self, index: int) -> bytes:
         return self.pieces[index * HASH_LEN : (index + 1) * HASH_LEN]
 
-    def verifier(self) -> Sha1Pieces:
-        """What checks this torrent's pieces (``hashing.PieceVerifier``)."""
-        return Sha1Pieces(self.pieces)
+    def verifier(self) -> PieceVerifier:
+        """What checks this torrent's pieces: SHA-1 (v1), merkle (v2), both (hybrid)."""
+        if self.info_hash_v2 is None:
+            return Sha1Pieces(self.pieces)
+        v2 = self.merkle_verifier()
+        return v2 if not self.pieces else merkle.BothPieces(Sha1Pieces(self.pieces), v2)
+
+    def merkle_verifier(self) -> merkle.MerklePieces:
+        """The v2 half of a v2 or hybrid torrent's verification."""
+        layers = dict(self.piece_layers)
+        pl = self.piece_length
+        files = [
+            merkle.V2File(f.offset // pl, f.length, f.pieces_root, layers.get(f.pieces_root))
+            for f in self.files
+            if f.length and not f.padding and f.pieces_root is not None
+        ]
+        return merkle.MerklePieces(pl, self.num_pieces, files)
 
     def piece_size(self, index: int) -> int:
         if index == self.num_pieces - 1:
@@ -113,7 +149,12 @@ def load(path: str | Path) -> Metainfo:
         raise BadTorrent(f"{p}: {exc}") from None
 
 
-def parse(data: bytes) -> Metainfo:
+def parse(data: bytes, *, missing_layers_ok: bool = False) -> Metainfo:
+    """The :class:`Metainfo` of a .torrent's bytes, or :class:`BadTorrent`.
+
+    ``missing_layers_ok``: a v2 file larger than a piece may lack its piece layer (the info
+    dict of a magnet link carries none; the hashes must then come from peers).
+    """
     try:
         top, spans = bencode.decode_with_spans(data, max_size=bencode.MAX_TORRENT_SIZE)
     except BencodeError as exc:
@@ -126,12 +167,16 @@ def parse(data: bytes) -> Metainfo:
     start, end = spans[b"info"]
     info_bytes = bytes(data[start:end])
     info_hash = info_hash_v1(info_bytes)
-    _check_version(info)
+    v2 = _check_version(info)
     warnings = _Warnings()
 
     piece_length = _int(info, b"piece length", "info")
     if not 0 < piece_length <= MAX_PIECE_LENGTH:
         raise BadTorrent(f"piece length {piece_length} is out of range")
+    if v2:
+        tree = _V2.parse(info, top, piece_length, missing_layers_ok)
+        if b"pieces" not in info:
+            return _v2_only(top, info, info_bytes, tree, warnings)
     pieces = _bytes(info, b"pieces", "info")
     if len(pieces) % HASH_LEN:
         raise BadTorrent(f"'pieces' is {len(pieces)} bytes, not a multiple of {HASH_LEN}")
@@ -167,8 +212,14 @@ def parse(data: bytes) -> Metainfo:
             f"(expected {expected})"
         )
 
+    info_hash_v2 = layers = None
+    if v2:
+        files = tree.match_v1(name, files, multi)
+        info_hash_v2, layers = hashlib.sha256(info_bytes).digest(), tree.layers
     return Metainfo(
         info_hash=info_hash,
+        info_hash_v2=info_hash_v2,
+        piece_layers=layers or (),
         name=name,
         piece_length=piece_length,
         pieces=pieces,
@@ -186,16 +237,194 @@ def parse(data: bytes) -> Metainfo:
     )
 
 
-def _check_version(info: dict[bytes, BValue]) -> None:
-    """Refuse v2-only torrents (BEP 52) and meta versions from the future."""
+def _v2_only(
+    top: dict[bytes, BValue], info: dict[bytes, BValue], info_bytes: bytes, tree: _V2,
+    warnings: _Warnings,
+) -> Metainfo:  # fmt: skip
+    """A v2-only torrent: the wire and trackers know it by its v2 info-hash cut to 20 bytes."""
+    name = _name(info, b"name", "info")
+    _check_component(name, "name")
+    files = tree.linear(name)
+    _check_path_lengths(name, files, not tree.single)
+    total = files[-1].offset + files[-1].length
+    if total > MAX_TOTAL_LENGTH:
+        raise BadTorrent(f"total length {total} is absurd")
+    if not any(f.length for f in files):
+        raise BadTorrent("torrent holds no data (total length 0)")
+    num_pieces = -(-total // tree.piece_length)
+    if num_pieces > MAX_PIECES:
+        raise BadTorrent(f"{num_pieces} pieces is over the limit of {MAX_PIECES}")
+    info_hash_v2 = hashlib.sha256(info_bytes).digest()
+    return Metainfo(
+        info_hash=info_hash_v2[:SHA1_LEN],
+        info_hash_v2=info_hash_v2,
+        piece_layers=tree.layers,
+        name=name,
+        piece_length=tree.piece_length,
+        pieces=b"",
+        total_length=total,
+        files=tuple(files),
+        multi_file=not tree.single,
+        trackers=_trackers(top, warnings),
+        web_seeds=_web_seeds(top, warnings),
+        private=info.get(b"private") == 1,
+        comment=_opt_text(top, b"comment"),
+        created_by=_opt_text(top, b"created by"),
+        creation_date=date if isinstance(date := top.get(b"creation date"), int) else None,
+        info_bytes=info_bytes,
+        warnings=warnings.lines(),
+    )
+
+
+def _check_version(info: dict[bytes, BValue]) -> bool:
+    """Whether the torrent is v2 (BEP 52: ``meta version`` 2); refuse versions from the future
+    and a v2 half that is not there."""
     version = info.get(b"meta version")
     if version is not None:
         if not isinstance(version, int):
             raise BadTorrent("'meta version' in info is not an integer")
         if version > META_VERSION_V2:
             raise BadTorrent(f"meta version {version} is not supported")
-    if b"pieces" not in info and (version == META_VERSION_V2 or b"file tree" in info):
-        raise BadTorrent("BitTorrent v2-only torrents are not supported")
+    if version == META_VERSION_V2:
+        if b"file tree" not in info:
+            raise BadTorrent("meta version 2 without a 'file tree'")
+        return True
+    if b"pieces" not in info and b"file tree" in info:
+        raise BadTorrent("a 'file tree' without 'meta version' 2")
+    return False
+
+
+PAD_DIR = ".pad"  # where libtorrent names padding files
+
+
+@dataclass(frozen=True, slots=True)
+class _V2:
+    """The v2 half of an info dict: files in file-tree order, and the checked piece layers."""
+
+    files: tuple[tuple[tuple[str, ...], int, bytes | None], ...]  # path, length, pieces root
+    piece_length: int
+    single: bool  # one file at the top of the tree: a single-file torrent
+    layers: tuple[tuple[bytes, bytes], ...]
+
+    @classmethod
+    def parse(
+        cls, info: dict[bytes, BValue], top: dict[bytes, BValue], piece_length: int,
+        missing_layers_ok: bool,
+    ) -> _V2:  # fmt: skip
+        if piece_length < merkle.BLOCK or piece_length & (piece_length - 1):
+            raise BadTorrent(
+                f"piece length {piece_length} of a v2 torrent is not a power of two "
+                f"of 16 KiB or more"
+            )
+        tree = info.get(b"file tree")
+        if not isinstance(tree, dict):
+            raise BadTorrent("'file tree' in info is not a dictionary")
+        files = _walk_tree(tree)
+        single = len(files) == 1 and len(files[0][0]) == 1
+        raw = top.get(b"piece layers", {})
+        if not isinstance(raw, dict):
+            raise BadTorrent("'piece layers' is not a dictionary")
+        layers: dict[bytes, bytes] = {}
+        for path, length, root in files:
+            if length <= piece_length or root is None or root in layers:
+                continue
+            where = f"file '{_shown('/'.join(path), 60)}'"
+            layer = raw.get(root)
+            if layer is None:
+                if missing_layers_ok:
+                    continue
+                raise BadTorrent(f"no piece layer for {where} (larger than a piece)")
+            if not isinstance(layer, bytes):
+                raise BadTorrent(f"piece layer of {where} is not a string")
+            merkle.check_layer(root, layer, length, piece_length, where)
+            layers[root] = layer
+        return cls(tuple(files), piece_length, single, tuple(layers.items()))
+
+    def linear(self, name: str) -> list[FileEntry]:
+        """The v2-only torrent's byte space: each file, then padding to the next piece
+        boundary (after the last file too, as libtorrent does, so every piece is whole)."""
+        out: list[FileEntry] = []
+        offset = 0
+        piece_length = self.piece_length
+        for path, length, root in self.files:
+            out.append(FileEntry((name,) if self.single else path, length, offset, False, root))
+            offset += length
+            if length % piece_length:
+                pad = piece_length - length % piece_length
+                out.append(FileEntry((PAD_DIR, str(pad)), pad, offset, True))
+                offset += pad
+        return out
+
+    def match_v1(self, name: str, files: list[FileEntry], multi: bool) -> list[FileEntry]:
+        """A hybrid's v1 files with their pieces roots, or :class:`BadTorrent` where the v1
+        file list and the v2 file tree name different files, sizes or placements."""
+        data = [f for f in files if not f.padding]
+        what = "hybrid torrent's v1 'files' and v2 'file tree' disagree"
+        if len(data) != len(self.files) or multi == self.single:
+            raise BadTorrent(f"{what}: {len(data)} files against {len(self.files)}")
+        roots: dict[int, bytes | None] = {}
+        for n, (f, (path, length, root)) in enumerate(zip(data, self.files, strict=True)):
+            if (f.path != path and multi) or f.length != length:
+                raise BadTorrent(
+                    f"{what} at file {n}: '{_shown('/'.join(f.path), 40)}' ({f.length} bytes) "
+                    f"against '{_shown('/'.join(path), 40)}' ({length} bytes)"
+                )
+            if length and f.offset % self.piece_length:
+                raise BadTorrent(f"{what}: file {n} does not start on a piece boundary")
+            roots[id(f)] = root
+        return [FileEntry(f.path, f.length, f.offset, f.padding, roots.get(id(f))) for f in files]
+
+
+def _walk_tree(tree: dict[bytes, BValue]) -> list[tuple[tuple[str, ...], int, bytes | None]]:
+    """The files of a BEP 52 ``file tree`` in order (depth first, keys sorted), each checked:
+    safe names, a file node is ``{"": {length, pieces root}}`` and nothing else, no empty
+    directory, no two paths the same.  Depth is bounded by the bencode decoder's limit."""
+    if b"" in tree:
+        raise BadTorrent("'file tree' is itself a file, not a directory")
+    if not tree:
+        raise BadTorrent("'file tree' is empty")
+    out: list[tuple[tuple[str, ...], int, bytes | None]] = []
+    seen: set[tuple[str, ...]] = set()
+    # depth first in key order, without recursion: a stack of directories being listed
+    stack: list[tuple[tuple[str, ...], Iterator[tuple[bytes, BValue]]]] = [((), iter(tree.items()))]
+    while stack:
+        prefix, items = stack[-1]
+        entry = next(items, None)
+        if entry is None:
+            stack.pop()
+            continue
+        key, child = entry
+        text = _text(key)
+        _check_component(text, "'file tree'")
+        path = (*prefix, text)
+        shown = _shown("/".join(path), 60)
+        if path in seen:
+            raise BadTorrent(f"duplicate path '{shown}' in 'file tree'")
+        seen.add(path)
+        if not isinstance(child, dict):
+            raise BadTorrent(f"'file tree' entry '{shown}' is not a dictionary")
+        if not child:
+            raise BadTorrent(f"empty directory '{shown}' in 'file tree'")
+        if b"" not in child:
+            stack.append((path, iter(child.items())))
+            continue
+        if len(child) != 1:
+            raise BadTorrent(f"'file tree' entry '{shown}' is both a file and a directory")
+        leaf = child[b""]
+        if not isinstance(leaf, dict):
+            raise BadTorrent(f"'file tree' file '{shown}' is not a dictionary")
+        length = _int(leaf, b"length", f"file '{shown}'")
+        if not 0 <= length <= MAX_TOTAL_LENGTH:
+            raise BadTorrent(f"file '{shown}' has length {length}")
+        root = leaf.get(b"pieces root")
+        if length == 0:
+            root = None  # an empty file has no tree
+        elif not isinstance(root, bytes) or len(root) != merkle.HASH:
+            raise BadTorrent(f"file '{shown}' has no 32-byte 'pieces root'")
+        out.append((path, length, root))
+        if len(out) > MAX_FILES:
+            raise BadTorrent(f"over {MAX_FILES} files in 'file tree'")
+    return out
 
 
 def _parse_files(raw: BValue) -> list[FileEntry]:
@@ -466,7 +695,16 @@ def build(
         info[b"length"] = length
     if private:
         info[b"private"] = 1
-    top: dict[bytes, Encodable] = {b"info": info}
+    return _wrap(info, {}, trackers, web_seeds, comment, created_by, creation_date)
+
+
+def _wrap(
+    info: dict[bytes, Encodable], extra: dict[bytes, Encodable], trackers: list[list[str]] | None,
+    web_seeds: list[str] | None, comment: str | None, created_by: str | None,
+    creation_date: int | None,
+) -> bytes:  # fmt: skip
+    """The whole .torrent around an info dict: trackers, web seeds, comment, dates."""
+    top: dict[bytes, Encodable] = {b"info": info, **extra}
     tiers = [t for t in (trackers or []) if t]
     if tiers:
         top[b"announce"] = tiers[0][0].encode()
@@ -479,3 +717,62 @@ def build(
     top[b"created by"] = (created_by or "mptorrent").encode()
     top[b"creation date"] = int(time.time()) if creation_date is None else creation_date
     return bencode.encode(top)
+
+
+def build_v2(
+    *,
+    name: str,
+    piece_length: int,
+    files: list[tuple[tuple[str, ...], int, bytes | None]],
+    piece_layers: dict[bytes, bytes],
+    multi_file: bool,
+    v1_pieces: bytes | None = None,
+    trackers: list[list[str]] | None = None,
+    web_seeds: list[str] | None = None,
+    private: bool = False,
+    comment: str | None = None,
+    created_by: str | None = None,
+    creation_date: int | None = None,
+) -> bytes:
+    """Encode a v2-only .torrent (BEP 52), or a hybrid one with ``v1_pieces``: then the v1
+    ``files`` list gets a padding file after each file that does not end on a piece boundary,
+    but the last, so that both halves place every file on a piece boundary."""
+    tree: dict[bytes, Encodable] = {}
+    for path, length, root in files:
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part.encode(), {})
+            assert isinstance(child, dict)
+            node = child
+        leaf: dict[bytes, Encodable] = {b"length": length}
+        if root is not None:
+            leaf[b"pieces root"] = root
+        node[path[-1].encode()] = {b"": leaf}
+    info: dict[bytes, Encodable] = {
+        b"file tree": tree,
+        b"meta version": META_VERSION_V2,
+        b"name": name.encode(),
+        b"piece length": piece_length,
+    }
+    if v1_pieces is not None:
+        info[b"pieces"] = v1_pieces
+        if multi_file:
+            v1: list[Encodable] = []
+            for n, (path, length, _root) in enumerate(files):
+                v1.append({b"length": length, b"path": [p.encode() for p in path]})
+                pad = -length % piece_length
+                if pad and n < len(files) - 1:
+                    v1.append(
+                        {
+                            b"attr": b"p",
+                            b"length": pad,
+                            b"path": [PAD_DIR.encode(), str(pad).encode()],
+                        }
+                    )
+            info[b"files"] = v1
+        else:
+            info[b"length"] = files[0][1]
+    if private:
+        info[b"private"] = 1
+    return _wrap(info, {b"piece layers": piece_layers}, trackers, web_seeds, comment,
+                 created_by, creation_date)  # fmt: skip

@@ -83,6 +83,9 @@ __all__ = [
     "ExtendedReceiver",
     "Geometry",
     "Handshake",
+    "HashReject",
+    "HashRequest",
+    "Hashes",
     "Have",
     "HaveAll",
     "HaveNone",
@@ -131,6 +134,10 @@ _SUGGEST, _HAVE_ALL, _HAVE_NONE, _REJECT, _ALLOWED_FAST = 13, 14, 15, 16, 17  # 
 # message without it is refused as such, whatever its length).
 _FAST_LEN: Final = {_SUGGEST: 5, _HAVE_ALL: 1, _HAVE_NONE: 1, _REJECT: 13, _ALLOWED_FAST: 5}
 _PIECE_MAX_LEN = 9 + BLOCK_SIZE
+_HASH_REQUEST, _HASHES, _HASH_REJECT = 21, 22, 23  # BEP 52
+_HASH_FIELDS = struct.Struct(">32sIIII")  # pieces root, base layer, index, length, proof layers
+MAX_HASH_COUNT: Final = 8192  # hashes one request may ask for (libtorrent's cap)
+MAX_PROOF_LAYERS: Final = 64  # no file tree is deeper
 # Exact length prefixes of the fixed-size messages (the bitfield's depends on the torrent).
 _FIXED_LEN: Final = {
     _CHOKE: 1,
@@ -141,6 +148,8 @@ _FIXED_LEN: Final = {
     _REQUEST: 13,
     _CANCEL: 13,
     _PORT: 3,
+    _HASH_REQUEST: 1 + _HASH_FIELDS.size,
+    _HASH_REJECT: 1 + _HASH_FIELDS.size,
 }
 
 _u32 = struct.Struct(">I").unpack_from
@@ -359,6 +368,66 @@ class AllowedFast(Event):
     we send lets blocks of ``index`` go out while we choke the receiver."""
 
     index: int
+
+
+@dataclass(frozen=True, slots=True)
+class HashRequest(Event):
+    """BEP 52: ``count`` hashes of layer ``base`` (0: the 16 KiB leaves) of the merkle tree of
+    the file whose ``pieces root`` is ``root``, from ``index``, with uncle hashes for
+    ``proof_layers`` layers above them.  Answered by :class:`Hashes` or :class:`HashReject`."""
+
+    root: bytes
+    base: int
+    index: int
+    count: int
+    proof_layers: int
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Hashes(Event):
+    """BEP 52: the answer to a :class:`HashRequest` with the same fields: the requested hashes,
+    then the uncle hashes from the lowest layer up (whether they prove out is for the caller,
+    who knows the tree; the wire checks only that their number fits the fields)."""
+
+    root: bytes
+    base: int
+    index: int
+    count: int
+    proof_layers: int
+    hashes: bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"Hashes(root={self.root.hex()[:16]}..., base={self.base}, index={self.index}, "
+            f"count={self.count}, proof_layers={self.proof_layers}, "
+            f"{len(self.hashes) // 32} hashes)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HashReject(Event):
+    """BEP 52: the sender will not answer the :class:`HashRequest` with these fields."""
+
+    root: bytes
+    base: int
+    index: int
+    count: int
+    proof_layers: int
+
+
+def hashes_expected(count: int, proof_layers: int) -> int:
+    """How many hashes answer a request for ``count`` hashes with ``proof_layers``: the count,
+    then one uncle for each proof layer above the whole subtree they make (BEP 52)."""
+    width = 1 if count <= 1 else 1 << (count - 1).bit_length()
+    return count + max(0, proof_layers - (width.bit_length() - 1) + 1)
+
+
+def _hash_fields_ok(base: int, count: int, proof_layers: int) -> bool:
+    return (
+        0 <= base < MAX_PROOF_LAYERS
+        and 1 <= count <= MAX_HASH_COUNT
+        and 0 <= proof_layers < MAX_PROOF_LAYERS
+    )
 
 
 # Field-less events carry no state, so one instance each serves every message.
@@ -1140,6 +1209,40 @@ class Connection:
             return None  # we cancelled it (BEP 6: a cancel is answered too) or lost it
         raise self._fail(f"reject for block ({index}, {begin}, {blen}) we never requested")
 
+    def _hash_fields(self, buf: bytearray, r: int, name: str) -> tuple[bytes, int, int, int, int]:
+        root, base, index, count, proof = _HASH_FIELDS.unpack_from(buf, r + 5)
+        if not _hash_fields_ok(base, count, proof):
+            raise self._fail(
+                f"{name} with base layer {base}, length {count}, proof layers {proof} "
+                f"(length must be 1..{MAX_HASH_COUNT}, layers under {MAX_PROOF_LAYERS})"
+            )
+        self._bitfield_in_open = False
+        return root, base, index, count, proof
+
+    def _recv_hash_request(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        return HashRequest(*self._hash_fields(buf, r, "hash request"))
+
+    def _recv_hash_reject(self, buf: bytearray, r: int, length: int, avail: int) -> Event:
+        return HashReject(*self._hash_fields(buf, r, "hash reject"))
+
+    def _recv_hashes(self, buf: bytearray, r: int, length: int, avail: int) -> _Parsed:
+        head = 1 + _HASH_FIELDS.size
+        if length > MAX_MESSAGE:
+            raise self._fail(f"message of {length} bytes is too large")
+        if length < head + 32 or (length - head) % 32:
+            raise self._fail(f"hashes message of {length} bytes is not 49 + 32 x n")
+        if avail < 4 + head:
+            return NEED_DATA
+        fields = self._hash_fields(buf, r, "hashes")
+        n = (length - head) // 32
+        want = hashes_expected(fields[3], fields[4])
+        if n != want:
+            raise self._fail(f"hashes message holds {n} hashes, its fields say {want}")
+        if avail < 4 + length:
+            return NEED_DATA
+        self._r = r + 4 + length
+        return Hashes(*fields, bytes(buf[r + 4 + head : r + 4 + length]))
+
     def _recv_unknown(self, buf: bytearray, r: int, length: int, avail: int) -> NeedData | None:
         if length > MAX_MESSAGE:
             raise self._fail(f"message of {length} bytes is too large")
@@ -1368,6 +1471,29 @@ class Connection:
         self._ledger.peer_settled((index, begin, length))
         return _pack_block(13, _REJECT, index, begin, length)
 
+    def _send_hash_fields(self, msg_id: int, ev: HashRequest | Hashes | HashReject) -> bytes:
+        if len(ev.root) != 32 or not _hash_fields_ok(ev.base, ev.count, ev.proof_layers):
+            raise LocalProtocolError(f"{ev!r} has fields out of range")
+        if not 0 <= ev.index <= 0xFFFFFFFF:
+            raise LocalProtocolError(f"{ev!r} has an index out of range")
+        return _HASH_FIELDS.pack(ev.root, ev.base, ev.index, ev.count, ev.proof_layers)
+
+    def _send_hash_request(self, ev: HashRequest) -> bytes:
+        body = self._send_hash_fields(_HASH_REQUEST, ev)
+        return _pack_header(1 + len(body), _HASH_REQUEST) + body
+
+    def _send_hash_reject(self, ev: HashReject) -> bytes:
+        body = self._send_hash_fields(_HASH_REJECT, ev)
+        return _pack_header(1 + len(body), _HASH_REJECT) + body
+
+    def _send_hashes(self, ev: Hashes) -> bytes:
+        body = self._send_hash_fields(_HASHES, ev)
+        if len(ev.hashes) != 32 * hashes_expected(ev.count, ev.proof_layers):
+            raise LocalProtocolError(f"{ev!r} does not hold the hashes its fields say")
+        if 1 + len(body) + len(ev.hashes) > MAX_MESSAGE:
+            raise LocalProtocolError("hashes message is too large")
+        return _pack_header(1 + len(body) + len(ev.hashes), _HASHES) + body + ev.hashes
+
     def _send_extended(self, ev: Extended) -> bytes:
         if not self.extensions_enabled:
             raise LocalProtocolError("BEP 10 was not negotiated in both handshakes")
@@ -1404,6 +1530,9 @@ def _receivers() -> tuple[tuple[_Receiver, int], ...]:
     table[_BITFIELD] = (Connection._recv_bitfield, 0)
     table[_PIECE] = (Connection._recv_piece, 0)
     table[_EXTENDED] = (Connection._recv_extended, 0)
+    table[_HASH_REQUEST] = (Connection._recv_hash_request, _FIXED_LEN[_HASH_REQUEST])
+    table[_HASH_REJECT] = (Connection._recv_hash_reject, _FIXED_LEN[_HASH_REJECT])
+    table[_HASHES] = (Connection._recv_hashes, 0)
     return tuple(table)
 
 
@@ -1429,4 +1558,7 @@ _SENDERS: Final[dict[type[Event], Callable[[Connection, Any], bytes]]] = {
     SuggestPiece: Connection._send_suggest,
     RejectRequest: Connection._send_reject,
     AllowedFast: Connection._send_allowed_fast,
+    HashRequest: Connection._send_hash_request,
+    Hashes: Connection._send_hashes,
+    HashReject: Connection._send_hash_reject,
 }

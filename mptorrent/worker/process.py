@@ -188,6 +188,8 @@ class _Worker:
         self.told = bytearray(self.have)
         self.seed_only = self.cfg.seed_only
         self.uploader = Uploader(self.storage, self.have, seeding=self.seed_only)
+        # v2/hybrid: what answers BEP 52 hash requests (its file trees are built on demand)
+        self.merkle = meta.merkle_verifier() if meta.info_hash_v2 is not None else None
         self.ext = WorkerExtensions(
             meta,
             worker_id=self.cfg.worker_id,
@@ -556,6 +558,8 @@ class _Worker:
                 self.uploader.on_event(p, ev)
             elif isinstance(ev, wire.Port):
                 self._on_port(p, ev.port)
+            elif isinstance(ev, wire.HashRequest):  # BEP 52
+                self.uploader.hashes(p, ev, self.merkle)
             elif not isinstance(ev, (wire.Unchoke, wire.KeepAlive)):
                 learned = self.ext.handle(p, ev, self.now)  # BEP 10 events
                 if learned is not None:

@@ -12,6 +12,10 @@ Allowed Fast set (:meth:`Uploader.greeted`): BEP 6's canonical pieces for its
 address (``ALLOWED_FAST_SENT`` of them, those we have), whose requests are
 served even while that peer is choked, so a newcomer can get its first pieces
 (and something to trade) before a rechoke reaches it.
+
+BEP 52 hash requests (v2 torrents) are answered by :meth:`Uploader.hashes` from the
+torrent's piece layers, or for leaf hashes from a piece in the have-map, within a per-peer
+token bucket; anything else gets a hash reject.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from collections import deque
 from mptorrent.disk.storage import Storage
 from mptorrent.errors import ProtocolError
 from mptorrent.netio.peer import ACTIVE, PeerSession
-from mptorrent.proto import wire
+from mptorrent.policy.budget import RequestBudget
+from mptorrent.proto import merkle, wire
 from mptorrent.proto.fast import allowed_fast_set
 
 MAX_QUEUED_REQUESTS = 500  # libtorrent max_allowed_in_request_queue
@@ -35,6 +40,10 @@ OPTIMISTIC_EVERY = 30.0
 # BEP 6 Allowed Fast pieces offered to each peer.  Few: a peer can collect a set per /24
 # it connects from, and each set is served regardless of the rechoke.
 ALLOWED_FAST_SENT = 4
+# BEP 52 hash requests a peer may make: a burst for a magnet leecher's first piece-layer
+# requests (one per large file, 512 pieces each), then a steady rate; the rest are rejected.
+HASH_REQUEST_BURST = 64.0
+HASH_REQUEST_RATE = 16.0
 
 
 class UploadState:
@@ -42,9 +51,12 @@ class UploadState:
     it), requests sent while choked (capped per choke), bytes served since the last rechoke, and
     the pieces we allowed it fast (BEP 6: served even while it is choked)."""
 
-    __slots__ = ("allowed_fast", "choked_requests", "queue", "rate_bytes", "unchoked_at")
+    __slots__ = (
+        "allowed_fast", "choked_requests", "hash_budget", "queue", "rate_bytes", "unchoked_at",
+    )  # fmt: skip
 
     def __init__(self) -> None:
+        self.hash_budget = RequestBudget(HASH_REQUEST_RATE, HASH_REQUEST_BURST)
         self.allowed_fast: frozenset[int] = frozenset()
         self.queue: deque[tuple[int, int, int]] = deque()
         self.choked_requests = 0
@@ -125,6 +137,29 @@ class Uploader:
                 self._unchoke(p, st)
         elif isinstance(ev, wire.NotInterested) and not p.wire.am_choking:
             self._choke(p, st)
+
+    def hashes(
+        self, p: PeerSession, ev: wire.HashRequest, tree: merkle.MerklePieces | None
+    ) -> None:
+        """Answer a BEP 52 hash request (``tree``: the torrent's merkle verifier; None for v1)."""
+        st = self.state.get(p)
+        req = merkle.HashRange(ev.root, ev.base, ev.index, ev.count, ev.proof_layers)
+        found = None
+        if st is not None and tree is not None and st.hash_budget.allow(time.monotonic()):
+            layout = self.storage.layout
+
+            def leaves(index: int) -> list[bytes] | None:
+                if not self.have[index]:
+                    return None  # BEP 52: only pieces we announced
+                data = self.storage.read(index * layout.piece_length, layout.piece_size(index))
+                return tree.piece_leaves(index, data)
+
+            found = merkle.answer(tree, req, leaves)
+        fields = (ev.root, ev.base, ev.index, ev.count, ev.proof_layers)
+        if found is None:
+            p.queue(p.wire.send(wire.HashReject(*fields)))
+        else:
+            p.queue(p.wire.send(wire.Hashes(*fields, found)))
 
     def _unchoked_count(self) -> int:
         return sum(1 for p in self.state if not p.wire.am_choking)

@@ -33,10 +33,11 @@ from click.testing import CliRunner, Result
 
 from mptorrent.cli.main import cli
 from mptorrent.disk.create import create
-from mptorrent.errors import BadTorrent, ExitStatus
+from mptorrent.errors import ExitStatus
 from mptorrent.proto import bencode, metainfo
 from tests.dht_off import no_dht
 from tests.fakes.evil_tracker import EvilTracker
+from tests.v2data import v2_parts
 
 PL = 16384
 CLOSED_PEER = "127.0.0.1:9"  # discard port: nothing listens, and nothing may be sent there
@@ -94,6 +95,33 @@ def in_info(old: bytes, new: bytes) -> bytes:
     """VALID with one byte string replaced inside its raw info dict (non-canonical forms)."""
     assert old in VALID_INFO
     return b"d4:info" + VALID_INFO.replace(old, new, 1) + b"e"
+
+
+R = bytes(range(32))  # a pieces root; the rows using it fail before any hash is checked
+V2_FILES = [((b"big",), bytes(range(256)) * 156 + b"x" * 64), ((b"small",), b"s" * 100),
+            ((b"sub", b"e"), b"")]  # fmt: skip
+
+
+def leaf(length: int = 5, root: bytes = R) -> dict[bytes, Any]:
+    """A v2 file node."""
+    return {b"": {b"length": length, b"pieces root": root}}
+
+
+def v2_with_tree(tree: dict[bytes, Any]) -> bytes:
+    return torrent({b"file tree": tree, b"meta version": 2, b"name": b"x", b"piece length": PL})
+
+
+def v2_mutated(change: Callable[[dict[bytes, Any], dict[bytes, bytes]], object]) -> bytes:
+    """A valid v2-only torrent of V2_FILES, changed by ``change(info, piece_layers)``."""
+    info, layers = v2_parts(V2_FILES, PL)
+    change(info, layers)
+    return torrent(info, piece_layers=layers)
+
+
+def hybrid_mutated(change: Callable[[dict[bytes, Any]], object]) -> bytes:
+    info, layers = v2_parts(V2_FILES, PL, hybrid=True)
+    change(info)
+    return torrent(info, piece_layers=layers)
 
 
 def deep_dicts(n: int) -> bytes:
@@ -216,11 +244,58 @@ CASES: list[Case] = [
      r"path component longer than 255 bytes in name"),
     ("A16", "path-over-PATH_MAX", lambda: torrent(multi_info([[b"d" * 250] * 17])),
      r"path of 4272 bytes in files\[0\] \(d{60}\.\.\.\) is over the 4095-byte limit"),
-    ("A17", "v2-only", lambda: torrent(without(single_info(meta_version=2), b"pieces")),
-     r"BitTorrent v2-only torrents are not supported$"),
-    ("A17", "v2-only-file-tree", lambda: torrent(
+    ("A17", "v2-without-file-tree",
+     lambda: torrent(without(single_info(meta_version=2), b"pieces")),
+     r"meta version 2 without a 'file tree'$"),
+    ("A17", "file-tree-without-meta-version", lambda: torrent(
         {b"file tree": {b"a": {b"": {b"length": 5}}}, b"name": b"x", b"piece length": PL}),
-     r"BitTorrent v2-only torrents are not supported$"),
+     r"a 'file tree' without 'meta version' 2$"),
+    ("V1", "tree-traversal", lambda: v2_with_tree({b"..": leaf()}),
+     r"unsafe path component '\.\.' in 'file tree'$"),
+    ("V1", "tree-slash", lambda: v2_with_tree({b"a/../../b": leaf()}),
+     r"unsafe path component 'a/\.\./\.\./b' in 'file tree'$"),
+    ("V1", "tree-too-deep", lambda: b"d4:infod9:file tree" + b"d1:a" * 120
+     + b"d0:d6:lengthi1eee" + b"e" * 120 + b"12:meta versioni2e4:name1:x12:piece lengthi16384eee",
+     r"nesting deeper than 100"),
+    ("V1", "tree-file-and-dir", lambda: v2_with_tree({b"a": leaf() | {b"b": leaf()}}),
+     r"'file tree' entry 'a' is both a file and a directory$"),
+    ("V1", "tree-root-is-file", lambda: v2_with_tree(leaf()),
+     r"'file tree' is itself a file, not a directory$"),
+    ("V1", "tree-empty-dir", lambda: v2_with_tree({b"a": {}}),
+     r"empty directory 'a' in 'file tree'$"),
+    ("V1", "tree-collide-after-utf8-repair",
+     lambda: v2_with_tree({b"\xfe": leaf(), b"\xff": leaf()}),
+     r"duplicate path '_' in 'file tree'$"),
+    ("V1", "tree-only-empty-files", lambda: v2_with_tree({b"a": {b"": {b"length": 0}}}),
+     r"torrent holds no data \(total length 0\)$"),
+    ("V2", "root-not-32-bytes", lambda: v2_with_tree({b"a": leaf(root=R[:31])}),
+     r"file 'a' has no 32-byte 'pieces root'$"),
+    ("V2", "negative-length", lambda: v2_with_tree({b"a": leaf(-5)}),
+     r"file 'a' has length -5$"),
+    ("V2", "piece-length-not-pow2",
+     lambda: v2_mutated(lambda info, _ly: info.update({b"piece length": 3 * PL})),
+     r"piece length 49152 of a v2 torrent is not a power of two of 16 KiB or more$"),
+    ("V3", "layer-missing", lambda: v2_mutated(lambda _i, ly: ly.clear()),
+     r"no piece layer for file 'big' \(larger than a piece\)$"),
+    ("V3", "layer-wrong-hash",
+     lambda: v2_mutated(lambda _i, ly: ly.update({k: bytes(len(v)) for k, v in ly.items()})),
+     r"piece layer of file 'big' does not hash to its pieces root$"),
+    ("V3", "layer-wrong-length",
+     lambda: v2_mutated(lambda _i, ly: ly.update({k: v[:-32] for k, v in ly.items()})),
+     r"piece layer of file 'big' is 64 bytes, not 96 \(3 pieces of 32 bytes\)$"),
+    ("V4", "hybrid-file-renamed",
+     lambda: hybrid_mutated(lambda i: i[b"files"][0].update({b"path": [b"aaa"]})),
+     r"hybrid torrent's v1 'files' and v2 'file tree' disagree at file 0: "
+     r"'aaa' \(40000 bytes\) against 'big' \(40000 bytes\)$"),
+    ("V4", "hybrid-file-resized", lambda: hybrid_mutated(lambda i: (
+        i[b"files"][0].update({b"length": 39999}), i[b"files"][1].update({b"length": 9153}))),
+     r"disagree at file 0: 'big' \(39999 bytes\) against 'big' \(40000 bytes\)$"),
+    ("V4", "hybrid-extra-file", lambda: hybrid_mutated(lambda i: (
+        i[b"files"].append({b"length": 7, b"path": [b"zz"]}),
+        i.update({b"pieces": i[b"pieces"] + R[:20]}))),
+     r"disagree: 4 files against 3$"),
+    ("V4", "hybrid-no-padding", lambda: hybrid_mutated(lambda i: i[b"files"].pop(1)),
+     r"disagree: file 1 does not start on a piece boundary$"),
     ("A17", "meta-version-3", lambda: torrent(single_info(meta_version=3)),
      r"meta version 3 is not supported$"),
 ]
@@ -662,13 +737,14 @@ def test_a15_zero_length_files_at_the_start_end_and_piece_boundaries(
 # -- A17: hybrid v1+v2 torrents are read through their v1 half -----------------------------
 
 
-def test_a17_hybrid_uses_the_v1_fields() -> None:
-    info = single_info(meta_version=2)
-    info[b"file tree"] = {b"movie.mp4": {b"": {b"length": 40000, b"pieces root": bytes(32)}}}
-    data = torrent(info, piece_layers={bytes(32): bytes(32 * 3)})
-    m = metainfo.parse(data)
-    assert (m.name, m.total_length, m.num_pieces, m.multi_file) == ("movie.mp4", 40000, 3, False)
+def test_a17_hybrid_keeps_both_hashes() -> None:
+    info, layers = v2_parts(V2_FILES, PL, hybrid=True)
+    m = metainfo.parse(torrent(info, piece_layers=layers))
+    assert (m.name, m.num_pieces, m.multi_file, m.meta_version) == ("payload", 4, True, "hybrid")
     assert m.info_hash == hashlib.sha1(bencode.encode(info)).digest()  # the v1 info-hash
+    assert m.info_hash_v2 == hashlib.sha256(bencode.encode(info)).digest()
+    assert [f.path for f in m.data_files] == [("big",), ("small",), ("sub", "e")]
+    assert [f.padding for f in m.files] == [False, True, False, True, False]
     assert m.warnings == ()
 
 
@@ -692,8 +768,15 @@ def test_a17_libtorrent_hybrid_and_v2_only(tmp_path: Path) -> None:
     m = metainfo.parse(hybrid)
     assert m.info_hash_hex == str(ti.info_hashes().v1)
     assert [f.path for f in m.data_files] == [("a.bin",), ("empty",), ("sub", "b")]
-    with pytest.raises(BadTorrent, match=r"^BitTorrent v2-only torrents are not supported$"):
-        metainfo.parse(make(lt.create_torrent.v2_only))
+    assert m.info_hash_v2 is not None and m.info_hash_v2.hex() == str(ti.info_hashes().v2)
+    v2 = make(lt.create_torrent.v2_only)
+    ti = lt.torrent_info(v2)
+    m = metainfo.parse(v2)
+    assert m.meta_version == "v2" and m.info_hash_v2 is not None
+    assert m.info_hash_v2.hex() == str(ti.info_hashes().v2)
+    assert m.info_hash == m.info_hash_v2[:20]  # the wire's and trackers' name for it (BEP 52)
+    assert [f.path for f in m.data_files] == [("a.bin",), ("empty",), ("sub", "b")]
+    assert m.num_pieces == ti.num_pieces()
 
 
 # -- A18: trackers that cannot be used are skipped with a warning --------------------------

@@ -354,9 +354,16 @@ class MetadataAssembler(Generic[P]):
         *,
         timeout: float = REQUEST_TIMEOUT,
         max_outstanding: int = MAX_OUTSTANDING,
+        info_hash_v2: bytes | None = None,
     ) -> None:
         if len(info_hash) != 20:
             raise LocalProtocolError("info_hash must be 20 bytes")
+        if info_hash_v2 is not None and len(info_hash_v2) != 32:
+            raise LocalProtocolError("info_hash_v2 must be 32 bytes")
+        # BEP 52: the metadata must hash to the v2 info-hash (SHA-256) where there is one, and
+        # to the v1 one (SHA-1) unless the 20-byte hash is only the v2 one cut short.
+        self.info_hash_v2 = info_hash_v2
+        self._check_v1 = info_hash_v2 is None or info_hash != info_hash_v2[:20]
         # The size comes from a peer's handshake: refused before anything is allocated.
         if not 0 < metadata_size <= MAX_METADATA_SIZE:
             raise RemoteProtocolError(
@@ -517,6 +524,12 @@ class MetadataAssembler(Generic[P]):
             return PieceStored(peer, piece, self._missing)
         return self._verify()
 
+    def _matches(self, info: bytes) -> bool:
+        if self._check_v1 and hashlib.sha1(info).digest() != self.info_hash:
+            return False
+        v2 = self.info_hash_v2
+        return v2 is None or hashlib.sha256(info).digest() == v2
+
     def _refuse(self, peer: P, piece: int, reason: str) -> PieceRefused[P]:
         self._exclude(peer)
         return PieceRefused(peer, piece, reason)
@@ -524,7 +537,7 @@ class MetadataAssembler(Generic[P]):
     def _verify(self) -> MetadataVerified[P] | MetadataMismatch[P]:
         info = b"".join(p for p in self._pieces if p is not None)
         senders = frozenset(s for s in self._senders if s is not None)
-        if hashlib.sha1(info).digest() == self.info_hash:
+        if self._matches(info):
             self._done = True
             for state in self._peers.values():
                 state.outstanding.clear()
