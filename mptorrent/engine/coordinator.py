@@ -57,6 +57,7 @@ from mptorrent.netio.peer import Timeouts
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.proto.webseed import seed_url_problem
 from mptorrent.worker.process import WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
@@ -123,6 +124,7 @@ class FetchOptions:
     dht_bootstrap: tuple[tuple[str, int], ...] = ()  # empty: the saved table, else the routers
     dht_port: int | None = None  # UDP port of the DHT node; None: the listening port
     stall_timeout: float = STALL_TIMEOUT  # no data received for this long: give up
+    web_seeds: tuple[str, ...] = ()  # BEP 19 mirrors besides the torrent's url-list (--web-seed)
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,11 @@ class Coordinator:
         self.known: set[PeerAddr] = set()
         self.sources: dict[PeerAddr, ev.PeerSource] = {}  # where we first heard of each
         self.banned: dict[PeerAddr, str] = {}
+        # BEP 19 mirrors (the torrent's, a magnet's ws, --web-seed): every worker reads from
+        # each; a worker reports one as the peer PeerAddr(url, 0), source "webseed"
+        self.web_seeds = web_seed_urls(meta, opts.web_seeds)
+        for url in self.web_seeds:
+            self.sources[PeerAddr(url, 0)] = "webseed"
         self.inbox: queue.Queue[InboxItem] = queue.Queue()
         # One shared done-map: workers see each other's verified pieces (endgame,
         # HAVE messages), and its last byte says "endgame".
@@ -277,8 +284,8 @@ class Coordinator:
 
     def _fetch(self) -> FetchResult:
         t0 = time.monotonic()
-        if self._uses_dht():
-            pass  # the DHT may find peers where trackers and --peer give none
+        if self._uses_dht() or self.web_seeds:
+            pass  # the DHT or a web seed may serve where trackers and --peer give none
         elif self.opts.use_trackers and not self.announcer and not self.opts.peers:
             why = "the torrent lists no usable trackers" if self.meta.trackers else (
                 "the torrent lists no trackers")  # fmt: skip
@@ -485,6 +492,7 @@ class Coordinator:
             timeouts=self.opts.timeouts, io=self.io,
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
             seed_only=self.picker.remaining == 0,  # a restart while seeding, or nothing to get
+            web_seeds=self._web_seeds_left(),
         )  # fmt: skip
         if restart is None:
             slot.gen = self.pool.start(slot.wid, cfg)
@@ -494,6 +502,10 @@ class Coordinator:
         slot.stats_peers = 0
         slot.reported = set()
         self._swarm_sent = frozenset()  # a new incarnation has heard nothing yet
+
+    def _web_seeds_left(self) -> tuple[str, ...]:
+        """The web seeds no worker has given up on (a restarted worker is not given those)."""
+        return tuple(u for u in self.web_seeds if PeerAddr(u, 0) not in self.banned)
 
     def _deliver(self, batch: Batch) -> None:
         """From the pool's reader threads: a worker's list of reports."""
@@ -565,11 +577,12 @@ class Coordinator:
             if peers:
                 last_peer_seen = now
             elif self.trackers_pending == 0:
-                if not self.known and (self.dht is None or self.dht.hopeless()):
+                mirrors = self._web_seeds_left()
+                if not self.known and not mirrors and (self.dht is None or self.dht.hopeless()):
                     # Every tracker has answered (or failed) and nobody gave us a peer.
                     raise DownloadError(self._no_peers_reason())
                 usable = self.known - self.banned.keys()
-                if not usable and self.banned and not self.announcer:
+                if not usable and not mirrors and self.banned and not self.announcer:
                     raise DownloadError(self._no_peers_reason())
                 # with the DHT, new peers may still come: --stall-timeout decides
                 if self.dht is None and now - last_peer_seen > self.opts.no_peers_timeout:
@@ -805,6 +818,13 @@ def _is_us(addr: PeerAddr, listen: tuple[str, int]) -> bool:
         return ipaddress.ip_address(addr.host).is_loopback
     except ValueError:
         return False
+
+
+def web_seed_urls(meta: Metainfo, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The web seeds a fetch reads from: the torrent's ``url-list`` (a magnet's ``ws``) and
+    ``extra`` (``--web-seed``), once each, without those that are not http(s) URLs."""
+    urls = dict.fromkeys((*meta.web_seeds, *extra))
+    return tuple(u for u in urls if seed_url_problem(u) is None)
 
 
 def fetch(

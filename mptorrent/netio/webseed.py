@@ -1,0 +1,535 @@
+"""A web seed inside a worker: a few HTTP connections to one mirror, seen by the download policy as
+one more peer (``policy.download.Peer``) that has every piece.
+
+The policy asks it for 16 KiB blocks like any peer; :meth:`WebSeed.request` groups adjacent
+blocks into runs (whole pieces, or several adjacent ones, up to ``RUN_BYTES``), and each run
+is fetched on one keep-alive connection with one ``Range`` request per file it spans
+(``proto/webseed.py``).  As the body arrives the finished blocks become ``wire.Piece``
+events that the worker hands to ``DownloadPolicy.receive`` exactly as it does a wire
+connection's, so pieces are SHA-1 checked like any other and a mirror that sends wrong
+bytes is a liar like any other (its pieces fail, it is banned).
+
+Sockets are non-blocking and registered on the worker's selector with the :class:`WebConn`
+as their key's data; https uses ``ssl`` with verified certificates (the system store, or
+``SSL_CERT_FILE``).  What goes wrong is a named ``Outcome``: retryable ones (404, 5xx,
+connection errors, timeouts, a drip) take the mirror out for a growing back-off, at most
+``MAX_FAILURES`` times in a row; the others (a ``200`` that ignores ``Range``, a body
+longer than asked, a redirect loop) drop it for the rest of the fetch.  Either way the
+worker releases its requests, so peers and other mirrors carry on.
+"""
+
+from __future__ import annotations
+
+import errno
+import selectors
+import socket
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+from mptorrent.messages import PeerAddr
+from mptorrent.policy.download import BlockKey, BlockRequest
+from mptorrent.proto import wire
+from mptorrent.proto.metainfo import Metainfo
+from mptorrent.proto.webseed import (
+    MAX_REDIRECTS,
+    RETRYABLE,
+    Body,
+    Finished,
+    Outcome,
+    RangeClient,
+    Redirect,
+    Refused,
+    Span,
+    file_urls,
+    spans,
+    target,
+)
+
+CONNECTIONS = 3  # per web seed and worker: h11 has one request in flight per connection
+RUN_BYTES = 1 << 20  # adjacent blocks asked in one run (one request per file it spans)
+DEPTH = CONNECTIONS * 2 * RUN_BYTES // wire.BLOCK_SIZE  # blocks kept asked
+RECV_SIZE = 1 << 20
+BACKOFF_DELAYS = (2.0, 5.0, 15.0, 30.0, 60.0)  # seconds out after the 1st, 2nd... failure in a row
+MAX_FAILURES = 6  # failures in a row (nothing delivered between them): given up
+SLOW_AFTER = 3.0  # seconds into a request before its rate is judged
+MIN_RATE = 16 * 1024  # bytes/s under which a request is a drip ("too-slow")
+
+
+class WebSeedState(Enum):
+    """Where a web seed is: CONNECTING and BACKOFF lead to ACTIVE; GONE is final."""
+
+    CONNECTING = "connecting"  # its first connection is being opened
+    ACTIVE = "active"  # a connection came up: it takes requests
+    BACKOFF = "backoff"  # a request failed: out until ``retry_at``
+    GONE = "gone"  # given up, or banned
+
+
+CONNECTING: Final = WebSeedState.CONNECTING
+ACTIVE: Final = WebSeedState.ACTIVE
+BACKOFF: Final = WebSeedState.BACKOFF
+GONE: Final = WebSeedState.GONE
+
+
+@dataclass(frozen=True, slots=True)
+class Up:
+    """The web seed came up (again): it has every piece."""
+
+
+@dataclass(frozen=True, slots=True)
+class Down:
+    """The web seed failed: ``fatal``: dropped for good, else out for a back-off."""
+
+    outcome: Outcome
+    detail: str
+    fatal: bool
+
+
+Note = Up | Down
+
+
+@dataclass
+class _Run:
+    """Adjacent blocks fetched together: their bytes land in ``buf`` as the body arrives."""
+
+    blocks: list[BlockRequest]
+    ends: list[int]  # where each block ends in ``buf``
+    start: int  # offset in the torrent
+    buf: bytearray
+    spans: list[Span]
+    span: int = 0  # the span being fetched
+    got: int = 0  # bytes of that span received
+    emitted: int = 0  # blocks handed on
+    hops: int = 0  # redirects followed for the current span
+
+
+@dataclass(eq=False)
+class WebConn:
+    """One connection of a web seed (its selector key's data): socket, TLS, h11 client."""
+
+    seed: WebSeed
+    origin: tuple[str, str, int]  # scheme, host, port
+    opened: float
+    sock: socket.socket | None = None
+    state: str = "connecting"  # connecting, tls, ready, closed
+    client: RangeClient = field(default_factory=RangeClient)
+    run: _Run | None = None
+    out: bytearray = field(default_factory=bytearray)
+    events: int = selectors.EVENT_WRITE
+    served: int = 0  # responses completed on it
+    head_seen: bool = False  # a byte of the current response arrived
+    asked_at: float = 0.0
+    last_byte: float = 0.0
+    got: int = 0  # body bytes of the current request
+
+
+_tls_context: ssl.SSLContext | None = None
+
+
+def _tls() -> ssl.SSLContext:
+    global _tls_context
+    if _tls_context is None:
+        _tls_context = ssl.create_default_context()  # CERT_REQUIRED, hostname checked
+    return _tls_context
+
+
+class WebSeed:
+    """One web seed in one worker; the download policy's ``Peer`` (it has every piece)."""
+
+    def __init__(
+        self, url: str, meta: Metainfo, sel: selectors.BaseSelector, *, now: float,
+        stall: float = 20.0, connect_timeout: float = 10.0, source_address: str | None = None,
+    ) -> None:  # fmt: skip
+        self.url = url
+        self.addr = PeerAddr(url, 0)
+        self.urls: list[str | None] = list(file_urls(url, meta))
+        self.files = meta.files
+        self.piece_length = meta.piece_length
+        self.sel = sel
+        self.stall = stall
+        self.connect_timeout = connect_timeout
+        self.source_address = source_address
+        self.pending: set[BlockKey] = set()
+        self.depth = DEPTH
+        self.allowed_while_choked: frozenset[int] | None = None
+        self.state = CONNECTING
+        self.conns: list[WebConn] = []
+        self.runs: deque[_Run] = deque()
+        self.ready: deque[wire.Piece] = deque()
+        self.notes: list[Note] = []  # for the worker to act on
+        self.failures = 0
+        self.retry_at = 0.0
+        self.received = 0  # body bytes in all
+        self.last_block = now
+        self._open(target(url).origin, now)
+
+    # -- the policy's Peer ----------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self.state is ACTIVE
+
+    @property
+    def connecting(self) -> bool:
+        return self.state is CONNECTING
+
+    @property
+    def spare(self) -> int:
+        return self.depth - len(self.pending) if self.state is ACTIVE else 0
+
+    def has_piece(self, index: int) -> bool:
+        return True
+
+    def request(self, blocks: Sequence[BlockRequest]) -> None:
+        """Queue the blocks as runs of adjacent bytes; :meth:`pump` sends them."""
+        pl = self.piece_length
+        run: list[BlockRequest] = []
+        end = -1
+        for b in blocks:
+            at = b[0] * pl + b[1]
+            if run and (at != end or at + b[2] - run[0][0] * pl - run[0][1] > RUN_BYTES):
+                self._queue(run)
+                run = []
+            run.append(b)
+            end = at + b[2]
+        if run:
+            self._queue(run)
+
+    def cancel(self, index: int, begin: int, length: int) -> None:
+        """Nothing to send: a block no longer pending is simply not handed on."""
+
+    def next_event(self) -> wire.Piece | wire.NeedData:
+        """The policy's block source: finished blocks, then NEED_DATA."""
+        return self.ready.popleft() if self.ready else wire.NEED_DATA
+
+    # -- runs -----------------------------------------------------------------
+
+    def _queue(self, blocks: list[BlockRequest]) -> None:
+        start = blocks[0][0] * self.piece_length + blocks[0][1]
+        ends = []
+        n = 0
+        for b in blocks:
+            n += b[2]
+            ends.append(n)
+        self.runs.append(_Run(blocks, ends, start, bytearray(n), spans(self.files, start, n)))
+
+    def _emit(self, run: _Run, filled: int) -> None:
+        """Hand on the blocks whose bytes are all in (those still pending)."""
+        k = run.emitted
+        blocks, ends, pending = run.blocks, run.ends, self.pending
+        view = memoryview(run.buf)
+        while k < len(blocks) and ends[k] <= filled:
+            index, begin, n = blocks[k]
+            if (index, begin) in pending:
+                self.ready.append(wire.Piece(index, begin, view[ends[k] - n : ends[k]]))
+            k += 1
+        run.emitted = k
+
+    # -- connections ----------------------------------------------------------
+
+    def _open(self, origin: tuple[str, str, int], now: float) -> WebConn | None:
+        _scheme, host, port = origin
+        c = WebConn(self, origin, now)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            c.sock = sock
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            src = self.source_address
+            if src and (":" in src) == (family == socket.AF_INET6):
+                sock.bind((src, 0))
+            err = sock.connect_ex(sockaddr)
+            if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+                raise OSError(err, errno.errorcode.get(err, "connect failed"))
+        except OSError as exc:
+            if c.sock is not None:
+                c.sock.close()
+            self._fail("connection-error", f"cannot connect to {host}:{port}: {_why(exc)}", now)
+            return None
+        self.conns.append(c)
+        self.sel.register(sock, selectors.EVENT_WRITE, c)
+        return c
+
+    def _close(self, c: WebConn) -> None:
+        if c.state == "closed":
+            return
+        c.state = "closed"
+        if c.sock is not None:
+            try:
+                self.sel.unregister(c.sock)
+            except (KeyError, ValueError):
+                pass
+            c.sock.close()
+        if c in self.conns:
+            self.conns.remove(c)
+
+    def _want(self, c: WebConn, events: int) -> None:
+        if c.events != events and c.sock is not None and c.state != "closed":
+            c.events = events
+            self.sel.modify(c.sock, events, c)
+
+    def pump(self, now: float) -> None:
+        """Start queued runs on idle connections, opening connections as needed."""
+        if self.state is not ACTIVE:
+            return
+        runs = self.runs
+        while runs and not any(k in self.pending for k in _keys(runs[0])):
+            runs.popleft()  # every block was got elsewhere meanwhile (endgame)
+        for c in list(self.conns):
+            if not runs:
+                return
+            if c.state == "ready" and c.run is None:
+                c.run = runs.popleft()
+                self._next_request(c, now)
+        busy = sum(1 for c in self.conns if c.state != "ready" or c.run is not None)
+        if runs and len(self.conns) < CONNECTIONS and busy == len(self.conns):
+            url = self._url_of(runs[0])
+            if url is not None:
+                self._open(target(url).origin, now)
+
+    def _url_of(self, run: _Run) -> str | None:
+        return self.urls[run.spans[run.span].file] if run.span < len(run.spans) else None
+
+    def _next_request(self, c: WebConn, now: float) -> None:
+        """Ask for the run's current span (padding files are zeros: nothing to ask)."""
+        run = c.run
+        assert run is not None
+        while run.span < len(run.spans) and self._url_of(run) is None:
+            sp = run.spans[run.span]
+            run.buf[sp.at : sp.at + sp.length] = bytes(sp.length)
+            run.span += 1
+            self._emit(run, sp.at + sp.length)
+        if run.span == len(run.spans):
+            c.run = None
+            self.pump(now)
+            return
+        url = self._url_of(run)
+        assert url is not None
+        if target(url).origin != c.origin:
+            # a redirect took this file elsewhere: a connection there takes the run
+            c.run = None
+            self.runs.appendleft(run)
+            self._close(c)
+            self._open(target(url).origin, now)
+            return
+        sp = run.spans[run.span]
+        whole = sp.offset == 0 and sp.length == self.files[sp.file].length
+        c.out += c.client.get(url, sp.offset, sp.offset + sp.length - 1, whole_file=whole)
+        c.asked_at = c.last_byte = now
+        c.got = 0
+        c.head_seen = False
+        self._flush(c, now)
+
+    # -- socket events --------------------------------------------------------
+
+    def on_event(self, c: WebConn, mask: int, now: float) -> None:
+        """The selector says ``c``'s socket is ready."""
+        if c.state == "closed":
+            return
+        try:
+            if c.state == "connecting":
+                assert c.sock is not None
+                err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, errno.errorcode.get(err, "connect failed"))
+                if c.origin[0] == "https":
+                    c.sock = _tls().wrap_socket(
+                        c.sock, server_hostname=c.origin[1], do_handshake_on_connect=False
+                    )
+                    self.sel.unregister(c.sock)  # the wrapper is a new object: re-register
+                    self.sel.register(c.sock, selectors.EVENT_WRITE, c)
+                    c.state = "tls"
+                else:
+                    self._connected(c, now)
+                    return
+            if c.state == "tls":
+                self._handshake(c, now)
+                return
+            if mask & selectors.EVENT_WRITE:
+                self._flush(c, now)
+            if mask & selectors.EVENT_READ:
+                self._read(c, now)
+        except ssl.SSLCertVerificationError as exc:
+            self._fail("connection-error", f"TLS certificate check failed: {exc.verify_message}",
+                       now)  # fmt: skip
+        except OSError as exc:
+            self._fail("connection-error", f"connection error: {_why(exc)}", now)
+
+    def _handshake(self, c: WebConn, now: float) -> None:
+        assert isinstance(c.sock, ssl.SSLSocket)
+        try:
+            c.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(c, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(c, selectors.EVENT_WRITE)
+            return
+        self._connected(c, now)
+
+    def _connected(self, c: WebConn, now: float) -> None:
+        c.state = "ready"
+        self._want(c, selectors.EVENT_READ)
+        if self.state is CONNECTING:
+            self.state = ACTIVE
+            self.notes.append(Up())
+        self.pump(now)
+
+    def _flush(self, c: WebConn, now: float) -> None:
+        if c.out and c.sock is not None:
+            try:
+                n = c.sock.send(c.out)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                n = 0
+            del c.out[:n]
+        more = selectors.EVENT_WRITE if c.out else 0
+        self._want(c, selectors.EVENT_READ | more)
+
+    def _read(self, c: WebConn, now: float) -> None:
+        sock = c.sock
+        assert sock is not None
+        while True:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            if c.run is None:
+                # Nothing asked: the server closed an idle keep-alive connection, or sent
+                # bytes after a response's end.
+                if data:
+                    self._fail("too-long", "bytes after the end of a response", now)
+                else:
+                    self._close(c)
+                return
+            c.client.receive_data(data)
+            if data:
+                c.head_seen = True
+                c.last_byte = now
+            if not self._drain(c, now) or not data:
+                return
+            # a short read drained the socket (TLS may still hold decrypted bytes)
+            tls_more = isinstance(sock, ssl.SSLSocket) and sock.pending()
+            if len(data) < RECV_SIZE and not tls_more:
+                return
+
+    def _drain(self, c: WebConn, now: float) -> bool:
+        """Take the client's events; False once the connection is done with."""
+        run = c.run
+        assert run is not None
+        client = c.client
+        while True:
+            e = client.next_event()
+            if e is wire.NEED_DATA:
+                return True
+            if type(e) is Body:
+                sp = run.spans[run.span]
+                data = e.data
+                at = sp.at + run.got
+                run.buf[at : at + len(data)] = data
+                run.got += len(data)
+                c.got += len(data)
+                self.received += len(data)
+                self._emit(run, at + len(data))
+                self.last_block = now
+            elif type(e) is Finished:
+                c.served += 1
+                self.failures = 0  # it delivered
+                run.span += 1
+                run.got = 0
+                run.hops = 0
+                if not e.reusable:
+                    self._close(c)
+                    self._resume(run, now)
+                    return False
+                self._next_request(c, now)
+                if c.run is None:
+                    return True
+                run = c.run
+            elif type(e) is Redirect:
+                run.hops += 1
+                c.run = None
+                self._close(c)
+                if run.hops > MAX_REDIRECTS:
+                    self._fail("redirect-loop", f"more than {MAX_REDIRECTS} redirects", now)
+                    return False
+                self.urls[run.spans[run.span].file] = e.url  # later requests go there at once
+                self._resume(run, now)
+                return False
+            else:
+                assert type(e) is Refused
+                if e.outcome == "closed" and c.served and not c.got:
+                    # The server closed a kept-alive connection as we reused it: try anew.
+                    c.run = None
+                    self._close(c)
+                    self._resume(run, now)
+                    return False
+                self._fail(e.outcome, e.detail, now)
+                return False
+
+    def _resume(self, run: _Run, now: float) -> None:
+        """A run whose connection is done with goes first in line again."""
+        if run.span < len(run.spans):
+            self.runs.appendleft(run)
+        self.pump(now)
+
+    # -- failures -------------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        """Timers, from the worker's slow tick: stalls, drips, back-off ending."""
+        if self.state is BACKOFF and now >= self.retry_at:
+            self.state = CONNECTING
+            self._open(target(self.url).origin, now)
+            return
+        for c in list(self.conns):
+            if c.state in ("connecting", "tls"):
+                if now - c.opened > self.connect_timeout:
+                    self._fail("connection-error", "connect timed out", now)
+                    return
+            elif c.run is not None:
+                if now - c.last_byte > self.stall:
+                    self._fail("timeout", f"no data for {self.stall:.0f} s", now)
+                    return
+                took = now - c.asked_at
+                if took > SLOW_AFTER and c.got < MIN_RATE * took:
+                    self._fail("too-slow", f"{c.got / took:.0f} B/s", now)
+                    return
+
+    def _fail(self, outcome: Outcome, detail: str, now: float) -> None:
+        """A request failed: out for a back-off (or for good); the worker releases the
+        blocks asked of it (a :class:`Down` note)."""
+        self._shut()
+        fatal = outcome not in RETRYABLE
+        self.failures += 1
+        if not fatal and self.failures >= MAX_FAILURES:
+            fatal = True
+            detail += f" ({self.failures} failures in a row)"
+        if fatal:
+            self.state = GONE
+        else:
+            self.state = BACKOFF
+            self.retry_at = now + BACKOFF_DELAYS[min(self.failures, len(BACKOFF_DELAYS)) - 1]
+        self.notes.append(Down(outcome, detail, fatal))
+
+    def _shut(self) -> None:
+        for c in list(self.conns):
+            self._close(c)
+        self.runs.clear()
+        self.ready.clear()
+
+    def close(self) -> None:
+        """Gone for good (banned, the download complete, the worker stopping)."""
+        self._shut()
+        self.state = GONE
+
+
+def _keys(run: _Run) -> list[BlockKey]:
+    return [(b[0], b[1]) for b in run.blocks]
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
