@@ -4,8 +4,8 @@
         ... httpd.url("payload.bin"), httpd.base ...
 
 Each server gets its own loopback address, a free port and a generated config (document
-root, bind address, port; no daemonizing: ``lighttpd -D -f conf``); it is stopped and its
-config removed when the block ends.  ``tls`` (a directory holding ``cert.pem`` and
+root, bind address, port, optionally a rate cap; no daemonizing: ``lighttpd -D -f conf``);
+it is stopped and its config removed when the block ends.  ``tls`` (a directory holding ``cert.pem`` and
 ``key.pem``) serves https with mod_openssl.  A server that is not ours: a test passing
 against it shows we speak HTTP as real servers do.
 """
@@ -66,7 +66,9 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _config(docroot: Path, host: str, port: int, log: Path, tls: Path | None) -> str:
+def _config(
+    docroot: Path, host: str, port: int, log: Path, tls: Path | None, rate_kib: int | None
+) -> str:
     lines = [
         f'server.document-root = "{docroot}"',
         f'server.bind = "{host}"',
@@ -76,6 +78,8 @@ def _config(docroot: Path, host: str, port: int, log: Path, tls: Path | None) ->
         'mimetype.assign = ("" => "application/octet-stream")',
         "server.max-keep-alive-requests = 1000",
     ]
+    if rate_kib is not None:
+        lines.append(f"server.kbytes-per-second = {rate_kib}")
     if tls is not None:
         lines += [
             'ssl.engine = "enable"',
@@ -86,8 +90,11 @@ def _config(docroot: Path, host: str, port: int, log: Path, tls: Path | None) ->
 
 
 @contextlib.contextmanager
-def run_lighttpd(docroot: str | Path, host: str, *, tls: Path | None = None) -> Iterator[Lighttpd]:
-    """lighttpd serving ``docroot`` on ``host`` (a loopback address) and a free port."""
+def run_lighttpd(
+    docroot: str | Path, host: str, *, tls: Path | None = None, rate_kib: int | None = None
+) -> Iterator[Lighttpd]:
+    """lighttpd serving ``docroot`` on ``host`` (a loopback address) and a free port;
+    ``rate_kib``: its whole upload capped at that many KiB/s."""
     binary = lighttpd_binary()
     if binary is None:
         raise LighttpdError("lighttpd is not installed (./scripts/test installs it)")
@@ -95,7 +102,7 @@ def run_lighttpd(docroot: str | Path, host: str, *, tls: Path | None = None) -> 
     port = _free_port(host)
     log = work / "error.log"
     conf = work / "lighttpd.conf"
-    conf.write_text(_config(Path(docroot).resolve(), host, port, log, tls))
+    conf.write_text(_config(Path(docroot).resolve(), host, port, log, tls, rate_kib))
     proc = subprocess.Popen(
         [binary, "-D", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

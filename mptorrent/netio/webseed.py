@@ -355,8 +355,7 @@ class WebSeed:
             if mask & selectors.EVENT_READ:
                 self._read(c, now)
         except ssl.SSLCertVerificationError as exc:
-            self._fail("connection-error", f"TLS certificate check failed: {exc.verify_message}",
-                       now)  # fmt: skip
+            self._fail("tls-error", f"TLS certificate check failed: {exc.verify_message}", now)
         except OSError as exc:
             self._fail("connection-error", f"connection error: {_why(exc)}", now)
 

@@ -51,7 +51,8 @@ Outcome: TypeAlias = Literal[
     "bad-status",  # any other status (401, 403, 416...): mirror dropped
     "protocol-error",  # not HTTP/1.1 as h11 reads it: connection closed, back off
     "closed",  # the server closed the connection mid-response: back off
-    "connection-error",  # connect, TLS or socket error: back off
+    "connection-error",  # connect or socket error: back off
+    "tls-error",  # its certificate does not verify: mirror dropped
     "timeout",  # no byte for the stall timeout: back off
     "too-slow",  # under the minimum rate (a drip): back off
     "hash-failure",  # its data failed SHA-1 checks (the download policy's strikes)
