@@ -5,9 +5,9 @@
 
 Each server gets its own loopback address, a free port and a generated config (document
 root, bind address, port, optionally a rate cap; no daemonizing: ``lighttpd -D -f conf``);
-it is stopped and its config removed when the block ends.  ``tls`` (a directory holding ``cert.pem`` and
-``key.pem``) serves https with mod_openssl.  A server that is not ours: a test passing
-against it shows we speak HTTP as real servers do.
+it is stopped and its config removed when the block ends.  ``tls`` (a directory holding
+``cert.pem`` and ``key.pem``) serves https with mod_openssl.  A server that is not ours: a
+test passing against it shows we speak HTTP as real servers do.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import re
 import socket
 import socketserver
 import threading
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -118,5 +117,3 @@ class EvilHttpd:
                 conn.sendall(body[i : i + 1])
             return
         conn.sendall(head + body)
-
-

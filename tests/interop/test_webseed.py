@@ -126,8 +126,10 @@ def test_a_good_mirror_next_to_one_that_has_nothing(tmp_path: Path) -> None:
         run_lighttpd(tmp_path / "src", "127.0.16.22") as good,
     ):
         bad_url = broken.url("payload.bin")  # 404 for everything
-        proc, lines = fetch(torrent, tmp_path / "out.bin", "-j", "2",
-                            "--web-seed", bad_url, "--web-seed", good.url("payload.bin"))  # fmt: skip
+        good_url = good.url("payload.bin")
+        proc, lines = fetch(
+            torrent, tmp_path / "out.bin", "-j", "2", "--web-seed", bad_url, "--web-seed", good_url
+        )
     assert proc.returncode == 0, proc.stderr
     assert same_tree(tmp_path / "out.bin", case.payload.root)
     # the broken one came up (TCP), failed its first request (404) and went away to back off
