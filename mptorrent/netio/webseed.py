@@ -12,9 +12,10 @@ bytes is a liar like any other (its pieces fail, it is banned).
 Sockets are non-blocking and registered on the worker's selector with the :class:`WebConn`
 as their key's data; https uses ``ssl`` with verified certificates (the system store, or
 ``SSL_CERT_FILE``).  What goes wrong is a named ``Outcome``: retryable ones (404, 5xx,
-connection errors, timeouts, a drip) take the mirror out for a growing back-off, at most
-``MAX_FAILURES`` times in a row; the others (a ``200`` that ignores ``Range``, a body
-longer than asked, a redirect loop) drop it for the rest of the fetch.  Either way the
+connection errors, no byte for the stall timeout) take the mirror out for a growing
+back-off, at most ``MAX_FAILURES`` times in a row; the others (a ``200`` that ignores
+``Range``, a body longer than asked, a redirect loop, a drip under ``MIN_RATE``, a
+certificate that does not verify) drop it for the rest of the fetch.  Either way the
 worker releases its requests, so peers and other mirrors carry on.
 """
 

@@ -54,14 +54,14 @@ Outcome: TypeAlias = Literal[
     "connection-error",  # connect or socket error: back off
     "tls-error",  # its certificate does not verify: mirror dropped
     "timeout",  # no byte for the stall timeout: back off
-    "too-slow",  # under the minimum rate (a drip): back off
+    "too-slow",  # under the minimum rate (a drip): mirror dropped
     "hash-failure",  # its data failed SHA-1 checks (the download policy's strikes)
 ]
 """Why a web seed's request did not deliver, one name per case (tests/adversarial/README.md)."""
 
 RETRYABLE: frozenset[Outcome] = frozenset(
     {"not-found", "server-error", "short", "protocol-error", "closed", "connection-error",
-     "timeout", "too-slow"}
+     "timeout"}
 )  # fmt: skip
 """Outcomes that a mirror may get over (a file still syncing, a restart): back off, retry."""
 
