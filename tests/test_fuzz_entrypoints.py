@@ -29,6 +29,7 @@ from fuzz import (
     fuzz_magnet,
     fuzz_metainfo,
     fuzz_tracker,
+    fuzz_webseed,
     fuzz_wire,
     run,
 )
@@ -36,6 +37,7 @@ from mptorrent.proto import bencode, metainfo, wire
 from mptorrent.proto import tracker as tr
 from mptorrent.proto.dht import krpc
 from mptorrent.proto.ext import ut_metadata, ut_pex
+from mptorrent.proto.webseed import Body, RangeClient
 
 ROOT = Path(__file__).resolve().parent.parent
 ATHERIS_MISSING = "atheris is not installed (fuzz/run.py installs it for the CI run)"
@@ -47,6 +49,7 @@ TARGETS: dict[str, ModuleType] = {
     "magnet": fuzz_magnet,
     "ext": fuzz_ext,
     "dht": fuzz_dht,
+    "webseed": fuzz_webseed,
 }
 
 NASTY: list[bytes] = [
@@ -144,6 +147,10 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
     "dht": [
         (krpc, "decode", _raise),
     ],
+    "webseed": [
+        (RangeClient, "next_event", _raise),
+        (RangeClient, "_data", lambda self, data: Body(bytes(data) + b"x")),
+    ],
 }  # fmt: skip
 
 
@@ -166,9 +173,9 @@ def test_entry_points_import_without_atheris() -> None:
         "import sys\n"
         "sys.modules['atheris'] = None  # any import of it now fails\n"
         "import fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker\n"
-        "import fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht\n"
+        "import fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht, fuzz.fuzz_webseed\n"
         "for m in (fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker,\n"
-        "          fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht):\n"
+        "          fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht, fuzz.fuzz_webseed):\n"
         "    assert callable(m.TestOneInput) and callable(m.main)\n"
     )
     proc = subprocess.run(
@@ -190,7 +197,7 @@ def test_bounded_run_with_the_hypothesis_engine() -> None:
     assert proc.stdout.splitlines()[0].startswith("fuzz: ENGINE hypothesis"), proc.stdout
     for name in TARGETS:
         assert f"fuzz_{name}: ok (hypothesis" in proc.stdout
-    assert "7 of 7 targets clean" in proc.stdout
+    assert "8 of 8 targets clean" in proc.stdout
 
 
 def test_the_hypothesis_engine_stops_at_its_time_bound() -> None:
@@ -252,4 +259,4 @@ def test_bounded_run_with_atheris_when_installed() -> None:
         n = len(set(TARGETS[name].seeds()))
         assert line.startswith(f"fuzz_{name}: ok (atheris: Done "), line
         assert line.endswith(f", {n} seed files)"), (line, n)
-    assert "7 of 7 targets clean" in proc.stdout
+    assert "8 of 8 targets clean" in proc.stdout

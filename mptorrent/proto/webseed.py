@@ -282,7 +282,7 @@ class RangeClient:
     def _refuse(self, outcome: Outcome, detail: str) -> Refused:
         self._done = True
         self.busy = False
-        return Refused(outcome, detail)
+        return Refused(outcome, _one_line(detail))
 
     def _head(self, resp: h11.Response) -> WebEvent | NeedData:
         status = self._status = resp.status_code
@@ -338,20 +338,24 @@ class RangeClient:
         self.busy = False
         leftover, _closed = self._h11.trailing_data
         if leftover:
-            self._done = True
-            return Refused("too-long", "bytes after the end of the response")
+            return self._refuse("too-long", "bytes after the end of the response")
         if self._location is not None:
             self._done = True
             return Redirect(self._location)
         if self._left:
-            self._done = True
-            return Refused("short", f"the body ended {self._left} bytes short")
+            return self._refuse("short", f"the body ended {self._left} bytes short")
         reusable = self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
         if reusable:
             self._h11.start_next_cycle()
         else:
             self._done = True
         return Finished(reusable)
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    """A server's words in a detail: printable, one line, bounded."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _short(url: str) -> str:
