@@ -279,7 +279,8 @@ class WebSeed:
         if self.state is not ACTIVE:
             return
         runs = self.runs
-        while runs and not any(k in self.pending for k in _keys(runs[0])):
+        pending = self.pending
+        while runs and not any((b[0], b[1]) in pending for b in runs[0].blocks):
             runs.popleft()  # every block was got elsewhere meanwhile (endgame)
         for c in list(self.conns):
             if not runs:
@@ -525,10 +526,6 @@ class WebSeed:
         """Gone for good (banned, the download complete, the worker stopping)."""
         self._shut()
         self.state = GONE
-
-
-def _keys(run: _Run) -> list[BlockKey]:
-    return [(b[0], b[1]) for b in run.blocks]
 
 
 def _why(exc: OSError) -> str:

@@ -55,9 +55,10 @@ Outcome: TypeAlias = Literal[
     "tls-error",  # its certificate does not verify: mirror dropped
     "timeout",  # no byte for the stall timeout: back off
     "too-slow",  # under the minimum rate (a drip): mirror dropped
-    "hash-failure",  # its data failed SHA-1 checks (the download policy's strikes)
 ]
-"""Why a web seed's request did not deliver, one name per case (tests/adversarial/README.md)."""
+"""Why a web seed's request did not deliver, one name per case (tests/adversarial/README.md).
+Wrong bytes are not among them: they fail the piece's SHA-1 check, and the download policy
+bans the mirror as it bans a lying peer."""
 
 RETRYABLE: frozenset[Outcome] = frozenset(
     {"not-found", "server-error", "short", "protocol-error", "closed", "connection-error",

@@ -29,8 +29,8 @@ MiB = 1 << 20
 
 
 def fetch(
-    torrent: Path, out: Path, *args: str, result: Path | None = None, env: dict[str, str] | None
-    = None,
+    torrent: Path | str, out: Path, *args: str, result: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:  # fmt: skip
     """The real CLI with ``--json``: its process and its event lines."""
     cmd = [sys.executable, "-c", CLI_WITH_RESULT, *no_dht(["fetch", str(torrent), "-o", str(out),
@@ -176,3 +176,42 @@ def test_https_web_seed_with_a_verified_certificate(tmp_path: Path) -> None:
                         env={"SSL_CERT_FILE": str(tls / "cert.pem")})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert same_tree(tmp_path / "out.bin", case.payload.root)
+
+
+def test_a_magnet_ws_is_used_once_the_metadata_is_known(tmp_path: Path) -> None:
+    from mptorrent.proto.magnet import Magnet
+
+    case = single_file_case(tmp_path / "src", size=6 * MiB)
+    result = tmp_path / "result.json"
+    # the seeder gives the metadata and little else: the web seed does the bulk
+    with (
+        LtPeer(case.torrent, case.save_dir, ip="127.0.16.51", use_trackers=False,
+               upload_rate_limit=256 * 1024) as seeder,
+        run_lighttpd(tmp_path / "src", "127.0.16.52") as httpd,
+    ):  # fmt: skip
+        url = httpd.url("payload.bin")
+        uri = Magnet(case.meta.info_hash, peers=(seeder.addr,), web_seeds=(url,)).to_uri()
+        proc, lines = fetch(uri, tmp_path / "out.bin", "-j", "2", result=result)
+    assert proc.returncode == 0, proc.stderr
+    assert same_tree(tmp_path / "out.bin", case.payload.root)
+    assert read_result(result).pieces_per_peer.get(url, 0) > 0
+    assert any(e.get("source") == "webseed" for e in peer_lines(lines, url))
+
+
+def test_the_python_api_takes_web_seeds(tmp_path: Path) -> None:
+    import mptorrent
+
+    case = single_file_case(tmp_path / "src", size=3 * MiB)
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(case.torrent)
+    seen: list[object] = []
+    with run_lighttpd(tmp_path / "src", "127.0.16.53") as httpd:
+        res = mptorrent.fetch(
+            torrent, tmp_path / "out.bin", workers=2, trackers=False, on_event=seen.append,
+            web_seeds=[httpd.url("payload.bin")],
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="is not a web seed: scheme 'ftp'"):
+            mptorrent.fetch(torrent, tmp_path / "o2", trackers=False, web_seeds=["ftp://h/x"])
+    assert res.bytes == case.meta.total_length
+    assert same_tree(tmp_path / "out.bin", case.payload.root)
+    assert any(getattr(e, "source", None) == "webseed" for e in seen)
