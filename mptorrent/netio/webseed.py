@@ -217,8 +217,38 @@ class WebSeed:
             ends.append(n)
         self.runs.append(_Run(blocks, ends, start, bytearray(n), spans(self.files, start, n)))
 
+    def _take(self, run: _Run, at: int, data: bytes | bytearray) -> None:
+        """Body bytes for ``run`` from offset ``at``: the blocks they complete are handed on.
+
+        A block that lies wholly in ``data`` is handed on as a view of it (the policy copies
+        it once, into its piece); only the ends of blocks cut by a read boundary are copied
+        into the run's buffer to be joined."""
+        view = memoryview(data)
+        end = at + len(data)
+        k = run.emitted
+        blocks, ends, pending, ready = run.blocks, run.ends, self.pending, self.ready
+        while k < len(blocks):
+            index, begin, n = blocks[k]
+            stop = ends[k]
+            if stop > end:
+                break
+            start = stop - n
+            if start >= at:
+                block = view[start - at : stop - at]
+            else:  # begun in an earlier read (or a padding file): join it in the buffer
+                run.buf[at:stop] = view[: stop - at]
+                block = memoryview(run.buf)[start:stop]
+            if (index, begin) in pending:
+                ready.append(wire.Piece(index, begin, block))
+            k += 1
+        if k < len(blocks):  # the start of a block whose end is still to come
+            start = max(at, ends[k] - blocks[k][2])
+            run.buf[start:end] = view[start - at :]
+        run.emitted = k
+
     def _emit(self, run: _Run, filled: int) -> None:
-        """Hand on the blocks whose bytes are all in (those still pending)."""
+        """Hand on the blocks whose bytes are all in the run's buffer up to ``filled`` (after
+        a padding file's zeros)."""
         k = run.emitted
         blocks, ends, pending = run.blocks, run.ends, self.pending
         view = memoryview(run.buf)
@@ -430,12 +460,10 @@ class WebSeed:
             if type(e) is Body:
                 sp = run.spans[run.span]
                 data = e.data
-                at = sp.at + run.got
-                run.buf[at : at + len(data)] = data
+                self._take(run, sp.at + run.got, data)
                 run.got += len(data)
                 c.got += len(data)
                 self.received += len(data)
-                self._emit(run, at + len(data))
                 self.last_block = now
             elif type(e) is Finished:
                 c.served += 1

@@ -188,7 +188,7 @@ def target(url: str) -> Target:
 class Body:
     """Bytes of the range asked, in order."""
 
-    data: bytes
+    data: bytes | bytearray
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +273,7 @@ class RangeClient:
         if isinstance(event, h11.Response):
             return self._head(event)
         if isinstance(event, h11.Data):
-            return self._data(bytes(event.data))
+            return self._data(event.data)  # h11's own copy out of its buffer: no other
         if isinstance(event, h11.EndOfMessage):
             return self._end()
         if isinstance(event, h11.ConnectionClosed):
@@ -325,7 +325,7 @@ class RangeClient:
                 return self._refuse("short", f"Content-Length {int(length)} for {asked} bytes")
         return self.next_event()
 
-    def _data(self, data: bytes) -> WebEvent | NeedData:
+    def _data(self, data: bytes | bytearray) -> WebEvent | NeedData:
         if self._left < 0:
             return self.next_event()  # a redirect's body
         if self._status == 0:
