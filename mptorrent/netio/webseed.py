@@ -94,12 +94,12 @@ Note = Up | Down
 
 @dataclass
 class _Run:
-    """Adjacent blocks fetched together: their bytes land in ``buf`` as the body arrives."""
+    """Adjacent blocks fetched together, handed on block by block as the body arrives."""
 
     blocks: list[BlockRequest]
-    ends: list[int]  # where each block ends in ``buf``
+    ends: list[int]  # where each block ends, from the run's start
     start: int  # offset in the torrent
-    buf: bytearray
+    part: bytearray  # the start of a block cut by a read boundary
     spans: list[Span]
     span: int = 0  # the span being fetched
     got: int = 0  # bytes of that span received
@@ -215,14 +215,14 @@ class WebSeed:
         for b in blocks:
             n += b[2]
             ends.append(n)
-        self.runs.append(_Run(blocks, ends, start, bytearray(n), spans(self.files, start, n)))
+        self.runs.append(_Run(blocks, ends, start, bytearray(), spans(self.files, start, n)))
 
     def _take(self, run: _Run, at: int, data: bytes | bytearray) -> None:
         """Body bytes for ``run`` from offset ``at``: the blocks they complete are handed on.
 
         A block that lies wholly in ``data`` is handed on as a view of it (the policy copies
-        it once, into its piece); only the ends of blocks cut by a read boundary are copied
-        into the run's buffer to be joined."""
+        it once, into its piece); only a block cut by a read boundary is joined, in a
+        bytearray of its own (never reused: a view of it may wait in :attr:`ready`)."""
         view = memoryview(data)
         end = at + len(data)
         k = run.emitted
@@ -235,28 +235,16 @@ class WebSeed:
             start = stop - n
             if start >= at:
                 block = view[start - at : stop - at]
-            else:  # begun in an earlier read (or a padding file): join it in the buffer
-                run.buf[at:stop] = view[: stop - at]
-                block = memoryview(run.buf)[start:stop]
+            else:  # begun in an earlier read
+                joined = run.part
+                joined += view[: stop - at]
+                run.part = bytearray()
+                block = memoryview(joined)
             if (index, begin) in pending:
                 ready.append(wire.Piece(index, begin, block))
             k += 1
         if k < len(blocks):  # the start of a block whose end is still to come
-            start = max(at, ends[k] - blocks[k][2])
-            run.buf[start:end] = view[start - at :]
-        run.emitted = k
-
-    def _emit(self, run: _Run, filled: int) -> None:
-        """Hand on the blocks whose bytes are all in the run's buffer up to ``filled`` (after
-        a padding file's zeros)."""
-        k = run.emitted
-        blocks, ends, pending = run.blocks, run.ends, self.pending
-        view = memoryview(run.buf)
-        while k < len(blocks) and ends[k] <= filled:
-            index, begin, n = blocks[k]
-            if (index, begin) in pending:
-                self.ready.append(wire.Piece(index, begin, view[ends[k] - n : ends[k]]))
-            k += 1
+            run.part += view[max(at, ends[k] - blocks[k][2]) - at :]
         run.emitted = k
 
     # -- connections ----------------------------------------------------------
@@ -333,9 +321,8 @@ class WebSeed:
         assert run is not None
         while run.span < len(run.spans) and self._url_of(run) is None:
             sp = run.spans[run.span]
-            run.buf[sp.at : sp.at + sp.length] = bytes(sp.length)
             run.span += 1
-            self._emit(run, sp.at + sp.length)
+            self._take(run, sp.at, bytes(sp.length))
         if run.span == len(run.spans):
             c.run = None
             self.pump(now)
