@@ -54,6 +54,7 @@ from mptorrent.messages import (
 from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult, redact
 from mptorrent.netio.peer import Timeouts
+from mptorrent.netio.webseed import CONNECTIONS, MAX_CONNECTIONS
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
@@ -493,6 +494,8 @@ class Coordinator:
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
             seed_only=self.picker.remaining == 0,  # a restart while seeding, or nothing to get
             web_seeds=self._web_seeds_left(),
+            # each mirror gets at most MAX_CONNECTIONS from the whole client
+            web_seed_connections=max(1, min(CONNECTIONS, MAX_CONNECTIONS // len(self.slots))),
         )  # fmt: skip
         if restart is None:
             slot.gen = self.pool.start(slot.wid, cfg)

@@ -22,14 +22,16 @@ worker releases its requests, so peers and other mirrors carry on.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import selectors
 import socket
 import ssl
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 from mptorrent.messages import PeerAddr
 from mptorrent.policy.download import BlockKey, BlockRequest
@@ -51,8 +53,9 @@ from mptorrent.proto.webseed import (
 )
 
 CONNECTIONS = 3  # per web seed and worker: h11 has one request in flight per connection
+MAX_CONNECTIONS = 8  # per web seed over all workers: a mirror is a shared server, be polite
 RUN_BYTES = 1 << 20  # adjacent blocks asked in one run (one request per file it spans)
-DEPTH = CONNECTIONS * 2 * RUN_BYTES // wire.BLOCK_SIZE  # blocks kept asked
+RUNS_PER_CONNECTION = 2  # runs kept asked per connection: the next one is ready to go
 RECV_SIZE = 1 << 20
 BACKOFF_DELAYS = (2.0, 5.0, 15.0, 30.0, 60.0)  # seconds out after the 1st, 2nd... failure in a row
 MAX_FAILURES = 6  # failures in a row (nothing delivered between them): given up
@@ -128,6 +131,15 @@ class WebConn:
 
 
 _tls_context: ssl.SSLContext | None = None
+_resolver_pool: ThreadPoolExecutor | None = None
+_AddrInfo = tuple[socket.AddressFamily, Any]  # family, and the sockaddr to connect to
+
+
+def _resolver() -> ThreadPoolExecutor:
+    global _resolver_pool
+    if _resolver_pool is None:  # made in the worker process, after the fork
+        _resolver_pool = ThreadPoolExecutor(1, thread_name_prefix="webseed-dns")
+    return _resolver_pool
 
 
 def _tls() -> ssl.SSLContext:
@@ -143,6 +155,7 @@ class WebSeed:
     def __init__(
         self, url: str, meta: Metainfo, sel: selectors.BaseSelector, *, now: float,
         stall: float = 20.0, connect_timeout: float = 10.0, source_address: str | None = None,
+        connections: int = CONNECTIONS,
     ) -> None:  # fmt: skip
         self.url = url
         self.addr = PeerAddr(url, 0)
@@ -154,7 +167,8 @@ class WebSeed:
         self.connect_timeout = connect_timeout
         self.source_address = source_address
         self.pending: set[BlockKey] = set()
-        self.depth = DEPTH
+        self.connections = max(1, connections)
+        self.depth = self.connections * RUNS_PER_CONNECTION * RUN_BYTES // wire.BLOCK_SIZE
         self.allowed_while_choked: frozenset[int] | None = None
         self.state = CONNECTING
         self.conns: list[WebConn] = []
@@ -165,6 +179,8 @@ class WebSeed:
         self.retry_at = 0.0
         self.received = 0  # body bytes in all
         self.last_block = now
+        self._dns: dict[tuple[str, int], Future[list[Any]]] = {}
+        self._addr_turn = 0
         self._open(target(url).origin, now)
 
     # -- the policy's Peer ----------------------------------------------------
@@ -249,12 +265,47 @@ class WebSeed:
 
     # -- connections ----------------------------------------------------------
 
+    def _resolve(self, host: str, port: int, now: float) -> _AddrInfo | None:
+        """The address to dial, or None while a name is still being looked up (in a thread:
+        a DNS answer must not hold up the worker's loop); a failed look-up is a failure."""
+        try:
+            ipaddress.ip_address(host)
+            numeric = True
+        except ValueError:
+            numeric = False
+        if numeric:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return (family, (host, port))
+        key = (host, port)
+        fut = self._dns.get(key)
+        if fut is None:
+            fut = self._dns[key] = _resolver().submit(
+                socket.getaddrinfo, host, port, type=socket.SOCK_STREAM
+            )
+        if not fut.done():
+            return None
+        try:
+            infos = fut.result()
+        except OSError as exc:
+            del self._dns[key]  # asked again after the back-off
+            self._fail("connection-error", f"cannot resolve {host}: {_why(exc)}", now)
+            return None
+        src = self.source_address
+        usable = [
+            (family, sockaddr) for family, _type, _proto, _name, sockaddr in infos
+            if not src or (":" in src) == (family == socket.AF_INET6)
+        ] or [(infos[0][0], infos[0][4])]  # fmt: skip
+        # each connection error moves on to the name's next address
+        return usable[self._addr_turn % len(usable)]
+
     def _open(self, origin: tuple[str, str, int], now: float) -> WebConn | None:
         _scheme, host, port = origin
+        where = self._resolve(host, port, now)
+        if where is None:
+            return None  # looking the name up: pump() and check() try again
+        family, sockaddr = where
         c = WebConn(self, origin, now)
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, _, _, _, sockaddr = infos[0]
             sock = socket.socket(family, socket.SOCK_STREAM)
             c.sock = sock
             sock.setblocking(False)
@@ -307,7 +358,7 @@ class WebSeed:
                 c.run = runs.popleft()
                 self._next_request(c, now)
         busy = sum(1 for c in self.conns if c.state != "ready" or c.run is not None)
-        if runs and len(self.conns) < CONNECTIONS and busy == len(self.conns):
+        if runs and len(self.conns) < self.connections and busy == len(self.conns):
             url = self._url_of(runs[0])
             if url is not None:
                 self._open(target(url).origin, now)
@@ -499,6 +550,7 @@ class WebSeed:
         """Timers, from the worker's slow tick: stalls, drips, back-off ending."""
         if self.state is BACKOFF and now >= self.retry_at:
             self.state = CONNECTING
+        if self.state is CONNECTING and not self.conns:
             self._open(target(self.url).origin, now)
             return
         for c in list(self.conns):
@@ -519,6 +571,8 @@ class WebSeed:
         """A request failed: out for a back-off (or for good); the worker releases the
         blocks asked of it (a :class:`Down` note)."""
         self._shut()
+        if outcome == "connection-error":
+            self._addr_turn += 1
         fatal = outcome not in RETRYABLE
         self.failures += 1
         if not fatal and self.failures >= MAX_FAILURES:

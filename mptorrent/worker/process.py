@@ -90,6 +90,7 @@ class WorkerConfig:
     io: IoMode = "mmap"  # how verified pieces reach the output
     timeouts: Timeouts = field(default_factory=Timeouts)
     web_seeds: tuple[str, ...] = ()  # BEP 19 mirrors (http/https URLs) this worker reads from
+    web_seed_connections: int = 3  # connections to each of them (netio.webseed.CONNECTIONS)
 
 
 class _SelfConnection(Exception):
@@ -647,6 +648,7 @@ class _Worker:
             w = WebSeed(
                 url, self.cfg.meta, self.sel, now=now, stall=self.cfg.timeouts.snub,
                 connect_timeout=self.cfg.timeouts.connect, source_address=self.cfg.source_address,
+                connections=self.cfg.web_seed_connections,
             )  # fmt: skip
             self.webseeds[addr] = self.sources[addr] = w
             self._web_notes(w)

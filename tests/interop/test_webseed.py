@@ -215,3 +215,15 @@ def test_the_python_api_takes_web_seeds(tmp_path: Path) -> None:
     assert res.bytes == case.meta.total_length
     assert same_tree(tmp_path / "out.bin", case.payload.root)
     assert any(getattr(e, "source", None) == "webseed" for e in seen)
+
+
+def test_a_host_name_is_looked_up_without_blocking(tmp_path: Path) -> None:
+    case = single_file_case(tmp_path / "src", size=2 * MiB)
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(case.torrent)
+    with run_lighttpd(tmp_path / "src", "127.0.0.1") as httpd:
+        url = f"http://localhost:{httpd.port}/payload.bin"
+        proc, lines = fetch(torrent, tmp_path / "out.bin", "--web-seed", url)
+    assert proc.returncode == 0, proc.stderr
+    assert same_tree(tmp_path / "out.bin", case.payload.root)
+    assert peer_lines(lines, url)
