@@ -187,3 +187,10 @@ def test_100_continue_is_skipped() -> None:
     got = events(c, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 206 OK\r\n"
                     b"Content-Range: bytes 0-0/5\r\nContent-Length: 1\r\n\r\nz")  # fmt: skip
     assert got == [Body(b"z"), Finished(reusable=True)]
+
+
+def test_a_close_before_any_answer_is_closed_not_a_protocol_error() -> None:
+    # what a kept-alive connection looks like when the server closed it as it was reused
+    c, _ = asked()
+    (e,) = events(c, b"")
+    assert isinstance(e, Refused) and e.outcome == "closed"

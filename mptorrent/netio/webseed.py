@@ -422,12 +422,20 @@ class WebSeed:
                 return
             if mask & selectors.EVENT_WRITE:
                 self._flush(c, now)
-            if mask & selectors.EVENT_READ:
+            if mask & selectors.EVENT_READ and c.state != "closed":
                 self._read(c, now)
         except ssl.SSLCertVerificationError as exc:
             self._fail("tls-error", f"TLS certificate check failed: {exc.verify_message}", now)
         except OSError as exc:
-            self._fail("connection-error", f"connection error: {_why(exc)}", now)
+            self._broken(c, exc, now)
+
+    def _broken(self, c: WebConn, exc: OSError, now: float) -> None:
+        if c.state == "ready" and (c.run is None or (c.served and not c.head_seen)):
+            # An idle kept-alive connection went away, or it was reused just as the server
+            # closed it (a reset for the request it never read): not a failure.
+            self._lost(c, now)
+            return
+        self._fail("connection-error", f"connection error: {_why(exc)}", now)
 
     def _handshake(self, c: WebConn, now: float) -> None:
         assert isinstance(c.sock, ssl.SSLSocket)
@@ -455,6 +463,9 @@ class WebSeed:
                 n = c.sock.send(c.out)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 n = 0
+            except OSError as exc:  # also reached from pump(), outside on_event()
+                self._broken(c, exc, now)
+                return
             del c.out[:n]
         more = selectors.EVENT_WRITE if c.out else 0
         self._want(c, selectors.EVENT_READ | more)
@@ -529,14 +540,19 @@ class WebSeed:
                 return False
             else:
                 assert type(e) is Refused
-                if e.outcome == "closed" and c.served and not c.got:
-                    # The server closed a kept-alive connection as we reused it: try anew.
-                    c.run = None
-                    self._close(c)
-                    self._resume(run, now)
+                if e.outcome == "closed" and c.served and not c.head_seen:
+                    self._lost(c, now)  # closed a kept-alive connection as we reused it
                     return False
                 self._fail(e.outcome, e.detail, now)
                 return False
+
+    def _lost(self, c: WebConn, now: float) -> None:
+        """``c`` is gone without a word on the current request: a fresh connection takes
+        its run (a connection that never served one fails instead, so this cannot loop)."""
+        run, c.run = c.run, None
+        self._close(c)
+        if run is not None:
+            self._resume(run, now)
 
     def _resume(self, run: _Run, now: float) -> None:
         """A run whose connection is done with goes first in line again."""

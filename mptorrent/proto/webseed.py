@@ -230,6 +230,8 @@ class RangeClient:
         self._status = 0
         self._location: str | None = None
         self._done = False  # a final event was returned: nothing more to read
+        self._heard = False  # a byte of the current response arrived
+        self._eof = False
         self.busy = False
 
     def get(self, url: str, first: int, last: int, *, whole_file: bool = False) -> bytes:
@@ -242,6 +244,7 @@ class RangeClient:
         self._left = last - first + 1
         self._status = 0
         self._location = None
+        self._heard = False
         self.busy = True
         headers = [
             ("Host", t.host_header),
@@ -257,6 +260,8 @@ class RangeClient:
     def receive_data(self, data: bytes) -> None:
         """Bytes from the socket; ``b""`` when the server closed the connection."""
         if not self._done:
+            self._heard = self._heard or bool(data)
+            self._eof = not data
             self._h11.receive_data(data)
 
     def next_event(self) -> WebEvent | NeedData:
@@ -265,6 +270,8 @@ class RangeClient:
         try:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
+            if self._eof and not self._heard:  # closed before a byte of the answer
+                return self._refuse("closed", "the server closed the connection")
             return self._refuse("protocol-error", f"bad HTTP: {exc}")
         if event is h11.NEED_DATA:
             return NEED_DATA

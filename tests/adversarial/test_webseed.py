@@ -126,3 +126,17 @@ def test_bad_web_seed_option_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "scheme 'ftp' is not http or https" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_mirror_that_hangs_up_kept_alive_connections_still_serves(tmp_path: Path) -> None:
+    # Each response is followed by a silent close: the next request on that connection finds
+    # it gone (or is cut off): a fresh connection takes the run, no failure is counted.
+    case = single_file_case(tmp_path / "src", size=3 * MiB)
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(case.torrent)
+    with EvilHttpd(tmp_path / "src", "127.0.16.47", "hang-up") as evil:
+        url = evil.base + "payload.bin"
+        code, err, lines = fetch(torrent, tmp_path / "out.bin", "--web-seed", url)
+    assert code == 0, err
+    assert same_tree(tmp_path / "out.bin", case.payload.root)
+    assert {s for s, _r in states(lines, url)} == {"connected"}  # never gone, never banned

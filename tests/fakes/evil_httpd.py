@@ -8,7 +8,9 @@ Modes: ``ignore-range`` (200 with the whole file), ``too-long`` (206, the right
 Content-Range, but a Content-Length and body longer than asked), ``redirect-loop`` (302 to
 itself), ``drip`` (206 head, then one byte a second), ``corrupt`` (206 with flipped bytes),
 ``503`` (every request), ``redirect`` (302 to ``redirect_to`` + the same path: an honest
-redirector).  Each connection is kept alive for as many requests as the client sends.
+redirector), ``hang-up`` (an honest 206 that leaves the connection open as HTTP/1.1 keep-alive
+allows, then closes it a moment later without a word, as servers do with idle connections).
+Other modes keep each connection alive for as many requests as the client sends.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import unquote
 
-Mode = Literal["ignore-range", "too-long", "redirect-loop", "drip", "corrupt", "503", "redirect"]
+Mode = Literal[
+    "ignore-range", "too-long", "redirect-loop", "drip", "corrupt", "503", "redirect", "hang-up"
+]
 _RANGE = re.compile(rb"range:\s*bytes=(\d+)-(\d+)", re.I)
 
 
@@ -117,3 +121,6 @@ class EvilHttpd:
                 conn.sendall(body[i : i + 1])
             return
         conn.sendall(head + body)
+        if mode == "hang-up":
+            self._stop.wait(0.05)
+            raise OSError("hung up")  # _serve closes the connection
