@@ -127,6 +127,7 @@ class WebConn:
     head_seen: bool = False  # a byte of the current response arrived
     asked_at: float = 0.0
     last_byte: float = 0.0
+    first_byte: float = 0.0  # of the current answer
     got: int = 0  # body bytes of the current request
 
 
@@ -181,6 +182,7 @@ class WebSeed:
         self.last_block = now
         self._dns: dict[tuple[str, int], Future[list[Any]]] = {}
         self._addr_turn = 0
+        self.connecting_since = now
         self._open(target(url).origin, now)
 
     # -- the policy's Peer ----------------------------------------------------
@@ -490,7 +492,9 @@ class WebSeed:
                 return
             c.client.receive_data(data)
             if data:
-                c.head_seen = True
+                if not c.head_seen:
+                    c.head_seen = True
+                    c.first_byte = now
                 c.last_byte = now
             if not self._drain(c, now) or not data:
                 return
@@ -568,7 +572,11 @@ class WebSeed:
         """Timers, from the worker's slow tick: stalls, drips, back-off ending."""
         if self.state is BACKOFF and now >= self.retry_at:
             self.state = CONNECTING
+            self.connecting_since = now
         if self.state is CONNECTING and not self.conns:
+            if now - self.connecting_since > self.connect_timeout:  # a name lookup hangs
+                self._fail("connection-error", "name lookup timed out", now)
+                return
             self._open(target(self.url).origin, now)
             return
         for c in list(self.conns):
@@ -580,8 +588,9 @@ class WebSeed:
                 if now - c.last_byte > self.stall:
                     self._fail("timeout", f"no data for {self.stall:.0f} s", now)
                     return
-                took = now - c.asked_at
-                if took > SLOW_AFTER and c.got < MIN_RATE * took:
+                # judged from the answer's first byte: a slow start is the stall timeout's
+                took = now - c.first_byte
+                if c.head_seen and took > SLOW_AFTER and c.got < MIN_RATE * took:
                     self._fail("too-slow", f"{c.got / took:.0f} B/s", now)
                     return
 
