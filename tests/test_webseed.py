@@ -4,6 +4,8 @@ client's reading of good and hostile responses (tests/adversarial/README.md, tab
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mptorrent.proto import metainfo
 from mptorrent.proto.webseed import (
@@ -194,3 +196,44 @@ def test_a_close_before_any_answer_is_closed_not_a_protocol_error() -> None:
     c, _ = asked()
     (e,) = events(c, b"")
     assert isinstance(e, Refused) and e.outcome == "closed"
+
+
+# -- the worker's web seed: blocks out of reads of any size ---------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nblocks=st.integers(1, 12), last=st.integers(1, 16384),
+    cuts=st.lists(st.integers(1, 200_000), max_size=12), dropped=st.sets(st.integers(0, 11)),
+)  # fmt: skip
+def test_blocks_come_out_whole_whatever_the_reads(
+    nblocks: int, last: int, cuts: list[int], dropped: set[int]
+) -> None:
+    import selectors
+
+    from mptorrent.netio.webseed import WebSeed
+
+    block = 16384
+    size = (nblocks - 1) * block + last
+    m = _meta(None, length=size, name="f")
+    with selectors.DefaultSelector() as sel:
+        ws = WebSeed("http://127.0.0.1:9/f", m, sel, now=0.0)  # its connection is never used
+        ws.close()
+        blocks = [(b * block // PL, b * block % PL, min(block, size - b * block))
+                  for b in range(nblocks)]  # fmt: skip
+        ws.pending.update((i, o) for k, (i, o, _n) in enumerate(blocks) if k not in dropped)
+        ws.request(blocks)
+        payload = bytes((i * 7 + i // 251) & 0xFF for i in range(size))
+        got: dict[tuple[int, int], bytes] = {}
+        for run in ws.runs:
+            at = 0
+            body = payload[run.start : run.start + run.ends[-1]]
+            for cut in [*sorted(c % (len(body) + 1) for c in cuts), len(body)]:
+                if cut > at:
+                    ws._take(run, at, bytearray(body[at:cut]))
+                    at = cut
+            while (e := ws.next_event()) is not NEED_DATA:
+                got[(e.index, e.begin)] = bytes(e.block)
+    want = {(i, o): payload[i * PL + o : i * PL + o + n] for k, (i, o, n) in enumerate(blocks)
+            if k not in dropped}  # fmt: skip
+    assert got == want
