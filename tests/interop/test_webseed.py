@@ -123,7 +123,7 @@ def test_a_good_mirror_next_to_one_that_has_nothing(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with (
         run_lighttpd(tmp_path / "empty", "127.0.16.21") as broken,
-        run_lighttpd(tmp_path / "src", "127.0.16.22") as good,
+        run_lighttpd(tmp_path / "src", "127.0.16.22", rate_kib=4096) as good,  # lasts ~1.5 s
     ):
         bad_url = broken.url("payload.bin")  # 404 for everything
         good_url = good.url("payload.bin")
