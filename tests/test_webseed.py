@@ -237,3 +237,38 @@ def test_blocks_come_out_whole_whatever_the_reads(
     want = {(i, o): payload[i * PL + o : i * PL + o + n] for k, (i, o, n) in enumerate(blocks)
             if k not in dropped}  # fmt: skip
     assert got == want
+
+
+def test_a_web_seed_is_named_without_its_password() -> None:
+    from mptorrent.proto.webseed import seed_id
+
+    assert seed_id("https://u:secret@h:8/p?q=1") == "https://h:8/p?q=1"
+    assert seed_id("http://h/p") == "http://h/p"
+
+
+def test_at_most_max_web_seeds_are_used_the_users_first() -> None:
+    from mptorrent.engine.coordinator import web_seed_urls
+    from mptorrent.proto.webseed import MAX_WEB_SEEDS
+
+    urls = [f"http://m{i}.example/f" for i in range(10_000)] + ["ftp://x/f"]
+    data = metainfo.build(name="f", piece_length=PL, pieces=bytes(20), length=10, web_seeds=urls)
+    m = metainfo.parse(data)
+    got = web_seed_urls(m, ("http://mine.example/f", "http://m3.example/f"))
+    assert len(got) == MAX_WEB_SEEDS
+    assert got[:3] == ("http://mine.example/f", "http://m3.example/f", "http://m0.example/f")
+
+
+def test_adjacent_pieces_asked_together_are_one_run() -> None:
+    import selectors
+
+    from mptorrent.netio.webseed import RUN_BYTES, WebSeed
+
+    m = _meta(None, length=100 * PL, name="f")
+    with selectors.DefaultSelector() as sel:
+        ws = WebSeed("http://127.0.0.1:9/f", m, sel, now=0.0)
+        ws.close()
+        ws.request([(3, 0, PL), (1, 0, PL), (2, 0, PL), (9, 0, PL)])
+        assert [(r.start, r.ends[-1]) for r in ws.runs] == [(PL, 3 * PL), (9 * PL, PL)]
+        ws.runs.clear()
+        ws.request([(i, 0, PL) for i in range(100)])  # 1.6 MiB: runs stop at RUN_BYTES
+        assert [r.ends[-1] for r in ws.runs] == [RUN_BYTES, 100 * PL - RUN_BYTES]

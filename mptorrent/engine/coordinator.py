@@ -58,7 +58,7 @@ from mptorrent.netio.webseed import CONNECTIONS, MAX_CONNECTIONS
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
-from mptorrent.proto.webseed import seed_url_problem
+from mptorrent.proto.webseed import MAX_WEB_SEEDS, seed_id, seed_url_problem
 from mptorrent.worker.process import WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
@@ -183,10 +183,10 @@ class Coordinator:
         self.sources: dict[PeerAddr, ev.PeerSource] = {}  # where we first heard of each
         self.banned: dict[PeerAddr, str] = {}
         # BEP 19 mirrors (the torrent's, a magnet's ws, --web-seed): every worker reads from
-        # each; a worker reports one as the peer PeerAddr(url, 0), source "webseed"
+        # each; a worker reports one as the peer PeerAddr(seed_id(url), 0), source "webseed"
         self.web_seeds = web_seed_urls(meta, opts.web_seeds)
         for url in self.web_seeds:
-            self.sources[PeerAddr(url, 0)] = "webseed"
+            self.sources[PeerAddr(seed_id(url), 0)] = "webseed"
         self.inbox: queue.Queue[InboxItem] = queue.Queue()
         # One shared done-map: workers see each other's verified pieces (endgame,
         # HAVE messages), and its last byte says "endgame".
@@ -508,7 +508,7 @@ class Coordinator:
 
     def _web_seeds_left(self) -> tuple[str, ...]:
         """The web seeds no worker has given up on (a restarted worker is not given those)."""
-        return tuple(u for u in self.web_seeds if PeerAddr(u, 0) not in self.banned)
+        return tuple(u for u in self.web_seeds if PeerAddr(seed_id(u), 0) not in self.banned)
 
     def _deliver(self, batch: Batch) -> None:
         """From the pool's reader threads: a worker's list of reports."""
@@ -824,10 +824,11 @@ def _is_us(addr: PeerAddr, listen: tuple[str, int]) -> bool:
 
 
 def web_seed_urls(meta: Metainfo, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The web seeds a fetch reads from: the torrent's ``url-list`` (a magnet's ``ws``) and
-    ``extra`` (``--web-seed``), once each, without those that are not http(s) URLs."""
-    urls = dict.fromkeys((*meta.web_seeds, *extra))
-    return tuple(u for u in urls if seed_url_problem(u) is None)
+    """The web seeds a fetch reads from: ``extra`` (``--web-seed``) and the torrent's
+    ``url-list`` (a magnet's ``ws``), once each, without those that are not http(s) URLs, at
+    most ``MAX_WEB_SEEDS``."""
+    urls = dict.fromkeys((*extra, *meta.web_seeds))
+    return tuple(u for u in urls if seed_url_problem(u) is None)[:MAX_WEB_SEEDS]
 
 
 def fetch(

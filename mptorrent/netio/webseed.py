@@ -48,6 +48,7 @@ from mptorrent.proto.webseed import (
     Refused,
     Span,
     file_urls,
+    seed_id,
     spans,
     target,
 )
@@ -159,7 +160,7 @@ class WebSeed:
         connections: int = CONNECTIONS,
     ) -> None:  # fmt: skip
         self.url = url
-        self.addr = PeerAddr(url, 0)
+        self.addr = PeerAddr(seed_id(url), 0)
         self.urls: list[str | None] = list(file_urls(url, meta))
         self.files = meta.files
         self.piece_length = meta.piece_length
@@ -203,11 +204,12 @@ class WebSeed:
         return True
 
     def request(self, blocks: Sequence[BlockRequest]) -> None:
-        """Queue the blocks as runs of adjacent bytes; :meth:`pump` sends them."""
+        """Queue the blocks as runs of adjacent bytes; :meth:`pump` sends them.  Sorted first:
+        adjacent pieces asked together go out as one request."""
         pl = self.piece_length
         run: list[BlockRequest] = []
         end = -1
-        for b in blocks:
+        for b in sorted(blocks):
             at = b[0] * pl + b[1]
             if run and (at != end or at + b[2] - run[0][0] * pl - run[0][1] > RUN_BYTES):
                 self._queue(run)

@@ -35,6 +35,7 @@ from mptorrent.proto.metainfo import FileEntry, Metainfo
 from mptorrent.proto.wire import NEED_DATA, NeedData
 
 SCHEMES = frozenset({"http", "https"})
+MAX_WEB_SEEDS = 8  # mirrors used at most (a torrent's url-list may hold thousands)
 MAX_URL = 8192  # a longer request target is refused by common servers anyway
 MAX_HEADER_BYTES = 16 * 1024  # h11's limit on a response's head
 USER_AGENT = "mptorrent"
@@ -87,6 +88,15 @@ def seed_url_problem(url: str) -> str | None:
     if not parts.hostname:
         return "no host"
     return None
+
+
+def seed_id(url: str) -> str:
+    """How a web seed is named in events and bans: its URL without a user name or password
+    (which are never sent either)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _encode_target(url: str) -> str:

@@ -57,6 +57,7 @@ from mptorrent.netio.webseed import Down, Up, WebConn, WebSeed
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
 from mptorrent.proto import wire
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.proto.webseed import seed_id
 from mptorrent.worker.extensions import WorkerExtensions
 from mptorrent.worker.upload import Uploader
 
@@ -642,7 +643,7 @@ class _Worker:
     def _start_web_seeds(self) -> None:
         now = time.monotonic()
         for url in self.cfg.web_seeds:
-            addr = PeerAddr(url, 0)
+            addr = PeerAddr(seed_id(url), 0)
             if addr in self.banned or addr in self.webseeds:
                 continue
             w = WebSeed(
@@ -650,7 +651,7 @@ class _Worker:
                 connect_timeout=self.cfg.timeouts.connect, source_address=self.cfg.source_address,
                 connections=self.cfg.web_seed_connections,
             )  # fmt: skip
-            self.webseeds[addr] = self.sources[addr] = w
+            self.webseeds[w.addr] = self.sources[w.addr] = w
             self._web_notes(w)
 
     def _on_web(self, c: WebConn, mask: int) -> None:
