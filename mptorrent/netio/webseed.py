@@ -126,7 +126,6 @@ class WebConn:
     events: int = selectors.EVENT_WRITE
     served: int = 0  # responses completed on it
     head_seen: bool = False  # a byte of the current response arrived
-    asked_at: float = 0.0
     last_byte: float = 0.0
     first_byte: float = 0.0  # of the current answer
     got: int = 0  # body bytes of the current request
@@ -358,11 +357,12 @@ class WebSeed:
         while runs and not any((b[0], b[1]) in pending for b in runs[0].blocks):
             runs.popleft()  # every block was got elsewhere meanwhile (endgame)
         for c in list(self.conns):
-            if not runs:
-                return
-            if c.state == "ready" and c.run is None:
+            # a loop, not recursion: a run of padding files only is done without a request
+            while runs and c.state == "ready" and c.run is None:
                 c.run = runs.popleft()
                 self._next_request(c, now)
+            if not runs:
+                return
         busy = sum(1 for c in self.conns if c.state != "ready" or c.run is not None)
         if runs and len(self.conns) < self.connections and busy == len(self.conns):
             url = self._url_of(runs[0])
@@ -381,8 +381,7 @@ class WebSeed:
             run.span += 1
             self._take(run, sp.at, bytes(sp.length))
         if run.span == len(run.spans):
-            c.run = None
-            self.pump(now)
+            c.run = None  # pump() gives the connection its next run
             return
         url = self._url_of(run)
         assert url is not None
@@ -396,7 +395,7 @@ class WebSeed:
         sp = run.spans[run.span]
         whole = sp.offset == 0 and sp.length == self.files[sp.file].length
         c.out += c.client.get(url, sp.offset, sp.offset + sp.length - 1, whole_file=whole)
-        c.asked_at = c.last_byte = now
+        c.last_byte = now
         c.got = 0
         c.head_seen = False
         self._flush(c, now)
@@ -533,8 +532,9 @@ class WebSeed:
                     self._resume(run, now)
                     return False
                 self._next_request(c, now)
-                if c.run is None:
-                    return True
+                if c.run is None:  # the run is done (or went to another origin)
+                    self.pump(now)
+                    return c.state != "closed"
                 run = c.run
             elif type(e) is Redirect:
                 run.hops += 1
