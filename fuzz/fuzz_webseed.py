@@ -1,11 +1,13 @@
 """Fuzz target: mptorrent.proto.webseed.RangeClient reads any server bytes as named events only.
 
 The first byte picks the range asked (and whether it is the whole file), the second how the
-rest is cut into reads; the rest is what the server sends, then it closes.  Whatever comes,
-the client raises nothing; it delivers no more body than asked, ``Finished`` only after
-exactly the bytes asked, a ``Redirect`` only to a usable URL of the same scheme, and a
-``Refused`` with a known outcome and a one-line printable detail.  After a reusable
-``Finished`` the next request goes out on the same client, as a web seed's connection does.
+rest is cut into reads and whether the requests are pipelined; the rest is what the server
+sends, then it closes.  Whatever comes, the client raises nothing; it delivers no more body
+than asked, ``Finished`` only after exactly the bytes asked, a ``Redirect`` only to a usable
+URL of the same scheme, and a ``Refused`` with a known outcome and a one-line printable
+detail.  After a reusable ``Finished`` the next request (up to three) goes out on the same
+client, or, pipelined, on a fresh client that is fed the bytes after the last response
+(``leftover``), as a web seed's connection does.
 
     python fuzz/fuzz_webseed.py -runs=20000           # atheris (pip install atheris)
     python fuzz/fuzz_webseed.py --hypothesis 2000     # without atheris
@@ -39,8 +41,9 @@ def TestOneInput(data: bytes) -> None:
     last = first + (data[0] & 7) * 3
     whole = bool(data[0] & 4)
     step = 1 + data[1] % 64
+    pipelined = bool(data[1] & 0x80)
     stream = data[2:]
-    client = RangeClient()
+    client = RangeClient(pipelined=pipelined)
     client.get(URL, first, last, whole_file=whole)
     asked = last - first + 1
     got = 0
@@ -61,7 +64,14 @@ def TestOneInput(data: bytes) -> None:
                     return
                 requests += 1
                 got = 0
-                client.get(URL, first, last, whole_file=whole)
+                if pipelined:
+                    rest = client.leftover()
+                    client = RangeClient(pipelined=True)
+                    client.get(URL, first, last, whole_file=whole)
+                    client.receive_data(rest)
+                else:
+                    assert not client.leftover()
+                    client.get(URL, first, last, whole_file=whole)
             elif isinstance(e, Redirect):
                 assert seed_url_problem(e.url) is None, e.url
                 assert e.url.startswith("http://"), e.url
@@ -90,6 +100,8 @@ def seeds() -> list[bytes]:
         b"\x09\x02HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
         b"\x09\x00HTTP/1.0 206 OK\r\nContent-Range: bytes 1-4/*\r\n\r\nabcdEXTRA",
         b"\x09\x00HTTP/1.1 100 Continue\r\n\r\n" + ok,
+        b"\x09\x80" + ok + ok + ok,  # pipelined: three answers in one read
+        b"\x09\x87" + ok + ok[:20],
     ]
 
 

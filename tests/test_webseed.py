@@ -272,3 +272,20 @@ def test_adjacent_pieces_asked_together_are_one_run() -> None:
         ws.runs.clear()
         ws.request([(i, 0, PL) for i in range(100)])  # 1.6 MiB: runs stop at RUN_BYTES
         assert [r.ends[-1] for r in ws.runs] == [RUN_BYTES, 100 * PL - RUN_BYTES]
+
+
+def test_pipelined_answers_pass_on_what_follows_their_end() -> None:
+    head = b"HTTP/1.1 206 OK\r\nContent-Length: 2\r\nContent-Range: bytes "
+    answer = (head + b"0-1/9\r\n\r\nab", head + b"2-3/9\r\n\r\ncd")
+    first, second = RangeClient(pipelined=True), RangeClient(pipelined=True)
+    first.get("http://h/f", 0, 1)
+    second.get("http://h/f", 2, 3)
+    assert events(first, answer[0] + answer[1][:30]) == [Body(b"ab"), Finished(reusable=True)]
+    assert first.leftover() == answer[1][:30]
+    assert events(second, first.leftover(), answer[1][30:]) == [
+        Body(b"cd"), Finished(reusable=True)]  # fmt: skip
+    # not pipelined, the same bytes after an answer are a body longer than asked
+    c = RangeClient()
+    c.get("http://h/f", 0, 1)
+    got = events(c, answer[0] + answer[1])
+    assert isinstance(got[-1], Refused) and got[-1].outcome == "too-long"

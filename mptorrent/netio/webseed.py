@@ -4,10 +4,11 @@ one more peer (``policy.download.Peer``) that has every piece.
 The policy asks it for 16 KiB blocks like any peer; :meth:`WebSeed.request` groups adjacent
 blocks into runs (whole pieces, or several adjacent ones, up to ``RUN_BYTES``), and each run
 is fetched on one keep-alive connection with one ``Range`` request per file it spans
-(``proto/webseed.py``).  As the body arrives the finished blocks become ``wire.Piece``
-events that the worker hands to ``DownloadPolicy.receive`` exactly as it does a wire
-connection's, so pieces are SHA-1 checked like any other and a mirror that sends wrong
-bytes is a liar like any other (its pieces fail, it is banned).
+(``proto/webseed.py``), up to ``PIPELINE`` requests in flight per connection (HTTP/1.1
+pipelining: the answers come back in order).  As the body arrives the finished blocks
+become ``wire.Piece`` events that the worker hands to ``DownloadPolicy.receive`` exactly as
+it does a wire connection's, so pieces are SHA-1 checked like any other and a mirror that
+sends wrong bytes is a liar like any other (its pieces fail, it is banned).
 
 Sockets are non-blocking and registered on the worker's selector with the :class:`WebConn`
 as their key's data; https uses ``ssl`` with verified certificates (the system store, or
@@ -53,10 +54,11 @@ from mptorrent.proto.webseed import (
     target,
 )
 
-CONNECTIONS = 3  # per web seed and worker: h11 has one request in flight per connection
+CONNECTIONS = 3  # per web seed and worker
+PIPELINE = 4  # requests in flight per connection (HTTP/1.1 pipelining)
 MAX_CONNECTIONS = 8  # per web seed over all workers: a mirror is a shared server, be polite
 RUN_BYTES = 1 << 20  # adjacent blocks asked in one run (one request per file it spans)
-RUNS_PER_CONNECTION = 2  # runs kept asked per connection: the next one is ready to go
+RUNS_PER_CONNECTION = 2  # the policy keeps this many runs' blocks asked per connection
 RECV_SIZE = 1 << 20
 BACKOFF_DELAYS = (2.0, 5.0, 15.0, 30.0, 60.0)  # seconds out after the 1st, 2nd... failure in a row
 MAX_FAILURES = 6  # failures in a row (nothing delivered between them): given up
@@ -109,26 +111,29 @@ class _Run:
     got: int = 0  # bytes of that span received
     emitted: int = 0  # blocks handed on
     hops: int = 0  # redirects followed for the current span
+    asked_to: int = 0  # spans before this one are asked on the run's connection
 
 
 @dataclass(eq=False)
 class WebConn:
-    """One connection of a web seed (its selector key's data): socket, TLS, h11 client."""
+    """One connection of a web seed (its selector key's data): socket, TLS, and the requests in
+    flight on it, answered in order: a :class:`RangeClient` each (h11 reads one request's
+    response per client; the bytes after it go to the next one)."""
 
     seed: WebSeed
     origin: tuple[str, str, int]  # scheme, host, port
     opened: float
     sock: socket.socket | None = None
     state: str = "connecting"  # connecting, tls, ready, closed
-    client: RangeClient = field(default_factory=RangeClient)
-    run: _Run | None = None
+    runs: deque[_Run] = field(default_factory=deque)  # in flight here, the oldest first
+    clients: deque[RangeClient] = field(default_factory=deque)  # one per request in flight
     out: bytearray = field(default_factory=bytearray)
     events: int = selectors.EVENT_WRITE
     served: int = 0  # responses completed on it
-    head_seen: bool = False  # a byte of the current response arrived
+    head_seen: bool = False  # a byte of the oldest request's answer arrived
     last_byte: float = 0.0
-    first_byte: float = 0.0  # of the current answer
-    got: int = 0  # body bytes of the current request
+    first_byte: float = 0.0  # of the oldest request's answer
+    got: int = 0  # body bytes of that answer
 
 
 _tls_context: ssl.SSLContext | None = None
@@ -349,56 +354,84 @@ class WebSeed:
             self.sel.modify(c.sock, events, c)
 
     def pump(self, now: float) -> None:
-        """Start queued runs on idle connections, opening connections as needed."""
+        """Ask for queued runs on ready connections (a few requests in flight on each, the
+        runs dealt out in turn), opening connections as needed."""
         if self.state is not ACTIVE:
             return
         runs = self.runs
         pending = self.pending
         while runs and not any((b[0], b[1]) in pending for b in runs[0].blocks):
             runs.popleft()  # every block was got elsewhere meanwhile (endgame)
-        for c in list(self.conns):
-            # a loop, not recursion: a run of padding files only is done without a request
-            while runs and c.state == "ready" and c.run is None:
-                c.run = runs.popleft()
-                self._next_request(c, now)
-            if not runs:
-                return
-        busy = sum(1 for c in self.conns if c.state != "ready" or c.run is not None)
-        if runs and len(self.conns) < self.connections and busy == len(self.conns):
-            url = self._url_of(runs[0])
+        placed = True
+        while runs and placed:
+            placed = False
+            for c in list(self.conns):
+                free = runs and c.state == "ready" and len(c.clients) < PIPELINE
+                if free and self._ask(c, runs[0], now):
+                    runs.popleft()
+                    placed = True
+        if not runs:
+            return
+        origin = self._origin_of(runs[0])
+        if origin is None:
+            return
+        if not any(c.origin == origin for c in self.conns):
+            # a redirect took its file to another server: make room for a connection there
+            idle = [c for c in self.conns if c.state == "ready" and not c.clients]
+            if idle and len(self.conns) >= self.connections:
+                self._close(idle[0])
+        if len(self.conns) < self.connections and all(
+            c.clients or c.state != "ready" for c in self.conns
+        ):
+            self._open(origin, now)
+
+    def _origin_of(self, run: _Run) -> tuple[str, str, int] | None:
+        for sp in run.spans[run.span :]:
+            url = self.urls[sp.file]
             if url is not None:
-                self._open(target(url).origin, now)
+                return target(url).origin
+        return None
 
-    def _url_of(self, run: _Run) -> str | None:
-        return self.urls[run.spans[run.span].file] if run.span < len(run.spans) else None
-
-    def _next_request(self, c: WebConn, now: float) -> None:
-        """Ask for the run's current span (padding files are zeros: nothing to ask)."""
-        run = c.run
-        assert run is not None
-        while run.span < len(run.spans) and self._url_of(run) is None:
+    def _skip_padding(self, run: _Run) -> None:
+        """Padding files are zeros that no mirror serves: handed on without a request."""
+        while run.span < len(run.spans) and self.urls[run.spans[run.span].file] is None:
             sp = run.spans[run.span]
             run.span += 1
             self._take(run, sp.at, bytes(sp.length))
-        if run.span == len(run.spans):
-            c.run = None  # pump() gives the connection its next run
-            return
-        url = self._url_of(run)
-        assert url is not None
-        if target(url).origin != c.origin:
-            # a redirect took this file elsewhere: a connection there takes the run
-            c.run = None
-            self.runs.appendleft(run)
-            self._close(c)
-            self._open(target(url).origin, now)
-            return
-        sp = run.spans[run.span]
-        whole = sp.offset == 0 and sp.length == self.files[sp.file].length
-        c.out += c.client.get(url, sp.offset, sp.offset + sp.length - 1, whole_file=whole)
-        c.last_byte = now
-        c.got = 0
-        c.head_seen = False
+
+    def _ask(self, c: WebConn, run: _Run, now: float) -> bool:
+        """Send the requests for ``run`` (one per file span, from its current one) on ``c``,
+        up to the first span that lives elsewhere (a redirect); False if none is for ``c``."""
+        if not c.runs:
+            self._skip_padding(run)
+            if run.span == len(run.spans):
+                return True  # padding only: done without a request
+        i = run.span
+        asks = []
+        while i < len(run.spans):
+            sp = run.spans[i]
+            url = self.urls[sp.file]
+            if url is not None:
+                if target(url).origin != c.origin:
+                    break
+                whole = sp.offset == 0 and sp.length == self.files[sp.file].length
+                client = RangeClient(pipelined=True)
+                asks.append((client, client.get(url, sp.offset, sp.offset + sp.length - 1,
+                                                whole_file=whole)))  # fmt: skip
+            i += 1
+        if not asks:
+            return False
+        run.asked_to = i
+        if not c.clients:  # the oldest answer's clock starts now
+            c.last_byte = now
+            c.got = 0
+            c.head_seen = False
+        c.runs.append(run)
+        for client, data in asks:
+            c.clients.append(client)
+            c.out += data
         self._flush(c, now)
+        return True
 
     # -- socket events --------------------------------------------------------
 
@@ -435,10 +468,10 @@ class WebSeed:
             self._broken(c, exc, now)
 
     def _broken(self, c: WebConn, exc: OSError, now: float) -> None:
-        if c.state == "ready" and (c.run is None or (c.served and not c.head_seen)):
+        if c.state == "ready" and (not c.clients or (c.served and not c.head_seen)):
             # An idle kept-alive connection went away, or it was reused just as the server
             # closed it (a reset for the request it never read): not a failure.
-            self._lost(c, now)
+            self._requeue(c, now)
             return
         self._fail("connection-error", f"connection error: {_why(exc)}", now)
 
@@ -483,7 +516,7 @@ class WebSeed:
                 data = sock.recv(RECV_SIZE)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return
-            if c.run is None:
+            if not c.clients:
                 # Nothing asked: the server closed an idle keep-alive connection, or sent
                 # bytes after a response's end.
                 if data:
@@ -491,7 +524,7 @@ class WebSeed:
                 else:
                     self._close(c)
                 return
-            c.client.receive_data(data)
+            c.clients[0].receive_data(data)
             if data:
                 if not c.head_seen:
                     c.head_seen = True
@@ -505,11 +538,11 @@ class WebSeed:
                 return
 
     def _drain(self, c: WebConn, now: float) -> bool:
-        """Take the client's events; False once the connection is done with."""
-        run = c.run
-        assert run is not None
-        client = c.client
-        while True:
+        """Take the answers' events, the oldest request's first; False once the connection
+        is done with."""
+        while c.clients:
+            client = c.clients[0]
+            run = c.runs[0]
             e = client.next_event()
             if e is wire.NEED_DATA:
                 return True
@@ -527,45 +560,63 @@ class WebSeed:
                 run.span += 1
                 run.got = 0
                 run.hops = 0
-                if not e.reusable:
-                    self._close(c)
-                    self._resume(run, now)
+                c.clients.popleft()
+                self._advance(c)
+                if not e.reusable:  # the requests after it will not be answered
+                    self._requeue(c, now)
                     return False
-                self._next_request(c, now)
-                if c.run is None:  # the run is done (or went to another origin)
+                # the next answer (if its start came with this one's end)
+                rest = client.leftover()
+                c.got = 0
+                c.head_seen = bool(rest)
+                c.first_byte = c.last_byte = now
+                if c.clients:
+                    c.clients[0].receive_data(rest)
+                elif rest:
+                    self._fail("too-long", "bytes after the end of a response", now)
+                    return False
+                else:
                     self.pump(now)
                     return c.state != "closed"
-                run = c.run
             elif type(e) is Redirect:
                 run.hops += 1
-                c.run = None
-                self._close(c)
                 if run.hops > MAX_REDIRECTS:
                     self._fail("redirect-loop", f"more than {MAX_REDIRECTS} redirects", now)
                     return False
                 self.urls[run.spans[run.span].file] = e.url  # later requests go there at once
-                self._resume(run, now)
+                self._requeue(c, now)
                 return False
             else:
                 assert type(e) is Refused
                 if e.outcome == "closed" and c.served and not c.head_seen:
-                    self._lost(c, now)  # closed a kept-alive connection as we reused it
+                    self._requeue(c, now)  # closed a kept-alive connection as we reused it
                     return False
                 self._fail(e.outcome, e.detail, now)
                 return False
+        return True
 
-    def _lost(self, c: WebConn, now: float) -> None:
-        """``c`` is gone without a word on the current request: a fresh connection takes
-        its run (a connection that never served one fails instead, so this cannot loop)."""
-        run, c.run = c.run, None
+    def _advance(self, c: WebConn) -> None:
+        """After an answer: runs finished (or whose next span is asked elsewhere) leave
+        ``c``, the oldest remaining one's padding is handed on."""
+        while c.runs:
+            run = c.runs[0]
+            self._skip_padding(run)
+            if run.span < run.asked_to:
+                return
+            c.runs.popleft()
+            if run.span < len(run.spans):
+                self.runs.appendleft(run)  # the rest lives on another server
+
+    def _requeue(self, c: WebConn, now: float) -> None:
+        """``c`` is done with (closed by the server, a redirect): its runs go first in line
+        again, from the span each had got to (no byte of which has arrived), and a fresh
+        connection takes them.  Not a failure: a connection that never served an answer
+        fails instead, so this cannot loop."""
+        runs = [r for r in c.runs if r.span < len(r.spans)]
+        c.runs.clear()
+        c.clients.clear()
         self._close(c)
-        if run is not None:
-            self._resume(run, now)
-
-    def _resume(self, run: _Run, now: float) -> None:
-        """A run whose connection is done with goes first in line again."""
-        if run.span < len(run.spans):
-            self.runs.appendleft(run)
+        self.runs.extendleft(reversed(runs))
         self.pump(now)
 
     # -- failures -------------------------------------------------------------
@@ -586,7 +637,7 @@ class WebSeed:
                 if now - c.opened > self.connect_timeout:
                     self._fail("connection-error", "connect timed out", now)
                     return
-            elif c.run is not None:
+            elif c.clients:
                 if now - c.last_byte > self.stall:
                     self._fail("timeout", f"no data for {self.stall:.0f} s", now)
                     return
@@ -616,6 +667,8 @@ class WebSeed:
 
     def _shut(self) -> None:
         for c in list(self.conns):
+            c.runs.clear()
+            c.clients.clear()
             self._close(c)
         self.runs.clear()
         self.ready.clear()

@@ -11,8 +11,9 @@ Three small pieces, none of which touches a socket or the clock:
   :meth:`RangeClient.get` gives the bytes of a ``GET`` with ``Range``, and
   :meth:`RangeClient.receive_data` / :meth:`RangeClient.next_event` turn the server's
   bytes into :class:`Body`, :class:`Finished`, :class:`Redirect` or :class:`Refused`.
-  h11 keeps one request in flight per connection, so a web seed uses a few connections
-  (``netio/webseed.py``).
+  h11 reads one request's response per connection object, so a connection with several
+  requests in flight (HTTP/1.1 pipelining, ``netio/webseed.py``) has a ``pipelined``
+  client per request and hands the bytes after each response to the next one.
 
 A response is used only if it is exactly what was asked: a ``206`` whose ``Content-Range``
 names the asked range (or a ``200`` when the whole file was asked), no more bytes than
@@ -228,11 +229,18 @@ WebEvent: TypeAlias = Body | Finished | Redirect | Refused
 
 
 class RangeClient:
-    """One keep-alive HTTP/1.1 connection to a web seed, one request at a time (h11 does not
-    pipeline): :meth:`get` sends, :meth:`receive_data` and :meth:`next_event` read."""
+    """One keep-alive HTTP/1.1 connection to a web seed, one request at a time: :meth:`get`
+    sends, :meth:`receive_data` and :meth:`next_event` read.
 
-    def __init__(self) -> None:
+    ``pipelined``: this client is one request of several in flight on one connection (h11
+    keeps one per connection, so each request gets a client of its own): bytes after its
+    response are not refused but kept for the next request's client (:meth:`leftover`),
+    and it carries no second request."""
+
+    def __init__(self, *, pipelined: bool = False) -> None:
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self._pipelined = pipelined
+        self._leftover = b""
         self._url = ""
         self._first = self._last = 0
         self._whole_file = False
@@ -352,10 +360,16 @@ class RangeClient:
         self._left -= len(data)
         return Body(data)
 
+    def leftover(self) -> bytes:
+        """A pipelined client's bytes after its response: the next response's start."""
+        return self._leftover
+
     def _end(self) -> WebEvent:
         self.busy = False
         leftover, _closed = self._h11.trailing_data
-        if leftover:
+        if self._pipelined:
+            self._leftover = bytes(leftover)
+        elif leftover:
             return self._refuse("too-long", "bytes after the end of the response")
         if self._location is not None:
             self._done = True
@@ -363,7 +377,7 @@ class RangeClient:
         if self._left:
             return self._refuse("short", f"the body ended {self._left} bytes short")
         reusable = self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
-        if reusable:
+        if reusable and not self._pipelined:
             self._h11.start_next_cycle()
         else:
             self._done = True

@@ -19,6 +19,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -31,13 +32,15 @@ _RANGE = re.compile(rb"range:\s*bytes=(\d+)-(\d+)", re.I)
 
 
 class EvilHttpd:
-    """The server; :attr:`requests` counts the requests it got."""
+    """The server; :attr:`requests` counts the requests it got, :attr:`times` says when
+    (``time.monotonic()``)."""
 
     def __init__(self, docroot: Path, host: str, mode: Mode, *, redirect_to: str = "") -> None:
         self.docroot = Path(docroot)
         self.mode = mode
         self.redirect_to = redirect_to
         self.requests = 0
+        self.times: list[float] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         outer = self
@@ -82,6 +85,7 @@ class EvilHttpd:
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 with self._lock:
                     self.requests += 1
+                    self.times.append(time.monotonic())
                 path = unquote(head.split(b" ")[1].decode())
                 m = _RANGE.search(head)
                 self._answer(conn, path, (int(m[1]), int(m[2])) if m else None)
