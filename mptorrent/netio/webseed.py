@@ -184,7 +184,6 @@ class WebSeed:
         self.failures = 0
         self.retry_at = 0.0
         self.received = 0  # body bytes in all
-        self.last_block = now
         self._dns: dict[tuple[str, int], Future[list[Any]]] = {}
         self._addr_turn = 0
         self.connecting_since = now
@@ -553,7 +552,6 @@ class WebSeed:
                 run.got += len(data)
                 c.got += len(data)
                 self.received += len(data)
-                self.last_block = now
             elif type(e) is Finished:
                 c.served += 1
                 self.failures = 0  # it delivered

@@ -159,7 +159,7 @@ class _Worker:
     to_tell: list[int] = field(default_factory=list)  # verified here, HAVE not yet sent
     seed_only: bool = False  # serve, never request (from the start, or after SeedOnly)
     complete_peers: set[PeerAddr] = field(default_factory=set)  # seeds we left as a seed
-    webseeds: dict[PeerAddr, WebSeed] = field(default_factory=dict)  # by PeerAddr(url, 0)
+    webseeds: dict[PeerAddr, WebSeed] = field(default_factory=dict)  # by PeerAddr(seed_id, 0)
     # what the download policy sees: the wire peers and the web seeds
     sources: dict[PeerAddr, _Peer | WebSeed] = field(default_factory=dict)
 
@@ -659,10 +659,7 @@ class _Worker:
         w = c.seed
         w.on_event(c, mask, self.now)
         if w.ready:
-            got = self.policy.downloaded
             self.policy.receive(w, w)  # the same block path as a wire connection's
-            if self.policy.downloaded != got:
-                w.last_block = self.now
         if w.notes:
             self._web_notes(w)
 
