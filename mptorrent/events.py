@@ -20,9 +20,10 @@ from typing import Literal, TypeAlias
 
 from mptorrent.messages import PeerAddr
 
-PeerSource: TypeAlias = Literal["manual", "tracker", "pex", "dht", "incoming"]
+PeerSource: TypeAlias = Literal["manual", "tracker", "pex", "dht", "incoming", "webseed"]
 """Where a fetch first heard of a peer: the user (``--peer``, a magnet's ``x.pe``), a
-tracker's reply, a peer's PEX message, the DHT, or the peer dialled us."""
+tracker's reply, a peer's PEX message, the DHT, or the peer dialled us; ``webseed``: an
+HTTP mirror (BEP 19), whose address is its URL."""
 
 # -- a fetch ------------------------------------------------------------------
 

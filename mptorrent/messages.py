@@ -19,10 +19,12 @@ class PeerAddr(NamedTuple):
     """A peer's address as every layer and process passes it: picklable, and hashable so it keys the
     peer tables; ``str()`` brackets an IPv6 host."""
 
-    host: str  # IPv4 or IPv6 literal (no brackets)
+    host: str  # IPv4 or IPv6 literal (no brackets); a web seed's URL, with port 0
     port: int
 
     def __str__(self) -> str:
+        if self.port == 0 and "/" in self.host:
+            return self.host  # a web seed (BEP 19) stands for its URL
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 

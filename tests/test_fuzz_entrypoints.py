@@ -30,6 +30,7 @@ from fuzz import (
     fuzz_metainfo,
     fuzz_tracker,
     fuzz_v2,
+    fuzz_webseed,
     fuzz_wire,
     run,
 )
@@ -37,6 +38,7 @@ from mptorrent.proto import bencode, merkle, metainfo, wire
 from mptorrent.proto import tracker as tr
 from mptorrent.proto.dht import krpc
 from mptorrent.proto.ext import ut_metadata, ut_pex
+from mptorrent.proto.webseed import Body, RangeClient
 
 ROOT = Path(__file__).resolve().parent.parent
 ATHERIS_MISSING = "atheris is not installed (fuzz/run.py installs it for the CI run)"
@@ -49,6 +51,7 @@ TARGETS: dict[str, ModuleType] = {
     "ext": fuzz_ext,
     "dht": fuzz_dht,
     "v2": fuzz_v2,
+    "webseed": fuzz_webseed,
 }
 
 NASTY: list[bytes] = [
@@ -149,6 +152,9 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
     "v2": [
         (merkle, "answer", lambda *_a, **_kw: bytes(32)),
         (merkle, "check_answer", lambda *_a, **_kw: True),
+    "webseed": [
+        (RangeClient, "next_event", _raise),
+        (RangeClient, "_data", lambda self, data: Body(bytes(data) + b"x")),
     ],
 }  # fmt: skip
 
@@ -172,9 +178,9 @@ def test_entry_points_import_without_atheris() -> None:
         "import sys\n"
         "sys.modules['atheris'] = None  # any import of it now fails\n"
         "import fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker\n"
-        "import fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht\n"
+        "import fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht, fuzz.fuzz_webseed\n"
         "for m in (fuzz.fuzz_bencode, fuzz.fuzz_metainfo, fuzz.fuzz_wire, fuzz.fuzz_tracker,\n"
-        "          fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht):\n"
+        "          fuzz.fuzz_magnet, fuzz.fuzz_ext, fuzz.fuzz_dht, fuzz.fuzz_webseed):\n"
         "    assert callable(m.TestOneInput) and callable(m.main)\n"
     )
     proc = subprocess.run(

@@ -191,6 +191,23 @@ def _peers(
         raise click.BadParameter(str(exc)) from None
 
 
+def _web_seeds(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    from mptorrent.proto.webseed import seed_url_problem
+
+    for url in value:
+        problem = seed_url_problem(url)
+        if problem is not None:
+            raise click.BadParameter(f"{safe_text(url)[:80]}: {problem}")
+    return value
+
+
+web_seed_option = click.option(
+    "--web-seed", "web_seeds", multiple=True, callback=_web_seeds, metavar="URL",
+    help="Also download from this HTTP(S) mirror (BEP 19; repeatable): a file for a single-file "
+    "torrent, a directory (ending in /) holding NAME/... for a multi-file one.",
+)  # fmt: skip
 save_torrent_option = click.option(
     "--save-torrent", type=click.Path(dir_okay=False, path_type=Path),
     help="Write the .torrent to FILE (a magnet link's: once its metadata is verified).",
@@ -658,6 +675,7 @@ class BarProgress:
               help="After completing, keep seeding until uploaded/size reaches R.")  # fmt: skip
 @click.option("--seed-time", type=click.FloatRange(min=0, min_open=True),
               help="After completing, keep seeding for MIN minutes.")  # fmt: skip
+@web_seed_option
 @save_torrent_option
 @metadata_timeout_option
 @dht_options
@@ -672,7 +690,7 @@ def fetch(
     torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
-    as_json: bool, quiet: bool, dht: DhtChoice, stall_timeout: float,
+    as_json: bool, quiet: bool, dht: DhtChoice, stall_timeout: float, web_seeds: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Download a torrent (a .torrent file or a magnet link) with parallel worker processes."""
     seeds = seed_ratio is not None or seed_time is not None
@@ -682,7 +700,7 @@ def fetch(
         _fetch(
             torrent, output, jobs, peers, port, bind, max_peers, no_trackers, seed_ratio,
             seed_time, save_torrent, metadata_timeout, io, quiet or as_json, stream, dht,
-            stall_timeout,
+            stall_timeout, web_seeds,
         )  # fmt: skip
 
 
@@ -691,6 +709,7 @@ def _fetch(
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
     quiet: bool, stream: JsonLines | None, dht: DhtChoice, stall_timeout: float,
+    web_seeds: tuple[str, ...] = (),
 ) -> None:  # fmt: skip
     # the Python API's fetch (mptorrent.fetch), in its two halves: the download runs
     # under this command's signal handling and closes the bar whatever happens
@@ -712,7 +731,7 @@ def _fetch(
         seed_ratio=seed_ratio, seed_time=None if seed_time is None else seed_time * 60,
         save_torrent=save_torrent, warn=None if quiet else warn,
         on_seeding=None if quiet else seeding, peer_option="--peer",
-        stall_timeout=stall_timeout, **dht.kwargs(),
+        stall_timeout=stall_timeout, web_seeds=web_seeds, **dht.kwargs(),
     )  # fmt: skip
     with _sigterm_as_interrupt():
         try:

@@ -189,6 +189,17 @@ def _peers(peers: Iterable[PeerLike]) -> tuple[PeerAddr, ...]:
     return tuple(out)
 
 
+def _web_seeds(urls: Iterable[str]) -> tuple[str, ...]:
+    from mptorrent.proto.webseed import seed_url_problem
+
+    out = tuple(urls)
+    for url in out:
+        problem = seed_url_problem(url)
+        if problem is not None:
+            raise ValueError(f"{url[:80]!r} is not a web seed: {problem}")
+    return out
+
+
 def fetch(
     source: Source,
     output: str | os.PathLike[str] | None = None,
@@ -208,6 +219,7 @@ def fetch(
     seed_ratio: float | None = None,
     seed_time: float | None = None,
     save_torrent: str | os.PathLike[str] | None = None,
+    web_seeds: Iterable[str] = (),
 ) -> FetchResult:
     """Download ``source`` (a .torrent path, its bytes, a magnet URI or a :class:`Torrent`)
     into ``output`` (default: ./NAME) and return once it is complete and verified.
@@ -226,14 +238,16 @@ def fetch(
     ``seed_ratio`` / ``seed_time`` (seconds): once complete, keep seeding on the same
     connections until uploaded/size reaches the ratio or the time is up, whichever comes
     first (the call returns then).  ``save_torrent``: write the .torrent there (a magnet
-    link's once its metadata is verified).
+    link's once its metadata is verified).  ``web_seeds``: HTTP(S) mirrors (BEP 19) to read
+    from besides the torrent's ``url-list`` (a file for a single-file torrent, a directory
+    ending in ``/`` for a multi-file one).
     """
     return _fetch(
         source, output, workers=workers, peers=_peers(peers), trackers=trackers,
         emit=on_event or ev.ignore, port=port, bind=bind, max_peers=max_peers,
         metadata_timeout=metadata_timeout, io=io, seed_ratio=seed_ratio, seed_time=seed_time,
         save_torrent=save_torrent, dht=dht, dht_bootstrap=_peers(dht_bootstrap),
-        dht_port=dht_port,
+        dht_port=dht_port, web_seeds=_web_seeds(web_seeds),
     )  # fmt: skip
 
 
@@ -243,13 +257,14 @@ def _fetch(
     max_peers: int, metadata_timeout: float, io: IoMode, seed_ratio: float | None,
     seed_time: float | None, save_torrent: str | os.PathLike[str] | None, dht: bool,
     dht_bootstrap: tuple[PeerAddr, ...], dht_port: int | None,
+    web_seeds: tuple[str, ...] = (),
 ) -> FetchResult:  # fmt: skip
     t0 = time.monotonic()
     torrent, opts = prepare(
         source, workers=workers, peers=peers, trackers=trackers, emit=emit, port=port,
         bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
         seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
-        dht_bootstrap=dht_bootstrap, dht_port=dht_port,
+        dht_bootstrap=dht_bootstrap, dht_port=dht_port, web_seeds=web_seeds,
     )  # fmt: skip
     return download(torrent, output, opts, emit, t0)
 
@@ -263,6 +278,7 @@ def prepare(
     peer_option: str = "peer", dht: bool = False,
     dht_bootstrap: tuple[tuple[str, int], ...] = (), dht_port: int | None = None,
     stall_timeout: float = 300.0,  # coordinator.STALL_TIMEOUT (imported lazily here)
+    web_seeds: tuple[str, ...] = (),
 ) -> tuple[Torrent, FetchOptions]:  # fmt: skip
     """:func:`fetch`'s first half, apart for the command line (which runs the second,
     :func:`download`, under its own signal handling): the torrent (a magnet link's metadata
@@ -271,7 +287,7 @@ def prepare(
     ``warn`` gets the magnet link's and the torrent's warnings (skipped trackers...);
     ``on_seeding`` is called when seeding after the download begins; ``peer_option``
     names the peers given in the no-peers error (the command line says ``--peer``)."""
-    from mptorrent.engine.coordinator import FetchOptions
+    from mptorrent.engine.coordinator import FetchOptions, web_seed_urls
     from mptorrent.mp import default_jobs
     from mptorrent.proto.magnet import is_magnet, parse_magnet
 
@@ -292,7 +308,11 @@ def prepare(
     _save(torrent, save_torrent)  # a .torrent: after its warnings
     meta = torrent.meta
     peers = tuple(dict.fromkeys((*torrent.peers, *peers)))
-    if not peers and (not trackers or not meta.trackers) and not (dht and not meta.private):
+    mirrors = web_seed_urls(meta, web_seeds)
+    if (
+        not peers and (not trackers or not meta.trackers) and not (dht and not meta.private)
+        and not mirrors
+    ):  # fmt: skip
         # decided before anything is created on disk
         why = "trackers are turned off" if not trackers else "the torrent lists no usable trackers"
         raise DownloadError(f"no peers: {why} and no {peer_option} was given")
@@ -301,6 +321,7 @@ def prepare(
         use_trackers=trackers, io=io, sources=torrent.peer_sources,
         seed_after=_seed_after(meta.total_length, seed_ratio, seed_time, on_seeding),
         dht=dht, dht_bootstrap=dht_bootstrap, dht_port=dht_port, stall_timeout=stall_timeout,
+        web_seeds=web_seeds,
     )  # fmt: skip
     return torrent, opts
 
@@ -518,18 +539,20 @@ def start(
     seed_ratio: float | None = None,
     seed_time: float | None = None,
     save_torrent: str | os.PathLike[str] | None = None,
+    web_seeds: Iterable[str] = (),
 ) -> Download:
     """Begin :func:`fetch` on a thread and return its :class:`Download` handle at once.
     ``on_event`` (if given) is called on that thread."""
     peer_addrs = _peers(peers)  # a bad one is a ValueError here, not on the thread
     boot = _peers(dht_bootstrap)
+    mirrors = _web_seeds(web_seeds)
 
     def run(sink: ev.EventSink) -> FetchResult:
         return _fetch(
             source, output, workers=workers, peers=peer_addrs, trackers=trackers, emit=sink,
             port=port, bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
             seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
-            dht_bootstrap=boot, dht_port=dht_port,
+            dht_bootstrap=boot, dht_port=dht_port, web_seeds=mirrors,
         )  # fmt: skip
 
     return Download(run, on_event)

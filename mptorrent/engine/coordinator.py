@@ -55,9 +55,11 @@ from mptorrent.messages import (
 from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult, redact
 from mptorrent.netio.peer import Timeouts
+from mptorrent.netio.webseed import CONNECTIONS, MAX_CONNECTIONS
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.proto.webseed import MAX_WEB_SEEDS, seed_id, seed_url_problem
 from mptorrent.worker.process import WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
@@ -127,6 +129,7 @@ class FetchOptions:
     dht_bootstrap: tuple[tuple[str, int], ...] = ()  # empty: the saved table, else the routers
     dht_port: int | None = None  # UDP port of the DHT node; None: the listening port
     stall_timeout: float = STALL_TIMEOUT  # no data received for this long: give up
+    web_seeds: tuple[str, ...] = ()  # BEP 19 mirrors besides the torrent's url-list (--web-seed)
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,11 @@ class Coordinator:
         self.known: set[PeerAddr] = set()
         self.sources: dict[PeerAddr, ev.PeerSource] = {}  # where we first heard of each
         self.banned: dict[PeerAddr, str] = {}
+        # BEP 19 mirrors (the torrent's, a magnet's ws, --web-seed): every worker reads from
+        # each; a worker reports one as the peer PeerAddr(seed_id(url), 0), source "webseed"
+        self.web_seeds = web_seed_urls(meta, opts.web_seeds)
+        for url in self.web_seeds:
+            self.sources[PeerAddr(seed_id(url), 0)] = "webseed"
         self.inbox: queue.Queue[InboxItem] = queue.Queue()
         # One shared done-map: workers see each other's verified pieces (endgame,
         # HAVE messages), and its last byte says "endgame".
@@ -281,8 +289,8 @@ class Coordinator:
 
     def _fetch(self) -> FetchResult:
         t0 = time.monotonic()
-        if self._uses_dht():
-            pass  # the DHT may find peers where trackers and --peer give none
+        if self._uses_dht() or self.web_seeds:
+            pass  # the DHT or a web seed may serve where trackers and --peer give none
         elif self.opts.use_trackers and not self.announcer and not self.opts.peers:
             why = "the torrent lists no usable trackers" if self.meta.trackers else (
                 "the torrent lists no trackers")  # fmt: skip
@@ -490,6 +498,9 @@ class Coordinator:
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
             seed_only=self.picker.remaining == 0,  # a restart while seeding, or nothing to get
             dht_port=self.dht.port if self.dht is not None else None,  # BEP 5 port messages
+            web_seeds=self._web_seeds_left(),
+            # each mirror gets at most MAX_CONNECTIONS from the whole client
+            web_seed_connections=max(1, min(CONNECTIONS, MAX_CONNECTIONS // len(self.slots))),
         )  # fmt: skip
         if restart is None:
             slot.gen = self.pool.start(slot.wid, cfg)
@@ -499,6 +510,10 @@ class Coordinator:
         slot.stats_peers = 0
         slot.reported = set()
         self._swarm_sent = frozenset()  # a new incarnation has heard nothing yet
+
+    def _web_seeds_left(self) -> tuple[str, ...]:
+        """The web seeds no worker has given up on (a restarted worker is not given those)."""
+        return tuple(u for u in self.web_seeds if PeerAddr(seed_id(u), 0) not in self.banned)
 
     def _deliver(self, batch: Batch) -> None:
         """From the pool's reader threads: a worker's list of reports."""
@@ -572,11 +587,12 @@ class Coordinator:
             if peers:
                 last_peer_seen = now
             elif self.trackers_pending == 0:
-                if not self.known and (self.dht is None or self.dht.hopeless()):
+                mirrors = self._web_seeds_left()
+                if not self.known and not mirrors and (self.dht is None or self.dht.hopeless()):
                     # Every tracker has answered (or failed) and nobody gave us a peer.
                     raise DownloadError(self._no_peers_reason())
                 usable = self.known - self.banned.keys()
-                if not usable and self.banned and not self.announcer:
+                if not usable and not mirrors and self.banned and not self.announcer:
                     raise DownloadError(self._no_peers_reason())
                 # with the DHT, new peers may still come: --stall-timeout decides
                 if self.dht is None and now - last_peer_seen > self.opts.no_peers_timeout:
@@ -825,6 +841,14 @@ def _is_us(addr: PeerAddr, listen: tuple[str, int]) -> bool:
         return ipaddress.ip_address(addr.host).is_loopback
     except ValueError:
         return False
+
+
+def web_seed_urls(meta: Metainfo, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The web seeds a fetch reads from: ``extra`` (``--web-seed``) and the torrent's
+    ``url-list`` (a magnet's ``ws``), once each, without those that are not http(s) URLs, at
+    most ``MAX_WEB_SEEDS``."""
+    urls = dict.fromkeys((*extra, *meta.web_seeds))
+    return tuple(u for u in urls if seed_url_problem(u) is None)[:MAX_WEB_SEEDS]
 
 
 def fetch(

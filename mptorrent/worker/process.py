@@ -54,9 +54,11 @@ from mptorrent.messages import (
     WorkQueue,
 )
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
+from mptorrent.netio.webseed import Down, Up, WebConn, WebSeed
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
 from mptorrent.proto import wire
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.proto.webseed import seed_id
 from mptorrent.worker.extensions import WorkerExtensions
 from mptorrent.worker.upload import Uploader
 
@@ -92,6 +94,8 @@ class WorkerConfig:
     # The UDP port of the owner's DHT node (BEP 5): our handshake sets the DHT bit and peers
     # that set it too are sent a Port message.  None: no DHT (off, or a private torrent).
     dht_port: int | None = None
+    web_seeds: tuple[str, ...] = ()  # BEP 19 mirrors (http/https URLs) this worker reads from
+    web_seed_connections: int = 3  # connections to each of them (netio.webseed.CONNECTIONS)
 
 
 class _SelfConnection(Exception):
@@ -162,6 +166,9 @@ class _Worker:
     to_tell: list[int] = field(default_factory=list)  # verified here, HAVE not yet sent
     seed_only: bool = False  # serve, never request (from the start, or after SeedOnly)
     complete_peers: set[PeerAddr] = field(default_factory=set)  # seeds we left as a seed
+    webseeds: dict[PeerAddr, WebSeed] = field(default_factory=dict)  # by PeerAddr(seed_id, 0)
+    # what the download policy sees: the wire peers and the web seeds
+    sources: dict[PeerAddr, _Peer | WebSeed] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Serve-only workers open read-only: a file missing from partial data leaves its
@@ -176,12 +183,12 @@ class _Worker:
         self.num_pieces = self.cfg.meta.num_pieces
         self.have = self.done_map[: self.num_pieces]
         meta = self.cfg.meta
-        self.policy: DownloadPolicy[_Peer] = DownloadPolicy(
+        self.policy: DownloadPolicy[_Peer | WebSeed] = DownloadPolicy(
             verifier=meta.verifier(),
             piece_length=meta.piece_length,
             total_length=meta.total_length,
             done=self.done_map,
-            peers=self.peers,
+            peers=self.sources,
             take=self._take_batch,
         )
         # What our peers were told: the done-map as of our last HAVE broadcast.
@@ -201,6 +208,8 @@ class _Worker:
             self.sel.register(self.listener, selectors.EVENT_READ, None)
         for addr in self.cfg.peers:
             self.retry.setdefault(addr, _Retry())
+        if not self.seed_only:
+            self._start_web_seeds()
 
     # -- main loop ----------------------------------------------------------
 
@@ -219,6 +228,7 @@ class _Worker:
                     return  # the coordinator died: nothing left to report to
                 self._connect_peers(now)
                 self._check_timeouts(now)
+                self._check_web_seeds(now)
                 policy.drop_finished_elsewhere()
                 self._tell_new_pieces()
                 policy.return_orphans()
@@ -235,6 +245,8 @@ class _Worker:
             for key, mask in events:
                 if key.data is None:
                     self._accept()
+                elif type(key.data) is WebConn:
+                    self._on_web(key.data, mask)
                 else:
                     self._on_event(key.data, mask)
                     if policy.decisions:  # at once: a peer banned here reads no more
@@ -250,10 +262,13 @@ class _Worker:
                             self._apply()
                     self.uploader.serve(p)
                 self._flush(p)
+            if self.webseeds:
+                self._pump_web_seeds()
             self._report_haves()
             if now - last_stats >= STATS_EVERY:
                 last_stats = now
                 active = sum(1 for p in self.peers.values() if p.state == ACTIVE)
+                active += sum(1 for w in self.webseeds.values() if w.active)
                 up = self.uploader.uploaded
                 self.uploader.uploaded = 0
                 self._emit(
@@ -285,6 +300,8 @@ class _Worker:
     def shutdown(self) -> None:
         for p in list(self.peers.values()):
             p.close("worker stopping")
+        for w in self.webseeds.values():
+            w.close()
         if self.listener is not None:
             self.listener.close()
         self.storage.close()
@@ -311,7 +328,7 @@ class _Worker:
             p = self._session(addr)
             p.accepted(sock)
             self._greet(p)
-            self.peers[addr] = p
+            self.peers[addr] = self.sources[addr] = p
             self.uploader.attach(p)
             self.sel.register(sock, selectors.EVENT_READ, p)
 
@@ -373,6 +390,8 @@ class _Worker:
         self.seed_only = True
         self.uploader.seeding = True
         self.policy.stop()  # Cancel what is still asked: late blocks drop quietly
+        for w in list(self.webseeds.values()):
+            self._drop_web_seed(w)  # a seed has nothing to read from a mirror
         for p in list(self.peers.values()):
             if self._leave_if_seed(p):
                 continue
@@ -417,7 +436,7 @@ class _Worker:
                 p.close(f"connect failed: {exc.strerror}")
                 continue
             assert p.sock is not None
-            self.peers[addr] = p
+            self.peers[addr] = self.sources[addr] = p
             self.sel.register(p.sock, selectors.EVENT_WRITE, p)
             live += 1
 
@@ -432,6 +451,7 @@ class _Worker:
         self.uploader.detach(p)
         self.ext.forget(p)
         self.peers.pop(p.addr, None)
+        self.sources.pop(p.addr, None)
         if p.reported_bits:
             self._emit(PeerBitfield(self.cfg.worker_id, p.addr, None))
         self.haves.pop(p.addr, None)
@@ -641,12 +661,82 @@ class _Worker:
     def _ban(self, addr: PeerAddr, reason: str) -> None:
         if addr in self.banned:
             return
+        w = self.webseeds.get(addr)
+        if w is not None:  # a mirror whose bytes failed the hash check
+            self._drop_web_seed(w)
         q = self.peers.get(addr)
         if q is not None:
             self._drop(q, reason, ban=True)
         else:
             self.banned.add(addr)
             self._emit(PeerBanned(self.cfg.worker_id, addr, reason))
+
+    # -- web seeds (BEP 19) -------------------------------------------------
+
+    def _start_web_seeds(self) -> None:
+        now = time.monotonic()
+        for url in self.cfg.web_seeds:
+            addr = PeerAddr(seed_id(url), 0)
+            if addr in self.banned or addr in self.webseeds:
+                continue
+            w = WebSeed(
+                url, self.cfg.meta, self.sel, now=now, stall=self.cfg.timeouts.snub,
+                connect_timeout=self.cfg.timeouts.connect, source_address=self.cfg.source_address,
+                connections=self.cfg.web_seed_connections,
+            )  # fmt: skip
+            self.webseeds[w.addr] = self.sources[w.addr] = w
+            self._web_notes(w)
+
+    def _on_web(self, c: WebConn, mask: int) -> None:
+        """A web seed's socket is ready: read, and hand finished blocks to the policy."""
+        w = c.seed
+        w.on_event(c, mask, self.now)
+        if w.ready:
+            self.policy.receive(w, w)  # the same block path as a wire connection's
+        if w.notes:
+            self._web_notes(w)
+
+    def _pump_web_seeds(self) -> None:
+        """Each turn: top up the web seeds' requests and start them on idle connections."""
+        policy = self.policy
+        for w in list(self.webseeds.values()):
+            if w.active and not self.seed_only:
+                policy.fill(w)
+                if policy.decisions:
+                    self._apply()
+            w.pump(self.now)
+            if w.notes:
+                self._web_notes(w)
+
+    def _check_web_seeds(self, now: float) -> None:
+        for w in list(self.webseeds.values()):
+            w.check(now)
+            if w.notes:
+                self._web_notes(w)
+
+    def _web_notes(self, w: WebSeed) -> None:
+        """What a web seed's connections came to: it is up (it has every piece), or down for a
+        back-off (its requests go to others), or gone."""
+        notes, w.notes = w.notes, []
+        wid = self.cfg.worker_id
+        for n in notes:
+            if type(n) is Up:
+                self._emit(PeerBitfield(wid, w.addr, b"\x01" * self.num_pieces))
+            elif type(n) is Down:
+                self.policy.release(w)
+                self._emit(PeerBitfield(wid, w.addr, None))
+                if n.fatal:
+                    self.webseeds.pop(w.addr, None)
+                    self.sources.pop(w.addr, None)
+                    self.banned.add(w.addr)
+                    self._emit(PeerBanned(wid, w.addr, f"web seed {n.outcome}: {n.detail}"))
+
+    def _drop_web_seed(self, w: WebSeed) -> None:
+        self.policy.release(w)
+        w.close()
+        self.webseeds.pop(w.addr, None)
+        self.sources.pop(w.addr, None)
+        self._emit(PeerBitfield(self.cfg.worker_id, w.addr, None))
 
 
 def _parent_alive(parent_pid: int) -> bool:
