@@ -152,6 +152,7 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
     "v2": [
         (merkle, "answer", lambda *_a, **_kw: bytes(32)),
         (merkle, "check_answer", lambda *_a, **_kw: True),
+    ],
     "webseed": [
         (RangeClient, "next_event", _raise),
         (RangeClient, "_data", lambda self, data: Body(bytes(data) + b"x")),
