@@ -7,8 +7,9 @@ N processes scale with cores.  The main process only collects digests.
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from mptorrent.disk.storage import Layout, Storage
@@ -144,3 +145,28 @@ def verify(
     invalid.sort()
     missing.sort()
     return VerifyReport(meta.num_pieces, valid, invalid, missing)
+
+
+def recover_shared(
+    meta: Metainfo, layout: Layout, pieces: Iterable[int], fresh: Collection[int]
+) -> list[int]:
+    """Shared pieces (holding bytes of several files) that a change of ``--only`` moved:
+    their bytes are in the parts file and in files an earlier run wrote, not where this
+    selection looks.  Each of ``pieces`` is read with every existing file that is not in
+    ``fresh`` (just created, so empty) open and the rest from the parts file; the ones
+    that verify are written back where this layout keeps them.  Returns those pieces."""
+    shared = [i for i in pieces if i in layout.parts_rank]
+    if not shared or layout.parts_path is None or not os.path.exists(layout.parts_path):
+        return []
+    verifier = meta.verifier()
+    keep = [i for i, p in enumerate(layout.paths) if p is not None and i not in fresh]
+    found: list[tuple[int, bytes]] = []
+    with Storage(layout, files=keep) as src:
+        for i in shared:
+            if src.verify_piece(i, verifier):
+                found.append((i, src.read(i * layout.piece_length, layout.piece_size(i))))
+    if found:
+        with Storage(layout, writable=True) as dst:
+            for i, data in found:
+                dst.write_piece(i, data)
+    return [i for i, _ in found]
