@@ -301,9 +301,11 @@ class Storage:
     def _in_parts(self, s: Slice) -> tuple[int, int]:
         """Where a slice of a file that is not open lies in the parts file: (fd, offset)."""
         fd = self._parts_fd
-        if fd is None:
-            raise _Unavailable
         lay = self.layout
+        # a selected file that is missing is missing (its piece is not all zeros), unless
+        # the caller named the files to open (checker.recover_shared)
+        if fd is None or (self._files is None and lay.is_selected(s.file_index)):
+            raise _Unavailable
         pos = lay.files[s.file_index].offset + s.file_offset
         piece, within = divmod(pos, lay.piece_length)
         rank = lay.parts_rank.get(piece)
@@ -319,7 +321,8 @@ class Storage:
         for s in self.layout.slices(start, self.layout.piece_size(index)):
             i = s.file_index
             closed = self._maps[i] is None and self._fds[i] is None
-            if not self.layout.files[i].padding and closed and not shared:
+            in_parts = shared and (self._files is not None or not self.layout.is_selected(i))
+            if not self.layout.files[i].padding and closed and not in_parts:
                 return False
         return True
 
