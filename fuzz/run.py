@@ -1,7 +1,7 @@
 """A bounded fuzz run of every target, for CI: ``python fuzz/run.py``.
 
-Runs fuzz/fuzz_{bencode,metainfo,wire,tracker,magnet,ext,dht}.py with atheris (pip-installing it
-when missing), each for at most ``--runs`` inputs and ``--seconds`` seconds, the
+Runs fuzz/fuzz_{bencode,metainfo,wire,tracker,magnet,ext,dht,select}.py with atheris
+(pip-installing it when missing), each for at most ``--runs`` inputs and ``--seconds`` seconds, the
 targets side by side, each starting from its seed corpus (the run checks that
 libFuzzer loaded it).  Where atheris cannot be installed it says so loudly and
 drives the same entry points with hypothesis instead, under the same time bound.
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("bencode", "metainfo", "wire", "tracker", "magnet", "ext", "dht")
+TARGETS = ("bencode", "metainfo", "wire", "tracker", "magnet", "ext", "dht", "select")
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 

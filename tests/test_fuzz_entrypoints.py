@@ -28,6 +28,7 @@ from fuzz import (
     fuzz_ext,
     fuzz_magnet,
     fuzz_metainfo,
+    fuzz_select,
     fuzz_tracker,
     fuzz_wire,
     run,
@@ -47,6 +48,7 @@ TARGETS: dict[str, ModuleType] = {
     "magnet": fuzz_magnet,
     "ext": fuzz_ext,
     "dht": fuzz_dht,
+    "select": fuzz_select,
 }
 
 NASTY: list[bytes] = [
@@ -143,6 +145,10 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
     ],
     "dht": [
         (krpc, "decode", _raise),
+    ],
+    "select": [
+        (fuzz_select, "select_files", _raise),
+        (fuzz_select, "select_files", lambda files, sels: [len(files)]),
     ],
 }  # fmt: skip
 

@@ -27,14 +27,17 @@ _storage: Storage | None = None
 _verifier: PieceVerifier | None = None  # None: v1 SHA-1 digests (what ``create`` records)
 
 
-def _init(layout: Layout, child: bool = True, verifier: PieceVerifier | None = None) -> None:
+def _init(
+    layout: Layout, child: bool = True, verifier: PieceVerifier | None = None,
+    files: Collection[int] | None = None,
+) -> None:  # fmt: skip
     global _storage, _verifier
     if child:
         # Forked children inherit the CLI's handlers; the parent alone answers
         # Ctrl-C, and Pool.terminate() must be able to end us with SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _storage = Storage(layout)
+    _storage = Storage(layout, files=files)
     _verifier = verifier
 
 
@@ -69,10 +72,12 @@ def hash_pieces(
     jobs: int = 1,
     progress: Progress | None = None,
     verifier: PieceVerifier | None = None,
+    files: Collection[int] | None = None,
 ) -> Iterator[tuple[int, bytes | None]]:
     """Yield ``(index, digest)`` for each piece; digest is None where data is missing.
 
     Digests are v1 SHA-1, or ``verifier``'s own (for its ``matches``) when one is given.
+    ``files``: the files to read (the rest from the parts file); default: the selected.
     """
     todo = range(layout.num_pieces) if pieces is None else pieces
     per_task = max(1, TASK_BYTES // layout.piece_length)
@@ -87,7 +92,7 @@ def hash_pieces(
             yield start + k, d
 
     if jobs <= 1 or len(runs) == 1:
-        _init(layout, child=False, verifier=verifier)
+        _init(layout, child=False, verifier=verifier, files=files)
         try:
             for run in runs:
                 yield from emit(*_hash_run(run))
@@ -97,7 +102,7 @@ def hash_pieces(
         return
     ctx = context()
     with ctx.Pool(
-        min(jobs, len(runs)), initializer=_init, initargs=(layout, True, verifier)
+        min(jobs, len(runs)), initializer=_init, initargs=(layout, True, verifier, files)
     ) as pool:
         for start, digests in pool.imap_unordered(_hash_run, runs):
             yield from emit(start, digests)
@@ -129,12 +134,15 @@ def verify(
     jobs: int = 1,
     progress: Progress | None = None,
     pieces: Iterable[int] | None = None,
+    files: Collection[int] | None = None,
 ) -> VerifyReport:
     valid = bytearray(meta.num_pieces)
     invalid: list[int] = []
     missing: list[int] = []
     verifier = meta.verifier()
-    found = hash_pieces(layout, pieces, jobs=jobs, progress=progress, verifier=verifier)
+    found = hash_pieces(
+        layout, pieces, jobs=jobs, progress=progress, verifier=verifier, files=files
+    )
     for index, digest in found:
         if digest is None:
             missing.append(index)

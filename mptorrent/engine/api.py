@@ -611,9 +611,12 @@ def verify(
     selectors = tuple(only)
     layout = Layout.for_torrent(t.meta, Path(path), t.select(selectors) if selectors else None)
     wanted = [i for i, p in enumerate(layout.priorities()) if p]
+    partial = layout.selected is not None
     report = checker.verify(
         t.meta, layout, jobs=workers or default_jobs(), progress=on_progress,
-        pieces=wanted if layout.selected is not None else None,
+        pieces=wanted if partial else None,
+        # a shared piece's other bytes: from its file if there, else from the parts file
+        files=range(len(layout.files)) if partial else None,
     )  # fmt: skip
     return VerifyResult(
         len(wanted), report.valid_count, tuple(report.invalid), tuple(report.missing)

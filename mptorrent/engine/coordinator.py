@@ -449,9 +449,7 @@ class Coordinator:
         s = self.stream
         assert s is not None
         why = s.error or "the stream ended early"
-        raise StreamClosed(
-            f"{why} after {s.written} of {s.end - s.start} bytes; verified pieces are kept"
-        )
+        raise StreamClosed(f"{why} after {s.written} of {s.end - s.start} bytes")
 
     def _result(self, t0: float, resumed: int) -> FetchResult:
         return FetchResult(
