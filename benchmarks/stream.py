@@ -2,7 +2,7 @@
 ``--sequential`` on a rate-limited swarm, next to libtorrent's time to its first piece.
 
     python3 benchmarks/stream.py                  # 32 MiB, 256 KiB pieces, 3 x 1 MiB/s, 3 runs
-    python3 benchmarks/stream.py --size 64M --rate 2M --runs 5
+    python3 benchmarks/stream.py --size 64MiB --rate 2MiB --runs 5
 
 Three libtorrent seeders (tests/swarm.py) on 127.0.0.11-13, each limited to ``--rate``
 bytes/s of upload, serve one random file.  Each run streams it with the real CLI,
@@ -88,9 +88,9 @@ def run_libtorrent(torrent: bytes, peers: list[tuple[str, int]], sequential: boo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=parse_size, default=parse_size("32M"))
-    ap.add_argument("--piece-size", type=parse_size, default=parse_size("256K"))
-    ap.add_argument("--rate", type=parse_size, default=parse_size("1M"),
+    ap.add_argument("--size", type=parse_size, default=parse_size("32MiB"))
+    ap.add_argument("--piece-size", type=parse_size, default=parse_size("256KiB"))
+    ap.add_argument("--rate", type=parse_size, default=parse_size("1MiB"),
                     help="upload limit of each seeder, bytes/s")  # fmt: skip
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=300.0)

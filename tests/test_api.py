@@ -109,6 +109,9 @@ def test_the_docs_examples_run(tmp_path: Path) -> None:
     assert "downloads/movie.bin: 10240000 bytes" in proc.stdout
     assert "asyncio: done, 10240000 bytes" in proc.stdout
     assert "BadTorrent 3" in proc.stdout
+    assert "only: 768000 bytes, ['.mptorrent.parts', 'two.bin']" in proc.stdout
+    assert "streamed: - 1024000 bytes, sha-256 matches: True" in proc.stdout
+    assert not (work / "some" / "one.bin").exists()
     for name in ("downloads", "again", "async"):
         assert (work / name / "movie.bin").read_bytes() == (work / "movie.bin").read_bytes()
 
