@@ -159,6 +159,15 @@ def inspect(path: Path) -> list[str]:
     report: mptorrent.VerifyResult = mptorrent.verify(t, "data")
     print(report.complete, asyncio.run(follow(t)))
     return [f"{f.path}: {f.length}" for f in t.files]
+
+
+def some_files(t: mptorrent.Torrent) -> tuple[int, ...]:
+    chosen: tuple[int, ...] = t.select(["season 1/*", "#0", 3])
+    with open("ep1.mkv", "wb") as sink:
+        mptorrent.fetch(t, only=["#1"], sequential=True, stream=sink)
+    handle = mptorrent.start(t, "out", only=chosen, sequential=False)
+    print(handle.wait().bytes, mptorrent.verify(t, "out", only=chosen).complete)
+    return chosen
 """
 
 

@@ -252,6 +252,14 @@ def test_api_only_and_stream(multi_case: TorrentCase, one_seeder: Swarm, tmp_pat
     assert sink.getvalue() == (src / EP1).read_bytes()
     assert res.path == Path("-") and res.bytes == len(sink.getvalue())
 
+    handle = mptorrent.start(
+        multi_case.torrent, tmp_path / "bg", workers=1, peers=one_seeder.addrs,
+        trackers=False, only=["media/cover.jpg"], sequential=True,
+    )  # fmt: skip
+    assert handle.wait(TIMEOUT).bytes == (src / "media/cover.jpg").stat().st_size
+    got = (tmp_path / "bg" / "media/cover.jpg").read_bytes()
+    assert got == (src / "media/cover.jpg").read_bytes()
+
     with pytest.raises(mptorrent.BadSelection) as bad:
         mptorrent.fetch(multi_case.torrent, out, only=["nothing/*"], peers=one_seeder.addrs)
     assert bad.value.exit_code == 2
