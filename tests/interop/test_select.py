@@ -206,7 +206,8 @@ def test_sequential_streams_the_first_bytes_early_on_a_slow_swarm(
     ) as slow:  # fmt: skip
         t0 = time.monotonic()
         fetch = subprocess.Popen(
-            _cmd(torrent, slow, fresh_ip(), "-o", "-", "-j", "2", "--sequential"),
+            _cmd(torrent, slow, fresh_ip(), "-o", "-", "-j", "2", "--sequential", "--keep",
+                 str(tmp_path / "kept.bin")),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         assert fetch.stdout is not None and fetch.stderr is not None
@@ -219,6 +220,7 @@ def test_sequential_streams_the_first_bytes_early_on_a_slow_swarm(
         assert fetch.wait(TIMEOUT) == 0, fetch.stderr.read().decode()
         total = time.monotonic() - t0
     assert got == case.payload.root.read_bytes()
+    assert (tmp_path / "kept.bin").read_bytes() == got  # --keep: the data stays there too
     assert first is not None and first <= total / 5, (first, total)
 
 
