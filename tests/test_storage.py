@@ -548,3 +548,28 @@ def test_selecting_every_file_is_no_selection(tmp_path: Path) -> None:
     lay = Layout.for_torrent(meta, tmp_path / "o", selected=[0, 1, 2])
     assert lay.selected is None and not lay.needs_parts
     assert lay.wanted_size(0) == lay.piece_size(0)
+
+
+def test_a_torrent_file_named_like_the_parts_file_is_not_overwritten(tmp_path: Path) -> None:
+    from mptorrent.disk import create
+
+    src = tmp_path / "src" / "t"
+    src.mkdir(parents=True)
+    (src / ".mptorrent.parts").write_bytes(os.urandom(20_000))
+    (src / "b.bin").write_bytes(os.urandom(20_000))
+    meta = metainfo.parse(create.create(src, piece_length=16384, jobs=1))
+    lay = Layout.for_torrent(meta, tmp_path / "out", selected=[0])
+    assert lay.parts_path == str(tmp_path / "out" / ".mptorrent.parts_")
+    assert lay.parts_path not in lay.paths
+
+
+def test_a_planted_symlink_as_the_parts_file_is_refused(tmp_path: Path) -> None:
+    meta, _data = _tree_torrent(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").write_bytes(b"")
+    os.symlink(tmp_path / "elsewhere", out / ".mptorrent.parts")
+    lay = Layout.for_torrent(meta, out, selected=[1])
+    with pytest.raises(UnsafePath, match="is a symbolic link"):
+        prepare(lay, out)
+    assert (tmp_path / "elsewhere").read_bytes() == b""

@@ -77,7 +77,11 @@ class Layout:
             flags = tuple(i in chosen for i in range(len(meta.files)))
             if all(flags[i] for i, f in enumerate(meta.files) if not f.padding):
                 flags = None  # every file: the same as no selection
-        parts = str(root / PARTS_NAME) if meta.multi_file else None
+        parts = None
+        if meta.multi_file:
+            parts = str(root / PARTS_NAME)
+            while parts in paths:  # a torrent may name a file of its own so: step aside
+                parts += "_"
         return cls(meta.piece_length, meta.total_length, meta.files, tuple(paths), flags, parts)
 
     def is_selected(self, file_index: int) -> bool:
