@@ -226,8 +226,8 @@ class Coordinator:
         self._lock_fd: int | None = None
         self.ahead = max(MIN_AHEAD, min(MAX_AHEAD, AHEAD_BYTES // meta.piece_length))
         self.window = max(MIN_WINDOW, WINDOW_BYTES // meta.piece_length)
-        if self.sequential:  # deep queues would hold the window's pieces behind others
-            self.ahead = max(MIN_AHEAD, min(self.ahead, self.window // 2))
+        if self.sequential:  # deeper queues would hold the window's next pieces behind others
+            self.ahead = max(MIN_AHEAD, min(self.ahead, self.window))
         self.first_ahead = max(MIN_AHEAD, self.ahead // 4)
         # Trackers record the address a request comes from: announce from the one we bind.
         source = None if opts.bind in (None, "0.0.0.0", "::") else opts.bind
