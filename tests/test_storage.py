@@ -573,3 +573,18 @@ def test_a_planted_symlink_as_the_parts_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafePath, match="is a symbolic link"):
         prepare(lay, out)
     assert (tmp_path / "elsewhere").read_bytes() == b""
+
+
+def test_padding_next_to_a_selected_file_needs_no_parts_file(tmp_path: Path) -> None:
+    base = make_layout(tmp_path, MIXED, 8)  # b: bytes 0-10, padding 10-16, d: 16-36
+    only_b = Layout(
+        base.piece_length, base.total_length, base.files, base.paths,
+        tuple(i == 1 for i in range(len(base.files))), str(tmp_path / ".mptorrent.parts"),
+    )  # fmt: skip
+    assert not only_b.needs_parts
+    assert [only_b.wanted_size(i) for i in (0, 1)] == [8, 2]  # padding is not counted
+    assert list(only_b.priorities()) == [1, 1, 0, 0, 0]
+    prepare(only_b, tmp_path)
+    with Storage(only_b, writable=True) as st:
+        st.write_piece(1, b"xx" + bytes(6))
+    assert not (tmp_path / ".mptorrent.parts").exists()

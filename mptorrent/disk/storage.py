@@ -131,10 +131,16 @@ class Layout:
             return self.total_length
         return sum(f.length for i, f in enumerate(self.files) if self.selected[i] and not f.padding)
 
-    @property
+    @cached_property
     def needs_parts(self) -> bool:
-        """Some piece holds bytes of a selected file and of an unselected one."""
-        return bool(self._selected_in_piece)
+        """Some piece holds bytes of a selected file and of an unselected one (padding,
+        never stored, does not count)."""
+        files = self.files
+        return any(
+            not self.is_selected(s.file_index) and not files[s.file_index].padding
+            for piece in self._selected_in_piece
+            for s in self.piece_slices(piece)
+        )
 
     @property
     def num_pieces(self) -> int:
