@@ -8,8 +8,10 @@ import io
 import os
 from pathlib import Path
 
+import pytest
+
 from mptorrent.disk import create
-from mptorrent.disk.storage import Layout, Storage, prepare
+from mptorrent.disk.storage import IO_MODES, IoMode, Layout, Storage, prepare
 from mptorrent.engine.stream import PieceStream
 from mptorrent.proto import metainfo
 
@@ -34,11 +36,14 @@ def _write(lay: Layout, blob: bytes, pieces: list[int]) -> None:
             st.write_piece(i, blob[i * PL : (i + 1) * PL])
 
 
-def test_bytes_come_out_in_order_whatever_order_pieces_verify_in(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", IO_MODES)
+def test_bytes_come_out_in_order_whatever_order_pieces_verify_in(
+    tmp_path: Path, mode: IoMode
+) -> None:
     lay, a, b = _setup(tmp_path)
     f = lay.files[1]
     out = io.BytesIO()
-    s = PieceStream(lay, f.offset, f.offset + f.length, out)
+    s = PieceStream(lay, f.offset, f.offset + f.length, out, mode)
     wanted = list(lay.file_pieces(1))
     s.begin(bytearray(lay.num_pieces))
     for i in reversed(wanted):  # the last first: nothing can be written until the first

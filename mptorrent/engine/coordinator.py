@@ -188,10 +188,10 @@ class Coordinator:
         self.layout = Layout.for_torrent(meta, self.output, opts.only)
         self.total = self.layout.selected_length  # what completion means: selected bytes
         self.sequential = opts.sequential
+        self.io = choose_io(opts.io, self.output)
         self.stream: PieceStream | None = None
         if opts.stream is not None:
             self.stream = self._make_stream(opts.stream)
-        self.io = choose_io(opts.io, self.output)
         self.ctx = context()
         self.peer_id = tracker.make_peer_id()
         self.slots = [_Slot(w) for w in range(max(1, opts.jobs))]
@@ -282,7 +282,7 @@ class Coordinator:
                 f"-o - streams one file, and {len(chosen)} are selected: choose one with --only"
             )
         f = lay.files[chosen[0]]
-        return PieceStream(lay, f.offset, f.offset + f.length, out)
+        return PieceStream(lay, f.offset, f.offset + f.length, out, self.io)
 
     def _prepare_storage(self) -> bytearray:
         lay = self.layout

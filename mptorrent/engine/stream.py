@@ -16,7 +16,7 @@ import errno
 import threading
 from typing import IO
 
-from mptorrent.disk.storage import Layout, Storage
+from mptorrent.disk.storage import IoMode, Layout, Storage
 from mptorrent.errors import MptorrentError
 
 CHUNK = 1 << 20  # bytes per write: a pipe takes 64 KiB at a time anyway
@@ -25,8 +25,11 @@ CHUNK = 1 << 20  # bytes per write: a pipe takes 64 KiB at a time anyway
 class PieceStream:
     """Streams bytes ``[start, end)`` of a torrent's linear space to ``out`` in order."""
 
-    def __init__(self, layout: Layout, start: int, end: int, out: IO[bytes]) -> None:
+    def __init__(
+        self, layout: Layout, start: int, end: int, out: IO[bytes], io: IoMode = "mmap"
+    ) -> None:
         self.layout = layout
+        self.io = io  # the workers' choice: pread where a page fault could be a SIGBUS
         self.start = start
         self.end = end
         self.out = out
@@ -74,7 +77,7 @@ class PieceStream:
 
     def _run(self) -> None:
         pl = self.layout.piece_length
-        with Storage(self.layout) as st:
+        with Storage(self.layout, io=self.io) as st:
             while True:
                 with self._cond:
                     while not self._next_ready():
