@@ -1,6 +1,6 @@
 """A bounded fuzz run of every target, for CI: ``python fuzz/run.py``.
 
-Runs fuzz/fuzz_{bencode,metainfo,wire,tracker,magnet,ext,dht,v2,webseed}.py with atheris
+Runs fuzz/fuzz_{bencode,metainfo,wire,tracker,magnet,ext,dht,v2,webseed,select}.py with atheris
 (pip-installing it when missing), each for at most ``--runs`` inputs and ``--seconds`` seconds, the
 targets side by side, each starting from its seed corpus (the run checks that
 libFuzzer loaded it).  Where atheris cannot be installed it says so loudly and
@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("bencode", "metainfo", "wire", "tracker", "magnet", "ext", "dht", "v2", "webseed")
+TARGETS = (
+    "bencode", "metainfo", "wire", "tracker", "magnet", "ext", "dht", "v2", "webseed", "select",
+)
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 

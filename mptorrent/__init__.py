@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from mptorrent.errors import (
     BadMagnet,
+    BadSelection,
     BadTorrent,
     BencodeError,
     Cancelled,
@@ -29,6 +30,7 @@ from mptorrent.errors import (
     NoPeers,
     OutputLocked,
     StorageError,
+    StreamClosed,
     UnsafePath,
 )
 
@@ -55,10 +57,10 @@ _API = frozenset({
 })  # fmt: skip
 
 __all__ = [
-    "BadMagnet", "BadTorrent", "BencodeError", "Cancelled", "DiskFull", "Download",
-    "DownloadError", "FetchResult", "MetadataTimeout", "MptorrentError", "NoPeers",
-    "OutputLocked", "SeedResult", "StorageError", "Torrent", "TorrentFile", "UnsafePath",
-    "VerifyResult", "__version__", "create", "fetch", "seed", "start", "verify",
+    "BadMagnet", "BadSelection", "BadTorrent", "BencodeError", "Cancelled", "DiskFull",
+    "Download", "DownloadError", "FetchResult", "MetadataTimeout", "MptorrentError", "NoPeers",
+    "OutputLocked", "SeedResult", "StorageError", "StreamClosed", "Torrent", "TorrentFile",
+    "UnsafePath", "VerifyResult", "__version__", "create", "fetch", "seed", "start", "verify",
 ]  # fmt: skip
 
 

@@ -120,3 +120,15 @@ class Cancelled(MptorrentError):
     """A download stopped by its caller (``Download.cancel()``), as Ctrl-C stops the CLI."""
 
     exit_status = ExitStatus.INTERRUPTED
+
+
+class BadSelection(MptorrentError):
+    """``--only`` (or ``only=``) names no file of the torrent, or ``-o -`` would stream several."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class StreamClosed(MptorrentError):
+    """The reader of ``-o -`` (or of the API's ``stream=``) went away before the end."""
+
+    exit_status = ExitStatus.OUTPUT_CLOSED

@@ -71,8 +71,8 @@ class CheckingExisting:
 class Started:
     """Storage is ready and what is already there is known: the download begins."""
 
-    total: int  # bytes in the torrent
-    done: int  # bytes of pieces already verified on disk
+    total: int  # bytes in the torrent, or in the files selected (--only)
+    done: int  # bytes of pieces already verified on disk (of selected files)
     pieces: int  # pieces in the torrent
     resumed: int  # pieces already verified on disk
 
@@ -190,7 +190,7 @@ class WorkerRestarted:
 class Done:
     """The download is complete and verified (seeding may follow)."""
 
-    total: int
+    total: int  # the torrent's size, or the selected files' (--only)
     downloaded: int  # bytes of pieces verified in this run
     elapsed: float  # seconds
     resumed: int  # pieces that were already on disk

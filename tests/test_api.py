@@ -118,6 +118,9 @@ def test_the_docs_examples_run(tmp_path: Path) -> None:
     assert "downloads/movie.bin: 10240000 bytes" in proc.stdout
     assert "asyncio: done, 10240000 bytes" in proc.stdout
     assert "BadTorrent 3" in proc.stdout
+    assert "only: 768000 bytes, ['.mptorrent.parts', 'two.bin']" in proc.stdout
+    assert "streamed: - 1024000 bytes, sha-256 matches: True" in proc.stdout
+    assert not (work / "some" / "one.bin").exists()
     for name in ("downloads", "again", "async"):
         assert (work / name / "movie.bin").read_bytes() == (work / "movie.bin").read_bytes()
 
@@ -166,6 +169,15 @@ def inspect(path: Path) -> list[str]:
     report: mptorrent.VerifyResult = mptorrent.verify(t, "data")
     print(report.complete, asyncio.run(follow(t)))
     return [f"{f.path}: {f.length}" for f in t.files]
+
+
+def some_files(t: mptorrent.Torrent) -> tuple[int, ...]:
+    chosen: tuple[int, ...] = t.select(["season 1/*", "#0", 3])
+    with open("ep1.mkv", "wb") as sink:
+        mptorrent.fetch(t, only=["#1"], sequential=True, stream=sink)
+    handle = mptorrent.start(t, "out", only=chosen, sequential=False)
+    print(handle.wait().bytes, mptorrent.verify(t, "out", only=chosen).complete)
+    return chosen
 """
 
 

@@ -172,10 +172,10 @@ def test_info_text(made: Path) -> None:
     assert lines[lines.index("web seeds:") + 1] == "  http://ws/"
     assert lines[lines.index("files:") + 1 :] == [
         "  album/",
-        "    one.bin  (48.0 KiB)",
+        "    one.bin  (48.0 KiB)  #0",
         "    sub/",
-        "      empty  (0 B)",
-        "      two.txt  (5.9 KiB)",
+        "      empty  (0 B)  #1",
+        "      two.txt  (5.9 KiB)  #2",
     ]
 
 
@@ -190,10 +190,11 @@ def test_info_json(made: Path) -> None:
     assert d["trackers"] == [["http://t1/ann"], ["udp://t2:80/ann", "http://t3/ann"]]
     assert d["web_seeds"] == ["http://ws/"] and d["comment"] == "a comment"
     assert d["files"] == [
-        {"path": "one.bin", "length": 3 * PL + 5, "offset": 0, "padding": False},
-        {"path": "sub/empty", "length": 0, "offset": 3 * PL + 5, "padding": False},
-        {"path": "sub/two.txt", "length": 6000, "offset": 3 * PL + 5, "padding": False},
-    ]
+        {"index": 0, "path": "one.bin", "length": 3 * PL + 5, "offset": 0, "padding": False},
+        {"index": 1, "path": "sub/empty", "length": 0, "offset": 3 * PL + 5, "padding": False},
+        {"index": 2, "path": "sub/two.txt", "length": 6000, "offset": 3 * PL + 5,
+         "padding": False},
+    ]  # fmt: skip
 
 
 def test_info_escapes_terminal_control_characters(tmp_path: Path) -> None:

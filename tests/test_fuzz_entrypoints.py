@@ -28,6 +28,7 @@ from fuzz import (
     fuzz_ext,
     fuzz_magnet,
     fuzz_metainfo,
+    fuzz_select,
     fuzz_tracker,
     fuzz_v2,
     fuzz_webseed,
@@ -52,6 +53,7 @@ TARGETS: dict[str, ModuleType] = {
     "dht": fuzz_dht,
     "v2": fuzz_v2,
     "webseed": fuzz_webseed,
+    "select": fuzz_select,
 }
 
 NASTY: list[bytes] = [
@@ -156,6 +158,9 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
     "webseed": [
         (RangeClient, "next_event", _raise),
         (RangeClient, "_data", lambda self, data: Body(bytes(data) + b"x")),
+    "select": [
+        (fuzz_select, "select_files", _raise),
+        (fuzz_select, "select_files", lambda files, sels: [len(files)]),
     ],
 }  # fmt: skip
 
@@ -203,7 +208,7 @@ def test_bounded_run_with_the_hypothesis_engine() -> None:
     assert proc.stdout.splitlines()[0].startswith("fuzz: ENGINE hypothesis"), proc.stdout
     for name in TARGETS:
         assert f"fuzz_{name}: ok (hypothesis" in proc.stdout
-    assert f"{len(TARGETS)} of {len(TARGETS)} targets clean" in proc.stdout
+    assert f"{len(run.TARGETS)} of {len(run.TARGETS)} targets clean" in proc.stdout
 
 
 def test_the_hypothesis_engine_stops_at_its_time_bound() -> None:
@@ -265,4 +270,4 @@ def test_bounded_run_with_atheris_when_installed() -> None:
         n = len(set(TARGETS[name].seeds()))
         assert line.startswith(f"fuzz_{name}: ok (atheris: Done "), line
         assert line.endswith(f", {n} seed files)"), (line, n)
-    assert f"{len(TARGETS)} of {len(TARGETS)} targets clean" in proc.stdout
+    assert f"{len(run.TARGETS)} of {len(run.TARGETS)} targets clean" in proc.stdout

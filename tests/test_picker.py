@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mptorrent.policy.picker import DONE, NEEDED, RANDOM_FIRST, TAKEN, Picker
+from mptorrent.policy.picker import DONE, NEEDED, RANDOM_FIRST, TAKEN, Picker, Priority
 
 
 def bits(s: str) -> bytes:
@@ -114,3 +114,72 @@ def test_endgame_offers_only_pieces_in_flight_elsewhere() -> None:
     assert not p.needed_for(1)
     assert sorted(p.endgame_for(1, 5)) == [0, 2]
     assert p.endgame_for(1, 5) == []  # already its own
+
+
+# -- priorities (issue 16): one mechanism for --only and --sequential ---------------------
+
+
+def test_skipped_pieces_are_never_picked_and_do_not_count() -> None:
+    p = Picker(6, seed=5, priority=bytes([1, 0, 1, 0, 0, 1]))
+    assert p.remaining == 3
+    p.peer_bitfield("a", bits("111111"), worker=0)
+    got = p.pick_for(0, 10)
+    assert sorted(got) == [0, 2, 5]
+    for i in got:
+        p.finished(i)
+    assert p.remaining == 0
+    assert not p.needed_for(0)
+    assert p.endgame_for(0, 5) == []
+
+
+def test_a_piece_skipped_later_leaves_the_order_and_one_wanted_later_joins_it() -> None:
+    p = Picker(4, seed=6, priority=bytes([1, 1, 0, 1]))
+    p.peer_bitfield("a", bits("1111"), worker=0)
+    p.set_priority(1, Priority.SKIP)  # after the order was built: the scan still skips it
+    p.set_priority(2, Priority.NORMAL)
+    assert p.remaining == 3
+    assert sorted(p.pick_for(0, 10)) == [0, 2, 3]
+
+
+def test_raised_pieces_go_first_deadline_before_high_rarest_first_within() -> None:
+    p = Picker(8, seed=7)
+    p.peer_bitfield("a", bits("11111111"), worker=0)
+    p.peer_bitfield("b", bits("11111100"), worker=0)  # 6 and 7 are rarer
+    p.set_priority(2, Priority.HIGH)
+    p.set_priority(6, Priority.HIGH)
+    p.set_priority(4, Priority.DEADLINE)
+    assert p.pick_for(0, 3) == [4, 6, 2]
+    assert p.remaining == 8  # raising a piece does not change what is wanted
+
+
+def test_sequential_window_slides_as_pieces_complete() -> None:
+    p = Picker(10, seed=8, sequential=True, window=3)
+    assert [p.priority[i] for i in range(5)] == [
+        Priority.DEADLINE, Priority.DEADLINE, Priority.HIGH, Priority.NORMAL, Priority.NORMAL
+    ]  # fmt: skip
+    p.peer_bitfield("a", bits("1111111111"), worker=0)
+    p.peer_bitfield("b", bits("0111111111"), worker=0)  # 0 is rarer: still first (deadline)
+    assert p.pick_for(0, 5) == [0, 1, 2, 3, 4]  # window, then the rest in order
+    p.finished(1)  # out of order: the head (0) has not moved
+    assert p.priority[3] == Priority.NORMAL
+    p.finished(0)
+    assert p.priority[2] == Priority.DEADLINE and p.priority[3] == Priority.DEADLINE
+    assert p.priority[4] == Priority.HIGH and p.priority[5] == Priority.NORMAL
+
+
+def test_sequential_window_skips_unwanted_pieces() -> None:
+    prio = bytes([0, 0, 0, 1, 1, 1, 1, 0])
+    p = Picker(8, seed=9, priority=prio, sequential=True, window=2)
+    assert p.priority[3] == Priority.DEADLINE and p.priority[4] == Priority.DEADLINE
+    assert p.priority[5] == Priority.NORMAL and p.priority[0] == Priority.SKIP
+    p.peer_bitfield("a", bits("11111111"), worker=0)
+    assert p.pick_for(0, 10) == [3, 4, 5, 6]
+
+
+def test_endgame_duplicates_raised_pieces_first() -> None:
+    p = Picker(6, seed=10)
+    p.peer_bitfield("a", bits("111111"), worker=0)
+    p.peer_bitfield("b", bits("111111"), worker=1)
+    assert len(p.pick_for(0, 6)) == 6
+    p.set_priority(5, Priority.DEADLINE)
+    assert p.endgame_for(1, 1) == [5]

@@ -469,3 +469,122 @@ def test_disk_fits_exactly_what_is_free(small_tmpfs: Path) -> None:
 )
 def test_human_size(n: int, text: str) -> None:
     assert human_size(n) == text
+
+
+# -- --only: selected files, the parts file (issue 16) ----------------------------------
+
+
+def _tree_torrent(tmp_path: Path) -> tuple[metainfo.Metainfo, dict[str, bytes]]:
+    from mptorrent.disk import create
+
+    src = tmp_path / "src" / "t"
+    data = {"a.bin": os.urandom(70_000), "b.bin": os.urandom(50_000), "c.bin": os.urandom(30_001)}
+    src.mkdir(parents=True)
+    for name, blob in data.items():
+        (src / name).write_bytes(blob)
+    return metainfo.parse(create.create(src, piece_length=16384, jobs=1)), data
+
+
+def _write_all(meta: metainfo.Metainfo, lay: Layout, data: dict[str, bytes]) -> None:
+    blob = b"".join(data[n] for n in ("a.bin", "b.bin", "c.bin"))
+    with Storage(lay, writable=True) as st:
+        for i, prio in enumerate(lay.priorities()):
+            if prio:
+                st.write_piece(i, blob[i * lay.piece_length : (i + 1) * lay.piece_length])
+
+
+def test_only_creates_the_selected_files_and_keeps_shared_bytes_in_the_parts_file(
+    tmp_path: Path,
+) -> None:
+    from mptorrent.disk import checker
+
+    meta, data = _tree_torrent(tmp_path)
+    out = tmp_path / "out"
+    lay = Layout.for_torrent(meta, out, selected=[1])  # b.bin: shares a piece with a and c
+    prio = lay.priorities()
+    assert [i for i, p in enumerate(prio) if p] == list(lay.file_pieces(1))
+    assert lay.selected_length == 50_000
+    assert sum(lay.wanted_size(i) for i, p in enumerate(prio) if p) == 50_000
+    prepare(lay, out)
+    _write_all(meta, lay, data)
+    assert (out / "b.bin").read_bytes() == data["b.bin"]
+    assert not (out / "a.bin").exists() and not (out / "c.bin").exists()
+    parts = out / ".mptorrent.parts"
+    assert parts.stat().st_size <= 2 * lay.piece_length  # two shared pieces, no more
+    report = checker.verify(meta, lay, pieces=[i for i, p in enumerate(prio) if p])
+    assert report.complete  # shared pieces verify with the parts file's bytes
+
+    # A second selection adds c.bin: its shared piece with b comes from the parts file.
+    more = Layout.for_torrent(meta, out, selected=[1, 2])
+    fresh = {2}
+    prepare(more, out)
+    wanted = [i for i, p in enumerate(more.priorities()) if p]
+    report = checker.verify(meta, more, pieces=wanted)
+    bad = report.invalid + report.missing
+    shared = lay.file_pieces(2)[0]
+    assert shared in bad
+    assert checker.recover_shared(meta, more, bad, fresh) == [shared]
+    assert checker.verify(meta, more, pieces=[shared]).complete
+
+
+def test_a_parts_file_that_lies_only_costs_a_download(tmp_path: Path) -> None:
+    from mptorrent.disk import checker
+
+    meta, data = _tree_torrent(tmp_path)
+    out = tmp_path / "out"
+    lay = Layout.for_torrent(meta, out, selected=[1])
+    prepare(lay, out)
+    _write_all(meta, lay, data)
+    parts = out / ".mptorrent.parts"
+    parts.write_bytes(b"\xff" * parts.stat().st_size)
+    wanted = [i for i, p in enumerate(lay.priorities()) if p]
+    report = checker.verify(meta, lay, pieces=wanted)
+    assert set(report.invalid) == {lay.file_pieces(1)[0], lay.file_pieces(1)[-1]}
+    assert checker.recover_shared(meta, lay, report.invalid, set()) == []
+
+
+def test_selecting_every_file_is_no_selection(tmp_path: Path) -> None:
+    meta, _data = _tree_torrent(tmp_path)
+    lay = Layout.for_torrent(meta, tmp_path / "o", selected=[0, 1, 2])
+    assert lay.selected is None and not lay.needs_parts
+    assert lay.wanted_size(0) == lay.piece_size(0)
+
+
+def test_a_torrent_file_named_like_the_parts_file_is_not_overwritten(tmp_path: Path) -> None:
+    from mptorrent.disk import create
+
+    src = tmp_path / "src" / "t"
+    src.mkdir(parents=True)
+    (src / ".mptorrent.parts").write_bytes(os.urandom(20_000))
+    (src / "b.bin").write_bytes(os.urandom(20_000))
+    meta = metainfo.parse(create.create(src, piece_length=16384, jobs=1))
+    lay = Layout.for_torrent(meta, tmp_path / "out", selected=[0])
+    assert lay.parts_path == str(tmp_path / "out" / ".mptorrent.parts_")
+    assert lay.parts_path not in lay.paths
+
+
+def test_a_planted_symlink_as_the_parts_file_is_refused(tmp_path: Path) -> None:
+    meta, _data = _tree_torrent(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").write_bytes(b"")
+    os.symlink(tmp_path / "elsewhere", out / ".mptorrent.parts")
+    lay = Layout.for_torrent(meta, out, selected=[1])
+    with pytest.raises(UnsafePath, match="is a symbolic link"):
+        prepare(lay, out)
+    assert (tmp_path / "elsewhere").read_bytes() == b""
+
+
+def test_padding_next_to_a_selected_file_needs_no_parts_file(tmp_path: Path) -> None:
+    base = make_layout(tmp_path, MIXED, 8)  # b: bytes 0-10, padding 10-16, d: 16-36
+    only_b = Layout(
+        base.piece_length, base.total_length, base.files, base.paths,
+        tuple(i == 1 for i in range(len(base.files))), str(tmp_path / ".mptorrent.parts"),
+    )  # fmt: skip
+    assert not only_b.needs_parts
+    assert [only_b.wanted_size(i) for i in (0, 1)] == [8, 2]  # padding is not counted
+    assert list(only_b.priorities()) == [1, 1, 0, 0, 0]
+    prepare(only_b, tmp_path)
+    with Storage(only_b, writable=True) as st:
+        st.write_piece(1, b"xx" + bytes(6))
+    assert not (tmp_path / ".mptorrent.parts").exists()

@@ -13,13 +13,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Never, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Never, NoReturn
 
 import click
 
 from mptorrent import __version__
 from mptorrent.cli.render import render, safe_text
-from mptorrent.errors import DownloadError, ExitStatus, MptorrentError, OutputClosed
+from mptorrent.errors import (
+    DownloadError,
+    ExitStatus,
+    MptorrentError,
+    OutputClosed,
+    StreamClosed,
+)
 from mptorrent.mp import default_jobs
 
 # Start-up time is part of every command's run time, so modules only some commands need
@@ -49,6 +55,9 @@ class MptorrentGroup(click.Group):
         except OutputClosed:  # stdout's reader left (--json | head): no words, 141
             _stdout_to_devnull()
             ctx.exit(int(ExitStatus.OUTPUT_CLOSED))
+        except StreamClosed as exc:  # -o -'s reader left early (the player quit): one line
+            _stdout_to_devnull()
+            self._fail(ctx, str(exc), exc.exit_status)
         except MptorrentError as exc:
             self._fail(ctx, str(exc), exc.exit_status, exc.detail)
         except KeyboardInterrupt:
@@ -176,8 +185,14 @@ def info_dict(meta: metainfo.Metainfo) -> dict[str, Any]:
         "created_by": meta.created_by,
         "creation_date": meta.creation_date,
         "files": [
-            {"path": "/".join(f.path), "length": f.length, "offset": f.offset, "padding": f.padding}
-            for f in meta.files
+            {
+                "index": i,
+                "path": "/".join(f.path),
+                "length": f.length,
+                "offset": f.offset,
+                "padding": f.padding,
+            }
+            for i, f in enumerate(meta.files)
         ],
     }
 
@@ -406,13 +421,13 @@ def info(
         click.echo("web seeds:")
         for url in meta.web_seeds:
             click.echo(f"  {s(url)}")
-    click.echo("files:")
+    click.echo("files:")  # "#N": the index fetch --only takes
     if not meta.multi_file:
-        click.echo(f"  {s(meta.name)}  ({human_size(meta.total_length)})")
+        click.echo(f"  {s(meta.name)}  ({human_size(meta.total_length)})  #0")
         return
     click.echo(f"  {s(meta.name)}/")
     shown: set[tuple[str, ...]] = set()
-    for f in meta.files:
+    for i, f in enumerate(meta.files):
         if f.padding:
             continue
         for depth in range(1, len(f.path)):
@@ -420,7 +435,7 @@ def info(
             if d not in shown:
                 shown.add(d)
                 click.echo(f"  {'  ' * depth}{s(d[-1])}/")
-        click.echo(f"  {'  ' * len(f.path)}{s(f.path[-1])}  ({human_size(f.length)})")
+        click.echo(f"  {'  ' * len(f.path)}{s(f.path[-1])}  ({human_size(f.length)})  #{i}")
 
 
 # -- create -------------------------------------------------------------------
@@ -494,23 +509,37 @@ def create(
 @click.argument("torrent", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("path", type=click.Path(path_type=Path))
 @jobs_option
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="GLOB",
+    help="Check only the files fetch --only GLOB fetched (repeatable; #N: file N).",
+)
 @json_option
 @quiet_option
 @verbose_option
-def verify(torrent: Path, path: Path, jobs: int | None, as_json: bool, quiet: bool) -> None:
+def verify(
+    torrent: Path, path: Path, jobs: int | None, only: tuple[str, ...], as_json: bool,
+    quiet: bool,
+) -> None:  # fmt: skip
     """Recheck downloaded data against a .torrent; exit 0 only if all pieces verify."""
     stream = _json_lines(as_json)
     with _json_stream(stream):
-        _verify(torrent, path, jobs or default_jobs(), quiet, stream)
+        _verify(torrent, path, jobs or default_jobs(), quiet, stream, only)
 
 
-def _verify(torrent: Path, path: Path, jobs: int, quiet: bool, stream: JsonLines | None) -> None:
+def _verify(
+    torrent: Path, path: Path, jobs: int, quiet: bool, stream: JsonLines | None,
+    only: tuple[str, ...] = (),
+) -> None:  # fmt: skip
     from mptorrent.disk.storage import Layout
     from mptorrent.engine import api
 
     t0 = time.monotonic()
     meta = load_torrent(torrent, quiet=quiet)
-    layout = Layout.for_torrent(meta, path)  # here, for the files' states
+    selected = api.Torrent(meta).select(only) if only else None
+    layout = Layout.for_torrent(meta, path, selected)  # here, for the files' states
     if stream is not None:
         from mptorrent import events as ev
         from mptorrent.engine.coordinator import metadata_event
@@ -521,24 +550,26 @@ def _verify(torrent: Path, path: Path, jobs: int, quiet: bool, stream: JsonLines
         def advance(n: int) -> None:
             nonlocal checked
             checked += n
-            stream(ev.Progress(checked, meta.total_length, 0, jobs))
+            total = layout.selected_length
+            stream(ev.Progress(min(checked, total), total, 0, jobs))
 
-        report = api.verify(api.Torrent(meta), path, workers=jobs, on_progress=advance)
+        report = api.verify(api.Torrent(meta), path, workers=jobs, on_progress=advance, only=only)
         _verify_json(stream, meta, layout, report, time.monotonic() - t0)
         return
-    with byte_bar(meta.total_length, "verifying", quiet) as update:
-        report = api.verify(api.Torrent(meta), path, workers=jobs, on_progress=update)
+    with byte_bar(layout.selected_length, "verifying", quiet) as update:
+        report = api.verify(api.Torrent(meta), path, workers=jobs, on_progress=update, only=only)
     bad = set(report.invalid) | set(report.missing)
     for i, f in enumerate(meta.files):
-        if f.padding or not bad.intersection(layout.file_pieces(i)):
+        if f.padding or not layout.is_selected(i) or not bad.intersection(layout.file_pieces(i)):
             continue
         p = layout.paths[i]
         state = "missing" if p is None or not Path(p).is_file() else "incomplete"
         if state == "incomplete" and p is not None and Path(p).stat().st_size != f.length:
             state = "wrong size"
         click.echo(f"{state}: {safe_text('/'.join(f.path))}")
+    of = "" if layout.selected is None else " selected"  # --only: the selected files' pieces
     click.echo(
-        f"{report.valid} of {meta.num_pieces} pieces valid, "
+        f"{report.valid} of {report.pieces}{of} pieces valid, "
         f"{len(report.invalid)} invalid, {len(report.missing)} missing"
     )
     if not report.complete:
@@ -558,21 +589,21 @@ def _verify_json(
 ) -> None:  # fmt: skip
     bad = set(report.invalid) | set(report.missing)
     for i, f in enumerate(meta.files):
-        if not f.padding and bad.intersection(layout.file_pieces(i)):
+        if not f.padding and layout.is_selected(i) and bad.intersection(layout.file_pieces(i)):
             stream.write(
                 {"event": "file", "path": "/".join(f.path), "state": _file_state(meta, layout, i)}
             )
     stream.write({
-        "event": "verified", "pieces": meta.num_pieces, "valid": report.valid,
+        "event": "verified", "pieces": report.pieces, "valid": report.valid,
         "invalid": sorted(report.invalid), "missing": sorted(report.missing),
     })  # fmt: skip
     if not report.complete:
         msg = f"{len(report.invalid)} invalid and {len(report.missing)} missing piece(s)"
         stream.end_with_error(msg, int(ExitStatus.ERROR))
         sys.exit(int(ExitStatus.ERROR))
-    rate = meta.total_length / elapsed if elapsed > 0 else 0.0
+    rate = layout.selected_length / elapsed if elapsed > 0 else 0.0
     stream.write({
-        "event": "done", "bytes": meta.total_length, "elapsed": round(elapsed, 3),
+        "event": "done", "bytes": layout.selected_length, "elapsed": round(elapsed, 3),
         "rate": round(rate, 1), "wasted": 0,
     })  # fmt: skip
 
@@ -659,10 +690,24 @@ class BarProgress:
 @cli.command()
 @click.argument("torrent", metavar="TORRENT|MAGNET", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Output file, or directory for multi-file; default ./NAME")  # fmt: skip
+              help="Output file, or directory for multi-file; default ./NAME; '-': stdout "
+              "(the one file, verified, in order).")  # fmt: skip
 @jobs_option
 @click.option(
     "--peer", "peers", multiple=True, callback=_peers, help="Add a peer HOST:PORT (repeatable)."
+)
+@click.option("--only", "only", multiple=True, metavar="GLOB",
+              help="Fetch only the files whose path inside the torrent matches GLOB "
+              "(repeatable; #N: file N of mptorrent info).")  # fmt: skip
+@click.option(
+    "--sequential/--no-sequential",
+    default=None,
+    help="Pieces in order, a read-ahead window first [default: with -o - only].",
+)
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path),
+    help="With -o -: also keep the data at PATH (else a temporary copy is removed).",
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=6881, show_default=True,
               help="Port to accept peers on and to announce (0: any free port).")  # fmt: skip
@@ -687,12 +732,22 @@ class BarProgress:
 @quiet_option
 @verbose_option
 def fetch(
-    torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...], port: int,
+    torrent: str, output: Path | None, jobs: int | None, peers: tuple[PeerAddr, ...],
+    only: tuple[str, ...], sequential: bool | None, keep: Path | None, port: int,
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
     as_json: bool, quiet: bool, dht: DhtChoice, stall_timeout: float, web_seeds: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Download a torrent (a .torrent file or a magnet link) with parallel worker processes."""
+    to_stdout = output == Path("-")
+    if to_stdout and as_json:
+        raise click.UsageError("-o - and --json both want stdout: choose one")
+    if keep is not None and not to_stdout:
+        raise click.UsageError("--keep goes with -o - (otherwise -o says where the data goes)")
+    in_order = to_stdout if sequential is None else sequential
+    picks = _Picks(only, in_order, sys.stdout.buffer if to_stdout else None)
+    if to_stdout:
+        output = keep
     seeds = seed_ratio is not None or seed_time is not None
     last = ("seeded", "error") if seeds else ("done", "error")
     stream = _json_lines(as_json, last=last, manual=peers)
@@ -700,8 +755,19 @@ def fetch(
         _fetch(
             torrent, output, jobs, peers, port, bind, max_peers, no_trackers, seed_ratio,
             seed_time, save_torrent, metadata_timeout, io, quiet or as_json, stream, dht,
-            stall_timeout, web_seeds,
+            stall_timeout, web_seeds, picks,
         )  # fmt: skip
+
+
+class _Picks(NamedTuple):
+    """fetch's --only, --sequential and -o - (the API's only, sequential and stream)."""
+
+    only: tuple[str, ...] = ()
+    sequential: bool = False
+    stream: BinaryIO | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"only": self.only, "sequential": self.sequential, "stream": self.stream}
 
 
 def _fetch(
@@ -710,6 +776,7 @@ def _fetch(
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
     quiet: bool, stream: JsonLines | None, dht: DhtChoice, stall_timeout: float,
     web_seeds: tuple[str, ...] = (),
+    picks: _Picks | None = None,
 ) -> None:  # fmt: skip
     # the Python API's fetch (mptorrent.fetch), in its two halves: the download runs
     # under this command's signal handling and closes the bar whatever happens
@@ -732,6 +799,7 @@ def _fetch(
         save_torrent=save_torrent, warn=None if quiet else warn,
         on_seeding=None if quiet else seeding, peer_option="--peer",
         stall_timeout=stall_timeout, web_seeds=web_seeds, **dht.kwargs(),
+        **(picks or _Picks()).kwargs(),
     )  # fmt: skip
     with _sigterm_as_interrupt():
         try:

@@ -7,8 +7,9 @@ N processes scale with cores.  The main process only collects digests.
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from mptorrent.disk.storage import Layout, Storage
@@ -26,14 +27,17 @@ _storage: Storage | None = None
 _verifier: PieceVerifier | None = None  # None: v1 SHA-1 digests (what ``create`` records)
 
 
-def _init(layout: Layout, child: bool = True, verifier: PieceVerifier | None = None) -> None:
+def _init(
+    layout: Layout, child: bool = True, verifier: PieceVerifier | None = None,
+    files: Collection[int] | None = None,
+) -> None:  # fmt: skip
     global _storage, _verifier
     if child:
         # Forked children inherit the CLI's handlers; the parent alone answers
         # Ctrl-C, and Pool.terminate() must be able to end us with SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _storage = Storage(layout)
+    _storage = Storage(layout, files=files)
     _verifier = verifier
 
 
@@ -68,10 +72,12 @@ def hash_pieces(
     jobs: int = 1,
     progress: Progress | None = None,
     verifier: PieceVerifier | None = None,
+    files: Collection[int] | None = None,
 ) -> Iterator[tuple[int, bytes | None]]:
     """Yield ``(index, digest)`` for each piece; digest is None where data is missing.
 
     Digests are v1 SHA-1, or ``verifier``'s own (for its ``matches``) when one is given.
+    ``files``: the files to read (the rest from the parts file); default: the selected.
     """
     todo = range(layout.num_pieces) if pieces is None else pieces
     per_task = max(1, TASK_BYTES // layout.piece_length)
@@ -86,7 +92,7 @@ def hash_pieces(
             yield start + k, d
 
     if jobs <= 1 or len(runs) == 1:
-        _init(layout, child=False, verifier=verifier)
+        _init(layout, child=False, verifier=verifier, files=files)
         try:
             for run in runs:
                 yield from emit(*_hash_run(run))
@@ -96,7 +102,7 @@ def hash_pieces(
         return
     ctx = context()
     with ctx.Pool(
-        min(jobs, len(runs)), initializer=_init, initargs=(layout, True, verifier)
+        min(jobs, len(runs)), initializer=_init, initargs=(layout, True, verifier, files)
     ) as pool:
         for start, digests in pool.imap_unordered(_hash_run, runs):
             yield from emit(start, digests)
@@ -128,12 +134,15 @@ def verify(
     jobs: int = 1,
     progress: Progress | None = None,
     pieces: Iterable[int] | None = None,
+    files: Collection[int] | None = None,
 ) -> VerifyReport:
     valid = bytearray(meta.num_pieces)
     invalid: list[int] = []
     missing: list[int] = []
     verifier = meta.verifier()
-    found = hash_pieces(layout, pieces, jobs=jobs, progress=progress, verifier=verifier)
+    found = hash_pieces(
+        layout, pieces, jobs=jobs, progress=progress, verifier=verifier, files=files
+    )
     for index, digest in found:
         if digest is None:
             missing.append(index)
@@ -144,3 +153,28 @@ def verify(
     invalid.sort()
     missing.sort()
     return VerifyReport(meta.num_pieces, valid, invalid, missing)
+
+
+def recover_shared(
+    meta: Metainfo, layout: Layout, pieces: Iterable[int], fresh: Collection[int]
+) -> list[int]:
+    """Shared pieces (holding bytes of several files) that a change of ``--only`` moved:
+    their bytes are in the parts file and in files an earlier run wrote, not where this
+    selection looks.  Each of ``pieces`` is read with every existing file that is not in
+    ``fresh`` (just created, so empty) open and the rest from the parts file; the ones
+    that verify are written back where this layout keeps them.  Returns those pieces."""
+    shared = [i for i in pieces if i in layout.parts_rank]
+    if not shared or layout.parts_path is None or not os.path.exists(layout.parts_path):
+        return []
+    verifier = meta.verifier()
+    keep = [i for i, p in enumerate(layout.paths) if p is not None and i not in fresh]
+    found: list[tuple[int, bytes]] = []
+    with Storage(layout, files=keep) as src:
+        for i in shared:
+            if src.verify_piece(i, verifier):
+                found.append((i, src.read(i * layout.piece_length, layout.piece_size(i))))
+    if found:
+        with Storage(layout, writable=True) as dst:
+            for i, data in found:
+                dst.write_piece(i, data)
+    return [i for i, _ in found]

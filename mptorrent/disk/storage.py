@@ -1,8 +1,12 @@
 """The only module that opens data files.
 
 A :class:`Layout` places the torrent's files under an output path and maps any
-byte range of the torrent's linear space onto file slices.  :class:`Storage`
-opens one mmap per non-empty file (each process opens its own, by path, so this
+byte range of the torrent's linear space onto file slices.  A layout may select some
+files only (``--only``): the others are neither created nor opened, and the bytes of
+theirs that share a piece with a selected file (a piece is verified whole) go to the
+*parts file*, ``.mptorrent.parts`` in the output folder, so a later fetch that selects
+more files finds them there (``Layout.parts_rank`` says where each piece's bytes sit).
+:class:`Storage` opens one mmap per non-empty file (each process opens its own, by path, so this
 works under fork, spawn and forkserver alike) and reads, writes and hashes
 pieces through them.  :func:`prepare` is the coordinator's one-time set-up:
 safe paths, free space, ``posix_fallocate`` and zero-length files.
@@ -17,13 +21,14 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, TypeAlias
 
 from mptorrent.errors import DiskFull, StorageError, UnsafePath
+from mptorrent.policy.picker import NORMAL, SKIP
 from mptorrent.proto.hashing import PieceHasher, PieceVerifier, sha1_hasher
 from mptorrent.proto.metainfo import FileEntry, Metainfo
 
@@ -46,10 +51,17 @@ class Layout:
     total_length: int
     files: tuple[FileEntry, ...]
     paths: tuple[str | None, ...]  # absolute path of each file; None for padding
+    # --only: one flag per file (None: every file); the unselected are not created
+    selected: tuple[bool, ...] | None = None
+    parts_path: str | None = None  # where unselected bytes of shared pieces go (multi-file)
 
     @classmethod
-    def for_torrent(cls, meta: Metainfo, output: str | Path) -> Layout:
-        """Single-file: ``output`` is the file.  Multi-file: the directory of files."""
+    def for_torrent(
+        cls, meta: Metainfo, output: str | Path, selected: Iterable[int] | None = None
+    ) -> Layout:
+        """Single-file: ``output`` is the file.  Multi-file: the directory of files.
+
+        ``selected``: the indices of the files wanted (None: all of them)."""
         root = Path(os.path.abspath(output))
         paths: list[str | None] = []
         for f in meta.files:
@@ -59,7 +71,76 @@ class Layout:
                 paths.append(str(root.joinpath(*f.path)))
             else:
                 paths.append(str(root))
-        return cls(meta.piece_length, meta.total_length, meta.files, tuple(paths))
+        flags = None
+        if selected is not None:
+            chosen = set(selected)
+            flags = tuple(i in chosen for i in range(len(meta.files)))
+            if all(flags[i] for i, f in enumerate(meta.files) if not f.padding):
+                flags = None  # every file: the same as no selection
+        parts = None
+        if meta.multi_file:
+            parts = str(root / PARTS_NAME)
+            while parts in paths:  # a torrent may name a file of its own so: step aside
+                parts += "_"
+        return cls(meta.piece_length, meta.total_length, meta.files, tuple(paths), flags, parts)
+
+    def is_selected(self, file_index: int) -> bool:
+        return self.selected is None or self.selected[file_index]
+
+    @cached_property
+    def parts_rank(self) -> dict[int, int]:
+        """Piece -> its slot in the parts file, for every piece that holds bytes of two or
+        more files.  It depends on the torrent alone, never on a selection, so any later
+        selection finds the bytes an earlier one put there."""
+        pl = self.piece_length
+        shared = sorted({f.offset // pl for f in self.files if f.length and f.offset % pl})
+        return {piece: rank for rank, piece in enumerate(shared)}
+
+    def priorities(self) -> bytearray:
+        """One picker priority per piece: NORMAL where a selected file has bytes, else SKIP."""
+        if self.selected is None:
+            return bytearray([NORMAL]) * self.num_pieces
+        prio = bytearray([SKIP]) * self.num_pieces
+        for i, f in enumerate(self.files):
+            if self.selected[i] and not f.padding:
+                for p in self.file_pieces(i):
+                    prio[p] = NORMAL
+        return prio
+
+    @cached_property
+    def _selected_in_piece(self) -> dict[int, int]:
+        """Bytes of selected files in each piece that also holds unselected ones."""
+        out: dict[int, int] = {}
+        if self.selected is None:
+            return out
+        for piece in self.parts_rank:
+            slices = self.piece_slices(piece)
+            if any(not self.is_selected(s.file_index) for s in slices):
+                out[piece] = sum(s.length for s in slices if self.is_selected(s.file_index))
+        return out
+
+    def wanted_size(self, index: int) -> int:
+        """Bytes of selected files in a piece (its size with every file selected); O(1)."""
+        got = self._selected_in_piece.get(index)
+        return self.piece_size(index) if got is None else got
+
+    @property
+    def selected_length(self) -> int:
+        """Bytes in the selected files (padding not counted unless nothing is selected)."""
+        if self.selected is None:
+            return self.total_length
+        return sum(f.length for i, f in enumerate(self.files) if self.selected[i] and not f.padding)
+
+    @cached_property
+    def needs_parts(self) -> bool:
+        """Some piece holds bytes of a selected file and of an unselected one (padding,
+        never stored, does not count)."""
+        files = self.files
+        return any(
+            not self.is_selected(s.file_index) and not files[s.file_index].padding
+            for piece in self._selected_in_piece
+            for s in self.piece_slices(piece)
+        )
 
     @property
     def num_pieces(self) -> int:
@@ -101,6 +182,7 @@ class Layout:
         )
 
 
+PARTS_NAME = ".mptorrent.parts"
 _ZEROS = bytes(1 << 20)
 
 
@@ -121,7 +203,12 @@ class Storage:
     pwrite an error), and costs less CPU per byte written on local disks too.
     """
 
-    def __init__(self, layout: Layout, *, writable: bool = False, io: IoMode = "mmap") -> None:
+    def __init__(
+        self, layout: Layout, *, writable: bool = False, io: IoMode = "mmap",
+        files: Collection[int] | None = None,
+    ) -> None:  # fmt: skip
+        """``files``: the files to open (default: the selected ones); the bytes of the others
+        are read from, and written to, the parts file where it holds them."""
         if io not in IO_MODES:
             raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
         self.layout = layout
@@ -129,11 +216,32 @@ class Storage:
         self.io = io
         self._maps: list[mmap.mmap | None] = [None] * len(layout.files)
         self._fds: list[int | None] = [None] * len(layout.files)
+        self._files = files
+        self._parts_fd: int | None = None
         self._open()
 
+    def _opens(self, i: int) -> bool:
+        return self.layout.is_selected(i) if self._files is None else i in self._files
+
+    def _open_parts(self) -> None:
+        path = self.layout.parts_path
+        if path is None:
+            return
+        try:
+            if self.writable and self.layout.needs_parts:
+                self._parts_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            elif not self.writable:
+                self._parts_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            pass  # nothing kept there yet
+        except OSError as exc:
+            if self.writable:
+                raise StorageError(f"cannot open {path}: {exc.strerror}") from None
+
     def _open(self) -> None:
+        self._open_parts()
         for i, (f, path) in enumerate(zip(self.layout.files, self.layout.paths, strict=True)):
-            if path is None or f.length == 0:
+            if path is None or f.length == 0 or not self._opens(i):
                 continue
             flags = (os.O_RDWR if self.writable else os.O_RDONLY) | os.O_NOFOLLOW
             try:
@@ -172,6 +280,9 @@ class Storage:
                     pass  # written pages are in the page cache; close the rest
         self._maps = [None] * len(self.layout.files)
         self._fds = [None] * len(self.layout.files)
+        if self._parts_fd is not None:
+            os.close(self._parts_fd)
+            self._parts_fd = None
 
     def __enter__(self) -> Storage:
         return self
@@ -189,19 +300,39 @@ class Storage:
                 yield memoryview(m)[s.file_offset : s.file_offset + s.length]
                 continue
             fd = self._fds[s.file_index]
+            offset = s.file_offset
             if fd is None:
-                raise _Unavailable
-            data = os.pread(fd, s.length, s.file_offset)
+                fd, offset = self._in_parts(s)
+            data = os.pread(fd, s.length, offset)
             if len(data) != s.length:
                 raise _Unavailable  # the file shrank under us
             yield memoryview(data)
 
+    def _in_parts(self, s: Slice) -> tuple[int, int]:
+        """Where a slice of a file that is not open lies in the parts file: (fd, offset)."""
+        fd = self._parts_fd
+        lay = self.layout
+        # a selected file that is missing is missing (its piece is not all zeros), unless
+        # the caller named the files to open (checker.recover_shared)
+        if fd is None or (self._files is None and lay.is_selected(s.file_index)):
+            raise _Unavailable
+        pos = lay.files[s.file_index].offset + s.file_offset
+        piece, within = divmod(pos, lay.piece_length)
+        rank = lay.parts_rank.get(piece)
+        if rank is None or within + s.length > lay.piece_length:
+            raise _Unavailable  # a piece of unselected files alone: nowhere here
+        return fd, rank * lay.piece_length + within
+
     def has_piece_data(self, index: int) -> bool:
-        """Every file under the piece is open (exists with the right size)."""
+        """Every file under the piece is open (exists with the right size), or the parts file
+        holds its bytes of the others."""
         start = index * self.layout.piece_length
+        shared = self._parts_fd is not None and index in self.layout.parts_rank
         for s in self.layout.slices(start, self.layout.piece_size(index)):
             i = s.file_index
-            if not self.layout.files[i].padding and self._maps[i] is None and self._fds[i] is None:
+            closed = self._maps[i] is None and self._fds[i] is None
+            in_parts = shared and (self._files is not None or not self.layout.is_selected(i))
+            if not self.layout.files[i].padding and closed and not in_parts:
                 return False
         return True
 
@@ -263,21 +394,29 @@ class Storage:
         for s in self.layout.slices(start, len(src)):
             m = self._maps[s.file_index]
             fd = self._fds[s.file_index]
+            offset = s.file_offset
+            path = self.layout.paths[s.file_index]
+            if m is None and fd is None and path is not None and self._parts_fd is not None:
+                # an unselected file's bytes of a shared piece: kept for a later selection
+                try:
+                    fd, offset = self._in_parts(s)
+                except _Unavailable:
+                    raise StorageError(f"{path} is not open for writing") from None
+                path = self.layout.parts_path
             if m is not None:
                 _prefault_write(m, s.file_offset, s.length)
                 m[s.file_offset : s.file_offset + s.length] = src[pos : pos + s.length]
             elif fd is not None:
                 try:
-                    _pwrite_all(fd, src[pos : pos + s.length], s.file_offset)
+                    _pwrite_all(fd, src[pos : pos + s.length], offset)
                 except OSError as exc:
                     # A disk error, not the peer's: it must end the fetch (exit 4), not
                     # pass for a connection error in the worker's socket handling.
-                    path = self.layout.paths[s.file_index]
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise DiskFull(f"disk full writing {path}") from None
                     raise StorageError(f"cannot write {path}: {exc.strerror}") from None
             elif not self.layout.files[s.file_index].padding:
-                raise StorageError(f"{self.layout.paths[s.file_index]} is not open for writing")
+                raise StorageError(f"{path} is not open for writing")
             pos += s.length
 
     def flush(self) -> None:
@@ -287,6 +426,8 @@ class Storage:
         for fd in self._fds:
             if fd is not None:
                 os.fsync(fd)
+        if self._parts_fd is not None:
+            os.fsync(self._parts_fd)
 
 
 class _Unavailable(Exception):
@@ -374,7 +515,8 @@ def _update_zeros(h: PieceHasher, n: int) -> None:
 def check_safe(layout: Layout, root: str | Path) -> None:
     """Refuse symlinks anywhere between ``root`` and each file (planted escapes)."""
     root_p = Path(os.path.abspath(root))
-    for path in layout.paths:
+    chosen = [p for i, p in enumerate(layout.paths) if layout.is_selected(i)]
+    for path in [*chosen, layout.parts_path if layout.needs_parts else None]:
         if path is None:
             continue
         p = Path(path)
@@ -406,8 +548,8 @@ def prepare(layout: Layout, root: str | Path) -> None:
     """
     check_safe(layout, root)
     need = 0
-    for f, path in zip(layout.files, layout.paths, strict=True):
-        if path is None:
+    for i, (f, path) in enumerate(zip(layout.files, layout.paths, strict=True)):
+        if path is None or not layout.is_selected(i):
             continue
         try:
             st = os.stat(path)
@@ -430,9 +572,9 @@ def prepare(layout: Layout, root: str | Path) -> None:
         raise DiskFull(
             f"not enough space in {base}: need {human_size(need)}, have {human_size(free)}"
         )
-    for f, path in zip(layout.files, layout.paths, strict=True):
-        if path is None:
-            continue
+    for i, (f, path) in enumerate(zip(layout.files, layout.paths, strict=True)):
+        if path is None or not layout.is_selected(i):
+            continue  # unselected files are not created (their shared bytes: parts file)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

@@ -9,7 +9,7 @@ is the one the command line would exit with.
 
 The DHT (BEP 5) is on by default, as on the command line (``dht=False`` is ``--no-dht``,
 ``dht_bootstrap`` ``--dht-bootstrap``, ``dht_port`` ``--dht-port``), never for a private
-torrent.  Parameters that belong to later issues (``only``, ``sequential``) are not here yet.
+torrent.  ``only``, ``sequential`` and ``stream`` (issue 16) are piece priorities in the picker.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import IO, TYPE_CHECKING, Literal, TypeAlias
 
 from mptorrent import events as ev
-from mptorrent.errors import BadTorrent, Cancelled, DownloadError, StorageError
+from mptorrent.errors import BadSelection, BadTorrent, Cancelled, DownloadError, StorageError
 from mptorrent.messages import PeerAddr
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 Source: TypeAlias = "str | os.PathLike[str] | bytes | Torrent"
 PeerLike: TypeAlias = "PeerAddr | tuple[str, int] | str"  # ("host", port) or "host:port"
 IoMode: TypeAlias = Literal["auto", "mmap", "pwrite"]
+Selector: TypeAlias = "str | int"  # a glob on the path inside the torrent, "#N", or N
 
 
 # -- torrents -------------------------------------------------------------------------------
@@ -146,6 +147,14 @@ class Torrent:
             TorrentFile("/".join(f.path), f.length) for f in self.meta.files if not f.padding
         )
 
+    def select(self, only: Iterable[Selector]) -> tuple[int, ...]:
+        """The indices (``mptorrent info``'s, padding files counted) of the files ``only``
+        names, as :func:`fetch` would download them; BadSelection (exit code 2) if one
+        selector names no file."""
+        from mptorrent.policy.select import select_files
+
+        return tuple(select_files(self.meta.files, only))
+
     @property
     def trackers(self) -> tuple[tuple[str, ...], ...]:
         """Tiers of announce URLs."""
@@ -166,8 +175,8 @@ class Torrent:
 class FetchResult:
     """A finished download: where it is, how big, how long it took."""
 
-    path: Path  # the file, or a multi-file torrent's folder
-    bytes: int  # the torrent's size (all of it is there and verified)
+    path: Path  # the file, or a multi-file torrent's folder; Path("-"): streamed, not kept
+    bytes: int  # the torrent's size, or the selected files' (``only``): all there, verified
     elapsed: float  # seconds, the metadata phase of a magnet link included
     info_hash: str  # hex
     downloaded: int  # bytes of pieces verified in this run (resumed ones not counted)
@@ -220,6 +229,9 @@ def fetch(
     seed_time: float | None = None,
     save_torrent: str | os.PathLike[str] | None = None,
     web_seeds: Iterable[str] = (),
+    only: Iterable[Selector] = (),
+    sequential: bool = False,
+    stream: IO[bytes] | None = None,
 ) -> FetchResult:
     """Download ``source`` (a .torrent path, its bytes, a magnet URI or a :class:`Torrent`)
     into ``output`` (default: ./NAME) and return once it is complete and verified.
@@ -241,13 +253,24 @@ def fetch(
     link's once its metadata is verified).  ``web_seeds``: HTTP(S) mirrors (BEP 19) to read
     from besides the torrent's ``url-list`` (a file for a single-file torrent, a directory
     ending in ``/`` for a multi-file one).
+
+    ``only``: download just the files these select (globs on the path inside the torrent,
+    ``"#N"`` or N for the file of index N; :meth:`Torrent.select`); the others are not
+    created, and the bytes of theirs that share a piece with a selected file wait in
+    ``.mptorrent.parts`` for a later call that selects more.  ``sequential``: pieces in
+    order, a read-ahead window first.  ``stream``: a binary file (a pipe) that receives
+    the one selected file's verified bytes in order as they arrive (pair it with
+    ``sequential=True``, as ``mptorrent fetch -o -`` does, or the first bytes wait for
+    rarest-first to reach them); without ``output`` the data goes to a temporary folder
+    removed at the end.  A reader that leaves early raises StreamClosed (exit code 141).
     """
     return _fetch(
         source, output, workers=workers, peers=_peers(peers), trackers=trackers,
         emit=on_event or ev.ignore, port=port, bind=bind, max_peers=max_peers,
         metadata_timeout=metadata_timeout, io=io, seed_ratio=seed_ratio, seed_time=seed_time,
         save_torrent=save_torrent, dht=dht, dht_bootstrap=_peers(dht_bootstrap),
-        dht_port=dht_port, web_seeds=_web_seeds(web_seeds),
+        dht_port=dht_port, web_seeds=_web_seeds(web_seeds), only=tuple(only),
+        sequential=sequential, stream=stream,
     )  # fmt: skip
 
 
@@ -258,13 +281,15 @@ def _fetch(
     seed_time: float | None, save_torrent: str | os.PathLike[str] | None, dht: bool,
     dht_bootstrap: tuple[PeerAddr, ...], dht_port: int | None,
     web_seeds: tuple[str, ...] = (),
+    only: tuple[Selector, ...] = (), sequential: bool = False, stream: IO[bytes] | None = None,
 ) -> FetchResult:  # fmt: skip
     t0 = time.monotonic()
     torrent, opts = prepare(
         source, workers=workers, peers=peers, trackers=trackers, emit=emit, port=port,
         bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
         seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
-        dht_bootstrap=dht_bootstrap, dht_port=dht_port, web_seeds=web_seeds,
+        dht_bootstrap=dht_bootstrap, dht_port=dht_port, web_seeds=web_seeds, only=only,
+        sequential=sequential, stream=stream,
     )  # fmt: skip
     return download(torrent, output, opts, emit, t0)
 
@@ -279,6 +304,7 @@ def prepare(
     dht_bootstrap: tuple[tuple[str, int], ...] = (), dht_port: int | None = None,
     stall_timeout: float = 300.0,  # coordinator.STALL_TIMEOUT (imported lazily here)
     web_seeds: tuple[str, ...] = (),
+    only: tuple[Selector, ...] = (), sequential: bool = False, stream: IO[bytes] | None = None,
 ) -> tuple[Torrent, FetchOptions]:  # fmt: skip
     """:func:`fetch`'s first half, apart for the command line (which runs the second,
     :func:`download`, under its own signal handling): the torrent (a magnet link's metadata
@@ -307,6 +333,15 @@ def prepare(
     _warn(warn, torrent.meta.warnings)
     _save(torrent, save_torrent)  # a .torrent: after its warnings
     meta = torrent.meta
+    selected = torrent.select(only) if only else None  # BadSelection before anything else
+    if stream is not None:
+        streamed = [i for i, f in enumerate(meta.files) if not f.padding]
+        if selected is not None:
+            streamed = [i for i in streamed if i in selected]
+        if len(streamed) != 1:
+            raise BadSelection(
+                f"-o - streams one file, and {len(streamed)} are selected: choose one with --only"
+            )
     peers = tuple(dict.fromkeys((*torrent.peers, *peers)))
     mirrors = web_seed_urls(meta, web_seeds)
     if (
@@ -322,6 +357,7 @@ def prepare(
         seed_after=_seed_after(meta.total_length, seed_ratio, seed_time, on_seeding),
         dht=dht, dht_bootstrap=dht_bootstrap, dht_port=dht_port, stall_timeout=stall_timeout,
         web_seeds=web_seeds,
+        only=selected, sequential=sequential, stream=stream,
     )  # fmt: skip
     return torrent, opts
 
@@ -338,12 +374,36 @@ def download(
     meta = torrent.meta
     out = None if output is None else Path(output)
     emit(metadata_event(meta))
-    res = run_fetch(meta, out, opts, emit)
+    scratch = None
+    if opts.stream is not None and out is None:
+        # streamed and not kept: the workers still need files to write verified pieces into
+        scratch = _scratch_dir()
+        out = scratch / meta.name
+    try:
+        res = run_fetch(meta, out, opts, emit)
+    finally:
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
     return FetchResult(
-        path=output_path(meta, out), bytes=meta.total_length, elapsed=time.monotonic() - t0,
-        info_hash=meta.info_hash_hex, downloaded=res.downloaded, resumed=res.resumed_pieces,
-        peers_used=res.peers_used,
+        path=Path("-") if scratch is not None else output_path(meta, out),
+        bytes=res.total_length, elapsed=time.monotonic() - t0, info_hash=meta.info_hash_hex,
+        downloaded=res.downloaded, resumed=res.resumed_pieces, peers_used=res.peers_used,
     )  # fmt: skip
+
+
+def _scratch_dir() -> Path:
+    """A fresh folder for a streamed download's data, under $XDG_CACHE_HOME/mptorrent (on
+    disk: /tmp is often memory, too small for a film)."""
+    import tempfile
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mptorrent"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="stream-", dir=cache))
+    except OSError as exc:
+        raise StorageError(f"cannot make a folder in {cache}: {exc.strerror}") from None
 
 
 def _warn(warn: Callable[[str], None] | None, warnings: Iterable[str]) -> None:
@@ -540,12 +600,16 @@ def start(
     seed_time: float | None = None,
     save_torrent: str | os.PathLike[str] | None = None,
     web_seeds: Iterable[str] = (),
+    only: Iterable[Selector] = (),
+    sequential: bool = False,
+    stream: IO[bytes] | None = None,
 ) -> Download:
     """Begin :func:`fetch` on a thread and return its :class:`Download` handle at once.
     ``on_event`` (if given) is called on that thread."""
     peer_addrs = _peers(peers)  # a bad one is a ValueError here, not on the thread
     boot = _peers(dht_bootstrap)
     mirrors = _web_seeds(web_seeds)
+    selectors = tuple(only)
 
     def run(sink: ev.EventSink) -> FetchResult:
         return _fetch(
@@ -553,6 +617,7 @@ def start(
             port=port, bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
             seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
             dht_bootstrap=boot, dht_port=dht_port, web_seeds=mirrors,
+            only=selectors, sequential=sequential, stream=stream,
         )  # fmt: skip
 
     return Download(run, on_event)
@@ -581,17 +646,32 @@ def verify(
     *,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    only: Iterable[Selector] = (),
 ) -> VerifyResult:
     """Check the data at ``path`` against ``torrent`` (``on_progress`` gets bytes checked,
-    as they are); unlike ``mptorrent verify``, an incomplete result is not an error."""
+    as they are); unlike ``mptorrent verify``, an incomplete result is not an error.
+
+    ``only``: check just the pieces of the files these select (as :func:`fetch` would
+    fetch them; shared pieces are read with the parts file); ``pieces`` is then how many
+    pieces that is."""
     from mptorrent.disk import checker
     from mptorrent.disk.storage import Layout
     from mptorrent.mp import default_jobs
 
     t = torrent if isinstance(torrent, Torrent) else Torrent.load(torrent)
-    layout = Layout.for_torrent(t.meta, Path(path))
-    report = checker.verify(t.meta, layout, jobs=workers or default_jobs(), progress=on_progress)
-    return VerifyResult(t.pieces, report.valid_count, tuple(report.invalid), tuple(report.missing))
+    selectors = tuple(only)
+    layout = Layout.for_torrent(t.meta, Path(path), t.select(selectors) if selectors else None)
+    wanted = [i for i, p in enumerate(layout.priorities()) if p]
+    partial = layout.selected is not None
+    report = checker.verify(
+        t.meta, layout, jobs=workers or default_jobs(), progress=on_progress,
+        pieces=wanted if partial else None,
+        # a shared piece's other bytes: from its file if there, else from the parts file
+        files=range(len(layout.files)) if partial else None,
+    )  # fmt: skip
+    return VerifyResult(
+        len(wanted), report.valid_count, tuple(report.invalid), tuple(report.missing)
+    )
 
 
 def create(
@@ -681,6 +761,7 @@ def seed(
 
 
 __all__ = [
-    "Download", "FetchResult", "SeedResult", "Source", "Torrent", "TorrentFile", "VerifyResult",
+    "Download", "FetchResult", "SeedResult", "Selector", "Source", "Torrent", "TorrentFile",
+    "VerifyResult",
     "create", "fetch", "seed", "start", "verify",
 ]  # fmt: skip

@@ -26,13 +26,21 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, assert_never
+from typing import IO, TYPE_CHECKING, Literal, assert_never
 
 from mptorrent import events as ev
 from mptorrent.disk import checker
 from mptorrent.disk.storage import IoChoice, Layout, Storage, choose_io, prepare
 from mptorrent.engine.pool import Batch, Exit, WorkerPool
-from mptorrent.errors import DownloadError, MptorrentError, OutputLocked, StorageError
+from mptorrent.engine.stream import PieceStream
+from mptorrent.errors import (
+    BadSelection,
+    DownloadError,
+    MptorrentError,
+    OutputLocked,
+    StorageError,
+    StreamClosed,
+)
 from mptorrent.messages import (
     AddPeers,
     DhtNodeLearned,
@@ -66,6 +74,8 @@ if TYPE_CHECKING:
     from mptorrent.netio.dht import Dht
 
 AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
+WINDOW_BYTES = 4 << 20  # --sequential: read-ahead raised to HIGH (its head to DEADLINE)
+MIN_WINDOW = 4  # pieces, however large they are
 MIN_AHEAD, MAX_AHEAD = 2, 64
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STALL_TIMEOUT = 300.0  # no data received (no peer found, or none sends) for this long: exit 1
@@ -130,6 +140,10 @@ class FetchOptions:
     dht_port: int | None = None  # UDP port of the DHT node; None: the listening port
     stall_timeout: float = STALL_TIMEOUT  # no data received for this long: give up
     web_seeds: tuple[str, ...] = ()  # BEP 19 mirrors besides the torrent's url-list (--web-seed)
+    # selective and streaming (issue 16): all three are piece priorities in the picker
+    only: tuple[int, ...] | None = None  # indices of the files wanted; None: every file
+    sequential: bool = False  # in order, a read-ahead window first (rarest first inside)
+    stream: IO[bytes] | None = None  # write the one selected file here, in order
 
 
 @dataclass(frozen=True)
@@ -178,8 +192,13 @@ class Coordinator:
         self.output = output_path(meta, output)
         self.opts = opts
         self.emit: ev.EventSink = progress or ev.ignore
-        self.layout = Layout.for_torrent(meta, self.output)
+        self.layout = Layout.for_torrent(meta, self.output, opts.only)
+        self.total = self.layout.selected_length  # what completion means: selected bytes
+        self.sequential = opts.sequential
         self.io = choose_io(opts.io, self.output)
+        self.stream: PieceStream | None = None
+        if opts.stream is not None:
+            self.stream = self._make_stream(opts.stream)
         self.ctx = context()
         self.peer_id = tracker.make_peer_id()
         self.slots = [_Slot(w) for w in range(max(1, opts.jobs))]
@@ -218,6 +237,9 @@ class Coordinator:
         self.dht: Dht | None = None
         self._lock_fd: int | None = None
         self.ahead = max(MIN_AHEAD, min(MAX_AHEAD, AHEAD_BYTES // meta.piece_length))
+        self.window = max(MIN_WINDOW, WINDOW_BYTES // meta.piece_length)
+        if self.sequential:  # deeper queues would hold the window's next pieces behind others
+            self.ahead = max(MIN_AHEAD, min(self.ahead, self.window))
         self.first_ahead = max(MIN_AHEAD, self.ahead // 4)
         # Trackers record the address a request comes from: announce from the one we bind.
         source = None if opts.bind in (None, "0.0.0.0", "::") else opts.bind
@@ -263,14 +285,46 @@ class Coordinator:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def _make_stream(self, out: IO[bytes]) -> PieceStream:
+        """The one file to stream: a single-file torrent's, or the one ``only`` selects."""
+        lay = self.layout
+        chosen = [i for i, f in enumerate(lay.files) if not f.padding and lay.is_selected(i)]
+        if len(chosen) != 1:
+            raise BadSelection(
+                f"-o - streams one file, and {len(chosen)} are selected: choose one with --only"
+            )
+        f = lay.files[chosen[0]]
+        return PieceStream(lay, f.offset, f.offset + f.length, out, self.io)
+
     def _prepare_storage(self) -> bytearray:
-        existed = any(p is not None and os.path.exists(p) for p in self.layout.paths)
-        prepare(self.layout, self.output)
+        lay = self.layout
+        chosen = [p if lay.is_selected(i) else None for i, p in enumerate(lay.paths)]
+        fresh = {i for i, p in enumerate(chosen) if p is not None and not os.path.exists(p)}
+        parts = lay.parts_path is not None and os.path.exists(lay.parts_path)
+        existed = parts or any(p is not None and os.path.exists(p) for p in chosen)
+        prepare(lay, self.output)
         if not existed:
             return bytearray(self.meta.num_pieces)
         self.emit(ev.CheckingExisting())
-        report = checker.verify(self.meta, self.layout, jobs=len(self.slots))
+        prio = lay.priorities()
+        wanted = [i for i, p in enumerate(prio) if p]
+        report = checker.verify(self.meta, lay, jobs=len(self.slots), pieces=wanted)
+        # --only changed since the last run: shared pieces may be split between the parts
+        # file and files of the earlier selection (a few pieces: one per file boundary)
+        if parts and (report.invalid or report.missing):
+            bad = sorted(report.invalid + report.missing)
+            for i in checker.recover_shared(self.meta, lay, bad, fresh):
+                report.valid[i] = 1
         return report.valid
+
+    def _drop_parts(self) -> None:
+        """Every file is selected and complete: the parts file holds nothing needed."""
+        path = self.layout.parts_path
+        if self.layout.selected is None and path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def run(self) -> FetchResult:
         """Download (and seed after, if asked), reporting through the event sink.
@@ -306,14 +360,19 @@ class Coordinator:
     def _run(self, t0: float) -> FetchResult:
         have = self._prepare_storage()
         resumed = sum(have)
-        self.picker = Picker(self.meta.num_pieces, have)
+        self.picker = Picker(
+            self.meta.num_pieces, have, priority=self.layout.priorities(),
+            sequential=self.sequential, window=self.window,
+        )  # fmt: skip
         self.done_bytes = self._done_bytes(have)
-        self.emit(
-            ev.Started(self.meta.total_length, self.done_bytes, self.meta.num_pieces, resumed)
-        )
+        self.emit(ev.Started(self.total, self.done_bytes, self.meta.num_pieces, resumed))
         seed_after = self.opts.seed_after
         was_complete = self.picker.remaining == 0
+        if self.stream is not None:
+            self.stream.begin(have)
         if was_complete and seed_after is None:
+            self._drop_parts()
+            self._finish_stream()
             return self._result(t0, resumed)
         self.done_map[: self.meta.num_pieces] = have
         for addr in self.opts.peers:
@@ -327,13 +386,17 @@ class Coordinator:
                 for slot in self.slots:
                     self._start(slot)
                 self._loop()
+                self._drop_parts()
                 if seed_after is not None:
                     self._seed(seed_after, t0, resumed, announce_completed=not was_complete)
             except BaseException:
+                if self.stream is not None:
+                    self.stream.stop()
                 self._stop_workers()
                 self._announce_all("stopped", wait=2.0)
                 raise
             self._stop_workers()
+            self._finish_stream()
             self._drain_counts()
             if seed_after is None:
                 # fetch does not stay to seed: say we completed, then that we left
@@ -384,11 +447,25 @@ class Coordinator:
             self.announcer.exclude_peer(bind, self.listen[1])
 
     def _done_bytes(self, have: bytes | bytearray) -> int:
-        return sum(self.layout.piece_size(i) for i, h in enumerate(have) if h)
+        prio = self.picker.priority
+        return sum(self.layout.wanted_size(i) for i, h in enumerate(have) if h and prio[i])
+
+    def _finish_stream(self) -> None:
+        """Complete: wait for the stream's last bytes to reach its reader."""
+        if self.stream is None:
+            return
+        if not self.stream.finish():
+            self._stream_closed()
+
+    def _stream_closed(self) -> None:
+        s = self.stream
+        assert s is not None
+        why = s.error or "the stream ended early"
+        raise StreamClosed(f"{why} after {s.written} of {s.end - s.start} bytes")
 
     def _result(self, t0: float, resumed: int) -> FetchResult:
         return FetchResult(
-            total_length=self.meta.total_length,
+            total_length=self.total,
             downloaded=self.verified_bytes,
             elapsed=time.monotonic() - t0,
             resumed_pieces=resumed,
@@ -467,7 +544,7 @@ class Coordinator:
         if not self.announcer or not self.opts.use_trackers:
             return
         threads = self.announcer.announce(
-            event=event, left=self.meta.total_length - self.done_bytes,
+            event=event, left=self.total - self.done_bytes,
             downloaded=self.verified_bytes, uploaded=self.uploaded,
             on_result=self._tracker_result, wait=wait,
         )  # fmt: skip
@@ -479,7 +556,7 @@ class Coordinator:
             return
         threads = self.announcer.maybe_reannounce(
             now, peers_low=peers < min(PEERS_LOW, self.opts.max_peers),
-            left=self.meta.total_length - self.done_bytes, downloaded=self.verified_bytes,
+            left=self.total - self.done_bytes, downloaded=self.verified_bytes,
             uploaded=self.uploaded, on_result=self._tracker_result,
         )  # fmt: skip
         if threads:
@@ -597,13 +674,14 @@ class Coordinator:
                 # with the DHT, new peers may still come: --stall-timeout decides
                 if self.dht is None and now - last_peer_seen > self.opts.no_peers_timeout:
                     raise DownloadError(self._no_peers_reason())
+            if self.stream is not None and self.stream.closed:
+                self._stream_closed()  # the player quit: stop fetching what nobody reads
             if now - last_progress < PROGRESS_EVERY and self.picker.remaining:
                 continue
             last_progress = now
             alive = self.pool.alive()
             self.emit(ev.Progress(
-                self.done_bytes, self.meta.total_length, peers, alive, self.downloaded,
-                self.uploaded,
+                self.done_bytes, self.total, peers, alive, self.downloaded, self.uploaded,
             ))  # fmt: skip
 
     def _take_inbox(self, timeout: float) -> None:
@@ -749,9 +827,11 @@ class Coordinator:
         if not self.picker.finished(index):
             return
         self.done_map[index] = 1
+        if self.stream is not None:
+            self.stream.piece_done(index)
         size = self.layout.piece_size(index)
         self.verified_bytes += size
-        self.done_bytes += size
+        self.done_bytes += self.layout.wanted_size(index)  # of a shared piece: selected bytes
         if worker is not None:
             self.pieces_per_worker[worker] = self.pieces_per_worker.get(worker, 0) + 1
         if peers:  # credited to the peer that sent most of its blocks

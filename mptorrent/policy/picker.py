@@ -3,6 +3,13 @@
 The coordinator owns the truth of every piece's state here; the work queue is
 only the delivery pipe.  Order: the first few pieces at random (so there is
 soon something to trade), then rarest first with random ties.
+
+Each piece also has a :class:`Priority`, one mechanism for every way of steering the
+order: ``SKIP`` pieces are never picked and do not count towards completion
+(``--only``); ``HIGH`` and ``DEADLINE`` pieces are picked before any ``NORMAL`` one,
+rarest first within their class (``--sequential``'s read-ahead window, whose head is
+``DEADLINE``).  Raised pieces are expected to be few (a window), so they sit in a small
+set scanned before the shared order: the normal path costs one byte lookup more.
 """
 
 from __future__ import annotations
@@ -31,13 +38,35 @@ DONE: Final = PieceState.DONE
 RANDOM_FIRST = 4  # libtorrent's initial_picker_threshold
 
 
+class Priority(IntEnum):
+    """How much a piece is wanted, one byte per piece in :attr:`Picker.priority`."""
+
+    SKIP = 0  # not wanted: never picked, not counted in ``remaining``
+    NORMAL = 1  # rarest first (sequential mode: in index order)
+    HIGH = 2  # before every NORMAL piece, rarest first among them
+    DEADLINE = 3  # before every HIGH piece: a reader is waiting for it
+
+
+SKIP: Final = Priority.SKIP
+NORMAL: Final = Priority.NORMAL
+HIGH: Final = Priority.HIGH
+DEADLINE: Final = Priority.DEADLINE
+DEADLINE_PIECES = 2  # sequential: the first pieces of the window a reader waits on
+
+
 class Picker:
     """Each piece's state, owners and availability; the coordinator's alone, the one place a piece
     is leased to a worker. DONE is final; endgame lets two workers hold a piece."""
 
     def __init__(
-        self, num_pieces: int, have: bytes | bytearray | None = None, *, seed: int | None = None
-    ) -> None:
+        self, num_pieces: int, have: bytes | bytearray | None = None, *, seed: int | None = None,
+        priority: bytes | bytearray | None = None, sequential: bool = False, window: int = 0,
+    ) -> None:  # fmt: skip
+        """``priority``: one :class:`Priority` byte per piece (default all NORMAL).
+
+        ``sequential``: NORMAL pieces in index order, and a read-ahead ``window`` of wanted
+        pieces from the first one not done is raised to HIGH (its first
+        ``DEADLINE_PIECES`` to DEADLINE), sliding as pieces complete."""
         self.num_pieces = num_pieces
         self.state = bytearray(num_pieces)
         if have is not None:
@@ -45,6 +74,24 @@ class Picker:
                 if h:
                     self.state[i] = DONE
         self.done = self.state.count(DONE)
+        if priority is None:
+            self.priority = bytearray([NORMAL]) * num_pieces
+        else:
+            if len(priority) != num_pieces:
+                raise ValueError("one priority per piece")
+            self.priority = bytearray(priority)
+        # wanted pieces not done yet: what completion waits for
+        self._left = sum(
+            1 for s, pr in zip(self.state, self.priority, strict=True) if s != DONE and pr
+        )
+        self._raised: set[int] = set()  # pieces above NORMAL (few: a window)
+        for i, pr in enumerate(self.priority):
+            if pr > NORMAL:
+                self._raised.add(i)
+        self.sequential = sequential
+        self.window = max(0, window)
+        self._head = 0  # sequential: the first wanted piece not done
+        self._raised_to = 0  # sequential: pieces below this have entered the window
         self.availability = [0] * num_pieces
         self._peer_bits: dict[Hashable, bytes] = {}
         self.owner: dict[int, set[int]] = {}  # piece -> workers that took it
@@ -57,6 +104,7 @@ class Picker:
         # the shared rarest-first order has got to
         self._wavail: dict[int, array[int]] = {}
         self._wcursor: dict[int, int] = {}
+        self.slide_window()
 
     # -- availability ---------------------------------------------------------
 
@@ -123,13 +171,16 @@ class Picker:
             self._built_at = now
 
     def _rebuild(self) -> None:
+        prio = self.priority
         needed = [
             i
             for i in range(self.num_pieces)
-            if self.state[i] == NEEDED and self.availability[i] > 0
+            if self.state[i] == NEEDED and self.availability[i] > 0 and prio[i]
         ]
         keys = {i: self._rng.random() for i in needed}
-        if self.done + self.picked < RANDOM_FIRST:
+        if self.sequential:
+            pass  # index order, as built
+        elif self.done + self.picked < RANDOM_FIRST:
             needed.sort(key=keys.__getitem__)
         else:
             needed.sort(key=lambda i: (self.availability[i], keys[i]))
@@ -153,17 +204,31 @@ class Picker:
 
     def _scan_for(self, worker: int, wav: array[int], n: int) -> list[int]:
         self._maybe_rebuild(exhausted=False)
-        order, state = self._order, self.state
+        order, state, prio = self._order, self.state, self.priority
+        out = self._scan_raised(wav, n) if self._raised else []
         k = self._wcursor.get(worker, 0)
-        out: list[int] = []
         # The cursor is this worker's own: pieces it cannot serve stay NEEDED for others.
         while len(out) < n and k < len(order):
             i = order[k]
             k += 1
-            if state[i] == NEEDED and wav[i]:
+            if state[i] == NEEDED and wav[i] and prio[i]:
                 out.append(i)
                 state[i] = QUEUED
         self._wcursor[worker] = k
+        return out
+
+    def _scan_raised(self, wav: array[int], n: int) -> list[int]:
+        """HIGH and DEADLINE pieces this worker can fetch: the higher class first, then
+        the rarest, then the lowest index (a window is small: sorted on every scan)."""
+        state, prio, avail = self.state, self.priority, self.availability
+        done = [i for i in self._raised if state[i] == DONE]
+        for i in done:
+            self._raised.discard(i)
+        ready = [i for i in self._raised if state[i] == NEEDED and wav[i]]
+        ready.sort(key=lambda i: (-prio[i], avail[i], i))
+        out = ready[:n]
+        for i in out:
+            state[i] = QUEUED
         return out
 
     def endgame_for(self, worker: int, n: int) -> list[int]:
@@ -176,6 +241,8 @@ class Picker:
             if worker not in owners and self.state[i] == TAKEN and wav[i] and len(owners) < 2
         ]  # fmt: skip
         self._rng.shuffle(out)
+        if self._raised:  # a reader waits for those: duplicate them first
+            out.sort(key=lambda i: -self.priority[i])
         out = out[:n]
         for i in out:
             self.took(i, worker)
@@ -186,11 +253,48 @@ class Picker:
         wav = self._wavail.get(worker)
         if wav is None:
             return False
-        return any(self.state[i] == NEEDED and wav[i] for i in range(self.num_pieces))
+        s, prio = self.state, self.priority
+        return any(s[i] == NEEDED and wav[i] and prio[i] for i in range(self.num_pieces))
 
     @property
     def remaining(self) -> int:
-        return self.num_pieces - self.done
+        """Wanted pieces (not SKIP) not verified yet: the fetch is complete at 0."""
+        return self._left
+
+    # -- priorities -----------------------------------------------------------
+
+    def set_priority(self, index: int, priority: Priority) -> None:
+        """Change one piece's priority; O(1) (a change to or from SKIP re-sorts later)."""
+        old = self.priority[index]
+        if old == priority:
+            return
+        self.priority[index] = priority
+        if self.state[index] != DONE and (old == SKIP) != (priority == SKIP):
+            self._left += 1 if old == SKIP else -1
+            self._dirty = True  # the shared order gains or loses the piece
+        if priority > NORMAL:
+            self._raised.add(index)
+        else:
+            self._raised.discard(index)
+
+    def slide_window(self) -> None:
+        """Sequential mode: move the window's head past done (and skipped) pieces and raise
+        the pieces entering it.  Amortised O(1) per piece: both ends only move forward."""
+        if not self.sequential:
+            return
+        n, state, prio = self.num_pieces, self.state, self.priority
+        h = self._head
+        while h < n and (state[h] == DONE or prio[h] == SKIP):
+            h += 1
+        self._head = h
+        end = min(n, h + self.window)
+        for i in range(max(self._raised_to, h), end):
+            if prio[i] and state[i] != DONE:
+                self.set_priority(i, HIGH)
+        self._raised_to = max(self._raised_to, end)
+        for i in range(h, min(n, h + DEADLINE_PIECES)):
+            if prio[i] == HIGH:
+                self.set_priority(i, DEADLINE)
 
     # -- transitions ----------------------------------------------------------
 
@@ -206,6 +310,10 @@ class Picker:
             return False
         self.state[index] = DONE
         self.done += 1
+        if self.priority[index]:
+            self._left -= 1
+        if self.sequential and index == self._head:
+            self.slide_window()
         return True
 
     def release(self, index: int, worker: int | None = None) -> None:

@@ -560,7 +560,7 @@ def test_a11_length_and_files_is_read_as_multi_file(tmp_path: Path) -> None:
     t.write_bytes(torrent(info))
     r = run(["info", t])
     assert r.exit_code == 0
-    assert r.stdout.splitlines()[-3:] == ["  album/", "    a  (7 B)", "    b  (7 B)"]
+    assert r.stdout.splitlines()[-3:] == ["  album/", "    a  (7 B)  #0", "    b  (7 B)  #1"]
 
 
 # -- A12 / A19: odd names are accepted and always shown escaped ----------------------------
@@ -602,8 +602,8 @@ def test_a12_a19_info_output_never_carries_raw_control_characters(tmp_path: Path
     assert lines[0] == "name:        evil\\x1b[2J\\x1b]0;pwned\\x07\\u202egpj.exe"
     assert "comment:     see \\x1b[1mthis\\x1b[0m" in lines
     assert "created by:  \\x1b[?1049h" in lines
-    assert "      Icon\\r  (10 B)" in lines
-    assert "      bidi\\u202etxt.exe  (10 B)" in lines
+    assert "      Icon\\r  (10 B)  #0" in lines
+    assert "      bidi\\u202etxt.exe  (10 B)  #1" in lines
     assert "    \\x1b[31mred/" in lines and "    nl\\nx/" in lines
     r = run(["info", "--json", t])
     assert r.exit_code == 0
