@@ -35,7 +35,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TARGETS = (
-    "bencode", "metainfo", "wire", "tracker", "magnet", "ext", "dht", "v2", "webseed", "select",
+    "bencode",
+    "metainfo",
+    "wire",
+    "tracker",
+    "magnet",
+    "ext",
+    "dht",
+    "v2",
+    "webseed",
+    "select",
 )
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 

@@ -158,6 +158,7 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
     "webseed": [
         (RangeClient, "next_event", _raise),
         (RangeClient, "_data", lambda self, data: Body(bytes(data) + b"x")),
+    ],
     "select": [
         (fuzz_select, "select_files", _raise),
         (fuzz_select, "select_files", lambda files, sels: [len(files)]),
