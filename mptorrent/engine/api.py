@@ -194,6 +194,8 @@ def fetch(
     seed_ratio: float | None = None,
     seed_time: float | None = None,
     save_torrent: str | os.PathLike[str] | None = None,
+    max_download_rate: int | None = None,
+    max_upload_rate: int | None = None,
 ) -> FetchResult:
     """Download ``source`` (a .torrent path, its bytes, a magnet URI or a :class:`Torrent`)
     into ``output`` (default: ./NAME) and return once it is complete and verified.
@@ -207,12 +209,16 @@ def fetch(
     connections until uploaded/size reaches the ratio or the time is up, whichever comes
     first (the call returns then).  ``save_torrent``: write the .torrent there (a magnet
     link's once its metadata is verified).
+
+    ``max_download_rate`` / ``max_upload_rate``: bytes a second for all workers together
+    (None or 0: no limit); ``max_peers``: connections for all workers together.
     """
     return _fetch(
         source, output, workers=workers, peers=_peers(peers), trackers=trackers,
         emit=on_event or ev.ignore, port=port, bind=bind, max_peers=max_peers,
         metadata_timeout=metadata_timeout, io=io, seed_ratio=seed_ratio, seed_time=seed_time,
-        save_torrent=save_torrent,
+        save_torrent=save_torrent, max_download_rate=max_download_rate,
+        max_upload_rate=max_upload_rate,
     )  # fmt: skip
 
 
@@ -221,12 +227,14 @@ def _fetch(
     peers: tuple[PeerAddr, ...], trackers: bool, emit: ev.EventSink, port: int, bind: str,
     max_peers: int, metadata_timeout: float, io: IoMode, seed_ratio: float | None,
     seed_time: float | None, save_torrent: str | os.PathLike[str] | None,
+    max_download_rate: int | None = None, max_upload_rate: int | None = None,
 ) -> FetchResult:  # fmt: skip
     t0 = time.monotonic()
     torrent, opts = prepare(
         source, workers=workers, peers=peers, trackers=trackers, emit=emit, port=port,
         bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
         seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent,
+        max_download_rate=max_download_rate, max_upload_rate=max_upload_rate,
     )  # fmt: skip
     return download(torrent, output, opts, emit, t0)
 
@@ -240,6 +248,7 @@ def prepare(
     peer_option: str = "peer", dht: bool = False,
     dht_bootstrap: tuple[tuple[str, int], ...] = (), dht_port: int | None = None,
     stall_timeout: float = 300.0,  # coordinator.STALL_TIMEOUT (imported lazily here)
+    max_download_rate: int | None = None, max_upload_rate: int | None = None,
 ) -> tuple[Torrent, FetchOptions]:  # fmt: skip
     """:func:`fetch`'s first half, apart for the command line (which runs the second,
     :func:`download`, under its own signal handling): the torrent (a magnet link's metadata
@@ -252,6 +261,7 @@ def prepare(
     from mptorrent.mp import default_jobs
     from mptorrent.proto.magnet import is_magnet, parse_magnet
 
+    _check_limits(max_peers, max_download_rate, max_upload_rate)  # before any network
     if isinstance(source, Torrent):
         torrent = source
     elif isinstance(source, str) and is_magnet(source):
@@ -278,8 +288,17 @@ def prepare(
         use_trackers=trackers, io=io, sources=torrent.peer_sources,
         seed_after=_seed_after(meta.total_length, seed_ratio, seed_time, on_seeding),
         dht=dht, dht_bootstrap=dht_bootstrap, dht_port=dht_port, stall_timeout=stall_timeout,
+        max_download_rate=max_download_rate or None, max_upload_rate=max_upload_rate or None,
     )  # fmt: skip
     return torrent, opts
+
+
+def _check_limits(max_peers: int, *rates: int | None) -> None:
+    if max_peers < 1:
+        raise ValueError("max_peers must be at least 1")
+    for rate in rates:
+        if rate is not None and rate < 0:
+            raise ValueError("a rate limit must be 0 (none) or more bytes a second")
 
 
 def download(
@@ -492,16 +511,20 @@ def start(
     seed_ratio: float | None = None,
     seed_time: float | None = None,
     save_torrent: str | os.PathLike[str] | None = None,
+    max_download_rate: int | None = None,
+    max_upload_rate: int | None = None,
 ) -> Download:
     """Begin :func:`fetch` on a thread and return its :class:`Download` handle at once.
     ``on_event`` (if given) is called on that thread."""
     peer_addrs = _peers(peers)  # a bad one is a ValueError here, not on the thread
+    _check_limits(max_peers, max_download_rate, max_upload_rate)
 
     def run(sink: ev.EventSink) -> FetchResult:
         return _fetch(
             source, output, workers=workers, peers=peer_addrs, trackers=trackers, emit=sink,
             port=port, bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
             seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent,
+            max_download_rate=max_download_rate, max_upload_rate=max_upload_rate,
         )  # fmt: skip
 
     return Download(run, on_event)
@@ -599,11 +622,13 @@ def seed(
     dht: bool = False,
     dht_bootstrap: tuple[tuple[str, int], ...] = (),
     dht_port: int | None = None,
+    max_upload_rate: int | None = None,
 ) -> SeedResult:
     """Serve ``path``'s data until ``until(bytes uploaded)`` is true (checked a few times a
     second) or KeyboardInterrupt; ``on_ready`` gets the port once peers can connect (as
     ``on_event`` gets :class:`~mptorrent.events.SeedingReady`).  The data is verified
-    first: ``on_progress`` gets bytes checked, as they are."""
+    first: ``on_progress`` gets bytes checked, as they are.  ``max_upload_rate``: bytes a
+    second for all workers together (None or 0: no limit)."""
     from mptorrent.engine.seeder import Seeder
     from mptorrent.mp import default_jobs
 
@@ -611,7 +636,7 @@ def seed(
     seeder = Seeder(
         t.meta, Path(path), jobs=workers or default_jobs(), bind=bind, port=port, io=io,
         use_trackers=trackers, events=on_event, dht=dht, dht_bootstrap=dht_bootstrap,
-        dht_port=dht_port,
+        dht_port=dht_port, max_upload_rate=max_upload_rate or None,
         until=None if until is None else (lambda stats: until(stats.uploaded)),
     )  # fmt: skip
     if on_ready is not None:

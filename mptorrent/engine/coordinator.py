@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal, assert_never
 from mptorrent import events as ev
 from mptorrent.disk import checker
 from mptorrent.disk.storage import IoChoice, Layout, Storage, choose_io, prepare
+from mptorrent.engine.limits import Limits, peer_shares
 from mptorrent.engine.pool import Batch, Exit, WorkerPool
 from mptorrent.errors import DownloadError, MptorrentError, OutputLocked, StorageError
 from mptorrent.messages import (
@@ -52,7 +53,7 @@ from mptorrent.messages import (
     WorkerStats,
 )
 from mptorrent.mp import context
-from mptorrent.netio.announcer import Announcer, TierResult, redact
+from mptorrent.netio.announcer import Announcer, TierResult, numwant_for, redact
 from mptorrent.netio.peer import Timeouts
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
@@ -123,6 +124,9 @@ class FetchOptions:
     dht_bootstrap: tuple[tuple[str, int], ...] = ()  # empty: the saved table, else the routers
     dht_port: int | None = None  # UDP port of the DHT node; None: the listening port
     stall_timeout: float = STALL_TIMEOUT  # no data received for this long: give up
+    # global limits, across all workers (engine/limits.py); None: unlimited
+    max_download_rate: int | None = None  # bytes a second
+    max_upload_rate: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,12 @@ class Coordinator:
             self.ctx, len(self.slots), run, self.done_raw, self._deliver,
             name="mptorrent-worker",
         )  # fmt: skip
+        # --max-peers is for the whole client: each worker gets its share
+        self.peer_shares = peer_shares(opts.max_peers, len(self.slots))
+        self.limits = Limits(
+            self.ctx, len(self.slots), download=opts.max_download_rate,
+            upload=opts.max_upload_rate,
+        )  # fmt: skip
         self.seeding_acks = 0  # workers that answered SeedOnly
         self.downloaded = 0  # payload bytes received, from worker stats
         self.uploaded = 0
@@ -211,7 +221,7 @@ class Coordinator:
         source = None if opts.bind in (None, "0.0.0.0", "::") else opts.bind
         self.announcer = Announcer(
             meta.trackers, info_hash=meta.info_hash, peer_id=self.peer_id, port=opts.port,
-            source_address=source,
+            source_address=source, numwant=numwant_for(opts.max_peers, len(self.slots)),
         )  # fmt: skip
 
     # -- set-up -------------------------------------------------------------
@@ -312,6 +322,7 @@ class Coordinator:
             if self.opts.use_trackers and self.announcer:
                 self._announce_all("started", wait=None)
             try:
+                self.limits.start()
                 for slot in self.slots:
                     self._start(slot)
                 self._loop()
@@ -328,6 +339,7 @@ class Coordinator:
                 self._announce_all("completed", wait=3.0)
             self._announce_all("stopped", wait=2.0)
         finally:
+            self.limits.stop()
             if self._holder is not None:
                 self._holder.close()
             if self.dht is not None:
@@ -399,8 +411,13 @@ class Coordinator:
         if self.listen is not None and _is_us(addr, self.listen):
             return
         self.known.add(addr)
-        slot = min(self.slots, key=lambda s: len(s.peers))
+        slot = min(self._dialling(), key=lambda s: len(s.peers))
         self._give(slot, addr)
+
+    def _dialling(self) -> list[_Slot]:
+        """The workers that may hold connections (with fewer --max-peers than workers, a
+        worker's share can be none)."""
+        return [s for s in self.slots if self.peer_shares[s.wid]]
 
     def _pex_learned(self, msg: PexLearned) -> None:
         """Peers a worker's peer told it about (BEP 11): dialled like tracker peers, up to
@@ -443,7 +460,7 @@ class Coordinator:
         usable = self.known - self.banned.keys()
         if not usable:
             return
-        for slot in self.slots:
+        for slot in self._dialling():
             if not slot.peers:
                 users = {a: sum(a in s.peers for s in self.slots) for a in usable}
                 self._give(slot, min(users, key=lambda a: (users[a], str(a))))
@@ -480,11 +497,12 @@ class Coordinator:
         """Start the slot's worker, or restart it after it died of ``restart``."""
         cfg = WorkerConfig(
             worker_id=slot.wid, meta=self.meta, layout=self.layout, peers=tuple(slot.peers),
-            parent_pid=os.getpid(), max_peers=self.opts.max_peers,
+            parent_pid=os.getpid(), max_peers=self.peer_shares[slot.wid],
             banned=tuple(self.banned), listen=self.listen, client_id=self.peer_id[8:],
             timeouts=self.opts.timeouts, io=self.io,
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
             seed_only=self.picker.remaining == 0,  # a restart while seeding, or nothing to get
+            download_limit=self.limits.download_cells, upload_limit=self.limits.upload_cells,
         )  # fmt: skip
         if restart is None:
             slot.gen = self.pool.start(slot.wid, cfg)

@@ -160,12 +160,13 @@ class PeerSession:
         del self.out[:n]
         return bool(self.out)
 
-    def receive(self) -> bool:
-        """One ``recv_into``; False when the peer closed the connection."""
+    def receive(self, max_bytes: int = RECV_SIZE) -> bool:
+        """One ``recv_into`` of at most ``max_bytes`` (a rate limit's share); False when the
+        peer closed the connection."""
         assert self.sock is not None
         buf = self.wire.get_buffer(RECV_SIZE)
         try:
-            n = self.sock.recv_into(buf)
+            n = self.sock.recv_into(buf, min(max_bytes, len(buf)))
         except BlockingIOError:
             return True
         finally:

@@ -52,6 +52,7 @@ from mptorrent.messages import (
     WorkerStats,
     WorkQueue,
 )
+from mptorrent.mp import RateCells
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
 from mptorrent.proto import wire
@@ -62,11 +63,14 @@ from mptorrent.worker.upload import Uploader
 TICK = 0.05
 RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 MAX_CONNECTS = 12  # connection attempts per address per worker, successful ones included
+MAX_HALF_OPEN = 8  # connections in progress (TCP connect or handshake) per worker
+CONNECTS_PER_TURN = 10  # new connection attempts per look (every 0.2 s, or on AddPeers)
 SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
 CONTROL_EVERY = 0.02  # seconds between looks at the control queue
 IDLE_TICK = 0.005  # select timeout of a worker with no piece in hand
 REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
+LIMITED_TICK = 0.005  # select timeout while a rate limit's balance is used up
 
 
 @dataclass
@@ -88,6 +92,9 @@ class WorkerConfig:
     source_address: str | None = None  # dial out from this address (the one we bind)
     io: IoMode = "mmap"  # how verified pieces reach the output
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # global rate limits (engine/limits.py): the shared counters, None when unlimited
+    download_limit: RateCells | None = None
+    upload_limit: RateCells | None = None
 
 
 class _SelfConnection(Exception):
@@ -155,6 +162,7 @@ class _Worker:
     to_tell: list[int] = field(default_factory=list)  # verified here, HAVE not yet sent
     seed_only: bool = False  # serve, never request (from the start, or after SeedOnly)
     complete_peers: set[PeerAddr] = field(default_factory=set)  # seeds we left as a seed
+    rx_paused: bool = False  # the download limit's balance is used up: sockets not read
 
     def __post_init__(self) -> None:
         # Serve-only workers open read-only: a file missing from partial data leaves its
@@ -181,6 +189,9 @@ class _Worker:
         self.told = bytearray(self.have)
         self.seed_only = self.cfg.seed_only
         self.uploader = Uploader(self.storage, self.have, seeding=self.seed_only)
+        self.rx_limit = self.cfg.download_limit
+        if self.cfg.upload_limit is not None:
+            self.uploader.limit = _Budget(self.cfg.upload_limit, self.cfg.worker_id)
         self.ext = WorkerExtensions(
             meta,
             worker_id=self.cfg.worker_id,
@@ -221,7 +232,12 @@ class _Worker:
             # A worker with no piece in hand waits for work, peers or (at the end) Stop,
             # which arrive on queues the selector cannot watch: look at them often.
             idle = not policy.jobs and not self.seed_only
-            events = self.sel.select(IDLE_TICK if idle else TICK)
+            timeout = IDLE_TICK if idle else TICK
+            if self.rx_limit is not None and self._pace_reads():
+                timeout = LIMITED_TICK  # tokens come back every few milliseconds
+            elif self.uploader.starved():
+                timeout = min(timeout, LIMITED_TICK)
+            events = self.sel.select(timeout)
             self.now = policy.now = time.monotonic()
             for key, mask in events:
                 if key.data is None:
@@ -304,7 +320,7 @@ class _Worker:
             self._greet(p)
             self.peers[addr] = p
             self.uploader.attach(p)
-            self.sel.register(sock, selectors.EVENT_READ, p)
+            self._watch(p, self._reading())
 
     def _session(self, addr: PeerAddr) -> _Peer:
         return _Peer(
@@ -372,8 +388,12 @@ class _Worker:
 
     def _connect_peers(self, now: float) -> None:
         live = sum(1 for p in self.peers.values() if p.state != CLOSED)
+        # Paced: a swarm of hundreds is not dialled all at once (a home router's NAT
+        # table, and the peers that answer first are the ones we keep anyway).
+        half_open = sum(1 for p in self.peers.values() if p.connecting and not p.inbound)
+        budget = CONNECTS_PER_TURN
         for addr, r in self.retry.items():
-            if live >= self.cfg.max_peers:
+            if live >= self.cfg.max_peers or half_open >= MAX_HALF_OPEN or budget <= 0:
                 return
             if addr in self.peers or addr in self.banned or r.next_at > now:
                 continue
@@ -393,6 +413,8 @@ class _Worker:
             self.peers[addr] = p
             self.sel.register(p.sock, selectors.EVENT_WRITE, p)
             live += 1
+            half_open += 1
+            budget -= 1
 
     def _drop(self, p: _Peer, reason: str, *, ban: bool = False) -> None:
         if p.sock is not None and p.state != CLOSED:
@@ -445,12 +467,11 @@ class _Worker:
                     p.finish_connect()
                     self._greet(p)
                     self.uploader.attach(p)
-                    assert p.sock is not None
-                    self.sel.modify(p.sock, selectors.EVENT_READ, p)
+                    self._watch(p, self._reading())
                     self._flush(p)
                 return
             if mask & selectors.EVENT_READ:
-                if not p.receive():
+                if not self._receive(p):
                     self._drop(p, "closed by peer")
                     return
                 self._process(p)
@@ -476,13 +497,59 @@ class _Worker:
             return
         # Requests still queued for upload count as more to send: the buffer may have
         # drained in one send, and waiting for readability would stall them a tick.
+        want = self._reading()
         if more or self.uploader.backlogged(p):
-            want = selectors.EVENT_READ | selectors.EVENT_WRITE
-        else:
-            want = selectors.EVENT_READ
-        key = self.sel.get_key(p.sock)
-        if key.events != want:
+            want |= selectors.EVENT_WRITE
+        self._watch(p, want)
+
+    def _watch(self, p: _Peer, want: int) -> None:
+        """Have the selector watch ``p``'s socket for ``want`` (0: not at all)."""
+        assert p.sock is not None
+        key = self.sel.get_map().get(p.sock)
+        if key is None:
+            if want:
+                self.sel.register(p.sock, want, p)
+        elif not want:
+            self.sel.unregister(p.sock)
+        elif key.events != want:
             self.sel.modify(p.sock, want, p)
+
+    # -- the download limit -----------------------------------------------------
+    # While the shared balance is used up no socket is watched for reading: the peers'
+    # TCP windows fill and they slow down.  The loop polls the balance every few ms.
+
+    def _reading(self) -> int:
+        return 0 if self.rx_paused else selectors.EVENT_READ
+
+    def _receive(self, p: _Peer) -> bool:
+        """One read from ``p``, within the download limit; False when the peer closed."""
+        lim = self.rx_limit
+        if lim is None:
+            return p.receive()
+        wid = self.cfg.worker_id
+        balance = lim.balance(wid)
+        if balance <= 0:
+            self.rx_paused = True
+            return True
+        # at least a block's worth: a read may overdraw by that, paid back next tick
+        before = p.bytes_in
+        alive = p.receive(max(balance, wire.BLOCK_SIZE))
+        lim.spend(wid, p.bytes_in - before)
+        return alive
+
+    def _pace_reads(self) -> bool:
+        """True while the download limit holds reads back (the loop then polls often)."""
+        assert self.rx_limit is not None
+        paused = self.rx_limit.balance(self.cfg.worker_id) <= 0
+        if paused != self.rx_paused:
+            self.rx_paused = paused
+            for p in self.peers.values():
+                if p.sock is None or p.state in (CLOSED, CONNECTING):
+                    continue
+                key = self.sel.get_map().get(p.sock)
+                writing = key.events & selectors.EVENT_WRITE if key is not None else 0
+                self._watch(p, writing | self._reading())
+        return paused
 
     def _process(self, p: _Peer) -> None:
         conn = p.wire
@@ -614,6 +681,22 @@ class _Worker:
         else:
             self.banned.add(addr)
             self._emit(PeerBanned(self.cfg.worker_id, addr, reason))
+
+
+class _Budget:
+    """This worker's draw on a global limit's shared counters (``worker.upload.Budget``)."""
+
+    __slots__ = ("cells", "wid")
+
+    def __init__(self, cells: RateCells, wid: int) -> None:
+        self.cells = cells
+        self.wid = wid
+
+    def balance(self) -> int:
+        return self.cells.balance(self.wid)
+
+    def spend(self, n: int) -> None:
+        self.cells.spend(self.wid, n)
 
 
 def _parent_alive(parent_pid: int) -> bool:

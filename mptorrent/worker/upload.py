@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
+from typing import Protocol
 
 from mptorrent.disk.storage import Storage
 from mptorrent.errors import ProtocolError
@@ -35,6 +36,15 @@ OPTIMISTIC_EVERY = 30.0
 # BEP 6 Allowed Fast pieces offered to each peer.  Few: a peer can collect a set per /24
 # it connects from, and each set is served regardless of the rechoke.
 ALLOWED_FAST_SENT = 4
+
+
+class Budget(Protocol):
+    """A global upload limit as one worker draws on it (``worker.process`` gives the shared
+    counters of ``engine/limits.py``)."""
+
+    def balance(self) -> int: ...
+
+    def spend(self, n: int) -> None: ...
 
 
 class UploadState:
@@ -65,6 +75,7 @@ class Uploader:
         self._last_rechoke = 0.0
         self._last_optimistic = 0.0
         self.uploaded = 0
+        self.limit: Budget | None = None  # a global upload limit; None: unlimited
 
     def attach(self, p: PeerSession) -> None:
         self.state[p] = UploadState()
@@ -150,14 +161,23 @@ class Uploader:
         """Requests are queued that serve() has not put in the send buffer yet (a choked
         peer's queue holds only requests for pieces we allowed it fast)."""
         st = self.state.get(p)
-        return st is not None and bool(st.queue)
+        return st is not None and bool(st.queue) and not self.starved()
+
+    def starved(self) -> bool:
+        """The upload limit's balance is used up: nothing is served until it comes back."""
+        return self.limit is not None and self.limit.balance() <= 0
 
     def serve(self, p: PeerSession) -> None:
         """Move queued requests into the send buffer, up to the high-water mark."""
         st = self.state.get(p)
         if st is None or p.state != ACTIVE:
             return
+        limit = self.limit
         while st.queue and len(p.out) < SEND_HIGH_WATER:
+            if limit is not None:
+                if limit.balance() <= 0:
+                    return  # the next tick brings more (a block may overdraw: paid back)
+                limit.spend(st.queue[0][2])
             index, begin, length = st.queue.popleft()
             start = index * self.storage.layout.piece_length + begin
             block = self.storage.read(start, length)

@@ -1,0 +1,123 @@
+"""policy/ratelimit.py: the global limit's share-out and the CLI's rate values (sans-IO)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mptorrent.engine.limits import peer_shares
+from mptorrent.policy.ratelimit import RateShare, TokenBucket, burst_for, parse_rate
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [("20M", 20 * MiB), ("512K", 512 << 10), ("1.5M", 3 * MiB // 2), ("100000", 100000),
+     ("0", 0), ("2G", 2 << 30), ("20MiB", 20 * MiB), ("20m/s", 20 * MiB), (" 4 M ", 4 * MiB)],
+)  # fmt: skip
+def test_parse_rate(text: str, rate: int) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize(
+    "text", ["", "M", "-1M", "fast", "nanM", "infK", "1e400", "12T", "0.5", "1" * 30, "2P"]
+)
+def test_parse_rate_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        parse_rate(text)
+
+
+def simulate(share: RateShare, demand: list[float], seconds: float, dt: float = 0.02) -> list[int]:
+    """Workers that would each take ``demand[i]`` bytes/s, drawing what their balance allows
+    (a read may overdraw by one 16 KiB block); their spent totals at the end."""
+    n = len(demand)
+    spent = [0] * n
+    granted = share.tick(0.0, spent)
+    t = 0.0
+    while t < seconds - 1e-9:
+        t += dt
+        for i in range(n):
+            want = int(demand[i] * dt)
+            while want > 0 and granted[i] - spent[i] > 0:
+                take = min(want, max(granted[i] - spent[i], 16384))
+                spent[i] += take
+                want -= take
+        granted = share.tick(t, spent)
+    return spent
+
+
+@pytest.mark.parametrize("workers", [1, 2, 8])
+def test_share_holds_the_global_rate(workers: int) -> None:
+    rate = 20 * MiB
+    share = RateShare(rate, workers)
+    spent = simulate(share, [50 * MiB] * workers, 10.0)
+    total = sum(spent)
+    assert rate * 10 * 0.95 <= total <= rate * 10 + share.burst + workers * 16384
+
+
+def test_share_follows_the_traffic() -> None:
+    # one worker has all the fast peers: it gets (nearly) the whole rate
+    rate = 20 * MiB
+    share = RateShare(rate, 4)
+    spent = simulate(share, [100 * MiB, 0, 0, 0], 5.0)
+    assert spent[0] >= rate * 5 * 0.9
+    assert sum(spent) <= rate * 5 + share.burst + 16384
+
+
+def test_share_splits_between_uneven_workers() -> None:
+    # a slow worker takes what it can, the rest goes to the fast one
+    rate = 20 * MiB
+    share = RateShare(rate, 2)
+    spent = simulate(share, [2 * MiB, 100 * MiB], 5.0)
+    assert spent[0] >= 2 * MiB * 5 * 0.9
+    assert sum(spent) >= rate * 5 * 0.93
+
+
+def test_share_never_saves_more_than_a_burst() -> None:
+    # idle for a minute, then everyone at once: at most one burst above the rate
+    share = RateShare(MiB, 2)
+    spent = [0, 0]
+    share.tick(0.0, spent)
+    granted = share.tick(60.0, spent)
+    assert sum(g - s for g, s in zip(granted, spent, strict=True)) <= share.burst
+
+
+def test_share_takes_back_debt() -> None:
+    share = RateShare(MiB, 1)
+    granted = share.tick(0.0, [0])
+    overdrawn = granted[0] + 200_000
+    # 0.1 s earns ~105 KB, not enough to pay back 200 KB: nothing to spend yet
+    granted = share.tick(0.1, [overdrawn])
+    assert granted[0] - overdrawn <= 0
+    granted = share.tick(0.4, [overdrawn])
+    assert granted[0] - overdrawn > 0
+
+
+def test_share_refuses_wrong_counts() -> None:
+    share = RateShare(MiB, 2)
+    with pytest.raises(ValueError):
+        share.tick(0.0, [0])
+    with pytest.raises(ValueError):
+        RateShare(0, 1)
+
+
+def test_token_bucket() -> None:
+    b = TokenBucket(1000, burst=2000)
+    assert b.available(0.0) == 2000
+    b.take(2500)  # overdrawn: the debt is paid first
+    assert b.available(0.0) == 0
+    assert b.wait(0.0) == pytest.approx(0.501)
+    assert b.available(1.0) == 500
+    assert b.available(100.0) == 2000  # never more than the burst
+
+
+def test_burst_floor() -> None:
+    assert burst_for(1024) == 64 << 10
+    assert burst_for(20 * MiB) == 2 * MiB
+
+
+def test_peer_shares_add_up() -> None:
+    assert peer_shares(50, 8) == [7, 7, 6, 6, 6, 6, 6, 6]
+    assert sum(peer_shares(50, 8)) == 50
+    assert peer_shares(50, 1) == [50]
+    assert peer_shares(3, 8) == [1, 1, 1, 0, 0, 0, 0, 0]  # five workers stay idle
