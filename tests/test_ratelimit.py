@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mptorrent.engine.limits import peer_shares
-from mptorrent.policy.ratelimit import RateShare, TokenBucket, burst_for, parse_rate
+from mptorrent.policy.ratelimit import MAX_GAP, RateShare, TokenBucket, burst_for, parse_rate
 
 MiB = 1 << 20
 
@@ -77,9 +77,21 @@ def test_share_never_saves_more_than_a_burst() -> None:
     # idle for a minute, then everyone at once: at most one burst above the rate
     share = RateShare(MiB, 2)
     spent = [0, 0]
-    share.tick(0.0, spent)
-    granted = share.tick(60.0, spent)
-    assert sum(g - s for g, s in zip(granted, spent, strict=True)) <= share.burst
+    for i in range(3000):
+        granted = share.tick(i * 0.02, spent)
+    assert sum(g - s for g, s in zip(granted, spent, strict=True)) <= share.burst + 1
+    # one late tick (the thread held up) hands out at most MAX_GAP seconds' worth
+    granted = share.tick(1000.0, spent)
+    assert sum(granted) - sum(spent) <= share.burst + MAX_GAP * MiB
+
+
+def test_a_late_tick_pays_for_its_gap() -> None:
+    # the coordinator's thread was held up for 0.3 s while the workers waited for tokens:
+    # they get what those 0.3 s earned, not just a burst
+    share = RateShare(20 * MiB, 2)
+    spent = share.tick(0.0, [0, 0])  # everything granted is spent
+    granted = share.tick(0.3, spent)
+    assert sum(granted) - sum(spent) == pytest.approx(0.3 * 20 * MiB, abs=2)
 
 
 def test_share_takes_back_debt() -> None:

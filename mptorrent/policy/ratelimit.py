@@ -9,7 +9,8 @@ moment can wedge nobody.
 Every tick the coordinator calls :meth:`RateShare.tick` with the clock and every
 worker's *spent* total, and writes back the *granted* totals it returns.  A tick takes
 back every balance (it may be negative: a worker may overdraw by one read), adds the
-tokens earned since the last tick, keeps at most ``burst`` in all, and hands the lot
+tokens earned since the last tick, keeps at most ``burst`` of what went unspent (a tick
+that comes late still hands out all it earned, up to ``MAX_GAP``), and hands the lot
 out again in proportion to what each worker spent in the last tick, doubled for a
 worker that spent nearly all it had (it would have spent more), plus a small equal
 floor so an idle worker can start.  So what all workers together spend from time 0
@@ -25,11 +26,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["BURST_SECONDS", "TICK", "RateShare", "TokenBucket", "parse_rate"]
+__all__ = ["BURST_SECONDS", "MAX_GAP", "TICK", "RateShare", "TokenBucket", "parse_rate"]
 
 TICK: Final = 0.02  # seconds between the coordinator's share-outs
 BURST_SECONDS: Final = 0.1  # tokens saved up at most: a tenth of a second at the full rate
 MIN_BURST: Final = 64 << 10  # ... but never less than a few blocks (very low limits)
+MAX_GAP: Final = 1.0  # seconds of tokens one late tick may hand out (then the burst rules)
 HUNGRY: Final = 0.1  # a worker left with less than this share of its grant wants more
 FLOOR: Final = 0.05  # share of each tick's tokens spread equally, so idle workers can start
 
@@ -128,13 +130,17 @@ class RateShare:
         if len(spent) != n:
             raise ValueError(f"{len(spent)} spent counters for {n} workers")
         last = self._last
-        earned = float(self.burst) if last is None else max(0.0, now - last) * self.rate
+        if last is None:
+            earned = float(self.burst)
+        else:  # a tick that comes late (a busy machine) still pays for its whole gap
+            earned = min(MAX_GAP, max(0.0, now - last)) * self.rate
         if self._last is None or now > self._last:
             self._last = now
         balances = [g - s for g, s in zip(self.granted, spent, strict=True)]
         used = [max(0, s - p) for s, p in zip(spent, self._spent, strict=True)]
         self._spent = list(spent)
-        pool = min(float(self.burst), sum(balances) + earned)
+        # What workers left unspent is kept up to a burst; what this tick earned, in full.
+        pool = min(max(float(self.burst), earned), sum(balances) + earned)
         if pool <= 0:
             # In debt (overdrawn reads): nothing to hand out; balances stay as they are.
             return list(self.granted)
