@@ -133,3 +133,16 @@ def test_peer_shares_add_up() -> None:
     assert sum(peer_shares(50, 8)) == 50
     assert peer_shares(50, 1) == [50]
     assert peer_shares(3, 8) == [1, 1, 1, 0, 0, 0, 0, 0]  # five workers stay idle
+
+
+def test_fuzz_target_on_its_seeds_and_random_text() -> None:
+    import random
+
+    from fuzz import fuzz_rate
+
+    for seed in fuzz_rate.seeds():
+        fuzz_rate.TestOneInput(seed)
+    rng = random.Random(18)
+    alphabet = b"0123456789.eE+-_ kKmMgGbBiI/sSnaNfx\x00\xff"
+    for _ in range(5000):
+        fuzz_rate.TestOneInput(bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 12))))
