@@ -55,6 +55,7 @@ from mptorrent.messages import (
 from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult, numwant_for, redact
 from mptorrent.netio.peer import Timeouts
+from mptorrent.policy.peertable import PeerTable
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
@@ -181,6 +182,8 @@ class Coordinator:
         self.peer_id = tracker.make_peer_id()
         self.slots = [_Slot(w) for w in range(max(1, opts.jobs))]
         self.known: set[PeerAddr] = set()
+        # bounds ``known`` (3,000 peers) and keeps each one's history (policy/peertable.py)
+        self.table: PeerTable[PeerAddr] = PeerTable()
         self.sources: dict[PeerAddr, ev.PeerSource] = {}  # where we first heard of each
         self.banned: dict[PeerAddr, str] = {}
         self.inbox: queue.Queue[InboxItem] = queue.Queue()
@@ -410,6 +413,10 @@ class Coordinator:
             return
         if self.listen is not None and _is_us(addr, self.listen):
             return
+        if not self.table.add(addr, time.monotonic()):
+            return  # the table is full of peers we are connected to
+        if len(self.known) >= len(self.table):  # it forgot some to make room
+            self.known.intersection_update(self.table.peers)
         self.known.add(addr)
         slot = min(self._dialling(), key=lambda s: len(s.peers))
         self._give(slot, addr)
@@ -696,9 +703,11 @@ class Coordinator:
                 if msg.bits is None:
                     if msg.peer in slot.reported:
                         slot.reported.discard(msg.peer)
+                        self.table.closed(msg.peer, time.monotonic(), useful=True)
                         self.emit(ev.PeerGone(wid, msg.peer))
                 elif msg.peer not in slot.reported:
                     slot.reported.add(msg.peer)
+                    self.table.connected(msg.peer, time.monotonic())
                     # not dialled by us (no source): it connected to our port
                     self.emit(
                         ev.PeerConnected(wid, msg.peer, self.sources.get(msg.peer, "incoming"))
@@ -710,6 +719,7 @@ class Coordinator:
             case PeerBanned():
                 if msg.peer not in self.banned:
                     self.banned[msg.peer] = msg.reason
+                    self.table.ban(msg.peer)
                     self.emit(ev.PeerBanned(msg.peer, msg.reason, wid))
             case WorkerStats():
                 slot.stats_peers = msg.peers
