@@ -146,3 +146,23 @@ def test_fuzz_target_on_its_seeds_and_random_text() -> None:
     alphabet = b"0123456789.eE+-_ kKmMgGbBiI/sSnaNfx\x00\xff"
     for _ in range(5000):
         fuzz_rate.TestOneInput(bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 12))))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_download_rate": -1}, {"max_upload_rate": -5}, {"max_peers": 0}]
+)
+def test_api_refuses_bad_limits_before_anything_else(kwargs: dict[str, int]) -> None:
+    import mptorrent
+
+    # the source is not even a torrent: the limits are checked first
+    with pytest.raises(ValueError, match=r"max_peers|rate limit"):
+        mptorrent.fetch(b"not a torrent", **kwargs)
+    with pytest.raises(ValueError, match=r"max_peers|rate limit"):
+        mptorrent.start(b"not a torrent", **kwargs)
+
+
+def test_api_seed_refuses_a_negative_rate() -> None:
+    import mptorrent
+
+    with pytest.raises(ValueError, match="rate limit"):
+        mptorrent.seed(b"not a torrent", "/nonexistent", max_upload_rate=-1)

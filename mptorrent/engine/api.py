@@ -632,6 +632,7 @@ def seed(
     from mptorrent.engine.seeder import Seeder
     from mptorrent.mp import default_jobs
 
+    _check_limits(1, max_upload_rate)
     t = torrent if isinstance(torrent, Torrent) else Torrent.load(torrent)
     seeder = Seeder(
         t.meta, Path(path), jobs=workers or default_jobs(), bind=bind, port=port, io=io,
