@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mptorrent.engine.limits import peer_shares
@@ -166,3 +168,36 @@ def test_api_seed_refuses_a_negative_rate() -> None:
 
     with pytest.raises(ValueError, match="rate limit"):
         mptorrent.seed(b"not a torrent", "/nonexistent", max_upload_rate=-1)
+
+
+def test_numwant_is_the_peers_wanted_up_to_what_trackers_give() -> None:
+    from mptorrent.netio.announcer import numwant_for
+
+    assert numwant_for(50) == 50
+    assert numwant_for(50, 2) == 100
+    assert numwant_for(50, 8) == 200  # trackers usually hand out 200 at most
+    assert numwant_for(1000, 1) == 200
+
+
+def test_coordinator_shares_max_peers_and_asks_trackers_for_them(tmp_path: Path) -> None:
+    import hashlib
+
+    from mptorrent.engine.coordinator import Coordinator, FetchOptions
+    from mptorrent.messages import PeerAddr
+    from mptorrent.proto import metainfo
+
+    data = metainfo.build(
+        name="t", piece_length=16384, pieces=hashlib.sha1(bytes(16384)).digest(),
+        files=[(("a.bin",), 16384)], trackers=[["http://127.0.0.1:1/announce"]],
+    )  # fmt: skip
+    meta = metainfo.parse(data)
+    opts = FetchOptions(jobs=8, max_peers=10, max_download_rate=MiB, use_trackers=True)
+    c = Coordinator(meta, tmp_path / "out", opts)
+    assert c.announcer.numwant == 80
+    assert c.peer_shares == [2, 2, 1, 1, 1, 1, 1, 1]
+    assert c.limits.download_cells is not None and c.limits.upload_cells is None
+    # a peer never goes to a worker whose share is none
+    c3 = Coordinator(meta, tmp_path / "out3", FetchOptions(jobs=3, max_peers=2))
+    for i in range(6):
+        c3._add_peer(PeerAddr(f"127.0.3.{i + 1}", 6881), "tracker")
+    assert [len(s.peers) for s in c3.slots] == [3, 3, 0]
