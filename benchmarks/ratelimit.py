@@ -15,7 +15,9 @@ worker start-up and the tracker's reply included), the steady rate (bytes after 
 verified piece / the time from it to the last), their error against the cap, and the wall
 time of the whole process (start-up and shutdown included).  libtorrent's figures are its
 bytes over its time from adding the torrent to ``torrent_finished`` (its local peer class
-limited too: libtorrent exempts loopback peers otherwise).  The cap holds when the average is
+limited too: libtorrent exempts loopback peers otherwise).  ``--upload`` adds ``mptorrent seed
+-j N --max-upload-rate RATE`` on 127.0.0.23 serving a libtorrent leecher alone (its rate is
+the payload over the leecher's time).  The cap holds when the average is
 within 5% of it.
 JSON goes to benchmarks/results/ratelimit.json.
 """
@@ -36,6 +38,7 @@ import vs_anchors
 from common import MiB
 from vs_anchors import Client, Workload
 
+UPLOAD_SEED_IP = "127.0.0.23"
 HEADERS = ["client", "cap MiB/s", "runs", "average MiB/s", "error", "steady MiB/s", "error",
            "wall s", "peak RssAnon MiB"]  # fmt: skip
 
@@ -102,6 +105,32 @@ def libtorrent_run(
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def upload_run(
+    setup: vs_anchors.SwarmSetup, jobs: int, rate_text: str, out_dir: Path, timeout: float
+) -> dict[str, float]:
+    """``mptorrent seed -j N --max-upload-rate RATE`` alone serves a libtorrent leecher."""
+    from tests.interop.test_seed import mptorrent_seed
+    from tests.swarm import LtPeer
+
+    out_dir.mkdir(parents=True)
+    try:
+        with mptorrent_seed(
+            setup.torrent, setup.payload_root, UPLOAD_SEED_IP, "--no-trackers",
+            "--max-upload-rate", rate_text, jobs=jobs,
+        ) as seed:  # fmt: skip
+            leecher = LtPeer(setup.torrent.read_bytes(), out_dir, ip=vs_anchors.LT_IP,
+                             role="leech", use_trackers=False)  # fmt: skip
+            with leecher:
+                leecher.wait_ready(timeout)
+                leecher.connect([seed.addr])
+                secs = leecher.wait_finished(timeout)
+            seed.interrupt()
+        total = setup.workload.total
+        return {"average": total / secs, "steady": total / secs, "wall": secs, "anon": 0}
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rate", default="20M", help="the cap (default 20M: 20 MiB/s)")
@@ -109,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", default="1,2,8", help="mptorrent worker counts (default 1,2,8)")
     ap.add_argument("--runs", type=int, default=2, help="runs per client (default 2)")
     ap.add_argument("--no-libtorrent", action="store_true", help="leave the libtorrent leecher out")
+    ap.add_argument("--upload", action="store_true",
+                    help="also: mptorrent seed -j N --max-upload-rate to a libtorrent leecher")  # fmt: skip
     common.add_run_options(ap, settle=10.0)
     ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/...)")
     args = ap.parse_args(argv)
@@ -118,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [int(j) for j in args.jobs.split(",")]
     wl = Workload("rate", f"{common.human(size)} file, 1 MiB pieces", MiB, size=size)
     labels = [f"mptorrent -j {j}" for j in jobs] + ([] if args.no_libtorrent else ["libtorrent"])
+    if args.upload:
+        labels += [f"mptorrent seed -j {j}" for j in jobs]
     samples: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     args.dir.mkdir(parents=True, exist_ok=True)
     common.check_space(args.dir, 2 * size + 64 * MiB)
@@ -134,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                     n += 1
                     if label == "libtorrent":
                         got = libtorrent_run(setup, rate, out, args.timeout)
+                    elif label.startswith("mptorrent seed"):
+                        got = upload_run(setup, int(label.split()[-1]), args.rate, out,
+                                         args.timeout)  # fmt: skip
                     else:
                         got = mptorrent_run(setup, int(label.split()[-1]), args.rate, out,
                                             args.timeout)  # fmt: skip

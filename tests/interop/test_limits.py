@@ -8,8 +8,12 @@ Small caps on small payloads keep these tests short; benchmarks/ratelimit.py hol
 from __future__ import annotations
 
 import json
+import selectors
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,3 +129,49 @@ def test_bad_rate_is_one_line(option: str, value: str, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "rate" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_worker_has_at_most_eight_connections_half_open(
+    case16: TorrentCase, tmp_path: Path, fresh_ip: IpSource
+) -> None:
+    # twenty peers that accept the connection and never answer the handshake: a worker
+    # dials eight of them and waits (the handshake timeout is 15 s) before dialling more
+    listeners = []
+    for _ in range(20):
+        s = socket.socket()
+        s.bind((fresh_ip(), 0))
+        s.listen(4)
+        listeners.append(s)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_all() -> None:
+        sel = selectors.DefaultSelector()
+        for s in listeners:
+            sel.register(s, selectors.EVENT_READ)
+        while not stop.is_set():
+            for key, _ in sel.select(0.05):
+                conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                accepted.append(conn)
+
+    t = threading.Thread(target=accept_all, daemon=True)
+    t.start()
+    torrent = write_torrent(tmp_path, case16.torrent)
+    peers = [a for s in listeners for a in ("--peer", "{}:{}".format(*s.getsockname()))]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mptorrent", *no_dht(["fetch", str(torrent), "-o",
+         str(tmp_path / "out.bin"), "-j", "1", "--no-trackers", "--bind", fresh_ip(),
+         "--port", "0", "-q", *peers])],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert len(accepted) == 8
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+        stop.set()
+        t.join(2)
+        for c in [*accepted, *listeners]:
+            c.close()
