@@ -529,8 +529,7 @@ class _Worker:
         wid = self.cfg.worker_id
         balance = lim.balance(wid)
         if balance <= 0:
-            self.rx_paused = True
-            return True
+            return True  # used up by an earlier read of this turn: _pace_reads pauses next
         # at least a block's worth: a read may overdraw by that, paid back next tick
         before = p.bytes_in
         alive = p.receive(max(balance, wire.BLOCK_SIZE))
