@@ -97,3 +97,17 @@ def test_the_default_cap_holds_for_a_huge_swarm() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         PeerTable(0)
+
+
+def test_a_worker_dials_new_peers_then_good_ones_then_failed_ones() -> None:
+    from mptorrent.worker.process import _dial_order, _Retry
+
+    retry = {
+        addr(1): _Retry(attempts=3, failures=2),  # failed twice in a row
+        addr(2): _Retry(),  # never tried
+        addr(3): _Retry(attempts=1, failures=0),  # delivered, then left
+        addr(4): _Retry(attempts=1, failures=1),
+        addr(5): _Retry(),
+    }
+    order = [a for a, _ in sorted(retry.items(), key=_dial_order)]
+    assert order == [addr(2), addr(5), addr(3), addr(4), addr(1)]

@@ -392,7 +392,10 @@ class _Worker:
         # table, and the peers that answer first are the ones we keep anyway).
         half_open = sum(1 for p in self.peers.values() if p.connecting and not p.inbound)
         budget = CONNECTS_PER_TURN
-        for addr, r in self.retry.items():
+        # Never-tried peers first (in the order we were given them), then those that
+        # delivered before, then the ones that failed, fewest failures first (as
+        # policy/peertable.py orders the coordinator's table).
+        for addr, r in sorted(self.retry.items(), key=_dial_order):
             if live >= self.cfg.max_peers or half_open >= MAX_HALF_OPEN or budget <= 0:
                 return
             if addr in self.peers or addr in self.banned or r.next_at > now:
@@ -680,6 +683,11 @@ class _Worker:
         else:
             self.banned.add(addr)
             self._emit(PeerBanned(self.cfg.worker_id, addr, reason))
+
+
+def _dial_order(item: tuple[PeerAddr, _Retry]) -> tuple[bool, int]:
+    r = item[1]
+    return (r.attempts > 0, r.failures)
 
 
 class _Budget:
