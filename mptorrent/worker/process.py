@@ -249,6 +249,7 @@ class _Worker:
             if self.to_tell:
                 self._tell(self.to_tell)
                 self.to_tell = []
+            self.uploader.begin_turn()
             for p in list(self.peers.values()):
                 if p.state == ACTIVE:
                     if not self.seed_only:
