@@ -163,6 +163,7 @@ class _Worker:
     seed_only: bool = False  # serve, never request (from the start, or after SeedOnly)
     complete_peers: set[PeerAddr] = field(default_factory=set)  # seeds we left as a seed
     rx_paused: bool = False  # the download limit's balance is used up: sockets not read
+    rx_quota: int = 0  # under a download limit: bytes one socket may read this turn
 
     def __post_init__(self) -> None:
         # Serve-only workers open read-only: a file missing from partial data leaves its
@@ -239,6 +240,8 @@ class _Worker:
                 timeout = min(timeout, LIMITED_TICK)
             events = self.sel.select(timeout)
             self.now = policy.now = time.monotonic()
+            if self.rx_limit is not None:
+                self._share_reads(events)
             for key, mask in events:
                 if key.data is None:
                     self._accept()
@@ -534,11 +537,19 @@ class _Worker:
         balance = lim.balance(wid)
         if balance <= 0:
             return True  # used up by an earlier read of this turn: _pace_reads pauses next
-        # at least a block's worth: a read may overdraw by that, paid back next tick
+        # this turn's share, at least a block's worth: a read may overdraw by that, paid
+        # back next tick
         before = p.bytes_in
-        alive = p.receive(max(balance, wire.BLOCK_SIZE))
+        alive = p.receive(max(min(balance, self.rx_quota), wire.BLOCK_SIZE))
         lim.spend(wid, p.bytes_in - before)
         return alive
+
+    def _share_reads(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Share the balance among this turn's readable sockets: the sockets the selector
+        lists first (the order they were watched in, after a pause) cannot take it all."""
+        assert self.rx_limit is not None
+        readable = sum(1 for k, m in events if k.data is not None and m & selectors.EVENT_READ)
+        self.rx_quota = self.rx_limit.balance(self.cfg.worker_id) // max(1, readable)
 
     def _pace_reads(self) -> bool:
         """True while the download limit holds reads back (the loop then polls often)."""

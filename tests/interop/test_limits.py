@@ -175,3 +175,24 @@ def test_a_worker_has_at_most_eight_connections_half_open(
         t.join(2)
         for c in [*accepted, *listeners]:
             c.close()
+
+
+def test_a_limited_worker_reads_from_all_its_peers(
+    case16: TorrentCase, swarm16: Swarm, tmp_path: Path, fresh_ip: IpSource
+) -> None:
+    # one worker, four seeders, a cap far below what they could send: each turn's tokens
+    # are shared among the readable sockets, so no seeder is starved (and later snubbed)
+    torrent = write_torrent(tmp_path, case16.torrent)
+    out = tmp_path / "out.bin"
+    _, output = fetch(torrent, out, swarm16, fresh_ip(), "-j", "1", "--max-download-rate",
+                      "8M", "--json")  # fmt: skip
+    assert same_tree(case16.payload.root, out)
+    per_peer: dict[str, int] = {}
+    for line in output.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event["event"] == "piece":
+                per_peer[event["peer"]] = per_peer.get(event["peer"], 0) + 1
+    total = sum(per_peer.values())
+    assert len(per_peer) == 4, per_peer
+    assert min(per_peer.values()) >= total // 10, per_peer
