@@ -127,7 +127,7 @@ def test_token_bucket() -> None:
 
 def test_burst_floor() -> None:
     assert burst_for(1024) == 64 << 10
-    assert burst_for(20 * MiB) == 2 * MiB
+    assert burst_for(20 * MiB) == 5 * MiB
 
 
 def test_peer_shares_add_up() -> None:

@@ -29,7 +29,7 @@ from typing import Final
 __all__ = ["BURST_SECONDS", "MAX_GAP", "TICK", "RateShare", "TokenBucket", "parse_rate"]
 
 TICK: Final = 0.02  # seconds between the coordinator's share-outs
-BURST_SECONDS: Final = 0.1  # tokens saved up at most: a tenth of a second at the full rate
+BURST_SECONDS: Final = 0.25  # tokens saved up at most: a quarter second at the full rate
 MIN_BURST: Final = 64 << 10  # ... but never less than a few blocks (very low limits)
 MAX_GAP: Final = 1.0  # seconds of tokens one late tick may hand out (then the burst rules)
 HUNGRY: Final = 0.1  # a worker left with less than this share of its grant wants more

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.interop
 IpSource = Callable[[], str]
 CAP = 4 * MiB
 SIZE = 16 * MiB
-# what a 4 MiB/s cap allows for 16 MiB: 4 s, less the burst the limiter starts with (0.4 MiB)
+# what a 4 MiB/s cap allows for 16 MiB: 4 s, less the burst the limiter starts with (1 MiB)
 MIN_SECONDS = 3.5
 
 
