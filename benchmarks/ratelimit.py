@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=2, help="runs per client (default 2)")
     ap.add_argument("--no-libtorrent", action="store_true", help="leave the libtorrent leecher out")
     ap.add_argument("--upload", action="store_true",
-                    help="also: mptorrent seed -j N --max-upload-rate to a libtorrent leecher")  # fmt: skip
+                    help="also: seed -j N --max-upload-rate to a libtorrent leecher")  # fmt: skip
     common.add_run_options(ap, settle=10.0)
     ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/...)")
     args = ap.parse_args(argv)
