@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 if TYPE_CHECKING:
+    import ctypes
     from multiprocessing.context import (
         DefaultContext,
         ForkContext,
@@ -32,3 +33,35 @@ def context() -> Context:
 
 def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
+
+
+class RateCells:
+    """One global rate limit's counters in shared memory: per worker, a *granted* total that
+    only the coordinator (or seeder) writes and a *spent* total that only that worker
+    writes (``policy.ratelimit.RateShare`` explains the share-out).  One writer per
+    counter: no lock, so a worker killed at any moment wedges nobody.  Picklable to a
+    starting worker process (a ``RawArray`` goes with the process's arguments)."""
+
+    def __init__(self, ctx: Context, workers: int) -> None:
+        import ctypes
+
+        self.workers = workers
+        # granted..., spent...
+        self.raw: ctypes.Array[ctypes.c_int64] = ctx.RawArray(ctypes.c_int64, 2 * workers)
+
+    def spent_all(self) -> list[int]:
+        raw, n = self.raw, self.workers
+        return [raw[n + i] for i in range(n)]
+
+    def set_granted(self, granted: list[int]) -> None:
+        raw = self.raw
+        for i, g in enumerate(granted):
+            raw[i] = g
+
+    def balance(self, wid: int) -> int:
+        """What worker ``wid`` may still spend (negative: it overdrew)."""
+        raw = self.raw
+        return int(raw[wid] - raw[self.workers + wid])
+
+    def spend(self, wid: int, n: int) -> None:
+        self.raw[self.workers + wid] += n

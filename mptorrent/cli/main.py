@@ -626,6 +626,40 @@ def parse_peer(text: str) -> PeerAddr:
     return PeerAddr(host, int(port_s))
 
 
+def _rate(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    """A rate limit option: ``20M``, ``512K`` (powers of 1024) in bytes a second; 0: none."""
+    if value is None:
+        return None
+    from mptorrent.policy.ratelimit import parse_rate
+
+    try:
+        return parse_rate(value) or None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _rate_text(rate: int) -> str:
+    return f"{rate / (1 << 20):.1f} MiB/s" if rate >= 1 << 20 else f"{rate / 1024:.0f} KiB/s"
+
+
+def _limits_text(download: int | None, upload: int | None) -> str | None:
+    """How the bar and the summary say which rate limits hold (None: none)."""
+    parts = []
+    if download:
+        parts.append(f"down<={_rate_text(download)}")
+    if upload:
+        parts.append(f"up<={_rate_text(upload)}")
+    return " ".join(parts) or None
+
+
+def rate_option(name: str, what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        name, metavar="RATE", callback=_rate,
+        help=f"Limit {what} for all workers together, bytes/s with K/M/G (powers of 1024), "
+        "e.g. 20M; 0: no limit.",
+    )  # fmt: skip
+
+
 class BarProgress:
     """The command line's sink for a fetch's events: one tqdm bar on stderr, and the
     lines :func:`mptorrent.cli.render.render` gives for the other events.
@@ -642,6 +676,7 @@ class BarProgress:
         from mptorrent import events  # the engine loads it anyway
 
         self._ev = events  # an import statement per event would cost a call per piece
+        self.limits: str | None = None  # the rate limits, shown on the bar and in the summary
 
     def __call__(self, event: Event) -> None:
         ev = self._ev
@@ -652,7 +687,10 @@ class BarProgress:
                 return
             if event.done > self.bar.n:
                 self.bar.update(event.done - self.bar.n)
-            self.bar.set_postfix_str(f"peers={event.peers} workers={event.workers}", refresh=False)
+            postfix = f"peers={event.peers} workers={event.workers}"
+            if self.limits:
+                postfix += f" {self.limits}"
+            self.bar.set_postfix_str(postfix, refresh=False)
             return
         if isinstance(event, ev.Started):
             self.start(event.total, event.done)
@@ -661,6 +699,11 @@ class BarProgress:
             self.close()
             if not self.summary:
                 return
+            text = render(event, quiet=self.quiet, verbose=self.verbose)
+            if text is not None and self.limits:
+                text += f" ({self.limits.replace('<=', ' limited to ')})"
+            self.write(text)
+            return
         self.write(render(event, quiet=self.quiet, verbose=self.verbose))
 
     def start(self, total: int, done: int) -> None:
@@ -713,8 +756,10 @@ class BarProgress:
               help="Port to accept peers on and to announce (0: any free port).")  # fmt: skip
 @click.option("--bind", default="0.0.0.0", show_default=True,
               help="Address to accept peers on and announce from.")  # fmt: skip
-@click.option("--max-peers", type=click.IntRange(1, 1000), default=50, show_default=True,
-              help="Connections per worker.")  # fmt: skip
+@click.option("--max-peers", type=click.IntRange(1, 5000), default=50, show_default=True,
+              help="Connections for all workers together (each gets a share).")  # fmt: skip
+@rate_option("--max-download-rate", "downloading")
+@rate_option("--max-upload-rate", "uploading")
 @click.option("--no-trackers", is_flag=True, help="Use only --peer addresses.")
 @click.option("--seed-ratio", type=click.FloatRange(min=0, min_open=True),
               help="After completing, keep seeding until uploaded/size reaches R.")  # fmt: skip
@@ -737,6 +782,7 @@ def fetch(
     bind: str, max_peers: int, no_trackers: bool, seed_ratio: float | None,
     seed_time: float | None, save_torrent: Path | None, metadata_timeout: float, io: IoChoice,
     as_json: bool, quiet: bool, dht: DhtChoice, stall_timeout: float, web_seeds: tuple[str, ...],
+    max_download_rate: int | None, max_upload_rate: int | None,
 ) -> None:  # fmt: skip
     """Download a torrent (a .torrent file or a magnet link) with parallel worker processes."""
     to_stdout = output == Path("-")
@@ -755,7 +801,7 @@ def fetch(
         _fetch(
             torrent, output, jobs, peers, port, bind, max_peers, no_trackers, seed_ratio,
             seed_time, save_torrent, metadata_timeout, io, quiet or as_json, stream, dht,
-            stall_timeout, web_seeds, picks,
+            stall_timeout, web_seeds, picks, (max_download_rate, max_upload_rate),
         )  # fmt: skip
 
 
@@ -777,13 +823,18 @@ def _fetch(
     quiet: bool, stream: JsonLines | None, dht: DhtChoice, stall_timeout: float,
     web_seeds: tuple[str, ...] = (),
     picks: _Picks | None = None,
+    rates: tuple[int | None, int | None] = (None, None),  # --max-download-rate, --max-upload-rate
 ) -> None:  # fmt: skip
     # the Python API's fetch (mptorrent.fetch), in its two halves: the download runs
     # under this command's signal handling and closes the bar whatever happens
     from mptorrent.engine import api
 
     progress: BarProgress | JsonLines
-    progress = stream if stream is not None else BarProgress(quiet, verbose=_verbose())
+    if stream is not None:
+        progress = stream
+    else:
+        progress = BarProgress(quiet, verbose=_verbose())
+        progress.limits = _limits_text(*rates)
 
     def warn(text: str) -> None:
         click.echo(f"mptorrent: warning: {safe_text(text)}", err=True)
@@ -798,8 +849,8 @@ def _fetch(
         seed_ratio=seed_ratio, seed_time=None if seed_time is None else seed_time * 60,
         save_torrent=save_torrent, warn=None if quiet else warn,
         on_seeding=None if quiet else seeding, peer_option="--peer",
-        stall_timeout=stall_timeout, web_seeds=web_seeds, **dht.kwargs(),
-        **(picks or _Picks()).kwargs(),
+        stall_timeout=stall_timeout, web_seeds=web_seeds, max_download_rate=rates[0],
+        max_upload_rate=rates[1], **dht.kwargs(), **(picks or _Picks()).kwargs(),
     )  # fmt: skip
     with _sigterm_as_interrupt():
         try:
@@ -835,6 +886,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
               help="Port to listen on (0: any free port).")  # fmt: skip
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--no-trackers", is_flag=True, help="Do not announce.")
+@rate_option("--max-upload-rate", "uploading")
 @dht_options
 @io_option
 @json_option
@@ -842,17 +894,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @verbose_option
 def seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
-    io: IoChoice, as_json: bool, quiet: bool, dht: DhtChoice,
+    io: IoChoice, as_json: bool, quiet: bool, dht: DhtChoice, max_upload_rate: int | None,
 ) -> None:  # fmt: skip
     """Serve a torrent's data to other peers until Ctrl-C."""
     stream = _json_lines(as_json)
     with _json_stream(stream):
-        _seed(torrent, path, jobs, port, bind, no_trackers, io, quiet or as_json, stream, dht)
+        _seed(
+            torrent, path, jobs, port, bind, no_trackers, io, quiet or as_json, stream, dht,
+            max_upload_rate,
+        )  # fmt: skip
 
 
 def _seed(
     torrent: Path, path: Path, jobs: int | None, port: int, bind: str, no_trackers: bool,
     io: IoChoice, quiet: bool, stream: JsonLines | None, dht: DhtChoice,
+    max_upload_rate: int | None = None,
 ) -> None:  # fmt: skip
     from mptorrent.engine import api
 
@@ -876,7 +932,8 @@ def _seed(
     with _sigterm_as_interrupt(), byte_bar(meta.total_length, "verifying", quiet) as update:
         api.seed(
             api.Torrent(meta), path, workers=jobs, port=port, bind=bind,
-            trackers=not no_trackers, on_event=show, io=io, on_progress=update, **dht.kwargs(),
+            trackers=not no_trackers, on_event=show, io=io, on_progress=update,
+            max_upload_rate=max_upload_rate, **dht.kwargs(),
         )  # fmt: skip
 
 

@@ -232,6 +232,8 @@ def fetch(
     only: Iterable[Selector] = (),
     sequential: bool = False,
     stream: IO[bytes] | None = None,
+    max_download_rate: int | None = None,
+    max_upload_rate: int | None = None,
 ) -> FetchResult:
     """Download ``source`` (a .torrent path, its bytes, a magnet URI or a :class:`Torrent`)
     into ``output`` (default: ./NAME) and return once it is complete and verified.
@@ -263,6 +265,9 @@ def fetch(
     ``sequential=True``, as ``mptorrent fetch -o -`` does, or the first bytes wait for
     rarest-first to reach them); without ``output`` the data goes to a temporary folder
     removed at the end.  A reader that leaves early raises StreamClosed (exit code 141).
+
+    ``max_download_rate`` / ``max_upload_rate``: bytes a second for all workers together
+    (None or 0: no limit); ``max_peers``: connections for all workers together.
     """
     return _fetch(
         source, output, workers=workers, peers=_peers(peers), trackers=trackers,
@@ -270,7 +275,8 @@ def fetch(
         metadata_timeout=metadata_timeout, io=io, seed_ratio=seed_ratio, seed_time=seed_time,
         save_torrent=save_torrent, dht=dht, dht_bootstrap=_peers(dht_bootstrap),
         dht_port=dht_port, web_seeds=_web_seeds(web_seeds), only=tuple(only),
-        sequential=sequential, stream=stream,
+        sequential=sequential, stream=stream, max_download_rate=max_download_rate,
+        max_upload_rate=max_upload_rate,
     )  # fmt: skip
 
 
@@ -282,6 +288,7 @@ def _fetch(
     dht_bootstrap: tuple[PeerAddr, ...], dht_port: int | None,
     web_seeds: tuple[str, ...] = (),
     only: tuple[Selector, ...] = (), sequential: bool = False, stream: IO[bytes] | None = None,
+    max_download_rate: int | None = None, max_upload_rate: int | None = None,
 ) -> FetchResult:  # fmt: skip
     t0 = time.monotonic()
     torrent, opts = prepare(
@@ -290,6 +297,7 @@ def _fetch(
         seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
         dht_bootstrap=dht_bootstrap, dht_port=dht_port, web_seeds=web_seeds, only=only,
         sequential=sequential, stream=stream,
+        max_download_rate=max_download_rate, max_upload_rate=max_upload_rate,
     )  # fmt: skip
     return download(torrent, output, opts, emit, t0)
 
@@ -305,6 +313,7 @@ def prepare(
     stall_timeout: float = 300.0,  # coordinator.STALL_TIMEOUT (imported lazily here)
     web_seeds: tuple[str, ...] = (),
     only: tuple[Selector, ...] = (), sequential: bool = False, stream: IO[bytes] | None = None,
+    max_download_rate: int | None = None, max_upload_rate: int | None = None,
 ) -> tuple[Torrent, FetchOptions]:  # fmt: skip
     """:func:`fetch`'s first half, apart for the command line (which runs the second,
     :func:`download`, under its own signal handling): the torrent (a magnet link's metadata
@@ -317,6 +326,7 @@ def prepare(
     from mptorrent.mp import default_jobs
     from mptorrent.proto.magnet import is_magnet, parse_magnet
 
+    _check_limits(max_peers, max_download_rate, max_upload_rate)  # before any network
     if isinstance(source, Torrent):
         torrent = source
     elif isinstance(source, str) and is_magnet(source):
@@ -358,8 +368,17 @@ def prepare(
         dht=dht, dht_bootstrap=dht_bootstrap, dht_port=dht_port, stall_timeout=stall_timeout,
         web_seeds=web_seeds,
         only=selected, sequential=sequential, stream=stream,
+        max_download_rate=max_download_rate or None, max_upload_rate=max_upload_rate or None,
     )  # fmt: skip
     return torrent, opts
+
+
+def _check_limits(max_peers: int, *rates: int | None) -> None:
+    if max_peers < 1:
+        raise ValueError("max_peers must be at least 1")
+    for rate in rates:
+        if rate is not None and rate < 0:
+            raise ValueError("a rate limit must be 0 (none) or more bytes a second")
 
 
 def download(
@@ -603,6 +622,8 @@ def start(
     only: Iterable[Selector] = (),
     sequential: bool = False,
     stream: IO[bytes] | None = None,
+    max_download_rate: int | None = None,
+    max_upload_rate: int | None = None,
 ) -> Download:
     """Begin :func:`fetch` on a thread and return its :class:`Download` handle at once.
     ``on_event`` (if given) is called on that thread."""
@@ -610,6 +631,7 @@ def start(
     boot = _peers(dht_bootstrap)
     mirrors = _web_seeds(web_seeds)
     selectors = tuple(only)
+    _check_limits(max_peers, max_download_rate, max_upload_rate)
 
     def run(sink: ev.EventSink) -> FetchResult:
         return _fetch(
@@ -618,6 +640,7 @@ def start(
             seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
             dht_bootstrap=boot, dht_port=dht_port, web_seeds=mirrors,
             only=selectors, sequential=sequential, stream=stream,
+            max_download_rate=max_download_rate, max_upload_rate=max_upload_rate,
         )  # fmt: skip
 
     return Download(run, on_event)
@@ -732,20 +755,23 @@ def seed(
     dht: bool = True,
     dht_bootstrap: Iterable[PeerLike] = (),
     dht_port: int | None = None,
+    max_upload_rate: int | None = None,
 ) -> SeedResult:
     """Serve ``path``'s data until ``until(bytes uploaded)`` is true (checked a few times a
     second) or KeyboardInterrupt; ``on_ready`` gets the port once peers can connect (as
     ``on_event`` gets :class:`~mptorrent.events.SeedingReady`).  The data is verified
     first: ``on_progress`` gets bytes checked, as they are.  ``dht``, ``dht_bootstrap``,
-    ``dht_port``: as for :func:`fetch` (the seed announces itself in the DHT)."""
+    ``dht_port``: as for :func:`fetch` (the seed announces itself in the DHT).
+    ``max_upload_rate``: bytes a second for all workers together (None or 0: no limit)."""
     from mptorrent.engine.seeder import Seeder
     from mptorrent.mp import default_jobs
 
+    _check_limits(1, max_upload_rate)
     t = torrent if isinstance(torrent, Torrent) else Torrent.load(torrent)
     seeder = Seeder(
         t.meta, Path(path), jobs=workers or default_jobs(), bind=bind, port=port, io=io,
         use_trackers=trackers, events=on_event, dht=dht, dht_bootstrap=_peers(dht_bootstrap),
-        dht_port=dht_port,
+        dht_port=dht_port, max_upload_rate=max_upload_rate or None,
         until=None if until is None else (lambda stats: until(stats.uploaded)),
     )  # fmt: skip
     if on_ready is not None:

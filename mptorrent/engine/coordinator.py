@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Literal, assert_never
 from mptorrent import events as ev
 from mptorrent.disk import checker
 from mptorrent.disk.storage import IoChoice, Layout, Storage, choose_io, prepare
+from mptorrent.engine.limits import Limits, peer_shares
 from mptorrent.engine.pool import Batch, Exit, WorkerPool
 from mptorrent.engine.stream import PieceStream
 from mptorrent.errors import (
@@ -61,9 +62,10 @@ from mptorrent.messages import (
     WorkerStats,
 )
 from mptorrent.mp import context
-from mptorrent.netio.announcer import Announcer, TierResult, redact
+from mptorrent.netio.announcer import Announcer, TierResult, numwant_for, redact
 from mptorrent.netio.peer import Timeouts
 from mptorrent.netio.webseed import CONNECTIONS, MAX_CONNECTIONS
+from mptorrent.policy.peertable import PeerTable
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
@@ -144,6 +146,9 @@ class FetchOptions:
     only: tuple[int, ...] | None = None  # indices of the files wanted; None: every file
     sequential: bool = False  # in order, a read-ahead window first (rarest first inside)
     stream: IO[bytes] | None = None  # write the one selected file here, in order
+    # global limits, across all workers (engine/limits.py); None: unlimited
+    max_download_rate: int | None = None  # bytes a second
+    max_upload_rate: int | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,8 @@ class Coordinator:
         self.peer_id = tracker.make_peer_id()
         self.slots = [_Slot(w) for w in range(max(1, opts.jobs))]
         self.known: set[PeerAddr] = set()
+        # bounds ``known`` (3,000 peers) and keeps each one's history (policy/peertable.py)
+        self.table: PeerTable[PeerAddr] = PeerTable()
         self.sources: dict[PeerAddr, ev.PeerSource] = {}  # where we first heard of each
         self.banned: dict[PeerAddr, str] = {}
         # BEP 19 mirrors (the torrent's, a magnet's ws, --web-seed): every worker reads from
@@ -218,6 +225,12 @@ class Coordinator:
         self.pool = WorkerPool(
             self.ctx, len(self.slots), run, self.done_raw, self._deliver,
             name="mptorrent-worker",
+        )  # fmt: skip
+        # --max-peers is for the whole client: each worker gets its share
+        self.peer_shares = peer_shares(opts.max_peers, len(self.slots))
+        self.limits = Limits(
+            self.ctx, len(self.slots), download=opts.max_download_rate,
+            upload=opts.max_upload_rate,
         )  # fmt: skip
         self.seeding_acks = 0  # workers that answered SeedOnly
         self.downloaded = 0  # payload bytes received, from worker stats
@@ -245,7 +258,7 @@ class Coordinator:
         source = None if opts.bind in (None, "0.0.0.0", "::") else opts.bind
         self.announcer = Announcer(
             meta.trackers, info_hash=meta.info_hash, peer_id=self.peer_id, port=opts.port,
-            source_address=source,
+            source_address=source, numwant=numwant_for(opts.max_peers, len(self.slots)),
         )  # fmt: skip
 
     # -- set-up -------------------------------------------------------------
@@ -383,6 +396,7 @@ class Coordinator:
             if self.opts.use_trackers and self.announcer:
                 self._announce_all("started", wait=None)
             try:
+                self.limits.start()
                 for slot in self.slots:
                     self._start(slot)
                 self._loop()
@@ -403,6 +417,7 @@ class Coordinator:
                 self._announce_all("completed", wait=3.0)
             self._announce_all("stopped", wait=2.0)
         finally:
+            self.limits.stop()
             if self._holder is not None:
                 self._holder.close()
             if self.dht is not None:
@@ -487,9 +502,18 @@ class Coordinator:
             return
         if self.listen is not None and _is_us(addr, self.listen):
             return
+        if not self.table.add(addr, time.monotonic()):
+            return  # the table is full of peers we are connected to
+        if len(self.known) >= len(self.table):  # it forgot some to make room
+            self.known.intersection_update(self.table.peers)
         self.known.add(addr)
-        slot = min(self.slots, key=lambda s: len(s.peers))
+        slot = min(self._dialling(), key=lambda s: len(s.peers))
         self._give(slot, addr)
+
+    def _dialling(self) -> list[_Slot]:
+        """The workers that may hold connections (with fewer --max-peers than workers, a
+        worker's share can be none)."""
+        return [s for s in self.slots if self.peer_shares[s.wid]]
 
     def _pex_learned(self, msg: PexLearned) -> None:
         """Peers a worker's peer told it about (BEP 11): dialled like tracker peers, up to
@@ -532,7 +556,7 @@ class Coordinator:
         usable = self.known - self.banned.keys()
         if not usable:
             return
-        for slot in self.slots:
+        for slot in self._dialling():
             if not slot.peers:
                 users = {a: sum(a in s.peers for s in self.slots) for a in usable}
                 self._give(slot, min(users, key=lambda a: (users[a], str(a))))
@@ -569,7 +593,7 @@ class Coordinator:
         """Start the slot's worker, or restart it after it died of ``restart``."""
         cfg = WorkerConfig(
             worker_id=slot.wid, meta=self.meta, layout=self.layout, peers=tuple(slot.peers),
-            parent_pid=os.getpid(), max_peers=self.opts.max_peers,
+            parent_pid=os.getpid(), max_peers=self.peer_shares[slot.wid],
             banned=tuple(self.banned), listen=self.listen, client_id=self.peer_id[8:],
             timeouts=self.opts.timeouts, io=self.io,
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
@@ -578,6 +602,7 @@ class Coordinator:
             web_seeds=self._web_seeds_left(),
             # each mirror gets at most MAX_CONNECTIONS from the whole client
             web_seed_connections=max(1, min(CONNECTIONS, MAX_CONNECTIONS // len(self.slots))),
+            download_limit=self.limits.download_cells, upload_limit=self.limits.upload_cells,
         )  # fmt: skip
         if restart is None:
             slot.gen = self.pool.start(slot.wid, cfg)
@@ -789,9 +814,11 @@ class Coordinator:
                 if msg.bits is None:
                     if msg.peer in slot.reported:
                         slot.reported.discard(msg.peer)
+                        self.table.closed(msg.peer, time.monotonic(), useful=True)
                         self.emit(ev.PeerGone(wid, msg.peer))
                 elif msg.peer not in slot.reported:
                     slot.reported.add(msg.peer)
+                    self.table.connected(msg.peer, time.monotonic())
                     # not dialled by us (no source): it connected to our port
                     self.emit(
                         ev.PeerConnected(wid, msg.peer, self.sources.get(msg.peer, "incoming"))
@@ -803,6 +830,7 @@ class Coordinator:
             case PeerBanned():
                 if msg.peer not in self.banned:
                     self.banned[msg.peer] = msg.reason
+                    self.table.ban(msg.peer)
                     self.emit(ev.PeerBanned(msg.peer, msg.reason, wid))
             case WorkerStats():
                 slot.stats_peers = msg.peers

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, assert_never
 from mptorrent import events as ev
 from mptorrent.disk import checker
 from mptorrent.disk.storage import IoChoice, Layout, choose_io
+from mptorrent.engine.limits import Limits, peer_shares
 from mptorrent.engine.pool import Batch, Exit, WorkerPool
 from mptorrent.errors import StorageError
 from mptorrent.messages import (
@@ -81,8 +82,10 @@ class Seeder:
         dht: bool = False,
         dht_bootstrap: tuple[tuple[str, int], ...] = (),
         dht_port: int | None = None,
+        max_upload_rate: int | None = None,  # bytes a second for all workers; None: no limit
     ) -> None:
         self.meta = meta
+        self.max_upload_rate = max_upload_rate
         self.use_dht = dht and not meta.private  # BEP 27: never for private torrents
         self.dht_bootstrap = dht_bootstrap
         self.dht_port = dht_port
@@ -122,16 +125,21 @@ class Seeder:
             exclude=[(source, self.stats.port)] if source else (),
         )  # fmt: skip
         pool = WorkerPool(self.ctx, self.jobs, run, done_raw, self.inbox.put, name="mptorrent-seed")
+        # --max-peers and --max-upload-rate are for the whole seed, shared by its workers
+        shares = peer_shares(self.max_peers, self.jobs)
+        limits = Limits(self.ctx, self.jobs, upload=self.max_upload_rate)
 
         def config(wid: int) -> WorkerConfig:
             return WorkerConfig(
                 worker_id=wid, meta=self.meta, layout=self.layout, peers=(),
-                parent_pid=os.getpid(), max_peers=self.max_peers,
+                parent_pid=os.getpid(), max_peers=shares[wid],
                 listen=(self.bind, self.stats.port), seed_only=True, client_id=self.client_id,
                 io=self.io, dht_port=self.dht.port if self.dht is not None else None,
+                upload_limit=limits.upload_cells,
             )  # fmt: skip
 
         try:
+            limits.start()
             if self.use_dht:
                 # announce into the DHT; the peers it finds are left to dial us.  Started
                 # before the workers: they tell peers its port (BEP 5).
@@ -171,6 +179,7 @@ class Seeder:
                     )  # fmt: skip
         finally:
             pool.stop()
+            limits.stop()
             holder.close()
             if self.dht is not None:
                 self.dht.stop()  # saves the routing table

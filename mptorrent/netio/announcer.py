@@ -36,12 +36,19 @@ SCRAPE_TIMEOUT = 10.0
 UDP_RETRY = tracker.UDPRetry(base=2.0, tries=2)
 SCHEMES = frozenset({"http", "https", "udp"})
 NUMWANT = 50
+MAX_NUMWANT = 200  # what trackers usually cap a reply at (opentracker, libtorrent's default)
 MIN_REANNOUNCE = 30.0  # floor under any interval: a tracker saying 0 cannot make us spin
 LOW_PEERS_WAIT = 120.0  # how soon to ask again for peers when the tracker set no min interval
 RETRY_BASE = 15.0  # a tier that failed is tried again after 15, 30, 60 ... s
 RETRY_MAX = 1800.0
 
 OnResult = Callable[["TierResult"], None]
+
+
+def numwant_for(max_peers: int, workers: int = 1) -> int:
+    """Peers to ask each tracker for: enough to fill ``max_peers`` connections on each of
+    ``workers`` workers, with spares for those that fail, up to what trackers hand out."""
+    return max(1, min(MAX_NUMWANT, max_peers * workers))
 
 
 @dataclass(frozen=True)

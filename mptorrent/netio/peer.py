@@ -33,7 +33,7 @@ class Timeouts:
 MIN_DEPTH = 32  # requests kept in flight per peer; libtorrent and Transmission floor
 MAX_DEPTH = 500  # libtorrent's max_out_request_queue
 DEPTH_SECONDS = 1.0  # keep rate x this much in flight (bandwidth-delay with margin)
-RECV_SIZE = 1 << 20
+RECV_SIZE = 256 << 10  # receive buffer per connection: 16 blocks a read (1 MiB cost memory)
 
 
 class PeerState(Enum):
@@ -69,7 +69,9 @@ class PeerSession:
         self.addr = addr
         self.info_hash = info_hash
         self.peer_id = peer_id
-        self.wire = wire.Connection(info_hash, num_pieces, piece_length, total_length)
+        self.wire = wire.Connection(
+            info_hash, num_pieces, piece_length, total_length, buffer_size=RECV_SIZE
+        )
         self.sock: socket.socket | None = None
         self.state: PeerState = CONNECTING
         self.out = bytearray()
@@ -163,12 +165,13 @@ class PeerSession:
         del self.out[:n]
         return bool(self.out)
 
-    def receive(self) -> bool:
-        """One ``recv_into``; False when the peer closed the connection."""
+    def receive(self, max_bytes: int = RECV_SIZE) -> bool:
+        """One ``recv_into`` of at most ``max_bytes`` (a rate limit's share); False when the
+        peer closed the connection."""
         assert self.sock is not None
         buf = self.wire.get_buffer(RECV_SIZE)
         try:
-            n = self.sock.recv_into(buf)
+            n = self.sock.recv_into(buf, min(max_bytes, len(buf)))
         except BlockingIOError:
             return True
         finally:

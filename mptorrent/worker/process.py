@@ -53,6 +53,7 @@ from mptorrent.messages import (
     WorkerStats,
     WorkQueue,
 )
+from mptorrent.mp import RateCells
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
 from mptorrent.netio.webseed import Down, Up, WebConn, WebSeed
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
@@ -65,11 +66,14 @@ from mptorrent.worker.upload import Uploader
 TICK = 0.05
 RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 MAX_CONNECTS = 12  # connection attempts per address per worker, successful ones included
+MAX_HALF_OPEN = 8  # connections in progress (TCP connect or handshake) per worker
+CONNECTS_PER_TURN = 10  # new connection attempts per look (every 0.2 s, or on AddPeers)
 SELF_ID_LEN = 18  # peer ids of one client's workers share this prefix
 STATS_EVERY = 0.25
 CONTROL_EVERY = 0.02  # seconds between looks at the control queue
 IDLE_TICK = 0.005  # select timeout of a worker with no piece in hand
 REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
+LIMITED_TICK = 0.005  # select timeout while a rate limit's balance is used up
 
 
 @dataclass
@@ -96,6 +100,9 @@ class WorkerConfig:
     dht_port: int | None = None
     web_seeds: tuple[str, ...] = ()  # BEP 19 mirrors (http/https URLs) this worker reads from
     web_seed_connections: int = 3  # connections to each of them (netio.webseed.CONNECTIONS)
+    # global rate limits (engine/limits.py): the shared counters, None when unlimited
+    download_limit: RateCells | None = None
+    upload_limit: RateCells | None = None
 
 
 class _SelfConnection(Exception):
@@ -169,6 +176,8 @@ class _Worker:
     webseeds: dict[PeerAddr, WebSeed] = field(default_factory=dict)  # by PeerAddr(seed_id, 0)
     # what the download policy sees: the wire peers and the web seeds
     sources: dict[PeerAddr, _Peer | WebSeed] = field(default_factory=dict)
+    rx_paused: bool = False  # the download limit's balance is used up: sockets not read
+    rx_quota: int = 0  # under a download limit: bytes one socket may read this turn
 
     def __post_init__(self) -> None:
         # Serve-only workers open read-only: a file missing from partial data leaves its
@@ -197,6 +206,9 @@ class _Worker:
         self.uploader = Uploader(self.storage, self.have, seeding=self.seed_only)
         # v2/hybrid: what answers BEP 52 hash requests (its file trees are built on demand)
         self.merkle = meta.merkle_verifier() if meta.info_hash_v2 is not None else None
+        self.rx_limit = self.cfg.download_limit
+        if self.cfg.upload_limit is not None:
+            self.uploader.limit = _Budget(self.cfg.upload_limit, self.cfg.worker_id)
         self.ext = WorkerExtensions(
             meta,
             worker_id=self.cfg.worker_id,
@@ -240,8 +252,15 @@ class _Worker:
             # A worker with no piece in hand waits for work, peers or (at the end) Stop,
             # which arrive on queues the selector cannot watch: look at them often.
             idle = not policy.jobs and not self.seed_only
-            events = self.sel.select(IDLE_TICK if idle else TICK)
+            timeout = IDLE_TICK if idle else TICK
+            if self.rx_limit is not None and self._pace_reads():
+                timeout = LIMITED_TICK  # tokens come back every few milliseconds
+            elif self.uploader.starved():
+                timeout = min(timeout, LIMITED_TICK)
+            events = self.sel.select(timeout)
             self.now = policy.now = time.monotonic()
+            if self.rx_limit is not None:
+                self._share_reads(events)
             for key, mask in events:
                 if key.data is None:
                     self._accept()
@@ -254,6 +273,7 @@ class _Worker:
             if self.to_tell:
                 self._tell(self.to_tell)
                 self.to_tell = []
+            self.uploader.begin_turn()
             for p in list(self.peers.values()):
                 if p.state == ACTIVE:
                     if not self.seed_only:
@@ -330,7 +350,7 @@ class _Worker:
             self._greet(p)
             self.peers[addr] = self.sources[addr] = p
             self.uploader.attach(p)
-            self.sel.register(sock, selectors.EVENT_READ, p)
+            self._watch(p, self._reading())
 
     def _session(self, addr: PeerAddr) -> _Peer:
         return _Peer(
@@ -418,8 +438,15 @@ class _Worker:
 
     def _connect_peers(self, now: float) -> None:
         live = sum(1 for p in self.peers.values() if p.state != CLOSED)
-        for addr, r in self.retry.items():
-            if live >= self.cfg.max_peers:
+        # Paced: a swarm of hundreds is not dialled all at once (a home router's NAT
+        # table, and the peers that answer first are the ones we keep anyway).
+        half_open = sum(1 for p in self.peers.values() if p.connecting and not p.inbound)
+        budget = CONNECTS_PER_TURN
+        # Never-tried peers first (in the order we were given them), then those that
+        # delivered before, then the ones that failed, fewest failures first (as
+        # policy/peertable.py orders the coordinator's table).
+        for addr, r in sorted(self.retry.items(), key=_dial_order):
+            if live >= self.cfg.max_peers or half_open >= MAX_HALF_OPEN or budget <= 0:
                 return
             if addr in self.peers or addr in self.banned or r.next_at > now:
                 continue
@@ -439,6 +466,8 @@ class _Worker:
             self.peers[addr] = self.sources[addr] = p
             self.sel.register(p.sock, selectors.EVENT_WRITE, p)
             live += 1
+            half_open += 1
+            budget -= 1
 
     def _drop(self, p: _Peer, reason: str, *, ban: bool = False) -> None:
         if p.sock is not None and p.state != CLOSED:
@@ -492,12 +521,11 @@ class _Worker:
                     p.finish_connect()
                     self._greet(p)
                     self.uploader.attach(p)
-                    assert p.sock is not None
-                    self.sel.modify(p.sock, selectors.EVENT_READ, p)
+                    self._watch(p, self._reading())
                     self._flush(p)
                 return
             if mask & selectors.EVENT_READ:
-                if not p.receive():
+                if not self._receive(p):
                     self._drop(p, "closed by peer")
                     return
                 self._process(p)
@@ -523,13 +551,66 @@ class _Worker:
             return
         # Requests still queued for upload count as more to send: the buffer may have
         # drained in one send, and waiting for readability would stall them a tick.
+        want = self._reading()
         if more or self.uploader.backlogged(p):
-            want = selectors.EVENT_READ | selectors.EVENT_WRITE
-        else:
-            want = selectors.EVENT_READ
-        key = self.sel.get_key(p.sock)
-        if key.events != want:
+            want |= selectors.EVENT_WRITE
+        self._watch(p, want)
+
+    def _watch(self, p: _Peer, want: int) -> None:
+        """Have the selector watch ``p``'s socket for ``want`` (0: not at all)."""
+        assert p.sock is not None
+        key = self.sel.get_map().get(p.sock)
+        if key is None:
+            if want:
+                self.sel.register(p.sock, want, p)
+        elif not want:
+            self.sel.unregister(p.sock)
+        elif key.events != want:
             self.sel.modify(p.sock, want, p)
+
+    # -- the download limit -----------------------------------------------------
+    # While the shared balance is used up no socket is watched for reading: the peers'
+    # TCP windows fill and they slow down.  The loop polls the balance every few ms.
+
+    def _reading(self) -> int:
+        return 0 if self.rx_paused else selectors.EVENT_READ
+
+    def _receive(self, p: _Peer) -> bool:
+        """One read from ``p``, within the download limit; False when the peer closed."""
+        lim = self.rx_limit
+        if lim is None:
+            return p.receive()
+        wid = self.cfg.worker_id
+        balance = lim.balance(wid)
+        if balance <= 0:
+            return True  # used up by an earlier read of this turn: _pace_reads pauses next
+        # this turn's share, at least a block's worth: a read may overdraw by that, paid
+        # back next tick
+        before = p.bytes_in
+        alive = p.receive(max(min(balance, self.rx_quota), wire.BLOCK_SIZE))
+        lim.spend(wid, p.bytes_in - before)
+        return alive
+
+    def _share_reads(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Share the balance among this turn's readable sockets: the sockets the selector
+        lists first (the order they were watched in, after a pause) cannot take it all."""
+        assert self.rx_limit is not None
+        readable = sum(1 for k, m in events if k.data is not None and m & selectors.EVENT_READ)
+        self.rx_quota = self.rx_limit.balance(self.cfg.worker_id) // max(1, readable)
+
+    def _pace_reads(self) -> bool:
+        """True while the download limit holds reads back (the loop then polls often)."""
+        assert self.rx_limit is not None
+        paused = self.rx_limit.balance(self.cfg.worker_id) <= 0
+        if paused != self.rx_paused:
+            self.rx_paused = paused
+            for p in self.peers.values():
+                if p.sock is None or p.state in (CLOSED, CONNECTING):
+                    continue
+                key = self.sel.get_map().get(p.sock)
+                writing = key.events & selectors.EVENT_WRITE if key is not None else 0
+                self._watch(p, writing | self._reading())
+        return paused
 
     def _process(self, p: _Peer) -> None:
         conn = p.wire
@@ -737,6 +818,27 @@ class _Worker:
         self.webseeds.pop(w.addr, None)
         self.sources.pop(w.addr, None)
         self._emit(PeerBitfield(self.cfg.worker_id, w.addr, None))
+
+
+def _dial_order(item: tuple[PeerAddr, _Retry]) -> tuple[bool, int]:
+    r = item[1]
+    return (r.attempts > 0, r.failures)
+
+
+class _Budget:
+    """This worker's draw on a global limit's shared counters (``worker.upload.Budget``)."""
+
+    __slots__ = ("cells", "wid")
+
+    def __init__(self, cells: RateCells, wid: int) -> None:
+        self.cells = cells
+        self.wid = wid
+
+    def balance(self) -> int:
+        return self.cells.balance(self.wid)
+
+    def spend(self, n: int) -> None:
+        self.cells.spend(self.wid, n)
 
 
 def _parent_alive(parent_pid: int) -> bool:

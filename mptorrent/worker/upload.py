@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
+from typing import Protocol
 
 from mptorrent.disk.storage import Storage
 from mptorrent.errors import ProtocolError
@@ -44,6 +45,15 @@ ALLOWED_FAST_SENT = 4
 # requests (one per large file, 512 pieces each), then a steady rate; the rest are rejected.
 HASH_REQUEST_BURST = 64.0
 HASH_REQUEST_RATE = 16.0
+
+
+class Budget(Protocol):
+    """A global upload limit as one worker draws on it (``worker.process`` gives the shared
+    counters of ``engine/limits.py``)."""
+
+    def balance(self) -> int: ...
+
+    def spend(self, n: int) -> None: ...
 
 
 class UploadState:
@@ -77,6 +87,8 @@ class Uploader:
         self._last_rechoke = 0.0
         self._last_optimistic = 0.0
         self.uploaded = 0
+        self.limit: Budget | None = None  # a global upload limit; None: unlimited
+        self._quota = 0  # under a limit: bytes each peer may be served this loop turn
 
     def attach(self, p: PeerSession) -> None:
         self.state[p] = UploadState()
@@ -185,14 +197,34 @@ class Uploader:
         """Requests are queued that serve() has not put in the send buffer yet (a choked
         peer's queue holds only requests for pieces we allowed it fast)."""
         st = self.state.get(p)
-        return st is not None and bool(st.queue)
+        return st is not None and bool(st.queue) and not self.starved()
+
+    def starved(self) -> bool:
+        """The upload limit's balance is used up: nothing is served until it comes back."""
+        return self.limit is not None and self.limit.balance() <= 0
+
+    def begin_turn(self) -> None:
+        """Under an upload limit, share this turn's balance among the peers waiting for
+        blocks, so the first peers of the loop cannot take it all turn after turn."""
+        if self.limit is None:
+            return
+        waiting = sum(1 for st in self.state.values() if st.queue)
+        self._quota = max(wire.BLOCK_SIZE, self.limit.balance() // max(1, waiting))
 
     def serve(self, p: PeerSession) -> None:
-        """Move queued requests into the send buffer, up to the high-water mark."""
+        """Move queued requests into the send buffer, up to the high-water mark (and,
+        under a limit, this turn's share)."""
         st = self.state.get(p)
         if st is None or p.state != ACTIVE:
             return
+        limit = self.limit
+        quota = self._quota
         while st.queue and len(p.out) < SEND_HIGH_WATER:
+            if limit is not None:
+                if limit.balance() <= 0 or quota <= 0:
+                    return  # the next tick brings more (a block may overdraw: paid back)
+                quota -= st.queue[0][2]
+                limit.spend(st.queue[0][2])
             index, begin, length = st.queue.popleft()
             start = index * self.storage.layout.piece_length + begin
             block = self.storage.read(start, length)
