@@ -1,6 +1,6 @@
 """A bounded fuzz run of every target, for CI: ``python fuzz/run.py``.
 
-Runs fuzz/fuzz_{bencode,metainfo,wire,tracker,magnet,ext,dht,v2,webseed,select}.py with atheris
+Runs fuzz/fuzz_{bencode,metainfo,wire,tracker,magnet,ext,dht,v2,webseed,select,rate}.py with atheris
 (pip-installing it when missing), each for at most ``--runs`` inputs and ``--seconds`` seconds, the
 targets side by side, each starting from its seed corpus (the run checks that
 libFuzzer loaded it).  Where atheris cannot be installed it says so loudly and
@@ -45,6 +45,7 @@ TARGETS = (
     "v2",
     "webseed",
     "select",
+    "rate",
 )
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 

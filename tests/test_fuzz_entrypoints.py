@@ -28,6 +28,7 @@ from fuzz import (
     fuzz_ext,
     fuzz_magnet,
     fuzz_metainfo,
+    fuzz_rate,
     fuzz_select,
     fuzz_tracker,
     fuzz_v2,
@@ -54,6 +55,7 @@ TARGETS: dict[str, ModuleType] = {
     "v2": fuzz_v2,
     "webseed": fuzz_webseed,
     "select": fuzz_select,
+    "rate": fuzz_rate,
 }
 
 NASTY: list[bytes] = [
@@ -162,6 +164,10 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
     "select": [
         (fuzz_select, "select_files", _raise),
         (fuzz_select, "select_files", lambda files, sels: [len(files)]),
+    ],
+    "rate": [
+        (fuzz_rate, "parse_rate", lambda text: 7),  # below 1 KiB/s and not 0
+        (fuzz_rate, "parse_rate", lambda text: int(text)),  # a bare int error, unnamed
     ],
 }  # fmt: skip
 
