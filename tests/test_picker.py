@@ -66,6 +66,7 @@ def test_release_keeps_a_piece_another_worker_still_holds() -> None:
     p.peer_bitfield("b", bits("1"), worker=1)
     assert p.pick_for(0, 1) == [0]
     assert p.endgame_for(1, 1) == [0]  # duplicated to the idle worker
+    assert p.knows(1) and not p.knows(2)  # worker 2 has heard from no peer: nothing to hand
     p.release(0, 0)
     assert p.state[0] == TAKEN
     p.release(0, 1)

@@ -289,3 +289,33 @@ def test_pipelined_answers_pass_on_what_follows_their_end() -> None:
     c.get("http://h/f", 0, 1)
     got = events(c, answer[0] + answer[1])
     assert isinstance(got[-1], Refused) and got[-1].outcome == "too-long"
+
+
+def test_an_idle_connection_to_the_server_redirected_from_does_not_block_the_new_one() -> None:
+    # A redirect moved the file while another connection to the first server was opening: it
+    # comes up idle and takes nothing.  The runs must get a connection to the new server at
+    # once, not wait for the old one to close its idle keep-alive connection (30 s and more).
+    import selectors
+    import socket
+    import time
+
+    from mptorrent.netio.webseed import WebSeed
+
+    m = _meta(None, length=8 * PL, name="f")
+    with (
+        socket.create_server(("127.0.0.1", 0)) as old,
+        socket.create_server(("127.0.0.1", 0)) as new,
+        selectors.DefaultSelector() as sel,
+    ):
+        ws = WebSeed(f"http://127.0.0.1:{old.getsockname()[1]}/f", m, sel, now=0.0, connections=2)
+        deadline = time.monotonic() + 5.0
+        while not ws.active and time.monotonic() < deadline:  # the connect completes
+            for key, mask in sel.select(0.1):
+                ws.on_event(key.data, mask, 0.0)
+        assert ws.active and [c.state for c in ws.conns] == ["ready"]
+        ws.urls[0] = f"http://127.0.0.1:{new.getsockname()[1]}/f"  # as a Redirect does
+        ws.pending.add((0, 0))  # as the policy does when it asks
+        ws.request([(0, 0, PL)])
+        ws.pump(0.0)
+        assert {c.origin[2] for c in ws.conns} == {old.getsockname()[1], new.getsockname()[1]}
+        ws.close()

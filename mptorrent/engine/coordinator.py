@@ -878,7 +878,11 @@ class Coordinator:
             got = p.pick_for(slot.wid, ahead - slot.queued)
             if not got and slot.queued == 0 and self._take_back(slot):
                 got = p.pick_for(slot.wid, ahead - slot.queued)
-            if not got and slot.queued == 0 and now - slot.last_endgame > ENDGAME_EVERY:
+            # (not before its peers are known: a look at start-up would hold the first
+            # endgame hand-out back by ENDGAME_EVERY, an idle half second at the end of a
+            # small download where one fast source asked for every block)
+            endgame_due = now - slot.last_endgame > ENDGAME_EVERY and p.knows(slot.wid)
+            if not got and slot.queued == 0 and endgame_due:
                 # Endgame: nothing left this worker can start, but pieces are still in
                 # flight elsewhere: fetch some of them too; the first copy wins.
                 slot.last_endgame = now

@@ -374,14 +374,16 @@ class WebSeed:
         origin = self._origin_of(runs[0])
         if origin is None:
             return
-        if not any(c.origin == origin for c in self.conns):
-            # a redirect took its file to another server: make room for a connection there
-            idle = [c for c in self.conns if c.state == "ready" and not c.clients]
-            if idle and len(self.conns) >= self.connections:
-                self._close(idle[0])
-        if len(self.conns) < self.connections and all(
-            c.clients or c.state != "ready" for c in self.conns
-        ):
+        idle = [c for c in self.conns if c.state == "ready" and not c.clients]
+        if any(c.origin == origin for c in idle):
+            return  # it did not fit on an idle connection to its server: nor would it on a new one
+        # An idle connection left is to another server (a redirect took the files away from
+        # it): it takes none of these runs, so it must not stop one opening where they go
+        # (waiting for its server to close it stalled the download), and at the limit it
+        # makes room.
+        if idle and len(self.conns) >= self.connections:
+            self._close(idle[0])
+        if len(self.conns) < self.connections:
             self._open(origin, now)
 
     def _origin_of(self, run: _Run) -> tuple[str, str, int] | None:

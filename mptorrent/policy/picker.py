@@ -248,6 +248,10 @@ class Picker:
             self.took(i, worker)
         return out
 
+    def knows(self, worker: int) -> bool:
+        """Has a peer of this worker said what it has (else it can be handed nothing)?"""
+        return worker in self._wavail
+
     def needed_for(self, worker: int) -> bool:
         """Is any needed piece servable by this worker's peers?"""
         wav = self._wavail.get(worker)
