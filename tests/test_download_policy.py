@@ -54,6 +54,10 @@ class FakePeer:
         return not self.connecting
 
     @property
+    def batch(self) -> int:
+        return self.depth // 2
+
+    @property
     def spare(self) -> int:
         may = self.active and (not self.choked or bool(self.allowed_fast))
         return self.depth - len(self.pending) if may else 0

@@ -73,6 +73,11 @@ class Peer(Protocol):
         ...
 
     @property
+    def batch(self) -> int:
+        """The fewest free pipeline slots worth a top-up while requests are outstanding."""
+        ...
+
+    @property
     def active(self) -> bool:
         """Connected, with its pieces known."""
         ...
@@ -234,9 +239,9 @@ class DownloadPolicy(Generic[P]):
     def fill(self, p: P) -> int:
         """Top up ``p``'s pipeline with block requests; returns how many were asked."""
         spare = p.spare
-        # Top up once half the pipeline is free: fewer, fuller sends (each one also
-        # wakes the peer), and still half a second of data in flight.
-        if spare <= 0 or (p.pending and spare < p.depth // 2):
+        # Top up once a batch is free: fewer, fuller sends (each one also wakes the
+        # peer); a fast near peer's batch is half its pipeline, a distant one's smaller.
+        if spare <= 0 or (p.pending and spare < p.batch):
             return 0
         has_piece = p.has_piece
         only = p.allowed_while_choked

@@ -113,8 +113,10 @@ class _Peer(PeerSession):
 
     def request(self, blocks: Sequence[tuple[int, int, int]]) -> None:
         self.queue(self.wire.send_requests(blocks))
+        self.window.sent(time.monotonic(), sum(b[2] for b in blocks))
 
     def cancel(self, index: int, begin: int, length: int) -> None:
+        self.window.settled(length)
         if self.state == ACTIVE:
             self.queue(self.wire.send(wire.Cancel(index, begin, length)))
 
@@ -525,6 +527,7 @@ class _Worker:
                     self._release_pending(p)
             elif isinstance(ev, wire.RejectRequest):
                 policy.rejected(p, ev.index, ev.begin)  # asked again, of whoever has it
+                p.window.settled(ev.length)
             elif isinstance(ev, (wire.Request, wire.Cancel, wire.Interested, wire.NotInterested)):
                 self.uploader.on_event(p, ev)
             elif not isinstance(ev, (wire.Unchoke, wire.KeepAlive)):
@@ -535,6 +538,7 @@ class _Worker:
         if policy.downloaded != got:
             p.last_block = p.last_message = self.now
             p.useful = True
+            p.window.received(self.now, policy.downloaded - got)
 
     def _tell_new_pieces(self) -> None:
         """HAVE to our peers for pieces any worker verified since we last looked.
@@ -569,6 +573,7 @@ class _Worker:
         """The peer will not answer these requests: let others ask for the blocks."""
         self.policy.release(p)
         p.wire.clear_requests()
+        p.window.dropped()
 
     def _fill(self, p: _Peer) -> None:
         if not p.pending:
