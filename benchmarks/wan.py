@@ -375,7 +375,13 @@ def wan_swarm(workdir: Path, preset: Preset) -> Iterator[SwarmSetup]:
     from vs_anchors import with_announce
 
     from tests.interop.opentracker import run_opentracker
-    from tests.swarm import LtPeer, info_hash, loopback_ip, make_payload, make_torrent
+    from tests.swarm import (
+        LtPeer,
+        info_hash,
+        loopback_ip,
+        make_payload,
+        make_torrent,
+    )
 
     seed_dir = workdir / "seed"
     print(f"[{preset.key}] writing {common.human(preset.size)} ...", file=sys.stderr)

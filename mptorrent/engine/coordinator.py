@@ -66,7 +66,6 @@ AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pi
 MIN_AHEAD, MAX_AHEAD = 2, 64
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STALL_TIMEOUT = 300.0  # no data received (no peer found, or none sends) for this long: exit 1
-SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
@@ -196,6 +195,7 @@ class Coordinator:
         self.hash_failures = 0
         self.pieces_per_worker: dict[int, int] = {}
         self.pieces_per_peer: dict[PeerAddr, int] = {}
+        self.senders: set[PeerAddr] = set()  # peers that sent blocks of verified pieces
         self.tracker_errors: list[str] = []
         self.trackers_pending = 0
         self._lock = threading.Lock()
@@ -380,7 +380,7 @@ class Coordinator:
             downloaded=self.verified_bytes,
             elapsed=time.monotonic() - t0,
             resumed_pieces=resumed,
-            peers_used=len(self.pieces_per_peer),
+            peers_used=len(self.senders),
             pieces_per_worker=dict(self.pieces_per_worker),
             pieces_per_peer=dict(self.pieces_per_peer),
             banned=dict(self.banned),
@@ -431,22 +431,12 @@ class Coordinator:
             self.pool.broadcast(SwarmPeers(tuple(sorted(peers, key=str))[:MAX_SWARM]))
 
     def _give(self, slot: _Slot, addr: PeerAddr) -> None:
+        """Each address goes to one worker only, never to two: a real peer refuses a second
+        connection from one address (libtorrent's allow_multiple_connections_per_ip is off
+        by default), and one that accepts it would send blocks twice.  With fewer peers
+        than workers some workers stay idle, and the endgame lends them nothing."""
         slot.peers.append(addr)
         self.pool.send(slot.wid, AddPeers((addr,)))  # else it gets them when it starts
-
-    def _share_peers(self) -> None:
-        """With fewer peers than workers, idle workers also dial the least-shared peers.
-
-        Done a little after start-up, so that peers from the first tracker replies
-        are spread one per worker before any is doubled up.
-        """
-        usable = self.known - self.banned.keys()
-        if not usable:
-            return
-        for slot in self.slots:
-            if not slot.peers:
-                users = {a: sum(a in s.peers for s in self.slots) for a in usable}
-                self._give(slot, min(users, key=lambda a: (users[a], str(a))))
 
     def _tracker_result(self, r: TierResult) -> None:
         self.inbox.put(("tracker", r))
@@ -540,14 +530,10 @@ class Coordinator:
     # -- the loop -----------------------------------------------------------
 
     def _loop(self) -> None:
-        last_peer_seen = started = last_data = time.monotonic()
+        last_peer_seen = last_data = time.monotonic()
         received = self.downloaded
-        shared = False
         while self.picker.remaining:
             now = time.monotonic()
-            if not shared and now - started > SHARE_AFTER:
-                shared = True
-                self._share_peers()
             self._refill(now)
             self._take_inbox(0.1)
             self._check_workers()
@@ -720,6 +706,7 @@ class Coordinator:
             self.pieces_per_worker[worker] = self.pieces_per_worker.get(worker, 0) + 1
         if peers:  # credited to the peer that sent most of its blocks
             self.pieces_per_peer[peers[0]] = self.pieces_per_peer.get(peers[0], 0) + 1
+            self.senders.update(peers)  # the summary counts every one that sent a block
         self.emit(ev.PieceVerified(index, size, worker, peers[0] if peers else None))
 
     def _refill(self, now: float) -> None:
