@@ -36,6 +36,7 @@ BLOCK = wire.BLOCK_SIZE
 MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
 MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban) before release
 MAX_BACKLOG = 8  # no new batch while this many taken pieces wait for other peers
+ENDGAME_BLOCKS = 4  # duplicate requests an idle peer may get at once in the endgame, at least
 # Piece buffers are kept for reuse, up to the most pieces ever in hand at once (the
 # peak memory is the same): a fresh one costs a malloc, page faults and zeroing.
 MAX_FREE_BUFFERS = 256
@@ -331,9 +332,16 @@ class DownloadPolicy(Generic[P]):
         self, p: P, n: int, has_piece: Callable[[int], bool]
     ) -> tuple[PieceJob, list[int]] | None:
         """Nothing new to fetch: ask this peer for up to ``n`` blocks of one piece that
-        others are slow to send (``has_piece``: what we may ask of it)."""
-        if not self.queue_empty or not self.done[self.num_pieces]:
+        others are slow to send (``has_piece``: what we may ask of it).
+
+        Strict, as libtorrent's strict_end_game_mode: only a peer with nothing outstanding
+        duplicates, and a batch at a time (at least ``ENDGAME_BLOCKS``).  A peer's copy is
+        often already in its send buffer when our cancel arrives (a libtorrent seeder
+        buffers about 1.5 s of its rate), so each duplicate asked early is a block sent
+        twice; a peer that is still busy gets to its own blocks first."""
+        if not self.queue_empty or not self.done[self.num_pieces] or p.pending:
             return None
+        n = min(n, max(ENDGAME_BLOCKS, p.batch))
         pending = p.pending
         for job in self.jobs.values():
             if not has_piece(job.index):
