@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from mptorrent.messages import PeerAddr
 from mptorrent.policy.download import (
     BLOCK,
+    ENDGAME_BLOCKS,
     Ban,
     Decision,
     DownloadPolicy,
@@ -324,6 +325,23 @@ def test_endgame_duplicates_slow_blocks_and_cancels_the_other_copy() -> None:
     assert len(got) == 1 and isinstance(got[0], Verified)
     assert got[0].peers[0] == slow.addr  # three blocks from slow, one from fast
     assert s.policy.downloaded == PL + BLOCK  # the duplicate counts as received
+
+
+def test_strict_endgame_only_an_idle_peer_duplicates_one_piece_at_a_time() -> None:
+    s = swarm([[0, 1]])
+    slow, busy, idle = s.add(1, depth=8), s.add(2, depth=16), s.add(3, depth=64)
+    s.policy.fill(slow)  # pieces 0 and 1, four blocks each
+    s.done[NUM] = 1  # the coordinator's endgame flag
+    s.policy.now += 1
+    busy.pending.add((5, 0))  # it still owes us a block (of a piece elsewhere)
+    assert s.policy.fill(busy) == 0  # a busy peer gets to its own blocks first
+    # An idle peer: the blocks of one piece (at most max(ENDGAME_BLOCKS, its batch)), not
+    # its whole depth of everything outstanding.
+    assert s.policy.fill(idle) == 4 <= max(ENDGAME_BLOCKS, idle.batch)
+    assert idle.requests == blocks_of(0)
+    assert s.policy.fill(idle) == 0  # the next piece once those are in
+    s.serve(idle)
+    assert s.policy.fill(idle) == 4 and idle.requests == blocks_of(1)
 
 
 def test_a_piece_verified_by_another_worker_is_dropped_and_its_requests_cancelled() -> None:
