@@ -67,6 +67,7 @@ MIN_AHEAD, MAX_AHEAD = 2, 64
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STALL_TIMEOUT = 300.0  # no data received (no peer found, or none sends) for this long: exit 1
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
+ENDGAME_PIECES = 2  # pieces left per worker before idle workers fetch pieces held by others
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
 SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the workers' PEX
@@ -726,7 +727,10 @@ class Coordinator:
                 # flight elsewhere: fetch some of them too; the first copy wins.
                 slot.last_endgame = now
                 if p.remaining <= len(p.owner) or not p.needed_for(slot.wid):
-                    got = p.endgame_for(slot.wid, 2)
+                    # Whole pieces twice only for the last few: a piece another worker
+                    # holds is usually on its way, and its copy is sent anyway.
+                    last_few = p.remaining <= ENDGAME_PIECES * len(self.slots)
+                    got = p.endgame_for(slot.wid, 2) if last_few else []
                     # with one worker there is no other to share with, but its own
                     # idle peers may still duplicate slow blocks (block-level endgame)
                     if (got or p.remaining <= len(p.owner)) and not self.done_map[

@@ -43,7 +43,7 @@ HEADROOM: Final = 1.0  # seconds of data kept queued at the peer beyond 1.5 roun
 BATCH_SECONDS: Final = 0.05  # top up once this much of the peer's data has free slots
 MIN_BATCH: Final = 4
 QUEUE_FACTOR: Final = 1.25  # a sample beyond this x the round trip ...
-QUEUE_SLACK: Final = 0.05  # ... plus this many seconds means our requests queued at the peer
+QUEUE_SLACK: Final = 0.005  # ... plus this many seconds means our requests queued at the peer
 MAX_MARKS: Final = 64
 
 
