@@ -52,7 +52,9 @@ class _Link:
         return n
 
 
-def _run(link: _Link, w: RequestWindow, seconds: float) -> list[tuple[float, int]]:
+def _run(
+    link: _Link, w: RequestWindow, seconds: float, step: float = STEP
+) -> list[tuple[float, int]]:
     """Drive ``w`` over ``link``; (time, blocks received so far) every step."""
     now, got, out = 0.0, 0, []
     arrivals: deque[tuple[float, int]] = deque()
@@ -73,7 +75,7 @@ def _run(link: _Link, w: RequestWindow, seconds: float) -> list[tuple[float, int
                 arrivals.popleft()
             w.update(sum(k for _, k in arrivals) * BLOCK / min(2.0, max(0.25, now)))
         out.append((now, got))
-        now += STEP
+        now += step
     return out
 
 
@@ -105,11 +107,15 @@ def test_a_rate_average_alone_would_still_be_ramping() -> None:
     assert _rate_between(trace, 1.5, 2.9) < 0.5 * link.rate
 
 
-def test_near_peer_goes_to_the_ceiling_at_once() -> None:
+def test_near_fast_peer_reaches_the_ceiling_by_its_rate() -> None:
     link = _Link(400 * MiB, 0.0005)
     w = RequestWindow()
-    _run(link, w, 0.5)
-    assert w.depth == CEILING
+
+    _run(link, w, 0.05, step=0.0001)
+    assert not w.slow_start  # a millisecond's queue ended it ...
+    assert w.depth < CEILING  # ... before the window ran to the ceiling
+    _run(_Link(400 * MiB, 0.0005), w, 1.2, step=0.001)
+    assert w.depth == CEILING  # the rate rule takes it there
 
 
 def test_slow_peer_keeps_the_floor_only() -> None:

@@ -16,7 +16,10 @@ and once in a while the peer's measured rate; :class:`RequestWindow` answers wit
   queue at the peer (latency near the round trip) while requests sent after the last
   increase come back means the peer could send more than we ask: the window doubles, so a
   distant fast peer's cap is reached in a few round trips instead of the seconds a rate
-  average takes to catch up.  The first sample that shows a queue ends slow start.
+  average takes to catch up.  The first sample that shows a queue ends slow start: on
+  loopback that is at once (a millisecond of queue), and the rate rule below takes the
+  window up as fast as the rate grows, so a short fast download holds no deeper queues
+  (and no more piece buffers) than it needs.
 - **Steady state.** Every :meth:`update` sets the window to the measured rate x (1.5 round
   trips + ``HEADROOM`` seconds): enough to keep the peer busy through its own bursts (a
   rate-capped libtorrent seeder asks its limiter for a whole send buffer of quota, up to
@@ -43,7 +46,7 @@ HEADROOM: Final = 1.0  # seconds of data kept queued at the peer beyond 1.5 roun
 BATCH_SECONDS: Final = 0.05  # top up once this much of the peer's data has free slots
 MIN_BATCH: Final = 4
 QUEUE_FACTOR: Final = 1.25  # a sample beyond this x the round trip ...
-QUEUE_SLACK: Final = 0.005  # ... plus this many seconds means our requests queued at the peer
+QUEUE_SLACK: Final = 0.001  # ... plus this many seconds means our requests queued at the peer
 MAX_MARKS: Final = 64
 
 
