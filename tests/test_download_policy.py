@@ -344,6 +344,16 @@ def test_strict_endgame_only_an_idle_peer_duplicates_one_piece_at_a_time() -> No
     assert s.policy.fill(idle) == 4 and idle.requests == blocks_of(1)
 
 
+def test_return_backlog_gives_back_the_pieces_not_started_only() -> None:
+    s = swarm([[0, 1, 2, 3]])
+    a = s.add(1, depth=4)
+    s.policy.fill(a)  # piece 0 in hand; 1, 2 and 3 taken, waiting
+    assert list(s.policy.jobs) == [0] and s.policy.backlog == [1, 2, 3]
+    s.policy.return_backlog()
+    assert s.decisions() == [GiveBack(1), GiveBack(2), GiveBack(3)]
+    assert list(s.policy.jobs) == [0] and s.policy.backlog == []
+
+
 def test_a_piece_verified_by_another_worker_is_dropped_and_its_requests_cancelled() -> None:
     s = swarm([[0, 1]])
     a = s.add(1, depth=8)

@@ -42,6 +42,7 @@ from mptorrent.messages import (
     PexLearned,
     PieceDone,
     PieceFailed,
+    ReturnBacklog,
     Returned,
     Seeding,
     SeedOnly,
@@ -57,7 +58,7 @@ from mptorrent.netio.peer import Timeouts
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
-from mptorrent.worker.process import WorkerConfig, reserve_port, run
+from mptorrent.worker.process import STATS_EVERY, WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
     from mptorrent.netio.dht import Dht
@@ -68,6 +69,7 @@ NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STALL_TIMEOUT = 300.0  # no data received (no peer found, or none sends) for this long: exit 1
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 ENDGAME_PIECES = 2  # pieces left per worker before idle workers fetch pieces held by others
+UNLOAD_AFTER = 2.0  # s a worker would need for its leased pieces before an idle one takes some
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
 SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the workers' PEX
@@ -146,6 +148,7 @@ class _Slot:
     stats_peers: int = 0
     reported: set[PeerAddr] = field(default_factory=set)  # peers whose bitfield we hold
     last_endgame: float = 0.0
+    rate: float = 0.0  # bytes/s it receives, smoothed over its last few WorkerStats
 
 
 def output_path(meta: Metainfo, output: str | Path | None) -> Path:
@@ -682,6 +685,7 @@ class Coordinator:
                     self.emit(ev.PeerBanned(msg.peer, msg.reason, wid))
             case WorkerStats():
                 slot.stats_peers = msg.peers
+                slot.rate = 0.7 * slot.rate + 0.3 * msg.downloaded / STATS_EVERY
                 self.downloaded += msg.downloaded
                 self.uploaded += msg.uploaded
             case Seeding():
@@ -726,6 +730,7 @@ class Coordinator:
                 # Endgame: nothing left this worker can start, but pieces are still in
                 # flight elsewhere: fetch some of them too; the first copy wins.
                 slot.last_endgame = now
+                self._unload_slowest(slot)
                 if p.remaining <= len(p.owner) or not p.needed_for(slot.wid):
                     # Whole pieces twice only for the last few: a piece another worker
                     # holds is usually on its way, and its copy is sent anyway.
@@ -739,6 +744,23 @@ class Coordinator:
                         self.done_map[self.meta.num_pieces] = 1
             if got and self.pool.put_work(slot.wid, list(got)):
                 slot.queued += len(got)
+
+    def _unload_slowest(self, idle: _Slot) -> None:
+        """An idle worker, nothing to pick or take back: the worker that would need longest
+        for its leased pieces at its rate (over UNLOAD_AFTER s) gives back those it has
+        not started (``ReturnBacklog``), for whoever picks them first.  Its peers are
+        slow; the idle worker's may not be."""
+        leased: dict[int, int] = {}
+        for owners in self.picker.owner.values():
+            for w in owners:
+                leased[w] = leased.get(w, 0) + 1
+        drain, slowest = max(
+            ((leased.get(s.wid, 0) * self.meta.piece_length / max(s.rate, 1.0), s.wid)
+             for s in self.slots if s is not idle and self.pool.running(s.wid)),
+            default=(0.0, -1),
+        )  # fmt: skip
+        if drain > UNLOAD_AFTER:
+            self.pool.send(slowest, ReturnBacklog())
 
     def _take_back(self, idle: _Slot) -> bool:
         """An idle worker while others still have pieces queued: take those batches back

@@ -490,6 +490,12 @@ class DownloadPolicy(Generic[P]):
             self.backlog.remove(index)
         self.decisions.append(GiveBack(index))
 
+    def return_backlog(self) -> None:
+        """Give back every piece taken and not started (the coordinator asks, for an idle
+        worker); the pieces in hand stay."""
+        for index in list(self.backlog):
+            self.give_back(index)
+
     def give_back_stalled(self, timeout: float) -> None:
         """Give back pieces nothing arrived for in ``timeout`` seconds and that no peer
         is still asked for."""

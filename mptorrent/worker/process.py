@@ -41,6 +41,7 @@ from mptorrent.messages import (
     PieceDone,
     PieceFailed,
     ReportQueue,
+    ReturnBacklog,
     Returned,
     Seeding,
     SeedOnly,
@@ -339,6 +340,9 @@ class _Worker:
                     self._connect_peers(time.monotonic())  # now, not at the next slow tick
                 case SwarmPeers():
                     self.ext.swarm = msg.peers  # listed in our PEX besides our own peers
+                case ReturnBacklog():
+                    self.policy.return_backlog()
+                    self._apply()
                 case _:
                     assert_never(msg)
 

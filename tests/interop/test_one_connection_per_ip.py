@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.interop.test_fetch import peer_args, run_fetch, summary_of
-from tests.swarm import ONE_CONNECTION_PER_IP, Swarm, TorrentCase, same_tree
+from tests.swarm import ONE_CONNECTION_PER_IP, LtPeer, Swarm, TorrentCase, same_tree
 
 pytestmark = pytest.mark.interop
 
@@ -71,3 +71,36 @@ def test_j3_holds_one_connection_per_seeder(
     # A piece is sent twice only in the endgame (two pieces per idle worker at most) or
     # when a connection drops mid-piece.
     assert meta.total_length <= sum(uploaded) <= meta.total_length + 4 * meta.piece_length
+
+
+def test_an_idle_worker_takes_the_pieces_a_slow_worker_has_not_started(
+    single_case: TorrentCase, tmp_path: Path
+) -> None:
+    """-j 2, one fast seeder and one at 128 KiB/s, one per worker: once the fast worker has
+    nothing left to pick, the slow one gives back the pieces it took and has not started
+    (``ReturnBacklog``), and the fast one fetches them; the slow seeder sends only what its
+    worker had in hand, not the whole backlog it took at its own pace."""
+    meta = single_case.meta
+    torrent = tmp_path / "single.torrent"
+    torrent.write_bytes(single_case.torrent)
+    out = tmp_path / "out.bin"
+    common = dict(use_trackers=False, trust_data=True, settings=ONE_CONNECTION_PER_IP)
+    with (
+        LtPeer(single_case.torrent, single_case.save_dir, ip="127.0.0.93", **common) as fast,
+        LtPeer(
+            single_case.torrent, single_case.save_dir, ip="127.0.0.94",
+            upload_rate_limit=128 << 10, **common,
+        ) as slow,
+    ):  # fmt: skip
+        proc = run_fetch(
+            torrent, out, "-j", "2", "--bind", CLIENT_IP, "--no-trackers",
+            *peer_args([fast.addr, slow.addr]),
+        )  # fmt: skip
+        summary_of(proc)
+        assert same_tree(out, single_case.payload.root)
+        time.sleep(1.2)  # libtorrent moves its counters once a second
+        sent = slow.stats().payload_upload
+    # What the slow worker had requested (its window of 32 blocks, 2 pieces) and what its
+    # peer sent meanwhile; without the hand-back, its whole backlog (8 more pieces, 2 MiB at
+    # 128 KiB/s) came from the slow seeder too.
+    assert sent <= 6 * meta.piece_length, sent
