@@ -16,10 +16,10 @@ and once in a while the peer's measured rate; :class:`RequestWindow` answers wit
   queue at the peer (latency near the round trip) while requests sent after the last
   increase come back means the peer could send more than we ask: the window doubles, so a
   distant fast peer's cap is reached in a few round trips instead of the seconds a rate
-  average takes to catch up.  The first sample that shows a queue ends slow start: on
-  loopback that is at once (a millisecond of queue), and the rate rule below takes the
-  window up as fast as the rate grows, so a short fast download holds no deeper queues
-  (and no more piece buffers) than it needs.
+  average takes to catch up.  The first sample that shows a queue ends slow start.  A
+  near peer (round trip under ``NEAR_RTT``) gets none: its bandwidth-delay product is a
+  few blocks, and the rate rule below takes its window up as fast as the rate grows, so
+  a short fast download holds no deeper queues (and no more piece buffers) than it needs.
 - **Steady state.** Every :meth:`update` sets the window to the measured rate x (1.5 round
   trips + ``HEADROOM`` seconds): enough to keep the peer busy through its own bursts (a
   rate-capped libtorrent seeder asks its limiter for a whole send buffer of quota, up to
@@ -47,6 +47,7 @@ BATCH_SECONDS: Final = 0.05  # top up once this much of the peer's data has free
 MIN_BATCH: Final = 4
 QUEUE_FACTOR: Final = 1.25  # a sample beyond this x the round trip ...
 QUEUE_SLACK: Final = 0.001  # ... plus this many seconds means our requests queued at the peer
+NEAR_RTT: Final = 0.005  # a round trip under this: no slow start, the rate rule suffices
 MAX_MARKS: Final = 64
 
 
@@ -113,7 +114,7 @@ class RequestWindow:
         queued = latency > rtt * QUEUE_FACTOR + QUEUE_SLACK
         if queued:
             self.slow_start = False
-        elif self.slow_start and mark >= self._grow_from:
+        elif self.slow_start and mark >= self._grow_from and rtt >= NEAR_RTT:
             self.depth = min(self.ceiling, self.depth * 2)
             self.batch = self.depth // 2
             self._grow_from = self._asked + 1  # judge the next doubling on what follows
