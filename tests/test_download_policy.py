@@ -17,6 +17,7 @@ from mptorrent.messages import PeerAddr
 from mptorrent.policy.download import (
     BLOCK,
     ENDGAME_BLOCKS,
+    ENDGAME_COPIES,
     Ban,
     Decision,
     DownloadPolicy,
@@ -342,6 +343,25 @@ def test_strict_endgame_only_an_idle_peer_duplicates_one_piece_at_a_time() -> No
     assert s.policy.fill(idle) == 0  # the next piece once those are in
     s.serve(idle)
     assert s.policy.fill(idle) == 4 and idle.requests == blocks_of(1)
+
+
+def test_endgame_asks_a_third_peer_only_when_every_missing_block_has_two() -> None:
+    s = swarm([[0, 1]])
+    a, b, c = s.add(1, depth=4), s.add(2, depth=4), s.add(3, depth=4)
+    s.policy.fill(a)  # piece 0
+    s.policy.fill(b)  # piece 1
+    s.done[NUM] = 1
+    s.policy.now += 1
+    assert s.policy.fill(c) == 4 and c.requests == blocks_of(0)  # asked once: first
+    s.serve(c)
+    assert s.policy.fill(c) == 4 and c.requests == blocks_of(1)
+    s.serve(a)  # piece 0 done (a's copies arrive late and are dropped)
+    d = s.add(4, depth=4)
+    # piece 1's blocks are asked of b and c: a third peer gets them only now
+    assert s.policy.fill(d) == 4 and d.requests == blocks_of(1)
+    assert max(s.policy.jobs[1].requested) == ENDGAME_COPIES
+    e = s.add(5, depth=4)
+    assert s.policy.fill(e) == 0  # never a fourth
 
 
 def test_return_backlog_gives_back_the_pieces_not_started_only() -> None:

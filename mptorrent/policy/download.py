@@ -37,6 +37,7 @@ MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
 MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban) before release
 MAX_BACKLOG = 8  # no new batch while this many taken pieces wait for other peers
 ENDGAME_BLOCKS = 4  # duplicate requests an idle peer may get at once in the endgame, at least
+ENDGAME_COPIES = 3  # peers asked for one block at most, in the endgame
 # Piece buffers are kept for reuse, up to the most pieces ever in hand at once (the
 # peak memory is the same): a fresh one costs a malloc, page faults and zeroing.
 MAX_FREE_BUFFERS = 256
@@ -343,17 +344,23 @@ class DownloadPolicy(Generic[P]):
             return None
         n = min(n, max(ENDGAME_BLOCKS, p.batch))
         pending = p.pending
-        for job in self.jobs.values():
-            if not has_piece(job.index):
-                continue
-            received, requested, index = job.received, job.requested, job.index
-            found = [
-                b
-                for b in range(job.nblocks)
-                if not received[b] and requested[b] == 1 and (index, b * BLOCK) not in pending
-            ][:n]
-            if found:
-                return job, found
+        # Blocks asked once first; a third copy only when every missing block has two:
+        # the two peers asked may both be slow, with a send buffer of cancelled blocks
+        # ahead of ours, while every other peer idles.
+        for copies in range(1, ENDGAME_COPIES):
+            for job in self.jobs.values():
+                if not has_piece(job.index):
+                    continue
+                received, requested, index = job.received, job.requested, job.index
+                found = [
+                    b
+                    for b in range(job.nblocks)
+                    if not received[b]
+                    and requested[b] == copies
+                    and (index, b * BLOCK) not in pending
+                ][:n]
+                if found:
+                    return job, found
         return None
 
     # -- blocks -------------------------------------------------------------
