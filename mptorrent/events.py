@@ -194,7 +194,7 @@ class Done:
     downloaded: int  # bytes of pieces verified in this run
     elapsed: float  # seconds
     resumed: int  # pieces that were already on disk
-    peers_used: int  # peers that sent at least one verified piece
+    peers_used: int  # peers that sent at least one block of a verified piece
     banned: int  # peers banned
     hash_failures: int
     received: int  # block payload received, duplicates and failed pieces included

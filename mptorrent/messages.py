@@ -146,6 +146,11 @@ class SeedOnly(NamedTuple):
     on the connections already open (peers need not re-dial a new seeder)."""
 
 
+class ReturnBacklog(NamedTuple):
+    """Give back the pieces taken and not started: another worker is idle and this one's
+    peers will take long to get to them."""
+
+
 class SwarmPeers(NamedTuple):
     """The peers the coordinator's workers are connected to, at the addresses they were
     dialled at: each worker's ut_pex messages (BEP 11) list these besides its own peers."""
@@ -165,7 +170,7 @@ WorkerReport: TypeAlias = (
 )  # fmt: skip
 """Worker -> coordinator (or seeder), in lists on the worker's report queue."""
 
-Control: TypeAlias = AddPeers | Stop | SeedOnly | SwarmPeers
+Control: TypeAlias = AddPeers | Stop | SeedOnly | SwarmPeers | ReturnBacklog
 """Coordinator (or seeder) -> one worker, on its control queue."""
 
 # The queues between the coordinator (or seeder) and one worker; engine/pool.py makes them.

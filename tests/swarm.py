@@ -303,6 +303,13 @@ def _check_loopback(ip: str) -> None:
         raise ValueError(f"{ip} is not a 127.0.0.0/8 address")
 
 
+# Pass as ``settings=`` (LtPeer, Swarm, run_lt_leecher) to keep libtorrent's default, as every
+# peer on the Internet has it: a second connection from an address already connected is
+# refused.  session_settings turns it on, so one machine can hold several clients on one
+# address; a client that opens two connections to one peer needs a test with the default.
+ONE_CONNECTION_PER_IP: Mapping[str, Any] = {"allow_multiple_connections_per_ip": False}
+
+
 def session_settings(ip: str, port: int, *, seed: bool, encryption: bool = False) -> dict[str, Any]:
     """Settings that keep a session on one loopback address and make it a distinct peer.
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from mptorrent.messages import PeerAddr
 from mptorrent.policy.download import (
     BLOCK,
+    ENDGAME_BLOCKS,
+    ENDGAME_COPIES,
     Ban,
     Decision,
     DownloadPolicy,
@@ -52,6 +54,10 @@ class FakePeer:
     @property
     def active(self) -> bool:
         return not self.connecting
+
+    @property
+    def batch(self) -> int:
+        return self.depth // 2
 
     @property
     def spare(self) -> int:
@@ -320,6 +326,52 @@ def test_endgame_duplicates_slow_blocks_and_cancels_the_other_copy() -> None:
     assert len(got) == 1 and isinstance(got[0], Verified)
     assert got[0].peers[0] == slow.addr  # three blocks from slow, one from fast
     assert s.policy.downloaded == PL + BLOCK  # the duplicate counts as received
+
+
+def test_strict_endgame_only_an_idle_peer_duplicates_one_piece_at_a_time() -> None:
+    s = swarm([[0, 1]])
+    slow, busy, idle = s.add(1, depth=8), s.add(2, depth=16), s.add(3, depth=64)
+    s.policy.fill(slow)  # pieces 0 and 1, four blocks each
+    s.done[NUM] = 1  # the coordinator's endgame flag
+    s.policy.now += 1
+    busy.pending.add((5, 0))  # it still owes us a block (of a piece elsewhere)
+    assert s.policy.fill(busy) == 0  # a busy peer gets to its own blocks first
+    # An idle peer: the blocks of one piece (at most max(ENDGAME_BLOCKS, its batch)), not
+    # its whole depth of everything outstanding.
+    assert s.policy.fill(idle) == 4 <= max(ENDGAME_BLOCKS, idle.batch)
+    assert idle.requests == blocks_of(0)
+    assert s.policy.fill(idle) == 0  # the next piece once those are in
+    s.serve(idle)
+    assert s.policy.fill(idle) == 4 and idle.requests == blocks_of(1)
+
+
+def test_endgame_asks_a_third_peer_only_when_every_missing_block_has_two() -> None:
+    s = swarm([[0, 1]])
+    a, b, c = s.add(1, depth=4), s.add(2, depth=4), s.add(3, depth=4)
+    s.policy.fill(a)  # piece 0
+    s.policy.fill(b)  # piece 1
+    s.done[NUM] = 1
+    s.policy.now += 1
+    assert s.policy.fill(c) == 4 and c.requests == blocks_of(0)  # asked once: first
+    s.serve(c)
+    assert s.policy.fill(c) == 4 and c.requests == blocks_of(1)
+    s.serve(a)  # piece 0 done (a's copies arrive late and are dropped)
+    d = s.add(4, depth=4)
+    # piece 1's blocks are asked of b and c: a third peer gets them only now
+    assert s.policy.fill(d) == 4 and d.requests == blocks_of(1)
+    assert max(s.policy.jobs[1].requested) == ENDGAME_COPIES
+    e = s.add(5, depth=4)
+    assert s.policy.fill(e) == 0  # never a fourth
+
+
+def test_return_backlog_gives_back_the_pieces_not_started_only() -> None:
+    s = swarm([[0, 1, 2, 3]])
+    a = s.add(1, depth=4)
+    s.policy.fill(a)  # piece 0 in hand; 1, 2 and 3 taken, waiting
+    assert list(s.policy.jobs) == [0] and s.policy.backlog == [1, 2, 3]
+    s.policy.return_backlog()
+    assert s.decisions() == [GiveBack(1), GiveBack(2), GiveBack(3)]
+    assert list(s.policy.jobs) == [0] and s.policy.backlog == []
 
 
 def test_a_piece_verified_by_another_worker_is_dropped_and_its_requests_cancelled() -> None:

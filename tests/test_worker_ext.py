@@ -145,6 +145,20 @@ def test_extended_handshake_says_what_the_issue_asks() -> None:
     assert hs2.port is None
 
 
+def test_the_peers_reqq_caps_our_request_window() -> None:
+    meta = make_meta()
+    ext, p, remote = connect(meta)
+    remote.take()
+    assert p.depth == 32  # a new peer's window (policy.pipeline.INITIAL)
+    remote.router = ExtensionRouter([UtMetadata()], client="remote", port=7000, reqq=10)
+    their_handshake(ext, p, remote)
+    assert p.depth == p.window.ceiling == 10  # never more in flight than it queues
+    p.window.sent(0.0, 16384)
+    p.window.received(0.1, 16384)  # a round trip measured: slow start would double ...
+    p.window.update(100 << 20)  # ... and a fast peer's rate alone would want hundreds
+    assert p.window.rtt == 0.1 and p.depth == 10
+
+
 def test_yourip_is_the_peers_literal_address() -> None:
     assert _seen_address("::ffff:10.1.2.3") == IPv4Address("10.1.2.3")  # dual-stack socket
     assert str(_seen_address("fe80::1%eth0")) == "fe80::1"

@@ -52,6 +52,7 @@ from mptorrent.messages import (
     PexLearned,
     PieceDone,
     PieceFailed,
+    ReturnBacklog,
     Returned,
     Seeding,
     SeedOnly,
@@ -70,7 +71,7 @@ from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.proto.webseed import MAX_WEB_SEEDS, seed_id, seed_url_problem
-from mptorrent.worker.process import WorkerConfig, reserve_port, run
+from mptorrent.worker.process import STATS_EVERY, WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
     from mptorrent.netio.dht import Dht
@@ -81,8 +82,9 @@ MIN_WINDOW = 4  # pieces, however large they are
 MIN_AHEAD, MAX_AHEAD = 2, 64
 NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STALL_TIMEOUT = 300.0  # no data received (no peer found, or none sends) for this long: exit 1
-SHARE_AFTER = 1.0  # seconds before idle workers borrow peers
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
+ENDGAME_PIECES = 2  # pieces left per worker before idle workers fetch pieces held by others
+UNLOAD_AFTER = 2.0  # s a worker would need for its leased pieces before an idle one takes some
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
 SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the workers' PEX
@@ -172,6 +174,7 @@ class _Slot:
     stats_peers: int = 0
     reported: set[PeerAddr] = field(default_factory=set)  # peers whose bitfield we hold
     last_endgame: float = 0.0
+    rate: float = 0.0  # bytes/s it receives, smoothed over its last few WorkerStats
 
 
 def output_path(meta: Metainfo, output: str | Path | None) -> Path:
@@ -240,6 +243,7 @@ class Coordinator:
         self.hash_failures = 0
         self.pieces_per_worker: dict[int, int] = {}
         self.pieces_per_peer: dict[PeerAddr, int] = {}
+        self.senders: set[PeerAddr] = set()  # peers that sent blocks of verified pieces
         self.tracker_errors: list[str] = []
         self.trackers_pending = 0
         self._lock = threading.Lock()
@@ -484,7 +488,7 @@ class Coordinator:
             downloaded=self.verified_bytes,
             elapsed=time.monotonic() - t0,
             resumed_pieces=resumed,
-            peers_used=len(self.pieces_per_peer),
+            peers_used=len(self.senders),
             pieces_per_worker=dict(self.pieces_per_worker),
             pieces_per_peer=dict(self.pieces_per_peer),
             banned=dict(self.banned),
@@ -544,22 +548,12 @@ class Coordinator:
             self.pool.broadcast(SwarmPeers(tuple(sorted(peers, key=str))[:MAX_SWARM]))
 
     def _give(self, slot: _Slot, addr: PeerAddr) -> None:
+        """Each address goes to one worker only, never to two: a real peer refuses a second
+        connection from one address (libtorrent's allow_multiple_connections_per_ip is off
+        by default), and one that accepts it would send blocks twice.  With fewer peers
+        than workers some workers stay idle, and the endgame lends them nothing."""
         slot.peers.append(addr)
         self.pool.send(slot.wid, AddPeers((addr,)))  # else it gets them when it starts
-
-    def _share_peers(self) -> None:
-        """With fewer peers than workers, idle workers also dial the least-shared peers.
-
-        Done a little after start-up, so that peers from the first tracker replies
-        are spread one per worker before any is doubled up.
-        """
-        usable = self.known - self.banned.keys()
-        if not usable:
-            return
-        for slot in self._dialling():
-            if not slot.peers:
-                users = {a: sum(a in s.peers for s in self.slots) for a in usable}
-                self._give(slot, min(users, key=lambda a: (users[a], str(a))))
 
     def _tracker_result(self, r: TierResult) -> None:
         self.inbox.put(("tracker", r))
@@ -663,15 +657,11 @@ class Coordinator:
     # -- the loop -----------------------------------------------------------
 
     def _loop(self) -> None:
-        last_peer_seen = started = last_data = time.monotonic()
+        last_peer_seen = last_data = time.monotonic()
         received = self.downloaded
-        shared = False
         last_progress = 0.0
         while self.picker.remaining:
             now = time.monotonic()
-            if not shared and now - started > SHARE_AFTER:
-                shared = True
-                self._share_peers()
             self._refill(now)
             self._take_inbox(0.1)
             self._check_workers()
@@ -834,6 +824,7 @@ class Coordinator:
                     self.emit(ev.PeerBanned(msg.peer, msg.reason, wid))
             case WorkerStats():
                 slot.stats_peers = msg.peers
+                slot.rate = 0.7 * slot.rate + 0.3 * msg.downloaded / STATS_EVERY
                 self.downloaded += msg.downloaded
                 self.uploaded += msg.uploaded
             case Seeding():
@@ -864,6 +855,7 @@ class Coordinator:
             self.pieces_per_worker[worker] = self.pieces_per_worker.get(worker, 0) + 1
         if peers:  # credited to the peer that sent most of its blocks
             self.pieces_per_peer[peers[0]] = self.pieces_per_peer.get(peers[0], 0) + 1
+            self.senders.update(peers)  # the summary counts every one that sent a block
         self.emit(ev.PieceVerified(index, size, worker, peers[0] if peers else None))
 
     def _refill(self, now: float) -> None:
@@ -886,8 +878,12 @@ class Coordinator:
                 # Endgame: nothing left this worker can start, but pieces are still in
                 # flight elsewhere: fetch some of them too; the first copy wins.
                 slot.last_endgame = now
+                self._unload_slowest(slot)
                 if p.remaining <= len(p.owner) or not p.needed_for(slot.wid):
-                    got = p.endgame_for(slot.wid, 2)
+                    # Whole pieces twice only for the last few: a piece another worker
+                    # holds is usually on its way, and its copy is sent anyway.
+                    last_few = p.remaining <= ENDGAME_PIECES * len(self.slots)
+                    got = p.endgame_for(slot.wid, 2) if last_few else []
                     # with one worker there is no other to share with, but its own
                     # idle peers may still duplicate slow blocks (block-level endgame)
                     if (got or p.remaining <= len(p.owner)) and not self.done_map[
@@ -896,6 +892,23 @@ class Coordinator:
                         self.done_map[self.meta.num_pieces] = 1
             if got and self.pool.put_work(slot.wid, list(got)):
                 slot.queued += len(got)
+
+    def _unload_slowest(self, idle: _Slot) -> None:
+        """An idle worker, nothing to pick or take back: the worker that would need longest
+        for its leased pieces at its rate (over UNLOAD_AFTER s) gives back those it has
+        not started (``ReturnBacklog``), for whoever picks them first.  Its peers are
+        slow; the idle worker's may not be."""
+        leased: dict[int, int] = {}
+        for owners in self.picker.owner.values():
+            for w in owners:
+                leased[w] = leased.get(w, 0) + 1
+        drain, slowest = max(
+            ((leased.get(s.wid, 0) * self.meta.piece_length / max(s.rate, 1.0), s.wid)
+             for s in self.slots if s is not idle and self.pool.running(s.wid)),
+            default=(0.0, -1),
+        )  # fmt: skip
+        if drain > UNLOAD_AFTER:
+            self.pool.send(slowest, ReturnBacklog())
 
     def _take_back(self, idle: _Slot) -> bool:
         """An idle worker while others still have pieces queued: take those batches back

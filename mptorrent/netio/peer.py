@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Final
 
 from mptorrent.messages import PeerAddr
+from mptorrent.policy.pipeline import RequestWindow
 from mptorrent.proto import wire
 
 
@@ -30,9 +31,6 @@ class Timeouts:
     piece: float = 60.0  # a piece held with no block arriving for this long is given back
 
 
-MIN_DEPTH = 32  # requests kept in flight per peer; libtorrent and Transmission floor
-MAX_DEPTH = 500  # libtorrent's max_out_request_queue
-DEPTH_SECONDS = 1.0  # keep rate x this much in flight (bandwidth-delay with margin)
 RECV_SIZE = 256 << 10  # receive buffer per connection: 16 blocks a read (1 MiB cost memory)
 
 
@@ -54,7 +52,8 @@ CLOSED: Final = PeerState.CLOSED
 
 class PeerSession:
     """One peer inside one worker process: its non-blocking socket, :class:`wire.Connection`, unsent
-    bytes and a request depth fitted to its rate. Never leaves the process."""
+    bytes and a request window fitted to its rate and round trip (``policy.pipeline``).
+    Never leaves the process."""
 
     def __init__(
         self,
@@ -90,7 +89,7 @@ class PeerSession:
         # rate estimate over a sliding window of (time, bytes) samples
         self._samples: deque[tuple[float, int]] = deque()
         self._window_bytes = 0
-        self.depth = MIN_DEPTH
+        self.window = RequestWindow()  # requests worth keeping in flight: rate x delay
 
     # -- socket -------------------------------------------------------------
 
@@ -207,9 +206,17 @@ class PeerSession:
         return self._window_bytes / span
 
     def update_depth(self, now: float) -> None:
-        want = int(self.rate(now) * DEPTH_SECONDS / wire.BLOCK_SIZE)
-        # slow start: at most double per adjustment, never below the floor
-        self.depth = max(MIN_DEPTH, min(MAX_DEPTH, want, self.depth * 2))
+        self.window.update(self.rate(now))
+
+    @property
+    def depth(self) -> int:
+        """Requests worth keeping in flight (slow start, then rate x round trip)."""
+        return self.window.depth
+
+    @property
+    def batch(self) -> int:
+        """The fewest free slots worth a top-up while requests are outstanding."""
+        return self.window.batch
 
     @property
     def can_request(self) -> bool:
@@ -229,4 +236,4 @@ class PeerSession:
 
     @property
     def spare(self) -> int:
-        return self.depth - len(self.pending) if self.can_request else 0
+        return self.window.depth - len(self.pending) if self.can_request else 0

@@ -175,6 +175,8 @@ class WebSeed:
         self.pending: set[BlockKey] = set()
         self.connections = max(1, connections)
         self.depth = self.connections * RUNS_PER_CONNECTION * RUN_BYTES // wire.BLOCK_SIZE
+        # top up a whole run at a time: fewer, longer Range requests
+        self.batch = RUN_BYTES // wire.BLOCK_SIZE
         self.allowed_while_choked: frozenset[int] | None = None
         self.state = CONNECTING
         self.conns: list[WebConn] = []

@@ -36,6 +36,8 @@ BLOCK = wire.BLOCK_SIZE
 MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
 MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban) before release
 MAX_BACKLOG = 8  # no new batch while this many taken pieces wait for other peers
+ENDGAME_BLOCKS = 4  # duplicate requests an idle peer may get at once in the endgame, at least
+ENDGAME_COPIES = 3  # peers asked for one block at most, in the endgame
 # Piece buffers are kept for reuse, up to the most pieces ever in hand at once (the
 # peak memory is the same): a fresh one costs a malloc, page faults and zeroing.
 MAX_FREE_BUFFERS = 256
@@ -70,6 +72,11 @@ class Peer(Protocol):
     @property
     def depth(self) -> int:
         """Its pipeline's length: requests worth keeping in flight."""
+        ...
+
+    @property
+    def batch(self) -> int:
+        """The fewest free pipeline slots worth a top-up while requests are outstanding."""
         ...
 
     @property
@@ -234,9 +241,9 @@ class DownloadPolicy(Generic[P]):
     def fill(self, p: P) -> int:
         """Top up ``p``'s pipeline with block requests; returns how many were asked."""
         spare = p.spare
-        # Top up once half the pipeline is free: fewer, fuller sends (each one also
-        # wakes the peer), and still half a second of data in flight.
-        if spare <= 0 or (p.pending and spare < p.depth // 2):
+        # Top up once a batch is free: fewer, fuller sends (each one also wakes the
+        # peer); a fast near peer's batch is half its pipeline, a distant one's smaller.
+        if spare <= 0 or (p.pending and spare < p.batch):
             return 0
         has_piece = p.has_piece
         only = p.allowed_while_choked
@@ -326,21 +333,34 @@ class DownloadPolicy(Generic[P]):
         self, p: P, n: int, has_piece: Callable[[int], bool]
     ) -> tuple[PieceJob, list[int]] | None:
         """Nothing new to fetch: ask this peer for up to ``n`` blocks of one piece that
-        others are slow to send (``has_piece``: what we may ask of it)."""
-        if not self.queue_empty or not self.done[self.num_pieces]:
+        others are slow to send (``has_piece``: what we may ask of it).
+
+        Strict, as libtorrent's strict_end_game_mode: only a peer with nothing outstanding
+        duplicates, and a batch at a time (at least ``ENDGAME_BLOCKS``).  A peer's copy is
+        often already in its send buffer when our cancel arrives (a libtorrent seeder
+        buffers about 1.5 s of its rate), so each duplicate asked early is a block sent
+        twice; a peer that is still busy gets to its own blocks first."""
+        if not self.queue_empty or not self.done[self.num_pieces] or p.pending:
             return None
+        n = min(n, max(ENDGAME_BLOCKS, p.batch))
         pending = p.pending
-        for job in self.jobs.values():
-            if not has_piece(job.index):
-                continue
-            received, requested, index = job.received, job.requested, job.index
-            found = [
-                b
-                for b in range(job.nblocks)
-                if not received[b] and requested[b] == 1 and (index, b * BLOCK) not in pending
-            ][:n]
-            if found:
-                return job, found
+        # Blocks asked once first; a third copy only when every missing block has two:
+        # the two peers asked may both be slow, with a send buffer of cancelled blocks
+        # ahead of ours, while every other peer idles.
+        for copies in range(1, ENDGAME_COPIES):
+            for job in self.jobs.values():
+                if not has_piece(job.index):
+                    continue
+                received, requested, index = job.received, job.requested, job.index
+                found = [
+                    b
+                    for b in range(job.nblocks)
+                    if not received[b]
+                    and requested[b] == copies
+                    and (index, b * BLOCK) not in pending
+                ][:n]
+                if found:
+                    return job, found
         return None
 
     # -- blocks -------------------------------------------------------------
@@ -476,6 +496,12 @@ class DownloadPolicy(Generic[P]):
         if index in self.backlog:
             self.backlog.remove(index)
         self.decisions.append(GiveBack(index))
+
+    def return_backlog(self) -> None:
+        """Give back every piece taken and not started (the coordinator asks, for an idle
+        worker); the pieces in hand stay."""
+        for index in list(self.backlog):
+            self.give_back(index)
 
     def give_back_stalled(self, timeout: float) -> None:
         """Give back pieces nothing arrived for in ``timeout`` seconds and that no peer

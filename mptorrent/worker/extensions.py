@@ -142,6 +142,8 @@ class WorkerExtensions:
                 )
         elif isinstance(ev, ExtendedHandshake):
             st.listen_port = ev.port
+            if ev.reqq is not None:
+                p.window.limit(ev.reqq)  # never more requests in flight than it queues
             if st.pex is None and st.router.peer_supports(ut_pex.NAME) and not self.private:
                 st.pex = PexState(exclude=self._advertised(p, st))
         # Metadata pieces and rejects: we have the metadata and ask for none.

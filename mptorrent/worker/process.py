@@ -42,6 +42,7 @@ from mptorrent.messages import (
     PieceDone,
     PieceFailed,
     ReportQueue,
+    ReturnBacklog,
     Returned,
     Seeding,
     SeedOnly,
@@ -131,8 +132,10 @@ class _Peer(PeerSession):
 
     def request(self, blocks: Sequence[tuple[int, int, int]]) -> None:
         self.queue(self.wire.send_requests(blocks))
+        self.window.sent(time.monotonic(), sum(b[2] for b in blocks))
 
     def cancel(self, index: int, begin: int, length: int) -> None:
+        self.window.settled(length)
         if self.state == ACTIVE:
             self.queue(self.wire.send(wire.Cancel(index, begin, length)))
 
@@ -401,6 +404,9 @@ class _Worker:
                     self._connect_peers(time.monotonic())  # now, not at the next slow tick
                 case SwarmPeers():
                     self.ext.swarm = msg.peers  # listed in our PEX besides our own peers
+                case ReturnBacklog():
+                    self.policy.return_backlog()
+                    self._apply()
                 case _:
                     assert_never(msg)
 
@@ -655,6 +661,7 @@ class _Worker:
                     self._release_pending(p)
             elif isinstance(ev, wire.RejectRequest):
                 policy.rejected(p, ev.index, ev.begin)  # asked again, of whoever has it
+                p.window.settled(ev.length)
             elif isinstance(ev, (wire.Request, wire.Cancel, wire.Interested, wire.NotInterested)):
                 self.uploader.on_event(p, ev)
             elif isinstance(ev, wire.Port):
@@ -669,6 +676,7 @@ class _Worker:
         if policy.downloaded != got:
             p.last_block = p.last_message = self.now
             p.useful = True
+            p.window.received(self.now, policy.downloaded - got)
 
     def _tell_new_pieces(self) -> None:
         """HAVE to our peers for pieces any worker verified since we last looked.
@@ -703,6 +711,7 @@ class _Worker:
         """The peer will not answer these requests: let others ask for the blocks."""
         self.policy.release(p)
         p.wire.clear_requests()
+        p.window.dropped()
 
     def _fill(self, p: _Peer) -> None:
         if not p.pending:

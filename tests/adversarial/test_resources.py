@@ -117,8 +117,8 @@ def test_e1_worker_memory_is_bounded_by_pieces_in_flight(
     # A worker holds a buffer for each piece it has requests out for: at most its request
     # pipelines (500 blocks per peer, libtorrent's max_out_request_queue) rounded up to whole
     # pieces, plus one partly requested piece per peer; each peer also has a 1 MiB receive
-    # buffer.  Written out from those anchors (not read from MAX_DEPTH and RECV_SIZE) so that a
-    # deeper pipeline or bigger buffers fail here instead of widening the bound.
+    # buffer.  Written out from those anchors (not read from pipeline.CEILING and RECV_SIZE) so
+    # that a deeper pipeline or bigger buffers fail here instead of widening the bound.
     peers = len(E1_SEEDERS)
     in_flight = peers * (-(-500 * 16 * KiB // E1_PIECE) + 1)
     bound = in_flight * E1_PIECE + peers * MiB + 8 * MiB

@@ -1,0 +1,135 @@
+"""How many block requests to keep in flight with one peer: bandwidth x delay, measured.
+
+Sans-IO: the caller says when it sent requests and when payload arrived (with the time),
+and once in a while the peer's measured rate; :class:`RequestWindow` answers with
+:attr:`~RequestWindow.depth`, the number of requests worth keeping outstanding.
+
+- **Round trip, measured.** Requests are served in order (BEP 3 peers answer a request
+  queue first in, first out), so the request that made the byte count reach ``n`` is
+  answered when ``n`` payload bytes have arrived.  Each send is marked with the byte count
+  its first request completes and the time; when that count arrives the elapsed time is one
+  request-to-block latency sample.  The smallest sample so far is the round trip (a larger
+  one also holds the time our request waited in the peer's queue behind earlier ones; no
+  sample is ever smaller than the round trip, and once our requests keep a queue at the
+  peer no later one shows it again, so a sliding minimum would forget it).
+- **Slow start.** A new peer starts at ``initial`` requests.  Each sample that shows no
+  queue at the peer (latency near the round trip) while requests sent after the last
+  increase come back means the peer could send more than we ask: the window doubles, so a
+  distant fast peer's cap is reached in a few round trips instead of the seconds a rate
+  average takes to catch up.  The first sample that shows a queue ends slow start.  A
+  near peer (round trip under ``NEAR_RTT``) gets none: its bandwidth-delay product is a
+  few blocks, and the rate rule below takes its window up as fast as the rate grows, so
+  a short fast download holds no deeper queues (and no more piece buffers) than it needs.
+- **Steady state.** Every :meth:`update` sets the window to the measured rate x (1.5 round
+  trips + ``HEADROOM`` seconds): enough to keep the peer busy through its own bursts (a
+  rate-capped libtorrent seeder asks its limiter for a whole send buffer of quota, up to
+  3 MiB, and then sends it at once: 0.75 s of a 4 MiB/s cap).  When the window itself
+  limits the rate, that target exceeds the window, so it keeps growing; a window the peer
+  does not need shrinks by a quarter per update at most.
+- **Top-ups.** :attr:`~RequestWindow.batch` is the fewest free slots worth a send while
+  requests are outstanding: ``BATCH_SECONDS`` of the peer's rate, at most half the window.
+  A fast near peer gets few, full sends (half its window, as before); a distant one gets
+  its window refilled every few tens of milliseconds, so it never drains to half.
+- **The peer's limit.** A ``reqq`` from its BEP 10 handshake caps the window (:meth:`limit`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+BLOCK: Final = 16384
+INITIAL: Final = 32  # requests in flight to a new peer (libtorrent and Transmission floor)
+FLOOR: Final = 32
+CEILING: Final = 500  # libtorrent's max_out_request_queue
+HEADROOM: Final = 1.0  # seconds of data kept queued at the peer beyond 1.5 round trips
+BATCH_SECONDS: Final = 0.05  # top up once this much of the peer's data has free slots
+MIN_BATCH: Final = 4
+QUEUE_FACTOR: Final = 1.25  # a sample beyond this x the round trip ...
+QUEUE_SLACK: Final = 0.001  # ... plus this many seconds means our requests queued at the peer
+NEAR_RTT: Final = 0.005  # a round trip under this: no slow start, the rate rule suffices
+MAX_MARKS: Final = 64
+
+
+class RequestWindow:
+    """One peer's request window: see the module docstring.  Times are seconds."""
+
+    __slots__ = ("_asked", "_got", "_grow_from", "_marks", "batch", "ceiling", "depth",
+                 "floor", "latency", "rtt", "slow_start")  # fmt: skip
+
+    def __init__(
+        self, *, initial: int = INITIAL, floor: int = FLOOR, ceiling: int = CEILING
+    ) -> None:
+        self.floor = floor
+        self.ceiling = ceiling
+        self.depth = max(1, min(initial, ceiling))
+        self.batch = self.depth // 2  # until the rate is known
+        self.slow_start = True
+        self.rtt: float | None = None  # the smallest latency sample
+        self.latency: float | None = None  # the latest one
+        self._asked = 0  # payload bytes requested so far
+        self._got = 0  # payload bytes received or given up on so far
+        self._marks: deque[tuple[int, float]] = deque()  # (byte count, time sent)
+        self._grow_from = 0  # growth is judged on requests marked at or after this count
+
+    def sent(self, now: float, nbytes: int) -> None:
+        """Requests for ``nbytes`` of payload went out at ``now``."""
+        if len(self._marks) < MAX_MARKS:
+            self._marks.append((self._asked + 1, now))
+        self._asked += nbytes
+
+    def received(self, now: float, nbytes: int) -> None:
+        """``nbytes`` of requested payload arrived at ``now``."""
+        self._got += nbytes
+        marks = self._marks
+        if not marks or marks[0][0] > self._got:
+            return
+        while marks and marks[0][0] <= self._got:
+            mark, sent_at = marks.popleft()
+        self._sample(now - sent_at, mark)
+
+    def settled(self, nbytes: int) -> None:
+        """Requests for ``nbytes`` will not be answered (cancelled or rejected): later blocks
+        complete the counts they would have."""
+        self._got += nbytes
+        marks = self._marks
+        while marks and marks[0][0] <= self._got:
+            marks.popleft()
+
+    def dropped(self) -> None:
+        """Every outstanding request is gone (a choke without the fast extension)."""
+        self._got = self._asked
+        self._marks.clear()
+
+    def limit(self, reqq: int) -> None:
+        """The peer takes at most ``reqq`` requests at once (BEP 10 handshake)."""
+        self.ceiling = max(1, min(self.ceiling, reqq))
+        self.floor = min(self.floor, self.ceiling)
+        self.depth = min(self.depth, self.ceiling)
+        self.batch = min(self.batch, self.depth // 2)
+
+    def _sample(self, latency: float, mark: int) -> None:
+        self.latency = latency
+        rtt = self.rtt = latency if self.rtt is None else min(self.rtt, latency)
+        queued = latency > rtt * QUEUE_FACTOR + QUEUE_SLACK
+        if queued:
+            self.slow_start = False
+        elif self.slow_start and mark >= self._grow_from and rtt >= NEAR_RTT:
+            self.depth = min(self.ceiling, self.depth * 2)
+            self.batch = self.depth // 2
+            self._grow_from = self._asked + 1  # judge the next doubling on what follows
+
+    def update(self, rate: float) -> None:
+        """The peer's measured rate (bytes/s): size the window to rate x delay."""
+        if self.rtt is None:
+            return
+        self.batch = max(MIN_BATCH, min(self.depth // 2, int(rate * BATCH_SECONDS / BLOCK)))
+        want = int(rate * (1.5 * self.rtt + HEADROOM) / BLOCK)
+        depth = self.depth
+        if self.slow_start:
+            depth = max(depth, want)
+        else:
+            depth = max(want, depth * 3 // 4)
+            depth = min(depth, self.depth * 2)
+        self.depth = max(self.floor, min(self.ceiling, depth))
+        self.batch = min(self.batch, self.depth // 2)

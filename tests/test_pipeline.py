@@ -1,0 +1,177 @@
+"""The request window (policy/pipeline.py): slow start, rate x delay, reqq, with a clock input.
+
+``_Link`` is a small simulation of one peer: our requests reach it half a round trip later,
+it serves them in order at its upload cap, and each block takes another half round trip
+back.  The window is driven as the worker drives it: top up to ``depth``, report arrivals,
+and ``update`` with the measured rate every 0.2 s.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+
+from mptorrent.policy.pipeline import (
+    BATCH_SECONDS,
+    BLOCK,
+    CEILING,
+    HEADROOM,
+    INITIAL,
+    RequestWindow,
+)
+
+MiB = 1 << 20
+STEP = 0.005
+
+
+class _Link:
+    def __init__(self, rate: float, rtt: float) -> None:
+        self.rate = rate
+        self.rtt = rtt
+        self.to_peer: deque[float] = deque()  # arrival time at the peer, per request
+        self.to_us: deque[float] = deque()  # arrival time here, per block
+        self.free_at = 0.0  # the peer's uploader is busy until then
+        self.outstanding = 0
+
+    def request(self, now: float, n: int) -> None:
+        self.to_peer.extend([now + self.rtt / 2] * n)
+        self.outstanding += n
+
+    def step(self, now: float) -> int:
+        """Blocks that arrive by ``now``."""
+        while self.to_peer and self.to_peer[0] <= now:
+            start = max(self.to_peer.popleft(), self.free_at)
+            self.free_at = start + BLOCK / self.rate
+            self.to_us.append(self.free_at + self.rtt / 2)
+        n = 0
+        while self.to_us and self.to_us[0] <= now:
+            self.to_us.popleft()
+            n += 1
+        self.outstanding -= n
+        return n
+
+
+def _run(
+    link: _Link, w: RequestWindow, seconds: float, step: float = STEP
+) -> list[tuple[float, int]]:
+    """Drive ``w`` over ``link``; (time, blocks received so far) every step."""
+    now, got, out = 0.0, 0, []
+    arrivals: deque[tuple[float, int]] = deque()
+    next_update = 0.2
+    while now < seconds:
+        spare = w.depth - link.outstanding
+        if spare > 0 and (link.outstanding == 0 or spare >= w.batch):
+            link.request(now, spare)
+            w.sent(now, spare * BLOCK)
+        n = link.step(now)
+        if n:
+            w.received(now, n * BLOCK)
+            got += n
+            arrivals.append((now, n))
+        if now >= next_update:
+            next_update += 0.2
+            while arrivals and arrivals[0][0] < now - 2.0:
+                arrivals.popleft()
+            w.update(sum(k for _, k in arrivals) * BLOCK / min(2.0, max(0.25, now)))
+        out.append((now, got))
+        now += step
+    return out
+
+
+def _rate_between(trace: list[tuple[float, int]], t0: float, t1: float) -> float:
+    a = next(g for t, g in trace if t >= t0)
+    b = next((g for t, g in trace if t >= t1), trace[-1][1])
+    return (b - a) * BLOCK / (t1 - t0)
+
+
+def test_distant_fast_peer_reaches_its_cap_within_a_few_round_trips() -> None:
+    link = _Link(4 * MiB, 0.300)
+    w = RequestWindow()
+    trace = _run(link, w, 6.0)
+    # Slow start: 32 -> 64 -> 128 requests, a round trip each; the cap from ~1.2 s on.
+    assert _rate_between(trace, 1.5, 5.9) >= 0.97 * link.rate
+    assert w.rtt is not None and 0.3 <= w.rtt < 0.33
+    assert not w.slow_start  # it saw the queue at the cap and stopped doubling
+    # What it keeps in flight: about rate x (1.5 RTT + headroom), not the ceiling.
+    assert w.depth == pytest.approx(link.rate * (1.5 * 0.3 + HEADROOM) / BLOCK, rel=0.1)
+    assert w.depth < CEILING
+    assert w.batch == int(link.rate * BATCH_SECONDS / BLOCK)  # refilled every 50 ms
+
+
+def test_a_rate_average_alone_would_still_be_ramping() -> None:
+    """The same peer with the window held at its initial size: what slow start saves."""
+    link = _Link(4 * MiB, 0.300)
+    w = RequestWindow(ceiling=INITIAL)
+    trace = _run(link, w, 3.0)
+    assert _rate_between(trace, 1.5, 2.9) < 0.5 * link.rate
+
+
+def test_near_fast_peer_reaches_the_ceiling_by_its_rate() -> None:
+    link = _Link(400 * MiB, 0.0005)
+    w = RequestWindow()
+    _run(link, w, 0.05, step=0.0001)
+    assert w.depth == INITIAL  # no slow start a millisecond away ...
+    _run(_Link(400 * MiB, 0.0005), w, 1.2, step=0.001)
+    assert w.depth == CEILING  # ... the rate rule takes it up
+
+
+def test_slow_peer_keeps_the_floor_only() -> None:
+    link = _Link(256 * 1024, 0.100)
+    w = RequestWindow()
+    trace = _run(link, w, 8.0)
+    assert _rate_between(trace, 2.0, 7.9) >= 0.97 * link.rate
+    assert w.depth == 32
+
+
+def test_reqq_caps_the_window() -> None:
+    w = RequestWindow()
+    w.limit(20)
+    assert w.depth == 20 and w.ceiling == 20
+    link = _Link(400 * MiB, 0.0005)
+    _run(link, w, 0.3)
+    assert w.depth == 20
+    w.limit(5000)  # a larger reqq never raises our own ceiling
+    assert w.ceiling == 20
+
+
+def test_latency_sample_per_send_in_order() -> None:
+    w = RequestWindow()
+    w.sent(0.0, 4 * BLOCK)
+    w.sent(0.1, 4 * BLOCK)
+    w.received(0.3, BLOCK)  # the first send's first block: 0.3 s
+    assert w.rtt == pytest.approx(0.3)
+    w.received(0.5, 4 * BLOCK)  # completes the second send's first block: 0.4 s
+    assert w.rtt == pytest.approx(0.3)
+    assert w.depth == INITIAL * 2  # no queue seen: doubled once (not per sample)
+
+
+def test_cancels_and_choke_keep_the_counts_aligned() -> None:
+    w = RequestWindow()
+    w.sent(0.0, 2 * BLOCK)
+    w.settled(2 * BLOCK)  # both cancelled: nothing of them will come
+    w.sent(1.0, BLOCK)
+    w.received(1.2, BLOCK)
+    assert w.rtt == pytest.approx(0.2)  # not 1.2: the cancelled bytes are not waited for
+    w.sent(2.0, 3 * BLOCK)
+    w.dropped()  # choked: they are gone
+    w.sent(3.0, BLOCK)
+    w.received(3.25, BLOCK)
+    assert w.rtt == pytest.approx(0.2)
+    assert w.latency == pytest.approx(0.25)
+
+
+def test_queue_at_the_peer_ends_slow_start_and_update_shrinks() -> None:
+    w = RequestWindow()
+    w.sent(0.0, BLOCK)
+    w.received(0.1, BLOCK)
+    assert w.slow_start
+    w.sent(1.0, BLOCK)
+    w.received(2.0, BLOCK)  # a second to answer: it had a queue
+    assert not w.slow_start
+    w.depth = 400
+    w.update(100 * 1024)  # 100 KiB/s: wants a few blocks; shrinks a quarter per update
+    assert w.depth == 300
+    for _ in range(20):
+        w.update(100 * 1024)
+    assert w.depth == 32
