@@ -65,7 +65,6 @@ from mptorrent.messages import (
 from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult, numwant_for, redact
 from mptorrent.netio.peer import Timeouts
-from mptorrent.netio.webseed import CONNECTIONS, MAX_CONNECTIONS
 from mptorrent.policy.peertable import PeerTable
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
@@ -594,8 +593,7 @@ class Coordinator:
             seed_only=self.picker.remaining == 0,  # a restart while seeding, or nothing to get
             dht_port=self.dht.port if self.dht is not None else None,  # BEP 5 port messages
             web_seeds=self._web_seeds_left(),
-            # each mirror gets at most MAX_CONNECTIONS from the whole client
-            web_seed_connections=max(1, min(CONNECTIONS, MAX_CONNECTIONS // len(self.slots))),
+            web_seed_connections=self._web_seed_connections(),
             download_limit=self.limits.download_cells, upload_limit=self.limits.upload_cells,
         )  # fmt: skip
         if restart is None:
@@ -606,6 +604,15 @@ class Coordinator:
         slot.stats_peers = 0
         slot.reported = set()
         self._swarm_sent = frozenset()  # a new incarnation has heard nothing yet
+
+    def _web_seed_connections(self) -> int:
+        """Connections each worker opens to each mirror: at most MAX_CONNECTIONS to one mirror
+        from the whole client."""
+        if not self.web_seeds:
+            return 1  # none opened; netio.webseed (ssl, a DNS thread pool) stays unloaded
+        from mptorrent.netio.webseed import CONNECTIONS, MAX_CONNECTIONS
+
+        return max(1, min(CONNECTIONS, MAX_CONNECTIONS // len(self.slots)))
 
     def _web_seeds_left(self) -> tuple[str, ...]:
         """The web seeds no worker has given up on (a restarted worker is not given those)."""

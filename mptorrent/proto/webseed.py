@@ -27,13 +27,22 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 from urllib.parse import quote, urljoin, urlsplit
-
-import h11
 
 from mptorrent.proto.metainfo import FileEntry, Metainfo
 from mptorrent.proto.wire import NEED_DATA, NeedData
+
+if TYPE_CHECKING:
+    import h11
+
+
+def _load_h11() -> None:
+    # h11 (its regular expressions) costs about 14 ms to import: it loads with a fetch's
+    # first web seed request, not with every fetch (the coordinator imports this module).
+    global h11
+    import h11
+
 
 SCHEMES = frozenset({"http", "https"})
 MAX_WEB_SEEDS = 8  # mirrors used at most (a torrent's url-list may hold thousands)
@@ -238,6 +247,7 @@ class RangeClient:
     and it carries no second request."""
 
     def __init__(self, *, pipelined: bool = False) -> None:
+        _load_h11()
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
         self._pipelined = pipelined
         self._leftover = b""

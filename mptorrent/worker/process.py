@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from mptorrent.disk.storage import IoMode, Layout, Storage
 from mptorrent.errors import MptorrentError, ProtocolError, StorageError
@@ -56,13 +56,16 @@ from mptorrent.messages import (
 )
 from mptorrent.mp import RateCells
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
-from mptorrent.netio.webseed import Down, Up, WebConn, WebSeed
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
 from mptorrent.proto import wire
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.proto.webseed import seed_id
 from mptorrent.worker.extensions import WorkerExtensions
 from mptorrent.worker.upload import Uploader
+
+if TYPE_CHECKING:
+    # loaded with the first web seed (ssl and a thread pool for DNS: not every fetch's cost)
+    from mptorrent.netio.webseed import WebConn, WebSeed
 
 TICK = 0.05
 RECONNECT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -267,12 +270,12 @@ class _Worker:
             for key, mask in events:
                 if key.data is None:
                     self._accept()
-                elif type(key.data) is WebConn:
-                    self._on_web(key.data, mask)
-                else:
+                elif type(key.data) is _Peer:
                     self._on_event(key.data, mask)
                     if policy.decisions:  # at once: a peer banned here reads no more
                         self._apply()
+                else:  # a web seed's connection (netio.webseed.WebConn)
+                    self._on_web(key.data, mask)
             if self.to_tell:
                 self._tell(self.to_tell)
                 self.to_tell = []
@@ -764,6 +767,8 @@ class _Worker:
     # -- web seeds (BEP 19) -------------------------------------------------
 
     def _start_web_seeds(self) -> None:
+        from mptorrent.netio.webseed import WebSeed
+
         now = time.monotonic()
         for url in self.cfg.web_seeds:
             addr = PeerAddr(seed_id(url), 0)
@@ -807,6 +812,8 @@ class _Worker:
     def _web_notes(self, w: WebSeed) -> None:
         """What a web seed's connections came to: it is up (it has every piece), or down for a
         back-off (its requests go to others), or gone."""
+        from mptorrent.netio.webseed import Down, Up
+
         notes, w.notes = w.notes, []
         wid = self.cfg.worker_id
         for n in notes:
