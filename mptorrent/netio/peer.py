@@ -31,7 +31,9 @@ class Timeouts:
     piece: float = 60.0  # a piece held with no block arriving for this long is given back
 
 
-RECV_SIZE = 256 << 10  # receive buffer per connection: 16 blocks a read (1 MiB cost memory)
+# Receive buffer per connection.  256 KiB saved 3-4 MiB at -j 2 but cost 1-3% of a loopback
+# fetch's CPU and wall time (four times the reads and loop turns): benchmarks/README.md.
+RECV_SIZE = 1 << 20
 
 
 class PeerState(Enum):
