@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from mptorrent.messages import PeerAddr
+from mptorrent.record import Record
 
 PeerSource: TypeAlias = Literal["manual", "tracker", "pex", "dht", "incoming", "webseed"]
 """Where a fetch first heard of a peer: the user (``--peer``, a magnet's ``x.pe``), a
@@ -28,16 +29,16 @@ HTTP mirror (BEP 19), whose address is its URL."""
 # -- a fetch ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class FetchingMetadata:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class FetchingMetadata(Record):
     """A magnet link's fetch begins: its metadata (the info dictionary) is asked of peers."""
 
     info_hash: str  # hex
     name: str | None  # the magnet's ``dn``, until the metadata names the torrent
 
 
-@dataclass(frozen=True, slots=True)
-class MetadataReceived:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class MetadataReceived(Record):
     """A magnet link's metadata arrived and hashes to its info-hash."""
 
     name: str
@@ -47,8 +48,8 @@ class MetadataReceived:
     peers: int  # peers that sent pieces of it
 
 
-@dataclass(frozen=True, slots=True)
-class Metadata:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Metadata(Record):
     """The torrent a fetch downloads (from a .torrent, or a magnet's verified metadata).
 
     Sent by whoever starts the download (``--json``, the Python API) just before it, so
@@ -62,13 +63,13 @@ class Metadata:
     files: tuple[tuple[str, int], ...]  # ("dir/file", bytes), without padding files
 
 
-@dataclass(frozen=True, slots=True)
-class CheckingExisting:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class CheckingExisting(Record):
     """The output already exists: its pieces are being verified before the download."""
 
 
-@dataclass(frozen=True, slots=True)
-class Started:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Started(Record):
     """Storage is ready and what is already there is known: the download begins."""
 
     total: int  # bytes in the torrent, or in the files selected (--only)
@@ -77,16 +78,16 @@ class Started:
     resumed: int  # pieces already verified on disk
 
 
-@dataclass(frozen=True, slots=True)
-class PortBusy:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class PortBusy(Record):
     """The port asked for was taken; peers are accepted on another one."""
 
     wanted: int
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class Progress:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Progress(Record):
     """A few times a second while downloading."""
 
     done: int  # bytes verified, those found on disk included
@@ -97,8 +98,8 @@ class Progress:
     uploaded: int = 0  # bytes uploaded so far
 
 
-@dataclass(frozen=True, slots=True)
-class PeerConnected:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class PeerConnected(Record):
     """A worker's peer told what it has (its bitfield, or a first HAVE)."""
 
     worker: int
@@ -106,16 +107,16 @@ class PeerConnected:
     source: PeerSource | None = None  # None: not known (a sender that does not track it)
 
 
-@dataclass(frozen=True, slots=True)
-class PeerGone:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class PeerGone(Record):
     """A peer that had told what it has is no longer connected to that worker."""
 
     worker: int
     peer: PeerAddr
 
 
-@dataclass(frozen=True, slots=True)
-class PeerBanned:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class PeerBanned(Record):
     """A peer is banned for the rest of the fetch (it sent data that failed checks...)."""
 
     peer: PeerAddr
@@ -123,8 +124,8 @@ class PeerBanned:
     worker: int
 
 
-@dataclass(frozen=True, slots=True)
-class PieceVerified:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class PieceVerified(Record):
     """A piece passed its SHA-1 check and is written."""
 
     index: int
@@ -133,8 +134,8 @@ class PieceVerified:
     peer: PeerAddr | None  # the peer that sent most of its blocks, if known
 
 
-@dataclass(frozen=True, slots=True)
-class PieceFailed:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class PieceFailed(Record):
     """A downloaded piece failed its SHA-1 check."""
 
     index: int
@@ -143,8 +144,8 @@ class PieceFailed:
     retrying: bool  # the same worker fetches it again (to find the liar)
 
 
-@dataclass(frozen=True, slots=True)
-class TrackerReply:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class TrackerReply(Record):
     """A tracker tier answered an announce."""
 
     url: str  # scheme://host:port only: never a private tracker's passkey
@@ -157,8 +158,8 @@ class TrackerReply:
     warning: str | None  # the tracker's own text
 
 
-@dataclass(frozen=True, slots=True)
-class TrackerError:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class TrackerError(Record):
     """An announce failed (one line naming the tracker by host:port).
 
     A fetch reports each distinct error once while it recurs."""
@@ -167,8 +168,8 @@ class TrackerError:
     url: str | None = None  # scheme://host:port of the tracker that failed, when one did
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerError:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class WorkerError(Record):
     """A worker hit an error it cannot recover from (a bug); it exits and is restarted."""
 
     worker: int
@@ -176,8 +177,8 @@ class WorkerError:
     detail: str  # the worker's traceback
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerRestarted:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class WorkerRestarted(Record):
     """A worker process ended unexpectedly and a new one takes its place."""
 
     worker: int
@@ -186,8 +187,8 @@ class WorkerRestarted:
     restarts: int  # restarts so far, this one included
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Done(Record):
     """The download is complete and verified (seeding may follow)."""
 
     total: int  # the torrent's size, or the selected files' (--only)
@@ -201,8 +202,8 @@ class Done:
     uploaded: int
 
 
-@dataclass(frozen=True, slots=True)
-class SeedingReady:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class SeedingReady(Record):
     """A seed has verified its data and listens: peers can connect (``mptorrent seed``)."""
 
     name: str  # the torrent's
@@ -212,22 +213,22 @@ class SeedingReady:
     total: int  # pieces in the torrent
 
 
-@dataclass(frozen=True, slots=True)
-class SeedingStopped:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class SeedingStopped(Record):
     """Seeding after a download ended early: workers kept crashing."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Seeded:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Seeded(Record):
     """Seeding after a download ended (its limit was reached)."""
 
     uploaded: int  # bytes, during the download and after
 
 
-@dataclass(frozen=True, slots=True)
-class Error:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Error(Record):
     """The fetch failed; the same error is then raised to the caller."""
 
     message: str

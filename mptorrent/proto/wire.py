@@ -56,6 +56,7 @@ from mptorrent.proto.ledger import (
     RequestLedger,
 )
 from mptorrent.proto.wire_errors import LocalProtocolError, RemoteProtocolError
+from mptorrent.record import Record  # eq, hash and repr of the events (start-up cost)
 
 __all__ = [
     "BLOCK_SIZE",
@@ -186,14 +187,14 @@ NEED_DATA: Final = NeedData.NEED_DATA
 # __init__ trivial keeps the receive path cheap.
 
 
-class Event(ABC):  # noqa: B024 - abstract by intent, no abstract methods needed
+class Event(Record, ABC):
     """Base of every peer wire event, sent and received alike (extension events too). Subclasses are
     plain records that check nothing: :class:`Connection` and the extension handlers do."""
 
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Handshake(Event):
     """The opening message. A received one always carries our info-hash (a mismatch is a protocol
     error); ``reserved`` holds the extension bits (BEP 10's, BEP 6's fast bit)."""
@@ -218,7 +219,7 @@ class Handshake(Event):
         return bool(self.reserved[DHT_BYTE] & DHT_BIT)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class KeepAlive(Event):
     """An empty message that only shows the connection is alive; the worker's idle timeout does not
     count it."""
@@ -226,7 +227,7 @@ class KeepAlive(Event):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Choke(Event):
     """The sender will not serve the other side's requests: received, our outstanding requests are
     written off; sent, the peer's are forgotten. With the fast extension neither: every request is
@@ -235,28 +236,28 @@ class Choke(Event):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Unchoke(Event):
     """The sender will serve requests again; we may send Requests only while unchoked."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Interested(Event):
     """The sender wants pieces the other side has (our uploader may unchoke at once)."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class NotInterested(Event):
     """The sender wants nothing more from the other side (our uploader then chokes it)."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Have(Event):
     """The sender now has piece ``index``. One received before the geometry is known is held back
     and returned later inside a :class:`Bitfield`."""
@@ -264,7 +265,7 @@ class Have(Event):
     index: int
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Bitfield(Event):
     """Every piece the sender has; allowed only as the first message after the handshake, and
     checked for length and spare bits."""
@@ -275,7 +276,7 @@ class Bitfield(Event):
         return f"Bitfield(<{len(self.bits)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Request(Event):
     """Asks for ``length`` bytes at ``begin`` of piece ``index``; must lie inside the torrent, and
     we send one only while the peer has us unchoked."""
@@ -285,7 +286,7 @@ class Request(Event):
     length: int
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Piece(Event):
     """A block.  Received blocks are read-only memoryviews into the connection's
     receive buffer, valid only until the next ``get_buffer()`` or
@@ -299,7 +300,7 @@ class Piece(Event):
         return f"Piece(index={self.index}, begin={self.begin}, block=<{len(self.block)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Cancel(Event):
     """Withdraws a Request. Sending one for a block no longer outstanding is allowed: it can cross a
     choke or the block itself."""
@@ -309,7 +310,7 @@ class Cancel(Event):
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Port(Event):
     """BEP 5: the UDP port of the sender's DHT node (at the connection's IP). Accepted with or
     without the DHT bit in the handshake, as libtorrent does; port 0 is passed on as it came
@@ -318,7 +319,7 @@ class Port(Event):
     port: int
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Extended(Event):
     """A BEP 10 message, framed here and no more. The caller sees one only when no
     :class:`ExtendedReceiver` is set; both handshakes must carry the extension bit."""
@@ -330,28 +331,28 @@ class Extended(Event):
         return f"Extended(ext_id={self.ext_id}, payload=<{len(self.payload)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class HaveAll(Event):
     """BEP 6: the sender has every piece; in place of a Bitfield, as the first message only."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class HaveNone(Event):
     """BEP 6: the sender has no piece; in place of a Bitfield, as the first message only."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class SuggestPiece(Event):
     """BEP 6: the sender suggests piece ``index`` (cheap for it to serve); a hint we may ignore."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class RejectRequest(Event):
     """BEP 6: the sender will not serve this request. Received, the request is no longer
     outstanding (the block must be asked of someone); only for a request actually sent."""
@@ -361,7 +362,7 @@ class RejectRequest(Event):
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class AllowedFast(Event):
     """BEP 6: the receiver may request blocks of piece ``index`` even while choked. One received
     before the geometry is known is checked then and kept in :attr:`Connection.allowed_fast`; one
@@ -370,7 +371,7 @@ class AllowedFast(Event):
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class HashRequest(Event):
     """BEP 52: ``count`` hashes of layer ``base`` (0: the 16 KiB leaves) of the merkle tree of
     the file whose ``pieces root`` is ``root``, from ``index``, with uncle hashes for
@@ -383,7 +384,7 @@ class HashRequest(Event):
     proof_layers: int
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Hashes(Event):
     """BEP 52: the answer to a :class:`HashRequest` with the same fields: the requested hashes,
     then the uncle hashes from the lowest layer up (whether they prove out is for the caller,
@@ -404,7 +405,7 @@ class Hashes(Event):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class HashReject(Event):
     """BEP 52: the sender will not answer the :class:`HashRequest` with these fields."""
 
