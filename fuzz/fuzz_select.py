@@ -59,6 +59,9 @@ def seeds() -> list[bytes]:
         b"one\n\n[o]ne\n#0",
         b"a/b/c\n\na/*/c\n#00",
         b"x\ny\n\n#01",
+        # found by the CI fuzz run: control characters quadruple when escaped, and the
+        # message showed 200 characters of the selector before escaping them
+        b"one\n\n[o]n" + b"\x19" * 67 + b"e",
     ]
 
 

@@ -34,7 +34,7 @@ def select_files(files: Sequence[FileEntry], selectors: Iterable[str | int]) -> 
 
 def _one(files: Sequence[FileEntry], sel: str | int) -> list[int]:
     if isinstance(sel, bool) or not isinstance(sel, int | str):
-        raise BadSelection(f"--only: {sel!r} is neither a glob, '#N' nor a file index")
+        raise BadSelection(f"--only: {_shown(sel)} is neither a glob, '#N' nor a file index")
     if isinstance(sel, int):
         return [_index(files, sel, str(sel))]
     if not sel or len(sel) > MAX_SELECTOR_LEN or "\x00" in sel:
@@ -42,15 +42,22 @@ def _one(files: Sequence[FileEntry], sel: str | int) -> list[int]:
     if sel.startswith("#"):
         m = _INDEX.fullmatch(sel)
         if m is None:
-            raise BadSelection(f"--only {sel[:60]!r}: '#' must be followed by a file index")
+            raise BadSelection(f"--only {_shown(sel)}: '#' must be followed by a file index")
         return [_index(files, int(m[1]), sel)]
     found = [
         i for i, f in enumerate(files)
         if not f.padding and fnmatch.fnmatchcase("/".join(f.path), sel)
     ]  # fmt: skip
     if not found:
-        raise BadSelection(f"--only {sel[:200]!r} matches no file of the torrent")
+        raise BadSelection(f"--only {_shown(sel)} matches no file of the torrent")
     return found
+
+
+def _shown(sel: object, limit: int = 120) -> str:
+    """``sel`` as the error shows it: repr (control characters escaped), cut to ``limit``
+    characters *after* escaping (one control character becomes up to ten)."""
+    text = repr(sel)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _index(files: Sequence[FileEntry], i: int, sel: str) -> int:
