@@ -125,7 +125,7 @@ def _status_kib(pid: int, keys: Sequence[bytes]) -> list[int] | None:
     return [found[k] for k in keys]
 
 
-def _pss_anon_kib(pid: int) -> int:
+def pss_anon_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
             for line in fh:
@@ -170,7 +170,7 @@ class TreeSampler:
             anon += vals[0]
             rss += vals[1]
             if self.pss:
-                pss += _pss_anon_kib(pid)
+                pss += pss_anon_kib(pid)
         p = self.peak
         p.samples += 1
         p.max_procs = max(p.max_procs, procs)

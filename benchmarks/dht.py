@@ -41,7 +41,7 @@ from typing import Any
 
 import common
 from common import parse_size
-from magnet import LT, MP, NAME, RequestWatch, Timing, fmt, med, run_client
+from magnet import LT, MP, NAME, RequestWatch, Timing, fmt, lt_fetch_magnet, med, run_client
 
 from mptorrent.messages import PeerAddr
 from mptorrent.proto.magnet import Magnet
@@ -121,24 +121,7 @@ def lt_dht_main(argv: list[str]) -> int:
     try:
         host, _, port = args.node.rpartition(":")
         ses.add_dht_node((host, int(port)))
-        atp = lt.parse_magnet_uri(args.uri)
-        atp.save_path = str(args.save_dir)
-        handle = ses.add_torrent(atp)
-        deadline = time.monotonic() + args.timeout
-        have_metadata = False
-        while True:
-            st = handle.status()
-            if not have_metadata and st.has_metadata:
-                have_metadata = True
-                print(f"metadata {time.monotonic()!r}", flush=True)
-            if st.is_finished and have_metadata:
-                print(f"done {time.monotonic()!r}", flush=True)
-                return 0
-            if time.monotonic() > deadline:
-                print(f"libtorrent: state {st.state}, progress {st.progress:.3f}", file=sys.stderr)
-                return 1
-            ses.wait_for_alert(5)
-            ses.pop_alerts()
+        return lt_fetch_magnet(ses, args.uri, args.save_dir, args.timeout)
     finally:
         ses.pause()
         del ses

@@ -182,27 +182,35 @@ def lt_magnet_main(argv: list[str]) -> int:
     settings: Any = session_settings(LT_IP, 0, seed=False)
     ses = lt.session(lt.session_params(settings))
     try:
-        atp = lt.parse_magnet_uri(args.uri)
-        atp.save_path = str(args.save_dir)
-        handle = ses.add_torrent(atp)
-        deadline = time.monotonic() + args.timeout
-        have_metadata = False
-        while True:
-            st = handle.status()
-            if not have_metadata and st.has_metadata:
-                have_metadata = True
-                print(f"metadata {time.monotonic()!r}", flush=True)
-            if st.is_finished and have_metadata:
-                print(f"done {time.monotonic()!r}", flush=True)
-                return 0
-            if time.monotonic() > deadline:
-                print(f"libtorrent: state {st.state}, progress {st.progress:.3f}", file=sys.stderr)
-                return 1
-            ses.wait_for_alert(5)
-            ses.pop_alerts()
+        return lt_fetch_magnet(ses, args.uri, args.save_dir, args.timeout)
     finally:
         ses.pause()
         del ses
+
+
+def lt_fetch_magnet(ses: Any, uri: str, save_dir: Path, timeout: float) -> int:
+    """Add the magnet to a libtorrent session and wait; prints ``metadata T`` and ``done T``
+    (monotonic seconds) as they happen; 0 when done, 1 past ``timeout``."""
+    import libtorrent as lt
+
+    atp = lt.parse_magnet_uri(uri)
+    atp.save_path = str(save_dir)
+    handle = ses.add_torrent(atp)
+    deadline = time.monotonic() + timeout
+    have_metadata = False
+    while True:
+        st = handle.status()
+        if not have_metadata and st.has_metadata:
+            have_metadata = True
+            print(f"metadata {time.monotonic()!r}", flush=True)
+        if st.is_finished and have_metadata:
+            print(f"done {time.monotonic()!r}", flush=True)
+            return 0
+        if time.monotonic() > deadline:
+            print(f"libtorrent: state {st.state}, progress {st.progress:.3f}", file=sys.stderr)
+            return 1
+        ses.wait_for_alert(5)
+        ses.pop_alerts()
 
 
 def fmt(x: float | None) -> str:

@@ -66,17 +66,6 @@ def _kib(pid: int, keys: Sequence[bytes]) -> list[int] | None:
     return out
 
 
-def _pss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"Pss_Anon:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class Peaks:
     total: int = 0  # KiB: peak of the summed RssAnon
@@ -111,7 +100,7 @@ class Sampler:
                 total += vals[0]
                 p.per_pid[pid] = max(p.per_pid.get(pid, 0), vals[0])
                 if self.pss:
-                    pss += _pss_anon(pid)
+                    pss += common.pss_anon_kib(pid)
             p.total = max(p.total, total)
             p.pss = max(p.pss, pss)
             p.procs = max(p.procs, len(pids))
