@@ -201,10 +201,7 @@ def parse(data: bytes, *, missing_layers_ok: bool = False) -> Metainfo:
     _check_component(name, "name")
     _check_path_lengths(name, files, multi)
     total = sum(f.length for f in files)
-    if total > MAX_TOTAL_LENGTH:
-        raise BadTorrent(f"total length {total} is absurd")
-    if total == 0:
-        raise BadTorrent("torrent holds no data (total length 0)")
+    _check_total(total)
     expected = -(-total // piece_length)
     if expected != num_pieces:
         raise BadTorrent(
@@ -216,25 +213,11 @@ def parse(data: bytes, *, missing_layers_ok: bool = False) -> Metainfo:
     if v2:
         files = tree.match_v1(name, files, multi)
         info_hash_v2, layers = hashlib.sha256(info_bytes).digest(), tree.layers
-    return Metainfo(
-        info_hash=info_hash,
-        info_hash_v2=info_hash_v2,
-        piece_layers=layers or (),
-        name=name,
-        piece_length=piece_length,
-        pieces=pieces,
-        total_length=total,
-        files=tuple(files),
-        multi_file=multi,
-        trackers=_trackers(top, warnings),
-        web_seeds=_web_seeds(top, warnings),
-        private=info.get(b"private") == 1,
-        comment=_opt_text(top, b"comment"),
-        created_by=_opt_text(top, b"created by"),
-        creation_date=date if isinstance(date := top.get(b"creation date"), int) else None,
-        info_bytes=info_bytes,
-        warnings=warnings.lines(),
-    )
+    return _metainfo(
+        top, info, info_bytes, warnings, info_hash=info_hash, info_hash_v2=info_hash_v2,
+        piece_layers=layers or (), name=name, piece_length=piece_length, pieces=pieces,
+        total=total, files=files, multi=multi,
+    )  # fmt: skip
 
 
 def _v2_only(
@@ -247,24 +230,43 @@ def _v2_only(
     files = tree.linear(name)
     _check_path_lengths(name, files, not tree.single)
     total = files[-1].offset + files[-1].length
-    if total > MAX_TOTAL_LENGTH:
-        raise BadTorrent(f"total length {total} is absurd")
-    if not any(f.length for f in files):
-        raise BadTorrent("torrent holds no data (total length 0)")
+    _check_total(total)
     num_pieces = -(-total // tree.piece_length)
     if num_pieces > MAX_PIECES:
         raise BadTorrent(f"{num_pieces} pieces is over the limit of {MAX_PIECES}")
     info_hash_v2 = hashlib.sha256(info_bytes).digest()
+    return _metainfo(
+        top, info, info_bytes, warnings, info_hash=info_hash_v2[:SHA1_LEN],
+        info_hash_v2=info_hash_v2, piece_layers=tree.layers, name=name,
+        piece_length=tree.piece_length, pieces=b"", total=total, files=files,
+        multi=not tree.single,
+    )  # fmt: skip
+
+
+def _check_total(total: int) -> None:
+    if total > MAX_TOTAL_LENGTH:
+        raise BadTorrent(f"total length {total} is absurd")
+    if total == 0:
+        raise BadTorrent("torrent holds no data (total length 0)")
+
+
+def _metainfo(
+    top: dict[bytes, BValue], info: dict[bytes, BValue], info_bytes: bytes, warnings: _Warnings,
+    *, info_hash: bytes, info_hash_v2: bytes | None, piece_layers: tuple[tuple[bytes, bytes], ...],
+    name: str, piece_length: int, pieces: bytes, total: int, files: list[FileEntry], multi: bool,
+) -> Metainfo:  # fmt: skip
+    """The Metainfo of a v1, hybrid or v2-only torrent: what lies outside the piece scheme
+    (trackers, web seeds, private, comment, dates) is read the same way for all three."""
     return Metainfo(
-        info_hash=info_hash_v2[:SHA1_LEN],
+        info_hash=info_hash,
         info_hash_v2=info_hash_v2,
-        piece_layers=tree.layers,
+        piece_layers=piece_layers,
         name=name,
-        piece_length=tree.piece_length,
-        pieces=b"",
+        piece_length=piece_length,
+        pieces=pieces,
         total_length=total,
         files=tuple(files),
-        multi_file=not tree.single,
+        multi_file=multi,
         trackers=_trackers(top, warnings),
         web_seeds=_web_seeds(top, warnings),
         private=info.get(b"private") == 1,
