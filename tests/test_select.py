@@ -127,3 +127,27 @@ def test_verify_only_reports_the_selected_pieces(torrent: Path, tmp_path: Path) 
     assert out.strip().splitlines() == [
         "missing: one.bin", "0 of 3 selected pieces valid, 0 invalid, 3 missing"
     ]  # fmt: skip
+
+
+def test_fetch_refuses_to_stream_into_a_terminal(torrent: Path, tmp_path: Path) -> None:
+    # A real terminal (a pseudo-terminal) on stdout: the payload would garble it.
+    import pty
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    main, sub = pty.openpty()
+    try:
+        args = no_dht(["fetch", str(torrent), "--only", "#0", "-o", "-", "--peer", "127.0.0.1:1",
+                       "--no-trackers"])  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "mptorrent", *args], stdout=sub, stderr=subprocess.PIPE,
+            cwd=tmp_path, timeout=60, text=True, env=dict(os.environ, PYTHONPATH=str(root)),
+        )  # fmt: skip
+    finally:
+        os.close(sub)
+        os.close(main)
+    assert r.returncode == ExitStatus.USAGE
+    assert "-o - writes the file's bytes to stdout, a terminal: redirect it" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: -o - writes")  # click's usage form
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["album", "album.torrent"]

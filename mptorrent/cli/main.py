@@ -788,6 +788,8 @@ def fetch(
     to_stdout = output == Path("-")
     if to_stdout and as_json:
         raise click.UsageError("-o - and --json both want stdout: choose one")
+    if to_stdout and sys.stdout.isatty():  # as curl does: binary data would garble the terminal
+        raise click.UsageError("-o - writes the file's bytes to stdout, a terminal: redirect it")
     if keep is not None and not to_stdout:
         raise click.UsageError("--keep goes with -o - (otherwise -o says where the data goes)")
     in_order = to_stdout if sequential is None else sequential
