@@ -14,13 +14,14 @@ torrent.  ``only``, ``sequential`` and ``stream`` (issue 16) are piece prioritie
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias
 
 from mptorrent import events as ev
 from mptorrent.errors import BadSelection, BadTorrent, Cancelled, DownloadError, StorageError
@@ -35,6 +36,7 @@ Source: TypeAlias = "str | os.PathLike[str] | bytes | Torrent"
 PeerLike: TypeAlias = "PeerAddr | tuple[str, int] | str"  # ("host", port) or "host:port"
 IoMode: TypeAlias = Literal["auto", "mmap", "pwrite"]
 Selector: TypeAlias = "str | int"  # a glob on the path inside the torrent, "#N", or N
+P = ParamSpec("P")
 
 
 # -- torrents -------------------------------------------------------------------------------
@@ -269,37 +271,37 @@ def fetch(
     ``max_download_rate`` / ``max_upload_rate``: bytes a second for all workers together
     (None or 0: no limit); ``max_peers``: connections for all workers together.
     """
-    return _fetch(
-        source, output, workers=workers, peers=_peers(peers), trackers=trackers,
-        emit=on_event or ev.ignore, port=port, bind=bind, max_peers=max_peers,
-        metadata_timeout=metadata_timeout, io=io, seed_ratio=seed_ratio, seed_time=seed_time,
-        save_torrent=save_torrent, dht=dht, dht_bootstrap=_peers(dht_bootstrap),
-        dht_port=dht_port, web_seeds=_web_seeds(web_seeds), only=tuple(only),
-        sequential=sequential, stream=stream, max_download_rate=max_download_rate,
-        max_upload_rate=max_upload_rate,
-    )  # fmt: skip
+    params = dict(locals())  # every parameter above, by name
+    emit = params.pop("on_event") or ev.ignore
+    return _plan(**params)(emit)
 
 
-def _fetch(
-    source: Source, output: str | os.PathLike[str] | None, *, workers: int | None,
-    peers: tuple[PeerAddr, ...], trackers: bool, emit: ev.EventSink, port: int, bind: str,
-    max_peers: int, metadata_timeout: float, io: IoMode, seed_ratio: float | None,
-    seed_time: float | None, save_torrent: str | os.PathLike[str] | None, dht: bool,
-    dht_bootstrap: tuple[PeerAddr, ...], dht_port: int | None,
-    web_seeds: tuple[str, ...] = (),
-    only: tuple[Selector, ...] = (), sequential: bool = False, stream: IO[bytes] | None = None,
-    max_download_rate: int | None = None, max_upload_rate: int | None = None,
-) -> FetchResult:  # fmt: skip
-    t0 = time.monotonic()
-    torrent, opts = prepare(
-        source, workers=workers, peers=peers, trackers=trackers, emit=emit, port=port,
-        bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
-        seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
-        dht_bootstrap=dht_bootstrap, dht_port=dht_port, web_seeds=web_seeds, only=only,
-        sequential=sequential, stream=stream,
-        max_download_rate=max_download_rate, max_upload_rate=max_upload_rate,
-    )  # fmt: skip
-    return download(torrent, output, opts, emit, t0)
+def _plan(
+    source: Source,
+    output: str | os.PathLike[str] | None,
+    *,
+    peers: Iterable[PeerLike],
+    dht_bootstrap: Iterable[PeerLike],
+    web_seeds: Iterable[str],
+    only: Iterable[Selector],
+    **options: Any,
+) -> Callable[[ev.EventSink], FetchResult]:
+    """:func:`fetch` and :func:`start`'s one path: check what can be checked before any
+    network (a bad peer or limit is a ValueError at the call, not on a download's thread),
+    and return the fetch to run with an event sink."""
+    peer_addrs, boot, mirrors = _peers(peers), _peers(dht_bootstrap), _web_seeds(web_seeds)
+    selectors = tuple(only)
+    _check_limits(options["max_peers"], options["max_download_rate"], options["max_upload_rate"])
+
+    def run(emit: ev.EventSink) -> FetchResult:
+        t0 = time.monotonic()
+        torrent, opts = prepare(
+            source, peers=peer_addrs, dht_bootstrap=boot, web_seeds=mirrors, only=selectors,
+            emit=emit, **options,
+        )  # fmt: skip
+        return download(torrent, output, opts, emit, t0)
+
+    return run
 
 
 def prepare(
@@ -599,51 +601,30 @@ class Download:
         self._thread.join()
 
 
-def start(
-    source: Source,
-    output: str | os.PathLike[str] | None = None,
-    *,
-    workers: int | None = None,
-    peers: Iterable[PeerLike] = (),
-    trackers: bool = True,
-    dht: bool = True,
-    dht_bootstrap: Iterable[PeerLike] = (),
-    dht_port: int | None = None,
-    on_event: ev.EventSink | None = None,
-    port: int = 0,
-    bind: str = "0.0.0.0",
-    max_peers: int = 50,
-    metadata_timeout: float = 60.0,
-    io: IoMode = "auto",
-    seed_ratio: float | None = None,
-    seed_time: float | None = None,
-    save_torrent: str | os.PathLike[str] | None = None,
-    web_seeds: Iterable[str] = (),
-    only: Iterable[Selector] = (),
-    sequential: bool = False,
-    stream: IO[bytes] | None = None,
-    max_download_rate: int | None = None,
-    max_upload_rate: int | None = None,
-) -> Download:
-    """Begin :func:`fetch` on a thread and return its :class:`Download` handle at once.
-    ``on_event`` (if given) is called on that thread."""
-    peer_addrs = _peers(peers)  # a bad one is a ValueError here, not on the thread
-    boot = _peers(dht_bootstrap)
-    mirrors = _web_seeds(web_seeds)
-    selectors = tuple(only)
-    _check_limits(max_peers, max_download_rate, max_upload_rate)
+def _parameters_of(
+    model: Callable[P, object],
+) -> Callable[[Callable[..., Download]], Callable[P, Download]]:
+    """Give the decorated function ``model``'s parameters (for mypy, ``help()`` and IDEs),
+    so that :func:`start` and :func:`fetch` have one list of options to keep."""
 
-    def run(sink: ev.EventSink) -> FetchResult:
-        return _fetch(
-            source, output, workers=workers, peers=peer_addrs, trackers=trackers, emit=sink,
-            port=port, bind=bind, max_peers=max_peers, metadata_timeout=metadata_timeout, io=io,
-            seed_ratio=seed_ratio, seed_time=seed_time, save_torrent=save_torrent, dht=dht,
-            dht_bootstrap=boot, dht_port=dht_port, web_seeds=mirrors,
-            only=selectors, sequential=sequential, stream=stream,
-            max_download_rate=max_download_rate, max_upload_rate=max_upload_rate,
-        )  # fmt: skip
+    def give(f: Callable[..., Download]) -> Callable[P, Download]:
+        f.__signature__ = inspect.signature(model).replace(  # type: ignore[attr-defined]
+            return_annotation="Download"
+        )
+        return f
 
-    return Download(run, on_event)
+    return give
+
+
+@_parameters_of(fetch)
+def start(*args: Any, **kwargs: Any) -> Download:
+    """Begin :func:`fetch` on a thread and return its :class:`Download` handle at once;
+    the same parameters. ``on_event`` (if given) is called on that thread."""
+    call = inspect.signature(fetch).bind(*args, **kwargs)  # a wrong name: TypeError here
+    call.apply_defaults()
+    params = dict(call.arguments)
+    on_event = params.pop("on_event")
+    return Download(_plan(**params), on_event)
 
 
 # -- verify, create, seed -------------------------------------------------------------------
