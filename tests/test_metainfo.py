@@ -754,3 +754,11 @@ def torrent_shaped(draw: st.DrawFn) -> bytes:
 @given(torrent_shaped())
 def test_random_torrent_shaped_input_gives_metainfo_or_bad_torrent(data: bytes) -> None:
     metainfo_rule(data)
+
+
+def test_a_path_of_control_characters_is_shown_short() -> None:
+    # each \x01 is shown as four characters: the message is cut after escaping, not before
+    name = b"\x01" * 200
+    err = refused(multi([([name], 10), ([name], 10)]), "duplicate")
+    assert "\\x01" in str(err) and "..." in str(err)
+    assert len(str(err)) < 160, str(err)

@@ -461,10 +461,10 @@ def _parse_files(raw: BValue) -> list[FileEntry]:
         tpath = tuple(path)
         if not padding:
             if tpath in seen or tpath in dirs:
-                raise BadTorrent(f"duplicate path {'/'.join(tpath)!r}")
+                raise BadTorrent(f"duplicate path '{_shown('/'.join(tpath), 60)}'")
             for k in range(1, len(tpath)):
                 if tpath[:k] in seen:
-                    raise BadTorrent(f"path {'/'.join(tpath)!r} runs through a file")
+                    raise BadTorrent(f"path '{_shown('/'.join(tpath), 60)}' runs through a file")
                 dirs.add(tpath[:k])
             seen.add(tpath)
         files.append(FileEntry(tpath, length, offset, padding))
@@ -503,11 +503,13 @@ def _check_path_lengths(name: str, files: list[FileEntry], multi: bool) -> None:
 
 
 def _shown(text: str, limit: int = 80) -> str:
-    """``text`` cut to ``limit`` characters, with anything unprintable escaped."""
+    """``text`` with anything unprintable escaped, cut to ``limit`` characters *after*
+    escaping (one control character becomes up to ten: a message stays one short line)."""
     out = "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit]
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in text[: limit + 1]
     )
-    return out + "..." if len(text) > limit else out
+    return out if len(out) <= limit and len(text) <= limit else out[:limit] + "..."
 
 
 def _text(raw: bytes) -> str:
