@@ -1,9 +1,9 @@
 """A bounded fuzz run of every target, for CI: ``python fuzz/run.py``.
 
-Runs fuzz/fuzz_{bencode,metainfo,wire,tracker,magnet,ext,dht,v2,webseed,select,rate}.py with atheris
-(pip-installing it when missing), each for at most ``--runs`` inputs and ``--seconds`` seconds, the
-targets side by side, each starting from its seed corpus (the run checks that
-libFuzzer loaded it).  Where atheris cannot be installed it says so loudly and
+Runs fuzz/fuzz_{bencode,metainfo,wire,tracker,magnet,ext,dht,v2,webseed,select,rate,picker}.py
+with atheris (pip-installing it when missing), each for at most ``--runs`` inputs and
+``--seconds`` seconds, the targets side by side, each starting from its seed corpus (the
+run checks that libFuzzer loaded it).  Where atheris cannot be installed it says so loudly and
 drives the same entry points with hypothesis instead, under the same time bound.
 The first line of output names the engine that ran.  Exit status 1 if any target
 found a failure (its reproducer is kept under ``--artifacts``), 2 if the run could
@@ -46,6 +46,7 @@ TARGETS = (
     "webseed",
     "select",
     "rate",
+    "picker",
 )
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 

@@ -67,7 +67,8 @@ class Returned(NamedTuple):
 
 
 class PeerBitfield(NamedTuple):
-    """What one of a worker's peers has; ``bits`` is one byte per piece, or None when it left."""
+    """What one of a worker's peers has; ``bits`` is packed as on the wire (piece 0 the high
+    bit of the first byte: an eighth of a byte per piece), or None when it left."""
 
     worker: int
     peer: PeerAddr

@@ -28,6 +28,7 @@ from fuzz import (
     fuzz_ext,
     fuzz_magnet,
     fuzz_metainfo,
+    fuzz_picker,
     fuzz_rate,
     fuzz_select,
     fuzz_tracker,
@@ -36,7 +37,8 @@ from fuzz import (
     fuzz_wire,
     run,
 )
-from mptorrent.proto import bencode, merkle, metainfo, wire
+from mptorrent.policy.picker import Picker
+from mptorrent.proto import bencode, bitfield, merkle, metainfo, wire
 from mptorrent.proto import tracker as tr
 from mptorrent.proto.dht import krpc
 from mptorrent.proto.ext import ut_metadata, ut_pex
@@ -56,6 +58,7 @@ TARGETS: dict[str, ModuleType] = {
     "webseed": fuzz_webseed,
     "select": fuzz_select,
     "rate": fuzz_rate,
+    "picker": fuzz_picker,
 }
 
 NASTY: list[bytes] = [
@@ -168,6 +171,11 @@ BREAKS: dict[str, list[tuple[object, str, Callable[..., Any]]]] = {
     "rate": [
         (fuzz_rate, "parse_rate", lambda text: 7),  # below 1 KiB/s and not 0
         (fuzz_rate, "parse_rate", lambda text: int(text)),  # a bare int error, unnamed
+    ],
+    "picker": [
+        (Picker, "peer_have", lambda self, peer, index, worker=None: None),  # HAVEs lost
+        (bitfield, "count", lambda packed: 0),  # every peer taken for one with nothing
+        (bitfield, "problem", lambda packed, n: None),  # a hostile bitfield let through
     ],
 }  # fmt: skip
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from mptorrent.policy.picker import DONE, NEEDED, RANDOM_FIRST, TAKEN, Picker, Priority
+from mptorrent.proto import bitfield
 
 
 def bits(s: str) -> bytes:
@@ -184,3 +189,141 @@ def test_endgame_duplicates_raised_pieces_first() -> None:
     assert len(p.pick_for(0, 6)) == 6
     p.set_priority(5, Priority.DEADLINE)
     assert p.endgame_for(1, 1) == [5]
+
+
+# -- huge torrents (issue 18): packed bitfields, seeds apart, availability buckets ---------
+
+
+def packed(s: str) -> bytes:
+    """'1101' -> the wire's packed form."""
+    return bitfield.from_flags(bits(s))
+
+
+def test_packed_bitfields_haves_and_departures_keep_the_counts_of_a_model() -> None:
+    n, rng = 1003, random.Random(11)  # not a multiple of 8: the last byte has spare bits
+    p = Picker(n, seed=11)
+    model: dict[tuple[int, int], bytearray] = {}  # (worker, peer) -> flags
+    for step in range(300):
+        op = rng.random()
+        key = (rng.randrange(3), rng.randrange(12))
+        if op < 0.3:
+            share = rng.choice([0.0, 0.3, 0.9, 1.0])
+            flags = bytearray(1 if rng.random() < share else 0 for _ in range(n))
+            if rng.random() < 0.5:
+                p.peer_packed(key, bitfield.from_flags(flags), key[0])
+            else:
+                p.peer_bitfield(key, bytes(flags), key[0])
+            model[key] = flags
+        elif op < 0.4:
+            p.peer_packed(key, None, key[0])
+            model.pop(key, None)
+        else:
+            for _ in range(20):
+                i = rng.randrange(n)
+                p.peer_have(key, i, key[0])
+                model.setdefault(key, bytearray(n))[i] = 1
+        if step % 25 == 0 or step == 299:
+            assert p.availability == [sum(f[i] for f in model.values()) for i in range(n)]
+            for w in range(3):
+                mine = [f for (pw, _), f in model.items() if pw == w]
+                assert p.needed_for(w) == any(any(f) for f in mine)
+
+
+def test_a_hostile_packed_bitfield_is_refused_and_changes_nothing() -> None:
+    p = Picker(9, seed=12)
+    p.peer_packed("a", packed("110000001"), worker=0)
+    with pytest.raises(ValueError, match="spare bits set"):
+        p.peer_packed("a", bytes([0xFF, 0xFF]), worker=0)  # 7 spare bits set
+    with pytest.raises(ValueError, match="bitfield of 1 bytes for 9 pieces"):
+        p.peer_packed("a", b"\xff", worker=0)
+    with pytest.raises(ValueError, match="3 have-flags for 9 pieces"):
+        p.peer_bitfield("a", b"\x01\x01\x01", worker=0)
+    with pytest.raises(ValueError, match="have for piece 9 of 9"):
+        p.peer_have("a", 9, worker=0)
+    with pytest.raises(ValueError, match="have for piece -1 of 9"):
+        p.peer_have("a", -1, worker=0)  # never a wrap-around to the last piece
+    assert p.availability == [1, 1, 0, 0, 0, 0, 0, 0, 1]  # the first bitfield stands
+
+
+def test_a_peer_whose_haves_complete_it_counts_as_a_seed() -> None:
+    p = Picker(10, seed=13)
+    p.peer_packed("a", packed("1111111110"), worker=0)
+    p.peer_packed("b", packed("1000000000"), worker=0)
+    p.peer_have("a", 9, worker=0)
+    assert p.availability == [2] + [1] * 9
+    assert (p._seeds, p._partials) == (1, 1)  # counted apart: no longer per piece
+    p.peer_packed("a", None)
+    assert p.availability == [1] + [0] * 9
+    assert p.pick_for(0, 10) == [0]
+
+
+def test_a_worker_that_ran_dry_gets_what_its_peer_announces_next() -> None:
+    p = Picker(100, seed=14)
+    p.peer_packed("a", packed("1" + "0" * 99), worker=0)
+    p.peer_packed("b", packed("1" * 100), worker=1)
+    assert p.pick_for(0, 10) == [0]
+    assert p.pick_for(0, 10) == []  # dry: its one peer has nothing more
+    p.peer_have("a", 57, worker=0)
+    assert p.pick_for(0, 10) == [57]  # without waiting for the next rebuild
+
+
+def test_the_walk_hands_out_every_needed_piece_once_and_only_to_workers_that_can_serve_it() -> None:
+    n, rng = 5000, random.Random(15)
+    have = bytes(1 if rng.random() < 0.2 else 0 for _ in range(n))
+    p = Picker(n, have, seed=15)
+    field = {w: bytes(1 if rng.random() < 0.4 else 0 for _ in range(n)) for w in (0, 1)}
+    p.peer_packed("a", bitfield.from_flags(field[0]), worker=0)
+    p.peer_bitfield("b", field[1], worker=1)
+    p.peer_packed("s", bitfield.full(n), worker=2)  # a seed
+    got: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for _ in range(200):
+        for w in (0, 1):  # the partial workers first: the seed's worker takes the rest
+            got[w] += p.pick_for(w, 64)
+    for _ in range(200):
+        got[2] += p.pick_for(2, 64)
+    every = got[0] + got[1] + got[2]
+    assert sorted(every) == [i for i in range(n) if not have[i]]  # each once
+    for w in (0, 1):
+        assert all(field[w][i] for i in got[w])
+    assert not any(p.needed_for(w) for w in range(3))
+
+
+def test_buckets_order_rarest_first_among_many_partial_peers() -> None:
+    n = 40
+    p = Picker(n, seed=16)  # nothing done: the first RANDOM_FIRST picks are random
+    for k in range(n):  # peer k has pieces k.. : piece i has i + 1 peers, none has all
+        p.peer_packed(k, packed("0" * k + "1" * (n - k) if k else "0" + "1" * (n - 1)), 0)
+    p.peer_packed("z", packed("1" + "0" * (n - 1)), 0)  # piece 0: one peer
+    first = p.pick_for(0, RANDOM_FIRST)
+    rest = p.pick_for(0, n)
+    assert sorted(first + rest) == list(range(n))
+    # buckets: exact below 16 peers, then one for 16 to 31, one for 32 to 63
+    levels = [a if a < 16 else 16 + a.bit_length() - 5 for a in (p.availability[i] for i in rest)]
+    assert levels == sorted(levels)
+    exact = [i for i in rest if p.availability[i] < 16]
+    assert [p.availability[i] for i in exact] == sorted(p.availability[i] for i in exact)
+
+
+def test_more_than_255_partial_peers_still_leave_the_rarest_first() -> None:
+    n = 12
+    p = Picker(n, bits("000000001111"), seed=17)  # 4 done: rarest first from the start
+    for k in range(300):
+        p.peer_packed(k, packed("111111000000"), worker=0)
+    p.peer_packed("x", packed("000000010000"), worker=0)
+    p.peer_packed("y", packed("000000100000"), worker=0)
+    p.peer_packed("z", packed("000000100000"), worker=0)
+    got = p.pick_for(0, 8)
+    assert got[:2] == [7, 6] and sorted(got[2:]) == [0, 1, 2, 3, 4, 5]
+    assert p.availability[:8] == [300] * 6 + [2, 1]
+
+
+def test_counts_widen_before_a_65536th_partial_peer_could_overflow_them() -> None:
+    p = Picker(2, seed=18)
+    one = packed("10")
+    for k in range(65_537):
+        p.peer_packed(k, one, worker=0)
+    assert p._counts.typecode == "I"
+    assert p.availability == [65_537, 0]
+    p.peer_packed(0, None)
+    assert p.availability == [65_536, 0]
+    assert p.pick_for(0, 2) == [0]

@@ -67,7 +67,7 @@ from mptorrent.netio.announcer import Announcer, TierResult, numwant_for, redact
 from mptorrent.netio.peer import Timeouts
 from mptorrent.policy.peertable import PeerTable
 from mptorrent.policy.picker import DONE, Picker
-from mptorrent.proto import tracker
+from mptorrent.proto import bitfield, tracker
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.proto.webseed import MAX_WEB_SEEDS, seed_id, seed_url_problem
 from mptorrent.worker.process import STATS_EVERY, WorkerConfig, reserve_port, run
@@ -91,6 +91,7 @@ SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the worke
 # times a second at -j 2, and the bar redraws at most ten times a second anyway.
 PROGRESS_EVERY = 0.05
 MAX_SWARM = 200  # connected peers sent to the workers at most (PEX sends 50 a minute)
+_IS_DONE = bytes(DONE) + b"\x01" + bytes(255 - DONE)  # a picker state to a done flag
 
 
 # What the coordinator's inbox carries: a tracker tier's answer (from an announce
@@ -650,7 +651,8 @@ class Coordinator:
     def _recover_done(self) -> None:
         """Verified writes whose report was lost with a dead worker's result queue."""
         n = self.meta.num_pieces
-        claimed = [i for i in range(n) if self.done_map[i] and self.picker.state[i] != DONE]
+        done = self.picker.state.translate(_IS_DONE)  # in C: a torrent may have 500,000 pieces
+        claimed = bitfield.newly_set(self.done_map[:n], done)
         if not claimed:
             return
         verifier = self.meta.verifier()
@@ -820,7 +822,7 @@ class Coordinator:
                     self.emit(
                         ev.PeerConnected(wid, msg.peer, self.sources.get(msg.peer, "incoming"))
                     )
-                p.peer_bitfield((wid, slot.gen, msg.peer), msg.bits, wid)
+                p.peer_packed((wid, slot.gen, msg.peer), msg.bits, wid)
             case PeerHaves():
                 for i in msg.indices:
                     p.peer_have((wid, slot.gen, msg.peer), i, wid)

@@ -57,7 +57,7 @@ from mptorrent.messages import (
 from mptorrent.mp import RateCells
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
-from mptorrent.proto import wire
+from mptorrent.proto import bitfield, wire
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.proto.webseed import seed_id
 from mptorrent.worker.extensions import WorkerExtensions
@@ -646,15 +646,17 @@ class _Worker:
                 if self.seed_only:  # availability matters only while downloading
                     if self._leave_if_seed(p):
                         return
-                else:
-                    self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
+                else:  # packed, as it came: an eighth of a byte per piece to pickle
+                    bits = ev.bits if type(ev) is wire.Bitfield else bitfield.full(self.num_pieces)
+                    self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bits))
                     p.reported_bits = True
             elif isinstance(ev, wire.Have):
                 if self.seed_only:
                     if self._leave_if_seed(p):
                         return
                 elif not p.reported_bits:
-                    self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bytes(conn.peer_has)))
+                    bits = bitfield.from_flags(conn.peer_has)
+                    self._emit(PeerBitfield(self.cfg.worker_id, p.addr, bits))
                     p.reported_bits = True
                 else:
                     self.haves.setdefault(p.addr, []).append(ev.index)
@@ -688,9 +690,8 @@ class _Worker:
         pieces too, or a peer would hear of only the share its own worker fetched.
         """
         now_have = bytes(self.have)
-        if now_have != self.told:
-            told = self.told
-            self._tell([i for i, h in enumerate(now_have) if h and not told[i]])
+        if now_have != self.told:  # a memcmp; then the new ones in C, not a loop per piece
+            self._tell(bitfield.newly_set(now_have, self.told))
 
     def _tell(self, pieces: list[int]) -> None:
         for i in pieces:
@@ -818,7 +819,7 @@ class _Worker:
         wid = self.cfg.worker_id
         for n in notes:
             if type(n) is Up:
-                self._emit(PeerBitfield(wid, w.addr, b"\x01" * self.num_pieces))
+                self._emit(PeerBitfield(wid, w.addr, bitfield.full(self.num_pieces)))
             elif type(n) is Down:
                 self.policy.release(w)
                 self._emit(PeerBitfield(wid, w.addr, None))

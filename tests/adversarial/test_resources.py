@@ -136,7 +136,7 @@ def test_e1_worker_memory_is_bounded_by_pieces_in_flight(
 E2_PIECES = (MAX_TORRENT_SIZE - 200) // HASH  # the hashes alone fill the size cap
 E2_PIECE_LENGTH = 16 * KiB
 E2_WORKERS = 2
-E2_PEERS = 20  # bitfields the coordinator holds: one byte per piece each
+E2_PEERS = 20  # bitfields the coordinator holds (full ones: a count each, issue 18)
 
 
 def big_torrent(path: Path, pieces: int) -> Path:
@@ -198,7 +198,7 @@ def coordinator_probe(torrent: str, workers: str, peers: str) -> None:
         # each PeerBitfield arrives unpickled: its own bytes object
         picker.peer_bitfield((k % nw, 1, k), bytes(bytearray(everything)), k % nw)
     for w in range(nw):
-        picker.pick_for(w, 64)  # the first pick sorts every needed piece (rarest first)
+        picker.pick_for(w, 64)  # the first pick builds the order (availability buckets)
     after = status()
     assert layout.num_pieces == n and len(done) == n + 1
     print(json.dumps({
@@ -213,10 +213,10 @@ def test_e2_coordinator_structures_for_the_largest_torrent(e2_torrent: Path) -> 
     assert n == E2_PIECES
     kept = (r["anon_after"] - r["anon_before"]) * KiB
     peak = (r["hwm_after"] - r["rss_before"]) * KiB
-    # Per piece: state, availability, per-worker counts, done-map, the rarest-first order
-    # (a list of ints), plus one byte per piece for each peer's bitfield.
+    # Per piece: state, priority, availability counts, a have-byte per worker, the done-map
+    # and the order's bucket byte; a full bitfield is one count (budgets from before that).
     assert kept <= n * (128 + E2_PEERS), (kept, n)
-    # The rebuild of the order is transient: keys and the sort's own list on top.
+    # The rebuild of the order is transient: a few byte-per-piece arrays and integers.
     assert peak <= n * (320 + E2_PEERS), (peak, n)
     assert r["hwm_after"] * KiB < 256 * MiB, r
     print(f"E2: {n} pieces, kept {kept / n:.0f} B/piece, peak {peak / n:.0f} B/piece, "
