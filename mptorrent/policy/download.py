@@ -16,8 +16,9 @@ touches a socket, a queue or a file:
 - time is an input: the worker sets :attr:`DownloadPolicy.now` once per loop turn.
 
 The block path (:meth:`DownloadPolicy.receive`) is the hottest code of a download: it
-takes a whole run of parsed ``Piece`` events in one call (no call per 16 KiB block) and
-copies each block once, from the connection's receive buffer into its piece.
+takes a whole run of blocks in one call (from a wire connection as tuples, through
+``next_blocks``: no call and no event object per 16 KiB block) and copies each block
+once, from the connection's receive buffer into its piece.
 """
 
 from __future__ import annotations
