@@ -9,6 +9,9 @@ yields an event must re-encode to the very same bytes when a model of the peer
 sends that event (anacrolix FuzzDecoder), and a protocol error must stick.
 With bit 2 set, our handshake carries BEP 6's fast bit (and, frame by frame,
 the peer's too), so the fast extension's messages and rules are reached.
+With bit 3 set, blocks are taken a run at a time with ``next_blocks()`` before
+each ``next_event()``, as the download policy takes them, and checked as the
+Piece events they stand for.
 
 Our side always has a BEP 10 router (``mptorrent.proto.ext``) with one
 stand-in extension under id 1, so Extended frames reach the extended-handshake
@@ -109,10 +112,11 @@ def TestOneInput(data: bytes) -> None:
     if not data:
         return
     fast = bool(data[0] & 4)
+    runs = bool(data[0] & 8)
     if data[0] & 1:
-        _whole_stream(data[1:], late_geometry=bool(data[0] & 2), fast=fast)
+        _whole_stream(data[1:], late_geometry=bool(data[0] & 2), fast=fast, runs=runs)
     else:
-        _frame_by_frame(data[1:], fast=fast)
+        _frame_by_frame(data[1:], fast=fast, runs=runs)
 
 
 def _us(late_geometry: bool = False, fast: bool = False) -> Connection:
@@ -125,10 +129,18 @@ def _us(late_geometry: bool = False, fast: bool = False) -> Connection:
     return conn
 
 
-def _events(conn: Connection) -> list[Event]:
-    """Drain ``conn``, asking for BLOCKS whenever the peer unchokes us, as a client would."""
+def _events(conn: Connection, runs: bool = False) -> list[Event]:
+    """Drain ``conn``, asking for BLOCKS whenever the peer unchokes us, as a client would;
+    with ``runs``, blocks are taken with ``next_blocks()`` first, as Piece events."""
     out: list[Event] = []
-    while (ev := conn.next_event()) is not NEED_DATA:
+    while True:
+        if runs:
+            for index, begin, block in conn.next_blocks():
+                assert block.readonly and 0 < len(block) <= BLOCK_SIZE, len(block)
+                out.append(Piece(index, begin, block))
+        ev = conn.next_event()
+        if ev is NEED_DATA:
+            break
         assert isinstance(ev, Event), ev
         out.append(ev)
         if isinstance(ev, ExtendedHandshake):
@@ -154,13 +166,13 @@ def _sticky(conn: Connection, err: RemoteProtocolError) -> None:
         raise AssertionError("a protocol error did not stick")
 
 
-def _whole_stream(data: bytes, late_geometry: bool, fast: bool = False) -> None:
+def _whole_stream(data: bytes, late_geometry: bool, fast: bool = False, runs: bool = False) -> None:
     conn = _us(late_geometry, fast)
     half = len(data) // 2
     try:
         for part in (data[:half], data[half:]):
             conn.receive_data(part)
-            _events(conn)
+            _events(conn, runs)
             if conn.geometry is None:
                 conn.set_geometry(NUM_PIECES, PIECE_LEN, TOTAL)
                 assert len(conn.peer_has) == NUM_PIECES
@@ -178,7 +190,7 @@ def frames(data: bytes) -> Iterator[bytes]:
         pos = end
 
 
-def _frame_by_frame(data: bytes, fast: bool = False) -> None:
+def _frame_by_frame(data: bytes, fast: bool = False, runs: bool = False) -> None:
     conn = _us(fast=fast)
     reserved = FAST_EXT if fast else EXTENSION_RESERVED
     theirs, ours = (
@@ -196,7 +208,7 @@ def _frame_by_frame(data: bytes, fast: bool = False) -> None:
     try:
         for frame in frames(data):
             conn.receive_data(frame)
-            events = _events(conn)
+            events = _events(conn, runs)
             assert len(events) <= 1, events
             if not events:
                 continue
@@ -295,6 +307,10 @@ def seeds() -> list[bytes]:
         b"\x00" + ports + short_port + stream[:40],
         b"\x00" + long_port + stream[:40],
         b"\x05" + THEIR_DHT_HANDSHAKE + ports + fast_stream,
+        # blocks taken a run at a time (next_blocks), as the download policy takes them
+        b"\x09" + THEIR_HANDSHAKE + stream,
+        b"\x08" + stream,
+        b"\x0d" + THEIR_FAST_HANDSHAKE + fast_stream,
     ]
 
 

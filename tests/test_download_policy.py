@@ -464,6 +464,49 @@ def test_receive_hands_back_the_first_other_event() -> None:
     assert s.policy.jobs[0].nreceived == 2
 
 
+class Runs:
+    """A source with ``next_blocks`` as ``wire.Connection`` has: runs of blocks, as tuples,
+    between other events (a block left to ``next_event`` comes as a Piece event)."""
+
+    def __init__(self, items: Iterable[list[tuple[int, int, bytes]] | wire.Event]) -> None:
+        self.items = deque(items)
+
+    def next_blocks(self) -> list[tuple[int, int, bytes]]:
+        head = self.items[0] if self.items else None
+        if isinstance(head, list):
+            self.items.popleft()
+            return head
+        return []
+
+    def next_event(self) -> wire.Event | wire.NeedData:
+        if not self.items:
+            return wire.NEED_DATA
+        head = self.items.popleft()
+        if isinstance(head, list):  # as a Connection's next_event would: block by block
+            if head[1:]:
+                self.items.appendleft(head[1:])
+            return wire.Piece(*head[0])
+        return head
+
+
+def test_receive_takes_runs_of_blocks_and_hands_back_the_events_between() -> None:
+    s = swarm([[0, 1]])
+    a = s.add(1, depth=8)
+    s.policy.fill(a)
+    blocks = [
+        (i, b * BLOCK, DATA[i * PL + b * BLOCK : i * PL + (b + 1) * BLOCK])
+        for i in (0, 1)
+        for b in range(4)
+    ]
+    have = wire.Have(3)
+    src = Runs([blocks[:3], have, blocks[3:5], wire.Piece(*blocks[5]), blocks[6:]])
+    assert s.policy.receive(a, src) is have
+    assert s.policy.jobs[0].nreceived == 3 and s.policy.downloaded == 3 * BLOCK
+    assert s.policy.receive(a, src) is wire.NEED_DATA
+    assert [type(d) for d in s.decisions()] == [Verified, Verified]
+    assert s.policy.downloaded == 8 * BLOCK and a.pending == set() and s.policy.jobs == {}
+
+
 def test_unasked_and_unknown_blocks_are_counted_and_dropped() -> None:
     s = swarm([[0]])
     a = s.add(1, depth=4)

@@ -1971,6 +1971,115 @@ def test_port_messages_between_blocks_keep_the_zero_copy_path() -> None:
     assert pair.b.next_event() is NEED_DATA
 
 
+def drain_runs(conn: Connection) -> list[Event]:
+    """As drain(), taking blocks a run at a time with next_blocks() first, as the download
+    policy does."""
+    out: list[Event] = []
+    while True:
+        run = conn.next_blocks()
+        for index, begin, block in run:
+            assert isinstance(block, memoryview) and block.readonly
+            out.append(Piece(index, begin, bytes(block)))
+        if run:
+            continue
+        ev = conn.next_event()
+        if ev is NEED_DATA:
+            return out
+        assert isinstance(ev, Event)
+        out.append(snapshot(ev))
+
+
+def test_next_blocks_takes_the_run_of_requested_blocks_up_to_anything_else() -> None:
+    pair = Pair()
+    pair.b_requests((0, 0, 300), (1, 0, 200), (2, 0, 100))
+    stream = b"".join(
+        (pair.a.send(Piece(0, 0, b"a" * 300)), pair.a.send(Piece(1, 0, b"b" * 200)),
+         pair.a.send(Port(6881)), pair.a.send(Piece(2, 0, b"c" * 100)))
+    )  # fmt: skip
+    pair.b.receive_data(stream[:-1])  # the last block is one byte short
+    run = pair.b.next_blocks()
+    assert [(i, b, bytes(blk)) for i, b, blk in run] == [(0, 0, b"a" * 300), (1, 0, b"b" * 200)]
+    assert pair.b.next_blocks() == []
+    assert pair.b.next_event() == Port(6881)
+    assert pair.b.next_blocks() == []
+    assert pair.b.next_event() is NEED_DATA
+    pair.b.receive_data(stream[-1:])
+    assert [(i, b, bytes(blk)) for i, b, blk in pair.b.next_blocks()] == [(2, 0, b"c" * 100)]
+    assert pair.b.outstanding_requests == 0
+
+
+def test_next_blocks_leaves_unrequested_and_cancelled_blocks_to_next_event() -> None:
+    pair = Pair()
+    pair.b_requests((0, 0, BLOCK_SIZE), (0, BLOCK_SIZE, BLOCK_SIZE))
+    pair.deliver(pair.b, Cancel(0, 0, BLOCK_SIZE))
+    pair.b.receive_data(pair.a.send(Piece(0, 0, b"a" * BLOCK_SIZE)))  # crossed our cancel
+    pair.b.receive_data(pair.a.send(Piece(0, BLOCK_SIZE, b"b" * BLOCK_SIZE)))
+    assert pair.b.next_blocks() == []  # the cancelled one first: next_event drops it
+    assert drain_runs(pair.b) == [Piece(0, BLOCK_SIZE, b"b" * BLOCK_SIZE)]
+
+
+def test_next_blocks_waits_for_the_handshake_and_keeps_a_protocol_error() -> None:
+    conn = new_conn()
+    conn.send(Handshake(IH, PID_B, bytes(8)))
+    assert conn.next_blocks() == []
+    conn.receive_data(handshake_bytes() + bytes.fromhex("0000000c 07 00000009 00000000 616263"))
+    assert conn.next_blocks() == []
+    assert conn.next_event() == Handshake(IH, PID_A, bytes(8))
+    assert conn.next_blocks() == []
+    with pytest.raises(RemoteProtocolError, match="piece outside the torrent"):
+        conn.next_event()
+    assert conn.next_blocks() == []
+    with pytest.raises(RemoteProtocolError):  # still sticky
+        conn.next_event()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.sampled_from(["block", "cancelled", "unasked", "have", "port", "keepalive"]),
+        max_size=30,
+    ),
+    st.integers(1, 40_000),
+)
+def test_next_blocks_then_next_event_give_what_next_event_alone_gives(
+    kinds: list[str], chunk: int
+) -> None:
+    num_pieces = 64
+    plen = 2 * BLOCK_SIZE
+    pairs = [Pair(num_pieces=num_pieces, piece_length=plen, total=num_pieces * plen)]
+    pairs.append(Pair(num_pieces=num_pieces, piece_length=plen, total=num_pieces * plen))
+    # one block per message, of piece i: odd pieces' full size, even ones' shorter
+    blocks = [(i, 0, BLOCK_SIZE if i % 2 else 1000 + i) for i in range(len(kinds))]
+    sent = list(zip(blocks, kinds, strict=True))
+    for pair in pairs:
+        pair.b_requests(*[blk for blk, kind in sent if kind in ("block", "cancelled")])
+        for blk, kind in sent:
+            if kind == "cancelled":
+                pair.b.send(Cancel(*blk))
+    a = pairs[0].a
+    parts = []
+    for (index, begin, length), kind in sent:
+        if kind in ("block", "cancelled", "unasked"):
+            parts.append(a.send(Piece(index, begin, bytes([index]) * length)))
+        elif kind == "have":
+            parts.append(a.send(Have(index)))
+        elif kind == "port":
+            parts.append(a.send(Port(6881 + index)))
+        else:
+            parts.append(a.send(KeepAlive()))
+    data = b"".join(parts)
+    got: list[list[Event]] = [[], []]
+    for k, (pair, drainer) in enumerate(zip(pairs, (drain, drain_runs), strict=True)):
+        for pos in range(0, len(data), chunk):
+            view = pair.b.get_buffer()
+            piece = data[pos : pos + chunk]
+            view[: len(piece)] = piece
+            pair.b.buffer_updated(len(piece))
+            got[k].extend(drainer(pair.b))
+    assert got[0] == got[1]
+    assert pairs[0].b.unwanted_bytes == pairs[1].b.unwanted_bytes
+
+
 def test_sending_a_port_out_of_range_is_refused() -> None:
     conn = new_conn()
     conn.send(Handshake(IH, PID_B, DHT_RESERVED))

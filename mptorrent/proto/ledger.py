@@ -126,16 +126,18 @@ class RequestLedger:
     def record(self, keys: Sequence[BlockKey]) -> None:
         """Record requests about to be sent: all of them, or none (LocalProtocolError)."""
         outstanding = self.outstanding
-        for key in keys:
-            if key in outstanding:
-                raise LocalProtocolError(f"block {key} is already requested")
-        if len(set(keys)) != len(keys):
+        if not outstanding.keys().isdisjoint(keys):
+            key = next(key for key in keys if key in outstanding)
+            raise LocalProtocolError(f"block {key} is already requested")
+        added = dict.fromkeys(keys, True)
+        if len(added) != len(keys):
             raise LocalProtocolError("the same block is requested twice")
         cancelled, lost = self.cancelled, self.lost
-        for key in keys:
-            cancelled.pop(key, None)
-            lost.pop(key, None)
-            outstanding[key] = True
+        if cancelled or lost:
+            for key in keys:
+                cancelled.pop(key, None)
+                lost.pop(key, None)
+        outstanding.update(added)
 
     def cancel(self, key: BlockKey) -> bool:
         """We cancel ``key``; True if it was outstanding (a late block is then dropped)."""

@@ -16,6 +16,7 @@ its queues and the shared done-map, so fork, spawn and forkserver all work.
 from __future__ import annotations
 
 import multiprocessing
+import operator
 import os
 import queue
 import random
@@ -78,6 +79,7 @@ CONTROL_EVERY = 0.02  # seconds between looks at the control queue
 IDLE_TICK = 0.005  # select timeout of a worker with no piece in hand
 REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this long
 LIMITED_TICK = 0.005  # select timeout while a rate limit's balance is used up
+_length = operator.itemgetter(2)  # of a block request (index, begin, length)
 
 
 @dataclass
@@ -135,7 +137,7 @@ class _Peer(PeerSession):
 
     def request(self, blocks: Sequence[tuple[int, int, int]]) -> None:
         self.queue(self.wire.send_requests(blocks))
-        self.window.sent(time.monotonic(), sum(b[2] for b in blocks))
+        self.window.sent(time.monotonic(), sum(map(_length, blocks)))
 
     def cancel(self, index: int, begin: int, length: int) -> None:
         self.window.settled(length)
