@@ -327,3 +327,15 @@ def test_counts_widen_before_a_65536th_partial_peer_could_overflow_them() -> Non
     p.peer_packed(0, None)
     assert p.availability == [65_536, 0]
     assert p.pick_for(0, 2) == [0]
+
+
+def test_a_piece_announced_by_a_peer_that_left_since_is_not_handed_to_its_worker() -> None:
+    p = Picker(100, seed=19)
+    p.peer_packed("a", packed("1" + "0" * 99), worker=0)
+    p.peer_packed("b", packed("1" * 100), worker=1)
+    assert p.pick_for(0, 10) == [0]
+    assert p.pick_for(0, 10) == []  # dry
+    p.peer_have("a", 57, worker=0)
+    p.peer_packed("a", None, worker=0)  # gone before the worker asked again
+    assert p.pick_for(0, 10) == []  # none of its peers has 57 now
+    assert 57 in p.pick_for(1, 100)

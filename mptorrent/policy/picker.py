@@ -461,7 +461,8 @@ class Picker:
                 if len(out) >= n:
                     self._fresh[worker] = fresh[k:]
                     break
-                if state[i] == NEEDED and prio[i]:
+                # the peer that announced it may have left since
+                if state[i] == NEEDED and prio[i] and (has is None or has[i]):
                     out.append(i)
                     state[i] = QUEUED
         if len(out) >= n:
