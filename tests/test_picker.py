@@ -327,3 +327,58 @@ def test_counts_widen_before_a_65536th_partial_peer_could_overflow_them() -> Non
     p.peer_packed(0, None)
     assert p.availability == [65_536, 0]
     assert p.pick_for(0, 2) == [0]
+
+
+def test_a_piece_announced_by_a_peer_that_left_since_is_not_handed_to_its_worker() -> None:
+    p = Picker(100, seed=19)
+    p.peer_packed("a", packed("1" + "0" * 99), worker=0)
+    p.peer_packed("b", packed("1" * 100), worker=1)
+    assert p.pick_for(0, 10) == [0]
+    assert p.pick_for(0, 10) == []  # dry
+    p.peer_have("a", 57, worker=0)
+    p.peer_packed("a", None, worker=0)  # gone before the worker asked again
+    assert p.pick_for(0, 10) == []  # none of its peers has 57 now
+    assert 57 in p.pick_for(1, 100)
+
+
+def test_a_piece_announced_while_the_walk_is_under_way_is_found_when_it_runs_dry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mptorrent.policy import picker
+
+    monkeypatch.setattr(picker, "REBUILD_EVERY", 3600.0)  # no rebuild for time passing
+    p = Picker(100, bits("1" * RANDOM_FIRST + "0" * (100 - RANDOM_FIRST)), seed=20)
+    p.peer_packed("a", packed("0" * 10 + "1" * 10 + "0" * 80), worker=0)
+    assert sorted(p.pick_for(0, 10)) == list(range(10, 20))  # all it has: not dry yet
+    p.peer_have("a", 50, worker=0)  # nobody had 50 when the order was built
+    assert p.pick_for(0, 10) == [50]
+
+
+def test_a_worker_whose_peer_completes_walks_every_piece_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mptorrent.policy import picker
+
+    monkeypatch.setattr(picker, "REBUILD_EVERY", 3600.0)
+    p = Picker(20, bits("1" * RANDOM_FIRST + "0" * (20 - RANDOM_FIRST)), seed=21)
+    p.peer_packed("s", packed("1" * 20), worker=1)  # pieces 10.. are in the order
+    p.peer_packed("a", packed("0" * RANDOM_FIRST + "1" * 6 + "0" * 10), worker=0)
+    assert sorted(p.pick_for(0, 6)) == list(range(RANDOM_FIRST, 10))
+    for i in range(10, 20):
+        p.peer_have("a", i, worker=0)  # now a seed
+    assert sorted(p.pick_for(0, 20)) == list(range(10, 20))
+
+
+def test_more_announcements_than_are_listed_still_reach_a_worker_that_runs_dry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mptorrent.policy import picker
+
+    monkeypatch.setattr(picker, "REBUILD_EVERY", 3600.0)
+    monkeypatch.setattr(picker, "FRESH_MAX", 3)
+    p = Picker(100, bits("1" * RANDOM_FIRST + "0" * (100 - RANDOM_FIRST)), seed=22)
+    p.peer_packed("a", packed("0" * 10 + "1" * 10 + "0" * 80), worker=0)
+    assert len(p.pick_for(0, 10)) == 10
+    for i in range(50, 60):
+        p.peer_have("a", i, worker=0)
+    assert sorted(p.pick_for(0, 20)) == list(range(50, 60))

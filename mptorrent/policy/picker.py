@@ -29,8 +29,8 @@ that happens often costs a Python step per piece.
   pieces not to be picked.  Each worker then walks the buckets rarest first, lazily: the
   bucket's pieces that its peers have (a big-integer AND), in chunks visited in a random
   order (an index order within each chunk), a ``bytes.find`` per piece handed out.  HAVEs
-  change the counts at once and the order at the next rebuild; a worker that had run dry
-  picks up pieces its peers announce since without waiting for one.
+  change the counts at once and the order at the next rebuild; a worker whose walk runs
+  dry then picks up the pieces its peers announced since it began, without waiting for one.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ DEADLINE: Final = Priority.DEADLINE
 DEADLINE_PIECES = 2  # sequential: the first pieces of the window a reader waits on
 REBUILD_EVERY = 0.5  # s: the order follows changed availability at most this often
 CHUNKS = 256  # a bucket is walked in this many chunks, in a random order
+FRESH_MAX = 4096  # pieces announced since a worker's walk began, listed until a rebuild
 
 
 def _level(count: int) -> int:
@@ -170,8 +171,7 @@ class Picker:
         self._bounds = list(pairwise(n * k // parts for k in range(parts + 1)))
         self._chunks: list[tuple[int, int]] = []  # the bounds, in this build's order
         self._walks: dict[int, Iterator[int]] = {}
-        self._dry: set[int] = set()  # workers whose walk ran out since the rebuild
-        self._fresh: dict[int, list[int]] = {}  # pieces a dry worker's peers announced since
+        self._fresh: dict[int, list[int]] = {}  # pieces a worker's peers announced since
         self._dirty = True  # availability changed: rebuild within REBUILD_EVERY
         self._stale = True  # the walks may miss pickable pieces: rebuild when one runs dry
         self._built_at = 0.0
@@ -244,8 +244,13 @@ class Picker:
             has = self._whas[w]
             if not has[index]:
                 has[index] = 1
-                if w in self._dry and self.state[index] == NEEDED and self.priority[index]:
-                    self._fresh.setdefault(w, []).append(index)
+                # the worker's walk (its peers' pieces when it began) would miss it
+                if self.state[index] == NEEDED and self.priority[index]:
+                    fresh = self._fresh.setdefault(w, [])
+                    if len(fresh) < FRESH_MAX:
+                        fresh.append(index)
+                    else:  # a worker that has not asked for long: rebuild when it runs dry
+                        self._stale = True
         if rec.count == self.num_pieces:
             self._to_seed(rec)
 
@@ -289,7 +294,7 @@ class Picker:
         if self._partials > 0xFFFF and self._counts.typecode == "H":
             self._counts = array("I", self._counts)  # a count could reach 65,536
 
-    def _drop_peer(self, peer: Hashable) -> None:
+    def _drop_peer(self, peer: Hashable, redo: bool = True) -> None:
         rec = self._peers.pop(peer, None)
         if rec is None:
             return
@@ -301,11 +306,13 @@ class Picker:
             self._seeds -= 1
             if w is not None:
                 self._wseeds[w] -= 1
+                if not self._wseeds[w]:  # its walk, of every piece, would yield them all
+                    self._walks.pop(w, None)
             return
         self._partials -= 1
         if rec.count:
             self._add_lanes(bitfield.to_flags(rec.bits, self.num_pieces), -1)
-            if w is not None:
+            if w is not None and redo:
                 self._redo_worker(w)
 
     def _to_seed(self, rec: _PeerHas) -> None:
@@ -318,6 +325,7 @@ class Picker:
         if rec.worker is not None:
             self._wseeds[rec.worker] += 1
             self._redo_worker(rec.worker)
+            self._walks.pop(rec.worker, None)  # it can serve every piece now
 
     def _redo_worker(self, worker: int) -> None:
         """The worker's have-flags again, from its remaining peers' packed bitfields."""
@@ -345,13 +353,12 @@ class Picker:
     def forget_worker(self, worker: int, peers: Iterable[Hashable]) -> None:
         """A worker died: its peers' availability goes with it."""
         for peer in [*peers, *self._wpeers.get(worker, ())]:
-            self._drop_peer(peer)
+            self._drop_peer(peer, redo=False)  # its flags go: O(peers), not O(peers^2)
         self._whas.pop(worker, None)
         self._wpeers.pop(worker, None)
         self._wseeds.pop(worker, None)
         self._walks.pop(worker, None)
         self._fresh.pop(worker, None)
-        self._dry.discard(worker)
 
     def _servable(self, worker: int) -> bytearray | None:
         """None if one of the worker's peers has every piece, else its have-flags."""
@@ -403,7 +410,6 @@ class Picker:
         if not self.sequential:
             self._rng.shuffle(self._chunks)
         self._walks.clear()
-        self._dry.clear()
         self._fresh.clear()
         self._dirty = self._stale = False
 
@@ -455,15 +461,6 @@ class Picker:
         state, prio = self.state, self.priority
         out = self._scan_raised(worker, n) if self._raised else []
         has = self._servable(worker)
-        fresh = self._fresh.pop(worker, None)
-        if fresh:  # announced while it was dry: likely rare, and else it waits for a rebuild
-            for k, i in enumerate(fresh):
-                if len(out) >= n:
-                    self._fresh[worker] = fresh[k:]
-                    break
-                if state[i] == NEEDED and prio[i]:
-                    out.append(i)
-                    state[i] = QUEUED
         if len(out) >= n:
             return out
         walk = self._walks.get(worker)
@@ -476,7 +473,18 @@ class Picker:
                 state[i] = QUEUED
                 if len(out) >= n:
                     return out
-        self._dry.add(worker)
+        # The walk ran dry: what its peers announced since it began (or what the order,
+        # built before anyone had it, left out), without waiting for a rebuild.
+        fresh = self._fresh.pop(worker, None)
+        if fresh:
+            for k, i in enumerate(fresh):
+                if len(out) >= n:
+                    self._fresh[worker] = fresh[k:]
+                    break
+                # the peer that announced it may have left since
+                if state[i] == NEEDED and prio[i] and (has is None or has[i]):
+                    out.append(i)
+                    state[i] = QUEUED
         return out
 
     def _scan_raised(self, worker: int, n: int) -> list[int]:
