@@ -1,8 +1,9 @@
 """Which piece to fetch next: pure policy, no processes and no I/O.
 
 The coordinator owns the truth of every piece's state here; the work queue is
-only the delivery pipe.  Order: the first few pieces at random (so there is
-soon something to trade), then rarest first, ties in a random order of chunks.
+only the delivery pipe.  Order: the first few pieces from a random place (so there is
+soon something to trade; neighbours within one random chunk), then rarest first, ties in
+a random order of chunks.
 
 Each piece also has a :class:`Priority`, one mechanism for every way of steering the
 order: ``SKIP`` pieces are never picked and do not count towards completion
