@@ -18,13 +18,13 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, TypeAlias
 
 from mptorrent import events as ev
 from mptorrent.errors import BadSelection, BadTorrent, Cancelled, DownloadError, StorageError
 from mptorrent.messages import PeerAddr
+from mptorrent.record import Record, frozen
 
 if TYPE_CHECKING:
     from mptorrent.engine.coordinator import FetchOptions, SeedAfter
@@ -40,8 +40,8 @@ Selector: TypeAlias = "str | int"  # a glob on the path inside the torrent, "#N"
 # -- torrents -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TorrentFile:
+@frozen(slots=False)
+class TorrentFile(Record):
     """One file of a torrent: its path inside the torrent ("dir/name") and size in bytes."""
 
     path: str
@@ -171,8 +171,8 @@ class Torrent:
 # -- fetch ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FetchResult:
+@frozen(slots=False)
+class FetchResult(Record):
     """A finished download: where it is, how big, how long it took."""
 
     path: Path  # the file, or a multi-file torrent's folder; Path("-"): streamed, not kept
@@ -649,8 +649,8 @@ def start(
 # -- verify, create, seed -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VerifyResult:
+@frozen(slots=False)
+class VerifyResult(Record):
     """What :func:`verify` found: piece indices that are bad or touch a missing file."""
 
     pieces: int
@@ -731,8 +731,8 @@ def create(
     return Torrent.load(data)
 
 
-@dataclass(frozen=True)
-class SeedResult:
+@frozen(slots=False)
+class SeedResult(Record):
     """What a :func:`seed` did before it stopped."""
 
     uploaded: int

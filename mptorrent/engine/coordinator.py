@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, assert_never
 
@@ -70,6 +70,7 @@ from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.proto.webseed import MAX_WEB_SEEDS, seed_id, seed_url_problem
+from mptorrent.record import Record, frozen, mutable
 from mptorrent.worker.process import STATS_EVERY, WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
@@ -103,8 +104,8 @@ InboxItem = (
 )
 
 
-@dataclass
-class FetchResult:
+@mutable
+class FetchResult(Record):
     """What one fetch did, for the summary and the demo; bytes are this run's only (resumed pieces
     are counted, not their bytes)."""
 
@@ -121,8 +122,8 @@ class FetchResult:
     received: int = 0  # block payload that arrived, duplicates and failed pieces included
 
 
-@dataclass
-class FetchOptions:
+@mutable
+class FetchOptions(Record):
     """The caller's choices for one fetch: workers, where peers come from, listening, I/O mode,
     timeouts and seeding after. The coordinator only reads them."""
 
@@ -152,8 +153,8 @@ class FetchOptions:
     max_upload_rate: int | None = None
 
 
-@dataclass(frozen=True)
-class SeedAfter:
+@frozen(slots=False)
+class SeedAfter(Record):
     """Seeding after the download (fetch --seed-ratio/--seed-time), by the same workers
     on the same connections, so peers that were downloading with us keep going."""
 
@@ -161,8 +162,8 @@ class SeedAfter:
     started: Callable[[FetchResult], None] = lambda _result: None  # the download's result
 
 
-@dataclass
-class _Slot:
+@mutable
+class _Slot(Record):
     """One worker position, as the coordinator sees it: the peers it owns and what it
     holds (its process and queues are the pool's)."""
 

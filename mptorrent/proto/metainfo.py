@@ -23,7 +23,7 @@ import hashlib
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ from mptorrent.errors import BadTorrent, BencodeError
 from mptorrent.proto import bencode, merkle
 from mptorrent.proto.bencode import BValue, Encodable
 from mptorrent.proto.hashing import SHA1_LEN, PieceVerifier, Sha1Pieces, info_hash_v1
+from mptorrent.record import Record, frozen
 
 MAX_PIECES = 2_097_152  # libtorrent max_pieces
 MAX_FILES = 200_000
@@ -47,8 +48,8 @@ MAX_WARNINGS = 10  # a hostile torrent could hold a million bad tracker entries
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-@dataclass(frozen=True, slots=True)
-class FileEntry:
+@frozen
+class FileEntry(Record):
     """One file of the torrent, placed in the torrent's linear byte space."""
 
     path: tuple[str, ...]  # components below the torrent's root (the name for single-file)
@@ -58,8 +59,8 @@ class FileEntry:
     pieces_root: bytes | None = None  # v2: the file's merkle root (None: v1, or empty file)
 
 
-@dataclass(frozen=True, slots=True)
-class Metainfo:
+@frozen
+class Metainfo(Record):
     """A .torrent that passed every check of :func:`parse`; frozen and picklable (each worker gets a
     copy). ``info_hash`` hashes the raw info bytes, never a re-encoding."""
 
@@ -299,8 +300,8 @@ def _check_version(info: dict[bytes, BValue]) -> bool:
 PAD_DIR = ".pad"  # where libtorrent names padding files
 
 
-@dataclass(frozen=True, slots=True)
-class _V2:
+@frozen
+class _V2(Record):
     """The v2 half of an info dict: files in file-tree order, and the checked piece layers."""
 
     files: tuple[tuple[tuple[str, ...], int, bytes | None], ...]  # path, length, pieces root

@@ -30,7 +30,6 @@ here runs per block.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TYPE_CHECKING, Final
 
@@ -41,6 +40,7 @@ from mptorrent.policy.budget import RequestBudget
 from mptorrent.proto import wire
 from mptorrent.proto.ext import ExtendedHandshake, ExtensionHandler, ExtensionRouter
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.record import Record, mutable
 from mptorrent.worker.upload import MAX_QUEUED_REQUESTS
 
 if TYPE_CHECKING:
@@ -70,8 +70,8 @@ def _seen_address(host: str) -> IPv4Address | IPv6Address | None:
     return addr
 
 
-@dataclass
-class _PeerExt:
+@mutable
+class _PeerExt(Record):
     """BEP 10 state of one connection."""
 
     router: ExtensionRouter

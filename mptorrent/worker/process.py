@@ -25,7 +25,7 @@ import socket
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, assert_never
 
 from mptorrent.disk.storage import IoMode, Layout, Storage
@@ -60,6 +60,7 @@ from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Ver
 from mptorrent.proto import wire
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.proto.webseed import seed_id
+from mptorrent.record import Record, mutable
 from mptorrent.worker.extensions import WorkerExtensions
 from mptorrent.worker.upload import Uploader
 
@@ -80,8 +81,8 @@ REPORT_EVERY = 0.03  # batch routine reports (verified pieces, stats) for this l
 LIMITED_TICK = 0.005  # select timeout while a rate limit's balance is used up
 
 
-@dataclass
-class WorkerConfig:
+@mutable
+class WorkerConfig(Record):
     """Everything a worker process starts from, pickled to it; the coordinator or seeder builds a
     fresh one for every restart (the slot's current peers and bans)."""
 
@@ -143,8 +144,8 @@ class _Peer(PeerSession):
             self.queue(self.wire.send(wire.Cancel(index, begin, length)))
 
 
-@dataclass
-class _Retry:
+@mutable
+class _Retry(Record):
     """This worker's dial-out record for one address: attempts are capped (``MAX_CONNECTS``), and
     the back-off starts over once a connection delivered data."""
 
@@ -153,8 +154,8 @@ class _Retry:
     next_at: float = 0.0
 
 
-@dataclass
-class _Worker:
+@mutable
+class _Worker(Record):
     """One worker process's state, built and run in the child by :func:`run`. Besides its queues, it
     shares only the done-map with other processes."""
 
