@@ -199,9 +199,11 @@ def _peers(peers: Iterable[PeerLike]) -> tuple[PeerAddr, ...]:
 
 
 def _web_seeds(urls: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(urls)
+    if not out:
+        return out  # proto.webseed loads only for a fetch that has web seeds
     from mptorrent.proto.webseed import seed_url_problem
 
-    out = tuple(urls)
     for url in out:
         problem = seed_url_problem(url)
         if problem is not None:

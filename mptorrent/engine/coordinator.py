@@ -33,7 +33,6 @@ from mptorrent.disk import checker
 from mptorrent.disk.storage import IoChoice, Layout, Storage, choose_io, prepare
 from mptorrent.engine.limits import Limits, peer_shares
 from mptorrent.engine.pool import Batch, Exit, WorkerPool
-from mptorrent.engine.stream import PieceStream
 from mptorrent.errors import (
     BadSelection,
     DownloadError,
@@ -69,11 +68,11 @@ from mptorrent.policy.peertable import PeerTable
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
-from mptorrent.proto.webseed import MAX_WEB_SEEDS, seed_id, seed_url_problem
 from mptorrent.record import Record, frozen, mutable
 from mptorrent.worker.process import STATS_EVERY, WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
+    from mptorrent.engine.stream import PieceStream
     from mptorrent.netio.dht import Dht
 
 AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
@@ -219,7 +218,7 @@ class Coordinator:
         # each; a worker reports one as the peer PeerAddr(seed_id(url), 0), source "webseed"
         self.web_seeds = web_seed_urls(meta, opts.web_seeds)
         for url in self.web_seeds:
-            self.sources[PeerAddr(seed_id(url), 0)] = "webseed"
+            self.sources[PeerAddr(_seed_id(url), 0)] = "webseed"
         self.inbox: queue.Queue[InboxItem] = queue.Queue()
         # One shared done-map: workers see each other's verified pieces (endgame,
         # HAVE messages), and its last byte says "endgame".
@@ -304,6 +303,8 @@ class Coordinator:
 
     def _make_stream(self, out: IO[bytes]) -> PieceStream:
         """The one file to stream: a single-file torrent's, or the one ``only`` selects."""
+        from mptorrent.engine.stream import PieceStream  # -o - only
+
         lay = self.layout
         chosen = [i for i, f in enumerate(lay.files) if not f.padding and lay.is_selected(i)]
         if len(chosen) != 1:
@@ -617,7 +618,7 @@ class Coordinator:
 
     def _web_seeds_left(self) -> tuple[str, ...]:
         """The web seeds no worker has given up on (a restarted worker is not given those)."""
-        return tuple(u for u in self.web_seeds if PeerAddr(seed_id(u), 0) not in self.banned)
+        return tuple(u for u in self.web_seeds if PeerAddr(_seed_id(u), 0) not in self.banned)
 
     def _deliver(self, batch: Batch) -> None:
         """From the pool's reader threads: a worker's list of reports."""
@@ -981,7 +982,17 @@ def web_seed_urls(meta: Metainfo, extra: tuple[str, ...] = ()) -> tuple[str, ...
     ``url-list`` (a magnet's ``ws``), once each, without those that are not http(s) URLs, at
     most ``MAX_WEB_SEEDS``."""
     urls = dict.fromkeys((*extra, *meta.web_seeds))
+    if not urls:
+        return ()  # proto.webseed loads only for a fetch that has web seeds
+    from mptorrent.proto.webseed import MAX_WEB_SEEDS, seed_url_problem
+
     return tuple(u for u in urls if seed_url_problem(u) is None)[:MAX_WEB_SEEDS]
+
+
+def _seed_id(url: str) -> str:
+    from mptorrent.proto.webseed import seed_id
+
+    return seed_id(url)
 
 
 def fetch(

@@ -25,14 +25,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from mptorrent.errors import BadTorrent, BencodeError
-from mptorrent.proto import bencode, merkle
+from mptorrent.proto import bencode
 from mptorrent.proto.bencode import BValue, Encodable
 from mptorrent.proto.hashing import SHA1_LEN, PieceVerifier, Sha1Pieces, info_hash_v1
 from mptorrent.record import Record, frozen
+
+if TYPE_CHECKING:
+    # v2 only: loaded by the functions that need it, not with every v1 fetch
+    from mptorrent.proto import merkle
 
 MAX_PIECES = 2_097_152  # libtorrent max_pieces
 MAX_FILES = 200_000
@@ -109,11 +113,15 @@ class Metainfo(Record):
         """What checks this torrent's pieces: SHA-1 (v1), merkle (v2), both (hybrid)."""
         if self.info_hash_v2 is None:
             return Sha1Pieces(self.pieces)
+        from mptorrent.proto import merkle
+
         v2 = self.merkle_verifier()
         return v2 if not self.pieces else merkle.BothPieces(Sha1Pieces(self.pieces), v2)
 
     def merkle_verifier(self) -> merkle.MerklePieces:
         """The v2 half of a v2 or hybrid torrent's verification."""
+        from mptorrent.proto import merkle
+
         layers = dict(self.piece_layers)
         pl = self.piece_length
         files = [
@@ -314,6 +322,8 @@ class _V2(Record):
         cls, info: dict[bytes, BValue], top: dict[bytes, BValue], piece_length: int,
         missing_layers_ok: bool,
     ) -> _V2:  # fmt: skip
+        from mptorrent.proto import merkle
+
         if piece_length < merkle.BLOCK or piece_length & (piece_length - 1):
             raise BadTorrent(
                 f"piece length {piece_length} of a v2 torrent is not a power of two "
@@ -382,6 +392,8 @@ def _walk_tree(tree: dict[bytes, BValue]) -> list[tuple[tuple[str, ...], int, by
     """The files of a BEP 52 ``file tree`` in order (depth first, keys sorted), each checked:
     safe names, a file node is ``{"": {length, pieces root}}`` and nothing else, no empty
     directory, no two paths the same.  Depth is bounded by the bencode decoder's limit."""
+    from mptorrent.proto import merkle
+
     if b"" in tree:
         raise BadTorrent("'file tree' is itself a file, not a directory")
     if not tree:

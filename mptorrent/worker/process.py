@@ -59,7 +59,6 @@ from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSe
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
 from mptorrent.proto import wire
 from mptorrent.proto.metainfo import Metainfo
-from mptorrent.proto.webseed import seed_id
 from mptorrent.record import Record, mutable
 from mptorrent.worker.extensions import WorkerExtensions
 from mptorrent.worker.upload import Uploader
@@ -768,7 +767,10 @@ class _Worker(Record):
     # -- web seeds (BEP 19) -------------------------------------------------
 
     def _start_web_seeds(self) -> None:
+        if not self.cfg.web_seeds:
+            return  # netio.webseed (ssl, a DNS thread pool) stays unloaded, as in the coordinator
         from mptorrent.netio.webseed import WebSeed
+        from mptorrent.proto.webseed import seed_id
 
         now = time.monotonic()
         for url in self.cfg.web_seeds:
