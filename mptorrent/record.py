@@ -311,12 +311,14 @@ def frozen(cls: _C | None = None, /, *, slots: bool = True) -> _C | Callable[[_C
 @overload
 def mutable(cls: _C, /) -> _C: ...
 @overload
-def mutable(*, eq: bool = True) -> Callable[[_C], _C]: ...
+def mutable(*, eq: bool = True, slots: bool = False) -> Callable[[_C], _C]: ...
 @dataclass_transform(field_specifiers=(dataclasses.field,))
-def mutable(cls: _C | None = None, /, *, eq: bool = True) -> _C | Callable[[_C], _C]:
-    """Make ``cls`` (a subclass of :class:`Record`) a mutable record, as ``@dataclass(eq=eq)``
-    would: no slots, fields assignable, compared by value and unhashable (``eq=False``:
+def mutable(
+    cls: _C | None = None, /, *, eq: bool = True, slots: bool = False
+) -> _C | Callable[[_C], _C]:
+    """Make ``cls`` (a subclass of :class:`Record`) a mutable record, as ``@dataclass(eq=eq,
+    slots=slots)`` would: fields assignable, compared by value and unhashable (``eq=False``:
     compared and hashed by identity)."""
     if cls is None:
-        return lambda c: _build(c, False, False, eq)  # type: ignore[return-value]
-    return _build(cls, False, False, eq)
+        return lambda c: _build(c, slots, False, eq)  # type: ignore[return-value]
+    return _build(cls, slots, False, eq)

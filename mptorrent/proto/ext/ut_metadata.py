@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Final, Generic, TypeAlias, TypeVar
 
 from mptorrent.errors import BencodeError
@@ -41,7 +41,7 @@ from mptorrent.proto import bencode
 from mptorrent.proto.ext import MAX_METADATA_SIZE, ExtendedHandshake, ExtensionHandler
 from mptorrent.proto.wire import Event
 from mptorrent.proto.wire_errors import LocalProtocolError, RemoteProtocolError
-from mptorrent.record import Record, frozen
+from mptorrent.record import Record, frozen, mutable
 
 __all__ = [
     "MAX_HEADER",
@@ -326,8 +326,8 @@ Outcome: TypeAlias = (
 )
 
 
-@dataclass(slots=True)
-class _PeerState:
+@mutable(slots=True)
+class _PeerState(Record):
     """The assembler's view of one peer: requests in flight and their deadlines, what it was asked
     this round and refused, and its expired requests (too many: asked no more)."""
 
