@@ -877,7 +877,10 @@ class Coordinator:
             if not self.pool.running(slot.wid) or slot.queued > ahead // 2:
                 continue
             got = p.pick_for(slot.wid, ahead - slot.queued)
-            if not got and slot.queued == 0 and self._take_back(slot):
+            # Not for a worker that has heard no peer's bitfield yet: it can be handed
+            # nothing, and the batch taken back (at start-up, put a moment before) would
+            # reach its worker a refill later, or never while this one stays idle.
+            if not got and slot.queued == 0 and p.knows(slot.wid) and self._take_back(slot):
                 got = p.pick_for(slot.wid, ahead - slot.queued)
             # (not before its peers are known: a look at start-up would hold the first
             # endgame hand-out back by ENDGAME_EVERY, an idle half second at the end of a
