@@ -69,6 +69,7 @@ from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.record import Record, frozen, mutable
+from mptorrent.worker import extensions
 from mptorrent.worker.process import STATS_EVERY, WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
@@ -402,6 +403,7 @@ class Coordinator:
                 self._announce_all("started", wait=None)
             try:
                 self.limits.start()
+                extensions.preload()  # while the announce is in flight; once, not per worker
                 for slot in self.slots:
                     self._start(slot)
                 self._loop()

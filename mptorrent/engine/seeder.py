@@ -46,6 +46,7 @@ from mptorrent.netio.announcer import Announcer, TierResult
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.record import Record, mutable
+from mptorrent.worker import extensions
 from mptorrent.worker.process import WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ class Seeder:
                 )  # fmt: skip
                 self.dht.start()
                 self.dht.lookup(self.meta.info_hash, self.stats.port)
+            extensions.preload()  # once here, not in each worker
             for w in range(self.jobs):
                 pool.start(w, config(w))
             if self.use_trackers and announcer:

@@ -46,16 +46,24 @@ from mptorrent.worker.upload import MAX_QUEUED_REQUESTS
 if TYPE_CHECKING:
     from mptorrent.proto.ext.ut_pex import PexFlags, PexState
 
-# ut_metadata and ut_pex are imported on a worker's first BEP 10 connection, not at start-up:
-# the coordinator imports this module before it forks the workers, and every millisecond of
-# its imports delays the first tracker request (measured: about 4 ms).
+# ut_metadata and ut_pex are not imported with this module, which the coordinator imports
+# before its first tracker request, but by preload(), which it calls while that request is
+# under way, before it forks the workers: a worker that imported them itself would do it
+# between its first peer's handshake and that peer's bitfield report (1-3 ms, far more
+# under load), and every worker would.
 
-__all__ = ["CLIENT", "PEX_BURST", "PEX_RATE", "WorkerExtensions"]
+__all__ = ["CLIENT", "PEX_BURST", "PEX_RATE", "WorkerExtensions", "preload"]
 
 CLIENT: Final = f"mptorrent/{__version__}"
 # Incoming ut_pex: three messages at once, then one per 20 s (BEP 11 allows one a minute).
 PEX_BURST: Final = 3.0
 PEX_RATE: Final = 1 / 20
+
+
+def preload() -> None:
+    """Import the extensions a worker's BEP 10 peers use, in the process that forks the
+    workers (not in a thread: see ``netio.net.prepare``)."""
+    from mptorrent.proto.ext import ut_metadata, ut_pex  # noqa: F401
 
 
 def _seen_address(host: str) -> IPv4Address | IPv6Address | None:
