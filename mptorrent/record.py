@@ -81,14 +81,15 @@ class Record:
     _record_shown: ClassVar[tuple[str, ...] | None] = None  # None: __match_args__
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
+        cls = self.__class__
+        if other.__class__ is not cls:
             return NotImplemented
-        assert isinstance(other, Record)
-        key = self.__class__._record_key
+        key = cls._record_key
         return key(self) == key(other)
 
     def __hash__(self) -> int:
-        return hash((self.__class__, self.__class__._record_key(self)))
+        # as a dataclass's: the compared fields' tuple (records of two classes are never equal)
+        return hash(self.__class__._record_key(self))
 
     def __repr__(self) -> str:
         names = self._record_shown
