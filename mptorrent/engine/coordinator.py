@@ -403,7 +403,8 @@ class Coordinator:
                 self._announce_all("started", wait=None)
             try:
                 self.limits.start()
-                extensions.preload()  # while the announce is in flight; once, not per worker
+                if len(self.slots) > 1:  # once here, not once per worker (see preload)
+                    extensions.preload()  # while the announce is in flight
                 for slot in self.slots:
                     self._start(slot)
                 self._loop()

@@ -153,7 +153,8 @@ class Seeder:
                 )  # fmt: skip
                 self.dht.start()
                 self.dht.lookup(self.meta.info_hash, self.stats.port)
-            extensions.preload()  # once here, not in each worker
+            if self.jobs > 1:
+                extensions.preload()  # once here, not in each worker
             for w in range(self.jobs):
                 pool.start(w, config(w))
             if self.use_trackers and announcer:

@@ -47,10 +47,11 @@ if TYPE_CHECKING:
     from mptorrent.proto.ext.ut_pex import PexFlags, PexState
 
 # ut_metadata and ut_pex are not imported with this module, which the coordinator imports
-# before its first tracker request, but by preload(), which it calls while that request is
-# under way, before it forks the workers: a worker that imported them itself would do it
-# between its first peer's handshake and that peer's bitfield report (1-3 ms, far more
-# under load), and every worker would.
+# before its first tracker request, but on a worker's first BEP 10 peer (between its
+# handshake and its bitfield report: 1-3 ms, far more under load), or, with several
+# workers, by preload(), which the coordinator calls while that request is under way,
+# before it forks them: once instead of once per worker. With one worker the cost is the
+# same either way, and the coordinator's start-up stays shorter.
 
 __all__ = ["CLIENT", "PEX_BURST", "PEX_RATE", "WorkerExtensions", "preload"]
 
