@@ -198,6 +198,15 @@ def _peers(peers: Iterable[PeerLike]) -> tuple[PeerAddr, ...]:
     return tuple(out)
 
 
+def _is_magnet(source: str) -> bool:
+    # proto.magnet (base64, unicodedata: 2 ms) loads only for what may be a magnet link
+    if source[:7].lower() != "magnet:":
+        return False
+    from mptorrent.proto.magnet import is_magnet
+
+    return is_magnet(source)
+
+
 def _web_seeds(urls: Iterable[str]) -> tuple[str, ...]:
     out = tuple(urls)
     if not out:
@@ -326,12 +335,13 @@ def prepare(
     names the peers given in the no-peers error (the command line says ``--peer``)."""
     from mptorrent.engine.coordinator import FetchOptions, web_seed_urls
     from mptorrent.mp import default_jobs
-    from mptorrent.proto.magnet import is_magnet, parse_magnet
 
     _check_limits(max_peers, max_download_rate, max_upload_rate)  # before any network
     if isinstance(source, Torrent):
         torrent = source
-    elif isinstance(source, str) and is_magnet(source):
+    elif isinstance(source, str) and _is_magnet(source):
+        from mptorrent.proto.magnet import parse_magnet
+
         magnet = parse_magnet(source)  # BadMagnet: exit 3
         _warn(warn, magnet.warnings)
         torrent = Torrent._from_magnet(
