@@ -255,8 +255,11 @@ def startup_once(torrent: Path, meta: Any, out: Path, src: str, jobs: int) -> fl
     t.start()
     port = srv.getsockname()[1]
     cmd = [sys.executable, "-P", "-m", "mptorrent", "fetch", str(torrent), "-o", str(out), "-j",
-           str(jobs), "--peer", f"{FAKE_PEER_IP}:{port}", "--no-trackers", "--no-dht", "-q",
+           str(jobs), "--peer", f"{FAKE_PEER_IP}:{port}", "--no-trackers", "-q",
            "--bind", FETCH_IP, "--port", "0"]  # fmt: skip
+    # a --baseline checkout older than the DHT has no --no-dht (and no DHT to turn off)
+    if not src or "--no-dht" in vs_anchors._fetch_help(src):
+        cmd.append("--no-dht")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=vs_anchors.client_env(src),

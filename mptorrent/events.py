@@ -15,11 +15,10 @@ its number across restarts.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from mptorrent.messages import PeerAddr
-from mptorrent.record import Record
+from mptorrent.record import Record, frozen
 
 PeerSource: TypeAlias = Literal["manual", "tracker", "pex", "dht", "incoming", "webseed"]
 """Where a fetch first heard of a peer: the user (``--peer``, a magnet's ``x.pe``), a
@@ -29,7 +28,7 @@ HTTP mirror (BEP 19), whose address is its URL."""
 # -- a fetch ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class FetchingMetadata(Record):
     """A magnet link's fetch begins: its metadata (the info dictionary) is asked of peers."""
 
@@ -37,7 +36,7 @@ class FetchingMetadata(Record):
     name: str | None  # the magnet's ``dn``, until the metadata names the torrent
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class MetadataReceived(Record):
     """A magnet link's metadata arrived and hashes to its info-hash."""
 
@@ -48,7 +47,7 @@ class MetadataReceived(Record):
     peers: int  # peers that sent pieces of it
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Metadata(Record):
     """The torrent a fetch downloads (from a .torrent, or a magnet's verified metadata).
 
@@ -63,12 +62,12 @@ class Metadata(Record):
     files: tuple[tuple[str, int], ...]  # ("dir/file", bytes), without padding files
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class CheckingExisting(Record):
     """The output already exists: its pieces are being verified before the download."""
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Started(Record):
     """Storage is ready and what is already there is known: the download begins."""
 
@@ -78,7 +77,7 @@ class Started(Record):
     resumed: int  # pieces already verified on disk
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class PortBusy(Record):
     """The port asked for was taken; peers are accepted on another one."""
 
@@ -86,7 +85,7 @@ class PortBusy(Record):
     port: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Progress(Record):
     """A few times a second while downloading."""
 
@@ -98,7 +97,7 @@ class Progress(Record):
     uploaded: int = 0  # bytes uploaded so far
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class PeerConnected(Record):
     """A worker's peer told what it has (its bitfield, or a first HAVE)."""
 
@@ -107,7 +106,7 @@ class PeerConnected(Record):
     source: PeerSource | None = None  # None: not known (a sender that does not track it)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class PeerGone(Record):
     """A peer that had told what it has is no longer connected to that worker."""
 
@@ -115,7 +114,7 @@ class PeerGone(Record):
     peer: PeerAddr
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class PeerBanned(Record):
     """A peer is banned for the rest of the fetch (it sent data that failed checks...)."""
 
@@ -124,7 +123,7 @@ class PeerBanned(Record):
     worker: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class PieceVerified(Record):
     """A piece passed its SHA-1 check and is written."""
 
@@ -134,7 +133,7 @@ class PieceVerified(Record):
     peer: PeerAddr | None  # the peer that sent most of its blocks, if known
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class PieceFailed(Record):
     """A downloaded piece failed its SHA-1 check."""
 
@@ -144,7 +143,7 @@ class PieceFailed(Record):
     retrying: bool  # the same worker fetches it again (to find the liar)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class TrackerReply(Record):
     """A tracker tier answered an announce."""
 
@@ -158,7 +157,7 @@ class TrackerReply(Record):
     warning: str | None  # the tracker's own text
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class TrackerError(Record):
     """An announce failed (one line naming the tracker by host:port).
 
@@ -168,7 +167,7 @@ class TrackerError(Record):
     url: str | None = None  # scheme://host:port of the tracker that failed, when one did
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class WorkerError(Record):
     """A worker hit an error it cannot recover from (a bug); it exits and is restarted."""
 
@@ -177,7 +176,7 @@ class WorkerError(Record):
     detail: str  # the worker's traceback
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class WorkerRestarted(Record):
     """A worker process ended unexpectedly and a new one takes its place."""
 
@@ -187,7 +186,7 @@ class WorkerRestarted(Record):
     restarts: int  # restarts so far, this one included
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Done(Record):
     """The download is complete and verified (seeding may follow)."""
 
@@ -202,7 +201,7 @@ class Done(Record):
     uploaded: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class SeedingReady(Record):
     """A seed has verified its data and listens: peers can connect (``mptorrent seed``)."""
 
@@ -213,21 +212,21 @@ class SeedingReady(Record):
     total: int  # pieces in the torrent
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class SeedingStopped(Record):
     """Seeding after a download ended early: workers kept crashing."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Seeded(Record):
     """Seeding after a download ended (its limit was reached)."""
 
     uploaded: int  # bytes, during the download and after
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Error(Record):
     """The fetch failed; the same error is then raised to the caller."""
 

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from mptorrent.disk.create import create
@@ -28,13 +27,14 @@ from mptorrent.events import EventSink
 from mptorrent.messages import PeerAddr
 from mptorrent.netio.trackerserver import TrackerServer
 from mptorrent.proto import metainfo
+from mptorrent.record import Record, mutable
 
 PEER_NAMES = [f"Peer{chr(ord('A') + i)}" for i in range(26)]
 SEEDER_READY_TIMEOUT = 120.0
 
 
-@dataclass
-class DemoResult:
+@mutable
+class DemoResult(Record):
     """What ``mptorrent demo`` reports: the fetch, whether the SHA-256 matched the original, the
     seeders' names by address; ``workdir`` is gone unless ``--keep`` named it."""
 

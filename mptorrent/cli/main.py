@@ -209,6 +209,8 @@ def _peers(
 def _web_seeds(
     _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
 ) -> tuple[str, ...]:
+    if not value:
+        return value  # proto.webseed loads only for a fetch that has web seeds
     from mptorrent.proto.webseed import seed_url_problem
 
     for url in value:

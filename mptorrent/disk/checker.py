@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
 
 from mptorrent.disk.storage import Layout, Storage
 from mptorrent.mp import context
 from mptorrent.proto.hashing import PieceVerifier
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.record import Record, mutable
 
 # A task is this many bytes of pieces: big enough to amortise IPC, small enough
 # to keep both cores busy to the end and the progress bar moving.
@@ -108,8 +108,8 @@ def hash_pieces(
             yield from emit(start, digests)
 
 
-@dataclass
-class VerifyReport:
+@mutable
+class VerifyReport(Record):
     """Which pieces on disk match the torrent, as :func:`verify` found them; ``invalid`` and
     ``missing`` are sorted and disjoint, and a piece in neither is valid."""
 

@@ -9,7 +9,6 @@ are put together from its pieces' roots.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -19,6 +18,7 @@ from mptorrent.errors import MptorrentError, StorageError
 from mptorrent.proto import merkle, metainfo
 from mptorrent.proto.hashing import Sha1Pieces
 from mptorrent.proto.metainfo import FileEntry
+from mptorrent.record import Record, frozen
 
 Version: TypeAlias = Literal["v1", "v2", "hybrid"]
 VERSIONS: tuple[Version, ...] = ("v1", "v2", "hybrid")
@@ -35,8 +35,8 @@ class CreateError(MptorrentError):
     pass
 
 
-@dataclass(frozen=True)
-class Source:
+@frozen(slots=False)
+class Source(Record):
     """The files :func:`scan` found to make a torrent of, in the order their bytes are hashed;
     ``paths[i]`` is where ``files[i]`` is read from."""
 

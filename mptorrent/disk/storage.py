@@ -22,7 +22,6 @@ import re
 import shutil
 import stat
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -31,10 +30,11 @@ from mptorrent.errors import DiskFull, StorageError, UnsafePath
 from mptorrent.policy.picker import NORMAL, SKIP
 from mptorrent.proto.hashing import PieceHasher, PieceVerifier, sha1_hasher
 from mptorrent.proto.metainfo import FileEntry, Metainfo
+from mptorrent.record import Record, frozen
 
 
-@dataclass(frozen=True, slots=True)
-class Slice:
+@frozen
+class Slice(Record):
     """The part of one file that a byte range of the torrent covers."""
 
     file_index: int
@@ -42,8 +42,8 @@ class Slice:
     length: int
 
 
-@dataclass(frozen=True)
-class Layout:
+@frozen(slots=False)
+class Layout(Record):
     """Where the torrent's linear byte space lies in files on disk. Pure data: it is pickled to
     every worker, which opens its own :class:`Storage` on it."""
 

@@ -19,13 +19,13 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias
 
 from mptorrent import events as ev
 from mptorrent.errors import BadSelection, BadTorrent, Cancelled, DownloadError, StorageError
 from mptorrent.messages import PeerAddr
+from mptorrent.record import Record, frozen
 
 if TYPE_CHECKING:
     from mptorrent.engine.coordinator import FetchOptions, SeedAfter
@@ -42,8 +42,8 @@ P = ParamSpec("P")
 # -- torrents -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TorrentFile:
+@frozen(slots=False)
+class TorrentFile(Record):
     """One file of a torrent: its path inside the torrent ("dir/name") and size in bytes."""
 
     path: str
@@ -173,8 +173,8 @@ class Torrent:
 # -- fetch ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FetchResult:
+@frozen(slots=False)
+class FetchResult(Record):
     """A finished download: where it is, how big, how long it took."""
 
     path: Path  # the file, or a multi-file torrent's folder; Path("-"): streamed, not kept
@@ -200,10 +200,21 @@ def _peers(peers: Iterable[PeerLike]) -> tuple[PeerAddr, ...]:
     return tuple(out)
 
 
+def _is_magnet(source: str) -> bool:
+    # proto.magnet (base64, unicodedata: 2 ms) loads only for what may be a magnet link
+    if source[:7].lower() != "magnet:":
+        return False
+    from mptorrent.proto.magnet import is_magnet
+
+    return is_magnet(source)
+
+
 def _web_seeds(urls: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(urls)
+    if not out:
+        return out  # proto.webseed loads only for a fetch that has web seeds
     from mptorrent.proto.webseed import seed_url_problem
 
-    out = tuple(urls)
     for url in out:
         problem = seed_url_problem(url)
         if problem is not None:
@@ -326,12 +337,13 @@ def prepare(
     names the peers given in the no-peers error (the command line says ``--peer``)."""
     from mptorrent.engine.coordinator import FetchOptions, web_seed_urls
     from mptorrent.mp import default_jobs
-    from mptorrent.proto.magnet import is_magnet, parse_magnet
 
     _check_limits(max_peers, max_download_rate, max_upload_rate)  # before any network
     if isinstance(source, Torrent):
         torrent = source
-    elif isinstance(source, str) and is_magnet(source):
+    elif isinstance(source, str) and _is_magnet(source):
+        from mptorrent.proto.magnet import parse_magnet
+
         magnet = parse_magnet(source)  # BadMagnet: exit 3
         _warn(warn, magnet.warnings)
         torrent = Torrent._from_magnet(
@@ -630,8 +642,8 @@ def start(*args: Any, **kwargs: Any) -> Download:
 # -- verify, create, seed -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VerifyResult:
+@frozen(slots=False)
+class VerifyResult(Record):
     """What :func:`verify` found: piece indices that are bad or touch a missing file."""
 
     pieces: int
@@ -712,8 +724,8 @@ def create(
     return Torrent.load(data)
 
 
-@dataclass(frozen=True)
-class SeedResult:
+@frozen(slots=False)
+class SeedResult(Record):
     """What a :func:`seed` did before it stopped."""
 
     uploaded: int

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, assert_never
 
@@ -33,7 +33,6 @@ from mptorrent.disk import checker
 from mptorrent.disk.storage import IoChoice, Layout, Storage, choose_io, prepare
 from mptorrent.engine.limits import Limits, peer_shares
 from mptorrent.engine.pool import Batch, Exit, WorkerPool
-from mptorrent.engine.stream import PieceStream
 from mptorrent.errors import (
     BadSelection,
     DownloadError,
@@ -69,10 +68,12 @@ from mptorrent.policy.peertable import PeerTable
 from mptorrent.policy.picker import DONE, Picker
 from mptorrent.proto import bitfield, tracker
 from mptorrent.proto.metainfo import Metainfo
-from mptorrent.proto.webseed import MAX_WEB_SEEDS, seed_id, seed_url_problem
+from mptorrent.record import Record, frozen, mutable
+from mptorrent.worker import extensions
 from mptorrent.worker.process import STATS_EVERY, WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
+    from mptorrent.engine.stream import PieceStream
     from mptorrent.netio.dht import Dht
 
 AHEAD_BYTES = 8 << 20  # queued per worker beyond what it holds: feeds a deep pipeline
@@ -104,8 +105,8 @@ InboxItem = (
 )
 
 
-@dataclass
-class FetchResult:
+@mutable
+class FetchResult(Record):
     """What one fetch did, for the summary and the demo; bytes are this run's only (resumed pieces
     are counted, not their bytes)."""
 
@@ -122,8 +123,8 @@ class FetchResult:
     received: int = 0  # block payload that arrived, duplicates and failed pieces included
 
 
-@dataclass
-class FetchOptions:
+@mutable
+class FetchOptions(Record):
     """The caller's choices for one fetch: workers, where peers come from, listening, I/O mode,
     timeouts and seeding after. The coordinator only reads them."""
 
@@ -153,8 +154,8 @@ class FetchOptions:
     max_upload_rate: int | None = None
 
 
-@dataclass(frozen=True)
-class SeedAfter:
+@frozen(slots=False)
+class SeedAfter(Record):
     """Seeding after the download (fetch --seed-ratio/--seed-time), by the same workers
     on the same connections, so peers that were downloading with us keep going."""
 
@@ -162,8 +163,8 @@ class SeedAfter:
     started: Callable[[FetchResult], None] = lambda _result: None  # the download's result
 
 
-@dataclass
-class _Slot:
+@mutable
+class _Slot(Record):
     """One worker position, as the coordinator sees it: the peers it owns and what it
     holds (its process and queues are the pool's)."""
 
@@ -219,7 +220,7 @@ class Coordinator:
         # each; a worker reports one as the peer PeerAddr(seed_id(url), 0), source "webseed"
         self.web_seeds = web_seed_urls(meta, opts.web_seeds)
         for url in self.web_seeds:
-            self.sources[PeerAddr(seed_id(url), 0)] = "webseed"
+            self.sources[PeerAddr(_seed_id(url), 0)] = "webseed"
         self.inbox: queue.Queue[InboxItem] = queue.Queue()
         # One shared done-map: workers see each other's verified pieces (endgame,
         # HAVE messages), and its last byte says "endgame".
@@ -304,6 +305,8 @@ class Coordinator:
 
     def _make_stream(self, out: IO[bytes]) -> PieceStream:
         """The one file to stream: a single-file torrent's, or the one ``only`` selects."""
+        from mptorrent.engine.stream import PieceStream  # -o - only
+
         lay = self.layout
         chosen = [i for i, f in enumerate(lay.files) if not f.padding and lay.is_selected(i)]
         if len(chosen) != 1:
@@ -401,6 +404,8 @@ class Coordinator:
                 self._announce_all("started", wait=None)
             try:
                 self.limits.start()
+                if len(self.slots) > 1:  # once here, not once per worker (see preload)
+                    extensions.preload()  # while the announce is in flight
                 for slot in self.slots:
                     self._start(slot)
                 self._loop()
@@ -617,7 +622,7 @@ class Coordinator:
 
     def _web_seeds_left(self) -> tuple[str, ...]:
         """The web seeds no worker has given up on (a restarted worker is not given those)."""
-        return tuple(u for u in self.web_seeds if PeerAddr(seed_id(u), 0) not in self.banned)
+        return tuple(u for u in self.web_seeds if PeerAddr(_seed_id(u), 0) not in self.banned)
 
     def _deliver(self, batch: Batch) -> None:
         """From the pool's reader threads: a worker's list of reports."""
@@ -877,7 +882,10 @@ class Coordinator:
             if not self.pool.running(slot.wid) or slot.queued > ahead // 2:
                 continue
             got = p.pick_for(slot.wid, ahead - slot.queued)
-            if not got and slot.queued == 0 and self._take_back(slot):
+            # Not for a worker that has heard no peer's bitfield yet: it can be handed
+            # nothing, and the batch taken back (at start-up, put a moment before) would
+            # reach its worker a refill later, or never while this one stays idle.
+            if not got and slot.queued == 0 and p.knows(slot.wid) and self._take_back(slot):
                 got = p.pick_for(slot.wid, ahead - slot.queued)
             # (not before its peers are known: a look at start-up would hold the first
             # endgame hand-out back by ENDGAME_EVERY, an idle half second at the end of a
@@ -982,7 +990,17 @@ def web_seed_urls(meta: Metainfo, extra: tuple[str, ...] = ()) -> tuple[str, ...
     ``url-list`` (a magnet's ``ws``), once each, without those that are not http(s) URLs, at
     most ``MAX_WEB_SEEDS``."""
     urls = dict.fromkeys((*extra, *meta.web_seeds))
+    if not urls:
+        return ()  # proto.webseed loads only for a fetch that has web seeds
+    from mptorrent.proto.webseed import MAX_WEB_SEEDS, seed_url_problem
+
     return tuple(u for u in urls if seed_url_problem(u) is None)[:MAX_WEB_SEEDS]
+
+
+def _seed_id(url: str) -> str:
+    from mptorrent.proto.webseed import seed_id
+
+    return seed_id(url)
 
 
 def fetch(

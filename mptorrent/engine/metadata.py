@@ -33,7 +33,7 @@ import selectors
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Final
 
 from mptorrent import events as ev
@@ -60,6 +60,7 @@ from mptorrent.proto.ext.ut_metadata import (
 )
 from mptorrent.proto.magnet import Magnet, torrent_from_metadata
 from mptorrent.proto.merkle import HashRange, LayerFetch
+from mptorrent.record import Record, frozen, mutable
 
 if TYPE_CHECKING:
     from mptorrent.netio.dht import Dht
@@ -86,8 +87,8 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(eq=False)
-class _Peer:
+@mutable(eq=False)
+class _Peer(Record):
     """One outgoing connection of the metadata phase."""
 
     addr: PeerAddr
@@ -106,8 +107,8 @@ class _Peer:
         self.out += self.conn.send(event)
 
 
-@dataclass(frozen=True, slots=True)
-class MetadataResult:
+@frozen
+class MetadataResult(Record):
     """What the metadata phase found."""
 
     info: bytes  # the info dictionary exactly as received; its SHA-1 is the info-hash

@@ -28,7 +28,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeAlias, TypeVar
 
 from mptorrent.errors import DownloadError
@@ -40,6 +39,7 @@ from mptorrent.messages import (
     WorkerReport,
     WorkQueue,
 )
+from mptorrent.record import Record, frozen, mutable
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -65,8 +65,8 @@ class Batch(NamedTuple):
     reports: list[WorkerReport]
 
 
-@dataclass(frozen=True)
-class Exit:
+@frozen(slots=False)
+class Exit(Record):
     """A worker process that ended (its last words already delivered)."""
 
     worker: int
@@ -86,8 +86,8 @@ class Exit:
         return f"worker {self.worker} exited unexpectedly (status {self.code})"
 
 
-@dataclass
-class _Incarnation:
+@mutable
+class _Incarnation(Record):
     """One process of one worker position, with the queues it was started with."""
 
     gen: int

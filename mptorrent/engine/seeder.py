@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
@@ -45,14 +45,16 @@ from mptorrent.mp import context
 from mptorrent.netio.announcer import Announcer, TierResult
 from mptorrent.proto import tracker
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.record import Record, mutable
+from mptorrent.worker import extensions
 from mptorrent.worker.process import WorkerConfig, reserve_port, run
 
 if TYPE_CHECKING:
     from mptorrent.netio.dht import Dht
 
 
-@dataclass
-class SeedStats:
+@mutable
+class SeedStats(Record):
     """A seed's running totals, kept by the :class:`Seeder` from worker reports; ``until`` polls
     them and :meth:`Seeder.run` returns them (``port``: the one bound)."""
 
@@ -151,6 +153,8 @@ class Seeder:
                 )  # fmt: skip
                 self.dht.start()
                 self.dht.lookup(self.meta.info_hash, self.stats.port)
+            if self.jobs > 1:
+                extensions.preload()  # once here, not in each worker
             for w in range(self.jobs):
                 pool.start(w, config(w))
             if self.use_trackers and announcer:

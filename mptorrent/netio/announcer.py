@@ -21,13 +21,14 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from urllib.parse import urlsplit
 
 from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
 from mptorrent.netio import net
 from mptorrent.proto import tracker
+from mptorrent.record import Record, frozen, mutable
 
 ANNOUNCE_TIMEOUT = 10.0
 SCRAPE_TIMEOUT = 10.0
@@ -51,8 +52,8 @@ def numwant_for(max_peers: int, workers: int = 1) -> int:
     return max(1, min(MAX_NUMWANT, max_peers * workers))
 
 
-@dataclass(frozen=True)
-class TierResult:
+@frozen(slots=False)
+class TierResult(Record):
     """One tier's answer to one announce, handed from that tier's thread to ``on_result``; ``peers``
     already leaves out our own listen addresses."""
 
@@ -120,8 +121,8 @@ def _describe(url: str, exc: BaseException) -> str:
     return f"{redact(url)}: {tracker.one_line(repr(exc), 200)}"
 
 
-@dataclass(eq=False)
-class _Tier:
+@mutable(eq=False)
+class _Tier(Record):
     """One tier's announce state, shared between the caller's loop and the tier's threads: its
     fields change only under the announcer's lock, and ``lock`` keeps its announces in order."""
 

@@ -27,7 +27,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -36,6 +35,7 @@ from mptorrent.messages import PeerAddr
 from mptorrent.proto.dht.krpc import Addr
 from mptorrent.proto.dht.node import Datagram, Family, LookupDone, Node, PeersFound
 from mptorrent.proto.dht.routing import BadSavedTable
+from mptorrent.record import Record, mutable
 
 ROUTERS: Final = (
     ("router.bittorrent.com", 6881),
@@ -91,8 +91,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass
-class _Wanted:
+@mutable
+class _Wanted(Record):
     announce_port: int | None
     next_at: float = 0.0
     found: int = 0  # peers found by the running lookup

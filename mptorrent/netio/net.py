@@ -561,6 +561,9 @@ def prepare(urls: Iterable[str]) -> None:
     Announces run in threads while the coordinator forks workers, and a fork in the
     middle of another thread's import leaves the child that module's lock, held for ever.
     """
+    if any(_scheme(u) in ("http", "https", "udp") for u in urls):
+        # the codec getaddrinfo encodes a host name with, loaded by the first lookup
+        import encodings.idna  # noqa: F401
     if any(_scheme(u) in ("http", "https") for u in urls):
         _connection_classes()
     if any(_scheme(u) == "https" for u in urls):

@@ -11,17 +11,17 @@ import errno
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
 from mptorrent.messages import PeerAddr
 from mptorrent.policy.pipeline import RequestWindow
 from mptorrent.proto import wire
+from mptorrent.record import Record, frozen
 
 
-@dataclass(frozen=True)
-class Timeouts:
+@frozen(slots=False)
+class Timeouts(Record):
     """Peer deadlines in seconds; parameters so tests can shrink them."""
 
     connect: float = 10.0

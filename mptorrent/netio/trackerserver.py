@@ -17,7 +17,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -26,6 +26,7 @@ from mptorrent.errors import TrackerError
 from mptorrent.messages import PeerAddr
 from mptorrent.proto import bencode
 from mptorrent.proto.bencode import BValue
+from mptorrent.record import Record, mutable
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ class _BadRequest(Exception):
     """A request we answer with a bencoded failure reason."""
 
 
-@dataclass(slots=True)
-class _Peer:
+@mutable(slots=True)
+class _Peer(Record):
     """What the tracker remembers of one announcing peer; it expires once ``seen`` (the caller's
     clock) is older than the peer timeout."""
 
@@ -55,8 +56,8 @@ class _Peer:
     seen: float
 
 
-@dataclass(slots=True)
-class _Swarm:
+@mutable(slots=True)
+class _Swarm(Record):
     """The peers of one info-hash, by the address they announced; swept away once it has no peers
     and no completed downloads. Guarded by the :class:`TrackerState` lock."""
 

@@ -30,7 +30,7 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum
 from typing import Any, Final
 
@@ -53,6 +53,7 @@ from mptorrent.proto.webseed import (
     spans,
     target,
 )
+from mptorrent.record import Record, frozen, mutable
 
 CONNECTIONS = 3  # per web seed and worker
 PIPELINE = 4  # requests in flight per connection (HTTP/1.1 pipelining)
@@ -81,13 +82,13 @@ BACKOFF: Final = WebSeedState.BACKOFF
 GONE: Final = WebSeedState.GONE
 
 
-@dataclass(frozen=True, slots=True)
-class Up:
+@frozen
+class Up(Record):
     """The web seed came up (again): it has every piece."""
 
 
-@dataclass(frozen=True, slots=True)
-class Down:
+@frozen
+class Down(Record):
     """The web seed failed: ``fatal``: dropped for good, else out for a back-off."""
 
     outcome: Outcome
@@ -98,8 +99,8 @@ class Down:
 Note = Up | Down
 
 
-@dataclass
-class _Run:
+@mutable
+class _Run(Record):
     """Adjacent blocks fetched together, handed on block by block as the body arrives."""
 
     blocks: list[BlockRequest]
@@ -114,8 +115,8 @@ class _Run:
     asked_to: int = 0  # spans before this one are asked on the run's connection
 
 
-@dataclass(eq=False)
-class WebConn:
+@mutable(eq=False)
+class WebConn(Record):
     """One connection of a web seed (its selector key's data): socket, TLS, and the requests in
     flight on it, answered in order: a :class:`RangeClient` each (h11 reads one request's
     response per client; the bytes after it go to the next one)."""

@@ -26,12 +26,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from mptorrent.messages import PeerAddr
 from mptorrent.proto import wire
 from mptorrent.proto.hashing import PieceVerifier, block_fingerprint
+from mptorrent.record import Record, frozen
 
 BLOCK = wire.BLOCK_SIZE
 MAX_STRIKES = 3  # hash failures a peer may take part in before it is banned
@@ -117,8 +117,8 @@ BlockRun = Sequence[tuple[int, int, bytes | memoryview]]  # (index, begin, block
 P = TypeVar("P", bound=Peer)
 
 
-@dataclass(frozen=True, slots=True)
-class Verified:
+@frozen
+class Verified(Record):
     """Piece ``index`` verified: write ``data``, then give it back with ``recycle``."""
 
     index: int
@@ -126,8 +126,8 @@ class Verified:
     peers: tuple[PeerAddr, ...]  # who sent its blocks, most first
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+@frozen
+class Failed(Record):
     """Piece ``index`` failed its hash; ``retrying``: fetched again here, else let go."""
 
     index: int
@@ -135,16 +135,16 @@ class Failed:
     retrying: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Ban:
+@frozen
+class Ban(Record):
     """A peer sent data that failed a hash check."""
 
     addr: PeerAddr
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class GiveBack:
+@frozen
+class GiveBack(Record):
     """A piece this worker took but will not fetch (no peer of ours has it, or it stalled)."""
 
     index: int

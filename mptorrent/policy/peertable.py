@@ -19,8 +19,9 @@ connected peers takes no more.
 from __future__ import annotations
 
 from collections.abc import Container, Hashable
-from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
+
+from mptorrent.record import Record, mutable
 
 __all__ = ["MAX_FAILURES", "MAX_KNOWN", "RETRY_AFTER", "PeerTable"]
 
@@ -31,8 +32,8 @@ RETRY_AFTER: Final = 10.0  # seconds after a first failure, doubled for each fur
 A = TypeVar("A", bound=Hashable)
 
 
-@dataclass
-class PeerEntry:
+@mutable
+class PeerEntry(Record):
     """What the table knows of one peer."""
 
     seen: float  # when we last heard of it (a tracker, the DHT, PEX)

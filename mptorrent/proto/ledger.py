@@ -16,10 +16,11 @@ for are counted, and only a peer that keeps pushing them is cut off.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Final, Literal
 
 from mptorrent.proto.wire_errors import LocalProtocolError
+from mptorrent.record import Record, frozen
 
 __all__ = [
     "BLOCK_SIZE",
@@ -47,8 +48,8 @@ BlockKey = tuple[int, int, int]  # (index, begin, length) of a block request
 Rejected = Literal["outstanding", "given_up", "unknown"]
 
 
-@dataclass(frozen=True, slots=True)
-class Geometry:
+@frozen
+class Geometry(Record):
     """Piece count, piece length and total length of a torrent, checked consistent.
 
     Raises :class:`LocalProtocolError` if they do not describe a torrent: at

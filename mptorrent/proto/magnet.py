@@ -33,7 +33,7 @@ import binascii
 import ipaddress
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Final
 from urllib.parse import quote, unquote, urlsplit
 
@@ -42,6 +42,7 @@ from mptorrent.messages import PeerAddr
 from mptorrent.proto import bencode
 from mptorrent.proto.bencode import Encodable
 from mptorrent.proto.metainfo import tracker_url_problem
+from mptorrent.record import Record, frozen
 
 __all__ = [
     "MAX_PARAMS",
@@ -70,8 +71,8 @@ _SHA256_MULTIHASH: Final = "1220"  # multihash code 0x12 (sha2-256), length 0x20
 _LABEL: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-@dataclass(frozen=True, slots=True)
-class Magnet:
+@frozen
+class Magnet(Record):
     """A parsed magnet link.  ``info_hash`` is the 20-byte hash the wire, trackers and the DHT
     use: the v1 info-hash, or for a v2-only link (``urn:btmh`` alone) the v2 one cut to 20
     bytes (BEP 52);

@@ -19,11 +19,11 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from mptorrent.errors import BadTorrent
 from mptorrent.proto.hashing import Data, PieceHasher, Sha1Pieces
+from mptorrent.record import Record, frozen
 
 BLOCK = 16 * 1024  # a leaf covers this much of a file
 HASH = 32  # bytes of a SHA-256 digest
@@ -318,8 +318,8 @@ MAX_HASH_COUNT = 8192  # hashes one request may ask for (libtorrent's limit too)
 LAYER_CHUNK = 512  # piece-layer hashes asked for at once (BEP 52: SHOULD NOT exceed 512)
 
 
-@dataclass(frozen=True, slots=True)
-class HashRange:
+@frozen
+class HashRange(Record):
     """The fields shared by BEP 52's hash request, hashes and hash reject messages: ``count``
     hashes of the tree of the file whose root is ``root``, from ``index`` in layer ``base`` (0:
     the 16 KiB leaves), with the uncle hashes of ``proof_layers`` layers above them."""

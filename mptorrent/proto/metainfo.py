@@ -23,15 +23,20 @@ import hashlib
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from mptorrent.errors import BadTorrent, BencodeError
-from mptorrent.proto import bencode, merkle
+from mptorrent.proto import bencode
 from mptorrent.proto.bencode import BValue, Encodable
 from mptorrent.proto.hashing import SHA1_LEN, PieceVerifier, Sha1Pieces, info_hash_v1
+from mptorrent.record import Record, frozen
+
+if TYPE_CHECKING:
+    # v2 only: loaded by the functions that need it, not with every v1 fetch
+    from mptorrent.proto import merkle
 
 MAX_PIECES = 2_097_152  # libtorrent max_pieces
 MAX_FILES = 200_000
@@ -47,8 +52,8 @@ MAX_WARNINGS = 10  # a hostile torrent could hold a million bad tracker entries
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-@dataclass(frozen=True, slots=True)
-class FileEntry:
+@frozen
+class FileEntry(Record):
     """One file of the torrent, placed in the torrent's linear byte space."""
 
     path: tuple[str, ...]  # components below the torrent's root (the name for single-file)
@@ -58,8 +63,8 @@ class FileEntry:
     pieces_root: bytes | None = None  # v2: the file's merkle root (None: v1, or empty file)
 
 
-@dataclass(frozen=True, slots=True)
-class Metainfo:
+@frozen
+class Metainfo(Record):
     """A .torrent that passed every check of :func:`parse`; frozen and picklable (each worker gets a
     copy). ``info_hash`` hashes the raw info bytes, never a re-encoding."""
 
@@ -108,11 +113,15 @@ class Metainfo:
         """What checks this torrent's pieces: SHA-1 (v1), merkle (v2), both (hybrid)."""
         if self.info_hash_v2 is None:
             return Sha1Pieces(self.pieces)
+        from mptorrent.proto import merkle
+
         v2 = self.merkle_verifier()
         return v2 if not self.pieces else merkle.BothPieces(Sha1Pieces(self.pieces), v2)
 
     def merkle_verifier(self) -> merkle.MerklePieces:
         """The v2 half of a v2 or hybrid torrent's verification."""
+        from mptorrent.proto import merkle
+
         layers = dict(self.piece_layers)
         pl = self.piece_length
         files = [
@@ -299,8 +308,8 @@ def _check_version(info: dict[bytes, BValue]) -> bool:
 PAD_DIR = ".pad"  # where libtorrent names padding files
 
 
-@dataclass(frozen=True, slots=True)
-class _V2:
+@frozen
+class _V2(Record):
     """The v2 half of an info dict: files in file-tree order, and the checked piece layers."""
 
     files: tuple[tuple[tuple[str, ...], int, bytes | None], ...]  # path, length, pieces root
@@ -313,6 +322,8 @@ class _V2:
         cls, info: dict[bytes, BValue], top: dict[bytes, BValue], piece_length: int,
         missing_layers_ok: bool,
     ) -> _V2:  # fmt: skip
+        from mptorrent.proto import merkle
+
         if piece_length < merkle.BLOCK or piece_length & (piece_length - 1):
             raise BadTorrent(
                 f"piece length {piece_length} of a v2 torrent is not a power of two "
@@ -381,6 +392,8 @@ def _walk_tree(tree: dict[bytes, BValue]) -> list[tuple[tuple[str, ...], int, by
     """The files of a BEP 52 ``file tree`` in order (depth first, keys sorted), each checked:
     safe names, a file node is ``{"": {length, pieces root}}`` and nothing else, no empty
     directory, no two paths the same.  Depth is bounded by the bencode decoder's limit."""
+    from mptorrent.proto import merkle
+
     if b"" in tree:
         raise BadTorrent("'file tree' is itself a file, not a directory")
     if not tree:

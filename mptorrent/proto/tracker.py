@@ -20,7 +20,6 @@ import secrets
 import struct
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, Generic, Literal, TypeAlias, TypeVar
 from urllib.parse import quote_from_bytes, urlsplit, urlunsplit
@@ -29,6 +28,7 @@ from mptorrent.errors import BencodeError, TrackerError
 from mptorrent.messages import PeerAddr
 from mptorrent.proto import bencode
 from mptorrent.proto.bencode import BValue
+from mptorrent.record import Record, frozen
 
 PEER_ID_PREFIX = b"-MP0100-"  # Azureus style: client "MP", version 0.1.0.0
 # An announce's event; None (no event) is a regular announce.
@@ -47,8 +47,8 @@ _HTTP_SCHEMES = ("http", "https")
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
-@dataclass(frozen=True, slots=True)
-class AnnounceRequest:
+@frozen
+class AnnounceRequest(Record):
     """What we tell a tracker in one announce, over HTTP or UDP alike; checked on construction, so a
     bad value fails here (``ValueError``) before anything is sent."""
 
@@ -80,8 +80,8 @@ class AnnounceRequest:
             raise ValueError("key must fit in 32 bits")
 
 
-@dataclass(frozen=True, slots=True)
-class AnnounceResponse:
+@frozen
+class AnnounceResponse(Record):
     """A tracker's announce reply as far as we trust it: intervals clamped, peers deduplicated and
     capped, and optional fields None when missing or malformed."""
 
@@ -94,8 +94,8 @@ class AnnounceResponse:
     tracker_id: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class ScrapeResult:
+@frozen
+class ScrapeResult(Record):
     """A tracker's counts for one torrent (seeders, leechers, completed downloads); a torrent the
     tracker leaves out of an HTTP scrape reads as all zeros."""
 
@@ -532,15 +532,15 @@ def parse_udp_scrape(data: bytes, tid: int, count: int) -> tuple[ScrapeResult, .
 # tracker side: what a UDP tracker parses and sends (the test trackers use these)
 
 
-@dataclass(frozen=True, slots=True)
-class UDPConnectPacket:
+@frozen
+class UDPConnectPacket(Record):
     """A client's BEP 15 connect request, as a UDP tracker reads it (test trackers)."""
 
     tid: int
 
 
-@dataclass(frozen=True, slots=True)
-class UDPAnnouncePacket:
+@frozen
+class UDPAnnouncePacket(Record):
     """A client's BEP 15 announce, as a UDP tracker reads it (test trackers); ``url_data`` is the
     BEP 41 path and query, ``ip`` 0 unless the client named one."""
 
@@ -551,8 +551,8 @@ class UDPAnnouncePacket:
     url_data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class UDPScrapePacket:
+@frozen
+class UDPScrapePacket(Record):
     """A client's BEP 15 scrape, as a UDP tracker reads it (test trackers): one or more info-hashes,
     bounded by ``UDP_MAX_SCRAPE``."""
 
@@ -651,8 +651,8 @@ def udp_error_reply(tid: int, message: bytes | str) -> bytes:
 # the client's side of one exchange, as a state machine
 
 
-@dataclass(frozen=True, slots=True)
-class UDPRetry:
+@frozen
+class UDPRetry(Record):
     """BEP 15 retransmission: the n-th send of a packet waits ``base * 2**n`` s for a reply.
 
     BEP 15 itself says 15 s and up to 8 doublings (``UDPRetry()``: hours);

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
 from urllib.parse import quote, urljoin, urlsplit
 
 from mptorrent.proto.metainfo import FileEntry, Metainfo
 from mptorrent.proto.wire import NEED_DATA, NeedData
+from mptorrent.record import Record, frozen
 
 if TYPE_CHECKING:
     import h11
@@ -130,8 +130,8 @@ def file_urls(base: str, meta: Metainfo) -> tuple[str | None, ...]:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+@frozen
+class Span(Record):
     """Part of a run of the torrent's bytes that lies in one file."""
 
     file: int  # index in ``Metainfo.files``
@@ -168,8 +168,8 @@ def spans(files: Sequence[FileEntry], start: int, length: int) -> list[Span]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+@frozen
+class Target(Record):
     """Where one request goes: the connection's origin and the request target."""
 
     scheme: str
@@ -204,30 +204,30 @@ def target(url: str) -> Target:
 # -- events -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Body:
+@frozen
+class Body(Record):
     """Bytes of the range asked, in order."""
 
     data: bytes | bytearray
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+@frozen
+class Finished(Record):
     """The response is complete and delivered every byte asked; ``reusable``: the
     connection can carry the next request."""
 
     reusable: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Redirect:
+@frozen
+class Redirect(Record):
     """Ask again at ``url`` (resolved, same scheme); the connection is done with."""
 
     url: str
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
+@frozen
+class Refused(Record):
     """The response cannot be used; the connection is done with."""
 
     outcome: Outcome

@@ -45,7 +45,6 @@ import enum
 import struct
 from abc import ABC
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from mptorrent.proto.ledger import (
@@ -56,7 +55,10 @@ from mptorrent.proto.ledger import (
     RequestLedger,
 )
 from mptorrent.proto.wire_errors import LocalProtocolError, RemoteProtocolError
-from mptorrent.record import Record  # eq, hash and repr of the events (start-up cost)
+from mptorrent.record import (
+    Record,  # eq, hash and repr of the events (start-up cost)
+    frozen,
+)
 
 __all__ = [
     "BLOCK_SIZE",
@@ -194,7 +196,7 @@ class Event(Record, ABC):
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Handshake(Event):
     """The opening message. A received one always carries our info-hash (a mismatch is a protocol
     error); ``reserved`` holds the extension bits (BEP 10's, BEP 6's fast bit)."""
@@ -219,7 +221,7 @@ class Handshake(Event):
         return bool(self.reserved[DHT_BYTE] & DHT_BIT)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class KeepAlive(Event):
     """An empty message that only shows the connection is alive; the worker's idle timeout does not
     count it."""
@@ -227,7 +229,7 @@ class KeepAlive(Event):
     pass
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Choke(Event):
     """The sender will not serve the other side's requests: received, our outstanding requests are
     written off; sent, the peer's are forgotten. With the fast extension neither: every request is
@@ -236,28 +238,28 @@ class Choke(Event):
     pass
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Unchoke(Event):
     """The sender will serve requests again; we may send Requests only while unchoked."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Interested(Event):
     """The sender wants pieces the other side has (our uploader may unchoke at once)."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class NotInterested(Event):
     """The sender wants nothing more from the other side (our uploader then chokes it)."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Have(Event):
     """The sender now has piece ``index``. One received before the geometry is known is held back
     and returned later inside a :class:`Bitfield`."""
@@ -265,7 +267,7 @@ class Have(Event):
     index: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Bitfield(Event):
     """Every piece the sender has; allowed only as the first message after the handshake, and
     checked for length and spare bits."""
@@ -276,7 +278,7 @@ class Bitfield(Event):
         return f"Bitfield(<{len(self.bits)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Request(Event):
     """Asks for ``length`` bytes at ``begin`` of piece ``index``; must lie inside the torrent, and
     we send one only while the peer has us unchoked."""
@@ -286,7 +288,7 @@ class Request(Event):
     length: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Piece(Event):
     """A block.  Received blocks are read-only memoryviews into the connection's
     receive buffer, valid only until the next ``get_buffer()`` or
@@ -300,7 +302,7 @@ class Piece(Event):
         return f"Piece(index={self.index}, begin={self.begin}, block=<{len(self.block)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Cancel(Event):
     """Withdraws a Request. Sending one for a block no longer outstanding is allowed: it can cross a
     choke or the block itself."""
@@ -310,7 +312,7 @@ class Cancel(Event):
     length: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Port(Event):
     """BEP 5: the UDP port of the sender's DHT node (at the connection's IP). Accepted with or
     without the DHT bit in the handshake, as libtorrent does; port 0 is passed on as it came
@@ -319,7 +321,7 @@ class Port(Event):
     port: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Extended(Event):
     """A BEP 10 message, framed here and no more. The caller sees one only when no
     :class:`ExtendedReceiver` is set; both handshakes must carry the extension bit."""
@@ -331,28 +333,28 @@ class Extended(Event):
         return f"Extended(ext_id={self.ext_id}, payload=<{len(self.payload)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class HaveAll(Event):
     """BEP 6: the sender has every piece; in place of a Bitfield, as the first message only."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class HaveNone(Event):
     """BEP 6: the sender has no piece; in place of a Bitfield, as the first message only."""
 
     pass
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class SuggestPiece(Event):
     """BEP 6: the sender suggests piece ``index`` (cheap for it to serve); a hint we may ignore."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class RejectRequest(Event):
     """BEP 6: the sender will not serve this request. Received, the request is no longer
     outstanding (the block must be asked of someone); only for a request actually sent."""
@@ -362,7 +364,7 @@ class RejectRequest(Event):
     length: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class AllowedFast(Event):
     """BEP 6: the receiver may request blocks of piece ``index`` even while choked. One received
     before the geometry is known is checked then and kept in :attr:`Connection.allowed_fast`; one
@@ -371,7 +373,7 @@ class AllowedFast(Event):
     index: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class HashRequest(Event):
     """BEP 52: ``count`` hashes of layer ``base`` (0: the 16 KiB leaves) of the merkle tree of
     the file whose ``pieces root`` is ``root``, from ``index``, with uncle hashes for
@@ -384,7 +386,7 @@ class HashRequest(Event):
     proof_layers: int
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class Hashes(Event):
     """BEP 52: the answer to a :class:`HashRequest` with the same fields: the requested hashes,
     then the uncle hashes from the lowest layer up (whether they prove out is for the caller,
@@ -405,7 +407,7 @@ class Hashes(Event):
         )
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@frozen
 class HashReject(Event):
     """BEP 52: the sender will not answer the :class:`HashRequest` with these fields."""
 
@@ -432,9 +434,8 @@ def _hash_fields_ok(base: int, count: int, proof_layers: int) -> bool:
 
 
 # Field-less events carry no state, so one instance each serves every message.
-# A frozen dataclass sets its fields through object.__setattr__, which costs about
-# a microsecond per Piece; the slot descriptors do the same for a fraction of it
-# on the receive fast path.
+# A record's __init__ sets its slots through their descriptors (record.py); the
+# receive fast path does the same inline and spares the call, once per block.
 _new_object = object.__new__
 _set_piece_index: Callable[[Piece, int], None] = Piece.__dict__["index"].__set__
 _set_piece_begin: Callable[[Piece, int], None] = Piece.__dict__["begin"].__set__

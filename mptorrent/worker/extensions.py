@@ -30,7 +30,6 @@ here runs per block.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TYPE_CHECKING, Final
 
@@ -41,21 +40,31 @@ from mptorrent.policy.budget import RequestBudget
 from mptorrent.proto import wire
 from mptorrent.proto.ext import ExtendedHandshake, ExtensionHandler, ExtensionRouter
 from mptorrent.proto.metainfo import Metainfo
+from mptorrent.record import Record, mutable
 from mptorrent.worker.upload import MAX_QUEUED_REQUESTS
 
 if TYPE_CHECKING:
     from mptorrent.proto.ext.ut_pex import PexFlags, PexState
 
-# ut_metadata and ut_pex are imported on a worker's first BEP 10 connection, not at start-up:
-# the coordinator imports this module before it forks the workers, and every millisecond of
-# its imports delays the first tracker request (measured: about 4 ms).
+# ut_metadata and ut_pex are not imported with this module, which the coordinator imports
+# before its first tracker request, but on a worker's first BEP 10 peer (between its
+# handshake and its bitfield report: 1-3 ms, far more under load), or, with several
+# workers, by preload(), which the coordinator calls while that request is under way,
+# before it forks them: once instead of once per worker. With one worker the cost is the
+# same either way, and the coordinator's start-up stays shorter.
 
-__all__ = ["CLIENT", "PEX_BURST", "PEX_RATE", "WorkerExtensions"]
+__all__ = ["CLIENT", "PEX_BURST", "PEX_RATE", "WorkerExtensions", "preload"]
 
 CLIENT: Final = f"mptorrent/{__version__}"
 # Incoming ut_pex: three messages at once, then one per 20 s (BEP 11 allows one a minute).
 PEX_BURST: Final = 3.0
 PEX_RATE: Final = 1 / 20
+
+
+def preload() -> None:
+    """Import the extensions a worker's BEP 10 peers use, in the process that forks the
+    workers (not in a thread: see ``netio.net.prepare``)."""
+    from mptorrent.proto.ext import ut_metadata, ut_pex  # noqa: F401
 
 
 def _seen_address(host: str) -> IPv4Address | IPv6Address | None:
@@ -70,8 +79,8 @@ def _seen_address(host: str) -> IPv4Address | IPv6Address | None:
     return addr
 
 
-@dataclass
-class _PeerExt:
+@mutable
+class _PeerExt(Record):
     """BEP 10 state of one connection."""
 
     router: ExtensionRouter

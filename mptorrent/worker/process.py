@@ -26,7 +26,7 @@ import socket
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, assert_never
 
 from mptorrent.disk.storage import IoMode, Layout, Storage
@@ -60,7 +60,7 @@ from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSe
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
 from mptorrent.proto import bitfield, wire
 from mptorrent.proto.metainfo import Metainfo
-from mptorrent.proto.webseed import seed_id
+from mptorrent.record import Record, mutable
 from mptorrent.worker.extensions import WorkerExtensions
 from mptorrent.worker.upload import Uploader
 
@@ -82,8 +82,8 @@ LIMITED_TICK = 0.005  # select timeout while a rate limit's balance is used up
 _length = operator.itemgetter(2)  # of a block request (index, begin, length)
 
 
-@dataclass
-class WorkerConfig:
+@mutable
+class WorkerConfig(Record):
     """Everything a worker process starts from, pickled to it; the coordinator or seeder builds a
     fresh one for every restart (the slot's current peers and bans)."""
 
@@ -145,8 +145,8 @@ class _Peer(PeerSession):
             self.queue(self.wire.send(wire.Cancel(index, begin, length)))
 
 
-@dataclass
-class _Retry:
+@mutable
+class _Retry(Record):
     """This worker's dial-out record for one address: attempts are capped (``MAX_CONNECTS``), and
     the back-off starts over once a connection delivered data."""
 
@@ -155,8 +155,8 @@ class _Retry:
     next_at: float = 0.0
 
 
-@dataclass
-class _Worker:
+@mutable
+class _Worker(Record):
     """One worker process's state, built and run in the child by :func:`run`. Besides its queues, it
     shares only the done-map with other processes."""
 
@@ -770,7 +770,10 @@ class _Worker:
     # -- web seeds (BEP 19) -------------------------------------------------
 
     def _start_web_seeds(self) -> None:
+        if not self.cfg.web_seeds:
+            return  # netio.webseed (ssl, a DNS thread pool) stays unloaded, as in the coordinator
         from mptorrent.netio.webseed import WebSeed
+        from mptorrent.proto.webseed import seed_id
 
         now = time.monotonic()
         for url in self.cfg.web_seeds:

@@ -23,14 +23,17 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mptorrent.disk.storage import Storage
 from mptorrent.errors import ProtocolError
 from mptorrent.netio.peer import ACTIVE, PeerSession
 from mptorrent.policy.budget import RequestBudget
-from mptorrent.proto import merkle, wire
+from mptorrent.proto import wire
 from mptorrent.proto.fast import allowed_fast_set
+
+if TYPE_CHECKING:
+    from mptorrent.proto import merkle  # v2 only: loaded with a v2 torrent's metainfo
 
 MAX_QUEUED_REQUESTS = 500  # libtorrent max_allowed_in_request_queue
 MAX_CHOKED_REQUESTS = 300  # libtorrent too_many_requests_when_choked
@@ -154,6 +157,8 @@ class Uploader:
         self, p: PeerSession, ev: wire.HashRequest, tree: merkle.MerklePieces | None
     ) -> None:
         """Answer a BEP 52 hash request (``tree``: the torrent's merkle verifier; None for v1)."""
+        from mptorrent.proto import merkle  # loaded already for a v2 torrent (metainfo)
+
         st = self.state.get(p)
         req = merkle.HashRange(ev.root, ev.base, ev.index, ev.count, ev.proof_layers)
         found = None

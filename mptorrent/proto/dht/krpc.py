@@ -22,11 +22,11 @@ carry BEP 43's read-only flag (top-level ``ro``: 1); other unknown keys (``v``, 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from mptorrent.errors import BencodeError, ProtocolError
 from mptorrent.proto import bencode
+from mptorrent.record import Record, frozen
 
 __all__ = [
     "Addr",
@@ -81,16 +81,16 @@ class KrpcError(ProtocolError):
         super().__init__(f"bad KRPC message: {reason}")
 
 
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
+@frozen
+class NodeInfo(Record):
     """A node's contact: its 20-byte id and UDP address."""
 
     id: bytes
     addr: Addr
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
+@frozen
+class Ping(Record):
     """``ping``: are you there?"""
 
     tid: bytes
@@ -98,8 +98,8 @@ class Ping:
     read_only: bool = False  # BEP 43 ``ro``: the asker answers no queries; keep it out of tables
 
 
-@dataclass(frozen=True, slots=True)
-class FindNode:
+@frozen
+class FindNode(Record):
     """``find_node``: the nodes you know closest to ``target``."""
 
     tid: bytes
@@ -108,8 +108,8 @@ class FindNode:
     read_only: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class GetPeers:
+@frozen
+class GetPeers(Record):
     """``get_peers``: peers of ``info_hash``, or else the closest nodes; and a token."""
 
     tid: bytes
@@ -118,8 +118,8 @@ class GetPeers:
     read_only: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class AnnouncePeer:
+@frozen
+class AnnouncePeer(Record):
     """``announce_peer``: store me as a peer of ``info_hash`` (on ``port``, or on the
     datagram's source port when ``implied_port``)."""
 
@@ -132,8 +132,8 @@ class AnnouncePeer:
     read_only: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+@frozen
+class Response(Record):
     """Any reply (``y=r``); a reply does not name its query, so every key is optional but ``id``."""
 
     tid: bytes
@@ -144,8 +144,8 @@ class Response:
     token: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Error:
+@frozen
+class Error(Record):
     """An error reply (``y=e``): a BEP 5 code (201-204) and a message."""
 
     tid: bytes

@@ -16,11 +16,11 @@ claims, and at most ``MAX_CANDIDATES`` (256) of the closest are kept.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from mptorrent.proto.dht.krpc import Addr, NodeInfo, Response
 from mptorrent.proto.dht.routing import K, id_int
+from mptorrent.record import Record, mutable
 
 ALPHA: Final = 3
 QUERY_TIMEOUT: Final = 5.0
@@ -41,8 +41,8 @@ class CandidateState(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(slots=True)
-class Candidate:
+@mutable(slots=True)
+class Candidate(Record):
     """A node the lookup may ask: its address, its id once known, what it answered."""
 
     addr: Addr

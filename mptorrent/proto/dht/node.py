@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
 from mptorrent.proto.dht import krpc
@@ -44,6 +43,7 @@ from mptorrent.proto.dht.krpc import (
 from mptorrent.proto.dht.lookup import QUERY_TIMEOUT, Kind, Lookup
 from mptorrent.proto.dht.routing import K, RoutingTable, load_saved
 from mptorrent.proto.dht.server import Server
+from mptorrent.record import Record, frozen, mutable
 
 MAX_PENDING: Final = 512
 MAX_LOOKUPS: Final = 16
@@ -63,16 +63,16 @@ Datagram: TypeAlias = tuple[bytes, Addr]
 Family: TypeAlias = Literal[4, 6]  # the address family of the node's socket
 
 
-@dataclass(frozen=True, slots=True)
-class PeersFound:
+@frozen
+class PeersFound(Record):
     """Peers of ``info_hash`` a lookup learnt (each reported once per lookup)."""
 
     info_hash: bytes
     peers: tuple[Addr, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class LookupDone:
+@frozen
+class LookupDone(Record):
     """A lookup ended: how many peers it found, queries it sent, nodes it announced to."""
 
     target: bytes
@@ -88,15 +88,15 @@ Introduction: TypeAlias = Literal[
 ]  # what Node.introduced did with a node a peer named
 
 
-@dataclass(slots=True)
-class _Pending:
+@mutable(slots=True)
+class _Pending(Record):
     addr: Addr
     sent_at: float
     lookup: _Search | None  # the search this query serves, if any
 
 
-@dataclass(slots=True)
-class _Search:
+@mutable(slots=True)
+class _Search(Record):
     lookup: Lookup
     announce_port: int | None
     implied_port: bool

@@ -17,12 +17,13 @@ from __future__ import annotations
 import enum
 import ipaddress
 import random
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Final, Literal, TypeAlias
 
 from mptorrent.errors import BencodeError, MptorrentError
 from mptorrent.proto import bencode
 from mptorrent.proto.dht.krpc import ID_LEN, Addr, NodeInfo, pack_addr, unpack_addr
+from mptorrent.record import Record, mutable
 
 K: Final = 8
 ID_BITS: Final = 160
@@ -62,8 +63,8 @@ class NodeState(enum.Enum):
     BAD = "bad"
 
 
-@dataclass(slots=True)
-class Entry:
+@mutable(slots=True)
+class Entry(Record):
     """One node in the table and what we know of its liveness."""
 
     id: bytes
@@ -88,8 +89,8 @@ class Entry:
         return NodeInfo(self.id, self.addr)
 
 
-@dataclass(slots=True)
-class Bucket:
+@mutable(slots=True)
+class Bucket(Record):
     """The nodes whose ids fall in ``[lo, hi)``."""
 
     lo: int

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from mptorrent.proto.dht.krpc import (
@@ -36,6 +35,7 @@ from mptorrent.proto.dht.krpc import (
     Query,
     Response,
 )
+from mptorrent.record import Record, mutable
 
 TOKEN_ROTATION: Final = 5 * 60.0
 TOKEN_LEN: Final = 8
@@ -53,8 +53,8 @@ SWEEP_EVERY: Final = 60.0  # how often the peer store drops expired peers
 Closest = Callable[[bytes, int], list[NodeInfo]]
 
 
-@dataclass(slots=True)
-class _Allowance:
+@mutable(slots=True)
+class _Allowance(Record):
     tokens: float
     at: float
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, ClassVar, Final
 
 from mptorrent.errors import BencodeError
 from mptorrent.proto import bencode
 from mptorrent.proto.wire import Event, Extended, LocalProtocolError, RemoteProtocolError
+from mptorrent.record import frozen
 
 __all__ = [
     "HANDSHAKE_ID",
@@ -60,7 +61,7 @@ MAX_REQQ: Final = 1 << 16
 _MAX_EXT_ID: Final = 255  # one byte on the wire
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExtendedHandshake(Event):
     """The extended handshake (BEP 10 message 0), sent and received.
 

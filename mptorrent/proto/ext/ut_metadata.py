@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Final, Generic, TypeAlias, TypeVar
 
 from mptorrent.errors import BencodeError
@@ -41,6 +41,7 @@ from mptorrent.proto import bencode
 from mptorrent.proto.ext import MAX_METADATA_SIZE, ExtendedHandshake, ExtensionHandler
 from mptorrent.proto.wire import Event
 from mptorrent.proto.wire_errors import LocalProtocolError, RemoteProtocolError
+from mptorrent.record import Record, frozen, mutable
 
 __all__ = [
     "MAX_HEADER",
@@ -98,14 +99,14 @@ def piece_length(metadata_size: int, piece: int) -> int:
 # -- events -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MetadataRequested(Event):
     """The peer asks us for piece ``piece`` of the metadata (answer: :func:`serve_request`)."""
 
     piece: int
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@frozen
 class MetadataPieceReceived(Event):
     """A piece of the metadata, checked against ``total_size`` (feed it to the assembler)."""
 
@@ -120,7 +121,7 @@ class MetadataPieceReceived(Event):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MetadataRejected(Event):
     """The peer will not send piece ``piece`` (it may not have the metadata)."""
 
@@ -268,8 +269,8 @@ MAX_OUTSTANDING: Final = 2  # requests in flight per peer: a piece is 16 KiB, la
 MAX_TIMEOUTS: Final = 2  # a peer that lets this many requests expire is asked no more
 
 
-@dataclass(frozen=True, slots=True)
-class PieceStored(Generic[P]):
+@frozen
+class PieceStored(Record, Generic[P]):
     """A piece was kept; ``remaining`` pieces are still missing."""
 
     peer: P
@@ -277,8 +278,8 @@ class PieceStored(Generic[P]):
     remaining: int
 
 
-@dataclass(frozen=True, slots=True)
-class PieceIgnored(Generic[P]):
+@frozen
+class PieceIgnored(Record, Generic[P]):
     """Harmless and dropped: not asked for, already held, from an excluded peer."""
 
     peer: P
@@ -286,8 +287,8 @@ class PieceIgnored(Generic[P]):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class PieceRefused(Generic[P]):
+@frozen
+class PieceRefused(Record, Generic[P]):
     """The peer sent a piece that cannot be right (wrong ``total_size``, out of
     range, wrong length): it is excluded from the metadata fetch; penalise it."""
 
@@ -296,8 +297,8 @@ class PieceRefused(Generic[P]):
     reason: str
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class MetadataVerified(Generic[P]):
+@frozen
+class MetadataVerified(Record, Generic[P]):
     """The whole info dictionary, its SHA-1 equal to the info-hash."""
 
     info: bytes
@@ -307,8 +308,8 @@ class MetadataVerified(Generic[P]):
         return f"MetadataVerified(info=<{len(self.info)} bytes>, peers={set(self.peers)!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class MetadataMismatch(Generic[P]):
+@frozen
+class MetadataMismatch(Record, Generic[P]):
     """The pieces joined do not hash to the info-hash: all were discarded.
 
     ``culprit`` is set when one peer sent every piece: it is certainly lying and
@@ -325,8 +326,8 @@ Outcome: TypeAlias = (
 )
 
 
-@dataclass(slots=True)
-class _PeerState:
+@mutable(slots=True)
+class _PeerState(Record):
     """The assembler's view of one peer: requests in flight and their deadlines, what it was asked
     this round and refused, and its expired requests (too many: asked no more)."""
 

@@ -37,7 +37,6 @@ import enum
 import ipaddress
 import struct
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from mptorrent.errors import BencodeError
@@ -46,6 +45,7 @@ from mptorrent.proto import bencode
 from mptorrent.proto.ext import ExtendedHandshake, ExtensionHandler
 from mptorrent.proto.wire import Event
 from mptorrent.proto.wire_errors import RemoteProtocolError
+from mptorrent.record import frozen
 
 __all__ = [
     "MAX_ADDED",
@@ -89,7 +89,7 @@ class PexPeer(NamedTuple):
     flags: PexFlags = PexFlags(0)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PexPeers(Event):
     """Peers the sender connected to (``added``) and lost (``dropped``) since its
     last message, capped at ``MAX_ADDED`` and ``MAX_DROPPED``."""
