@@ -159,7 +159,7 @@ def fetch_rows(args: argparse.Namespace, size: int, pieces: list[int]) -> list[d
             wl = Workload(f"1g-{piece // 1024}k", f"{common.human(size)} file", piece, size=size)
             samples, _ = vs_anchors.run_workload(
                 workdir, wl, clients, runs=args.runs, warmups=1, settle=args.settle,
-                timeout=args.timeout, pss=False,
+                timeout=args.timeout, pss=False, redo_above=args.redo_above,
             )  # fmt: skip
             rows += [vs_anchors.summarize(wl, c, ms) for c, ms in samples.items()]
     finally:
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs of each (default 3)")
     ap.add_argument("--jobs", default="1,2", help="mptorrent worker counts (default 1,2)")
     ap.add_argument("--no-fetch", action="store_true", help="the floor alone")
+    ap.add_argument("--redo-above", type=float, default=1.0, metavar="SHARE",
+                    help="as vs_anchors.py's, for the fetches (default 1: never)")  # fmt: skip
     common.add_run_options(ap, settle=10.0)
     ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/floor.json)")
     args = ap.parse_args(argv)
