@@ -70,6 +70,7 @@ def run_json(client: Client, setup: vs_anchors.SwarmSetup, out_dir: Path, timeou
     got: dict[str, float] = {"exit": wall}
     done_bytes = 0
     senders: Counter[str] = Counter()
+    tail: list[tuple[float, int | None, str | None]] = []  # pieces after 90%: t, worker, peer
     for at, rec in stamped:
         kind = rec["event"]
         if kind == "peer" and rec["state"] == "connected":
@@ -80,6 +81,8 @@ def run_json(client: Client, setup: vs_anchors.SwarmSetup, out_dir: Path, timeou
             senders[rec["peer"] or "?"] += 1
             if done_bytes >= total / 2:
                 got.setdefault("50%", at)
+            if "90%" in got:
+                tail.append((at, rec["worker"], rec["peer"]))
             if done_bytes >= 0.9 * total:
                 got.setdefault("90%", at)
             got["last"] = at
@@ -89,7 +92,7 @@ def run_json(client: Client, setup: vs_anchors.SwarmSetup, out_dir: Path, timeou
     got["cpu_s"] = (after.children_user + after.children_system) - (
         before.children_user + before.children_system
     )
-    return {"at": got, "senders": dict(senders)}
+    return {"at": got, "senders": dict(senders), "tail": tail}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"[{wl.key}] {c.label}: " + ", ".join(
                             f"{k} {v * 1000:.0f}" for k, v in got["at"].items()
                         ) + f" (ms; background before {load:.0%})", file=sys.stderr)  # fmt: skip
+                        if got.get("tail"):  # the last tenth: when, which worker, which peer
+                            print("    after 90%: " + ", ".join(
+                                f"{t * 1000:.0f} w{w} {peer}" for t, w, peer in got["tail"][-12:]
+                            ), file=sys.stderr)  # fmt: skip
                 for c, got_runs in runs.items():
                     keys = sorted({k for g in got_runs for k in g["at"]})
                     med = {k: common.median(g["at"][k] for g in got_runs if k in g["at"])
