@@ -17,13 +17,13 @@ download does. CPU is user+system of the receiving thread (getrusage RUSAGE_THRE
 seeders' threads share the process).
 
 In the same run (unless ``--no-fetch``), mptorrent fetches 1 GiB from vs_anchors.py's swarm
-(four checked libtorrent seeders behind opentracker) at ``-j 1`` and ``-j 2`` with 1 MiB and
-256 KiB pieces, and the libtorrent leecher beside it; their CPU is that of the whole process
-tree (start-up, coordinator and workers).  Each round runs the floor both ways and every
-client, in a rotating order, so that a slow spell of the shared machine (the cost of new
-page-cache pages here moves by half between spells) hits them alike.  The ratio is each
-client's CPU per GiB over the floor with the same piece size, both ways of writing
-(mptorrent's ``auto`` is the memory map on a local disk).
+(four checked libtorrent seeders behind opentracker) at ``-j 1`` and ``-j 2`` (``--io``:
+with each way of writing given) with 1 MiB and 256 KiB pieces, and the libtorrent leecher
+beside it; their CPU is that of the whole process tree (start-up, coordinator and workers).
+Each round runs the floor both ways and every client, in a rotating order, so that a slow
+spell of the shared machine (the cost of new page-cache pages here moves by half between
+spells) hits them alike. The ratio is each client's CPU per GiB over the floor with the same
+piece size, both ways of writing (mptorrent's ``auto`` is the memory map on a local disk).
 JSON goes to benchmarks/results/floor.json.
 """
 
@@ -172,9 +172,11 @@ def measure(args: argparse.Namespace, size: int, pieces: list[int]
     """Per piece size, one swarm; each round the floor (both ways) and every client, in a
     rotating order, so a slow spell of the shared machine hits them alike."""
     jobs = [int(j) for j in args.jobs.split(",")]
-    clients = (
-        [] if args.no_fetch else [Client("mptorrent", j) for j in jobs] + [Client(vs_anchors.LT)]
-    )
+    ios = [t.strip() for t in args.io.split(",") if t.strip()]
+    clients: list[Client] = []
+    if not args.no_fetch:
+        clients = [Client("mptorrent", j, io) for io in ios for j in jobs]
+        clients.append(Client(vs_anchors.LT))
     floors: list[dict[str, Any]] = []
     fetches: list[dict[str, Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="mptorrent-floor-", dir=args.dir))
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs of each (default 3)")
     ap.add_argument("--jobs", default="1,2", help="mptorrent worker counts (default 1,2)")
     ap.add_argument("--no-fetch", action="store_true", help="the floor alone")
+    ap.add_argument("--io", default="auto",
+                    help="mptorrent's --io values, comma-separated (default auto)")  # fmt: skip
     ap.add_argument("--redo-above", type=float, default=1.0, metavar="SHARE",
                     help="as vs_anchors.py's, for the fetches (default 1: never)")  # fmt: skip
     common.add_run_options(ap, settle=10.0)
