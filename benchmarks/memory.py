@@ -17,6 +17,9 @@ Start-up (``--startup``): a small torrent (4 MiB, 8 files, 256 KiB pieces) and o
 on 127.0.0.31 that answers the handshake with a full bitfield and an unchoke; the time from
 starting ``mptorrent fetch`` to that peer receiving the first block request: interpreter,
 imports, storage, worker start and the connection included.  The fetch is then killed.
+Beside it (unless ``--no-libtorrent``), the same for a libtorrent leecher given the same peer
+in a fresh process (``common.py lt-leech``): interpreter, ``import libtorrent``, session
+start, adding the torrent and checking its empty folder, what a user of it pays.
 JSON goes to benchmarks/results/memory.json (startup.json).
 """
 
@@ -246,6 +249,9 @@ def fake_peer(sock: socket.socket, num_pieces: int, info_hash: bytes, got: list[
 
 
 def startup_once(torrent: Path, meta: Any, out: Path, src: str, jobs: int) -> float:
+    """Seconds from starting the client to the fake peer's first request; ``jobs`` 0 is the
+    libtorrent leecher (``common.py lt-leech``: a fresh interpreter, ``import libtorrent``,
+    the session and the torrent's check of its empty folder included)."""
     srv = socket.socket()
     srv.bind((FAKE_PEER_IP, 0))
     srv.listen(4)
@@ -260,6 +266,8 @@ def startup_once(torrent: Path, meta: Any, out: Path, src: str, jobs: int) -> fl
     # a --baseline checkout older than the DHT has no --no-dht (and no DHT to turn off)
     if not src or "--no-dht" in vs_anchors._fetch_help(src):
         cmd.append("--no-dht")
+    if not jobs:
+        cmd = common.lt_leech_cmd(torrent, out, [(FAKE_PEER_IP, port)])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=vs_anchors.client_env(src),
@@ -286,7 +294,11 @@ def startup_main(args: argparse.Namespace) -> int:
     jobs = [int(j) for j in args.jobs.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="mptorrent-startup-", dir=args.dir))
     srcs = [("this", "")] + ([("baseline", str(args.baseline.resolve()))] if args.baseline else [])
-    samples: dict[tuple[str, int], list[float]] = {(s, j): [] for s, _ in srcs for j in jobs}
+    if not args.no_libtorrent:
+        srcs.append(("libtorrent", ""))
+    samples: dict[tuple[str, int], list[float]] = {
+        (s, j): [] for s, _ in srcs for j in ([0] if s == "libtorrent" else jobs)
+    }
     try:
         payload = make_payload(workdir / "seed", vs_anchors.eight_files(4 * MiB), name="payload")
         data = make_torrent(payload.root, 256 * 1024)
@@ -295,16 +307,17 @@ def startup_main(args: argparse.Namespace) -> int:
         meta = metainfo.parse(data)
         for r in range(args.runs + 1):  # the first round warms the caches: not counted
             for name, src in srcs if r % 2 == 0 else srcs[::-1]:
-                for j in jobs:
+                for j in [0] if name == "libtorrent" else jobs:
                     secs = startup_once(torrent, meta, workdir / "out", src, j)
                     if r:
                         samples[(name, j)].append(secs)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    rows = [[f"mptorrent -j {j}" + ("" if name == "this" else " @baseline"), len(v),
+    rows = [[name if name == "libtorrent" else f"mptorrent -j {j}" + (
+                "" if name == "this" else " @baseline"), len(v),
              f"{common.median(v) * 1000:.0f}", f"{min(v) * 1000:.0f}"]
             for (name, j), v in samples.items()]  # fmt: skip
-    print("\ntime from starting `mptorrent fetch` to the first block request (ms)\n")
+    print("\ntime from starting the client to the first block request (ms)\n")
     text = common.print_table(["client", "runs", "median ms", "best ms"], rows)
     common.write_json("startup", {**common.environment(), "table": text,
                                   "samples": {f"{k[0]} -j {k[1]}": v for k, v in samples.items()}},
@@ -320,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, help="another checkout of mptorrent to compare")
     ap.add_argument("--pss", action="store_true", help="also sample Pss_Anon")
     ap.add_argument("--startup", action="store_true", help="time to the first request instead")
+    ap.add_argument("--no-libtorrent", action="store_true",
+                    help="--startup without the libtorrent leecher beside mptorrent")  # fmt: skip
     common.add_run_options(ap, settle=10.0)
     ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/...)")
     args = ap.parse_args(argv)

@@ -134,6 +134,8 @@ def classify_frame(file: str, func: str, line: int) -> str | None:
         if ".buf[" in text:
             return "copy block into piece buffer"
         return "block bookkeeping (_on_block)"
+    if mod == "hashing":  # proto/hashing.py: piece verification behind its interface
+        return "hash: SHA-1"
     mod = {"process": "worker", "download": "worker", "ledger": "wire"}.get(mod, mod)
     if mod == "peer":
         if short == "receive":

@@ -57,7 +57,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,9 @@ N_SEEDERS = 4
 FIRST_SEEDER = 11  # 127.0.0.11 .. .14
 LT = "libtorrent"
 ARIA2 = "aria2"
+TRANSMISSION = "transmission"
+# The uneven swarm's libtorrent seeders: one uncapped, three capped (bytes/s).
+UNEVEN_CAPS = (0, 48 * MiB, 12 * MiB, 3 * MiB)
 
 
 # -- workloads ------------------------------------------------------------------------------
@@ -86,6 +89,11 @@ class Workload:
     piece: int
     size: int = 0  # single file of this many bytes
     tree: dict[str, int] = field(default_factory=dict)  # or these files
+    # The swarm: one libtorrent seeder per entry of ``caps`` (its upload cap in bytes/s, 0 for
+    # none; empty: the four uncapped seeders of the first workloads), then one seeder of
+    # each other client in ``others`` (aria2, transmission) where it is installed.
+    caps: tuple[int, ...] = ()
+    others: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -118,6 +126,15 @@ def workloads(size: int, multi_size: int) -> dict[str, Workload]:
             f"8 files, {common.human(multi_size)}, 256 KiB pieces",
             256 * 1024,
             tree=eight_files(multi_size),
+        ),
+        "1g-4m": Workload("1g-4m", f"{common.human(size)} file, 4 MiB pieces", 4 * MiB, size=size),
+        "uneven": Workload(
+            "uneven",
+            f"8 files, {common.human(multi_size)}, 256 KiB pieces, uneven seeders",
+            256 * 1024,
+            tree=eight_files(multi_size),
+            caps=UNEVEN_CAPS,
+            others=(ARIA2, TRANSMISSION),
         ),
     }
 
@@ -206,15 +223,113 @@ class SwarmSetup:
     tracker_url: str
     seeders: list[str]
     start_s: float  # seeders' start-up, their full hash check included
+    # other clients' seeders (their processes): their CPU is the benchmark's, not background
+    other_pids: tuple[int, ...] = ()
+    # bytes each seeder has sent so far, by its label in ``seeders`` (see ``sent_by_seeder``)
+    sent: Callable[[], list[int]] = list
+
+
+def transmission_binary() -> str | None:
+    return shutil.which("transmission-cli")
+
+
+def other_binary(kind: str) -> str | None:
+    return aria2_binary() if kind == ARIA2 else transmission_binary()
+
+
+def other_seeder_cmd(kind: str, torrent: Path, save_dir: Path, ip: str, port: int,
+                     conf: Path) -> list[str]:  # fmt: skip
+    """Another client seeding ``torrent`` from ``save_dir`` on ``ip``:``port``, announcing to
+    the torrent's tracker only: no DHT, LPD, PEX or port mapping; its data checked at start."""
+    if kind == ARIA2:
+        return [
+            aria2_binary() or "aria2c", "--no-conf=true", f"--dir={save_dir}",
+            "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false", "--seed-ratio=0.0", "--check-integrity=true",
+            f"--interface={ip}", f"--listen-port={port}", "--disable-ipv6=true",
+            "--allow-overwrite=false", "--auto-file-renaming=false",
+            "--bt-save-metadata=false", "--summary-interval=0", "--console-log-level=warn",
+            "--bt-tracker-interval=1", str(torrent),
+        ]  # fmt: skip
+    # transmission-cli takes most settings from settings.json in its config folder only
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "settings.json").write_text(json.dumps({
+        "bind-address-ipv4": ip, "bind-address-ipv6": "::1", "peer-port": port,
+        "peer-port-random-on-start": False, "dht-enabled": False, "lpd-enabled": False,
+        "pex-enabled": False, "utp-enabled": False, "port-forwarding-enabled": False,
+        "encryption": 0, "ratio-limit-enabled": False, "speed-limit-up-enabled": False,
+        "rpc-enabled": False, "download-dir": str(save_dir), "message-level": 2,
+    }))  # fmt: skip
+    return [transmission_binary() or "transmission-cli", "-g", str(conf), "-w", str(save_dir),
+            "-p", str(port), "-M", "-U", "-D", "-v", str(torrent)]  # fmt: skip
+
+
+def process_sent(pid: int) -> int:
+    """Bytes a process has passed to write and send calls (/proc/PID/io's wchar): for a
+    seeder, its uploads and a little logging."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"wchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def process_cpu(pids: Sequence[int]) -> float:
+    """CPU-seconds (user+system) that these live processes have used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                f = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(f[11]) + int(f[12])  # utime, stime (fields 14 and 15)
+    return total / common.CLK
+
+
+Named = tuple[str, "subprocess.Popen[bytes]"]  # a seeder's label and its process
+
+
+@contextlib.contextmanager
+def other_seeders(kinds: Sequence[str], torrent: Path, save_dir: Path, first_ip: int,
+                  workdir: Path) -> Iterator[list[Named]]:  # fmt: skip
+    """Start a seeder of each installed client in ``kinds``, one loopback address each."""
+    procs: list[Named] = []
+    try:
+        for kind in kinds:
+            if other_binary(kind) is None:
+                print(f"{kind} is not installed: no {kind} seeder", file=sys.stderr)
+                continue
+            ip = f"127.0.0.{first_ip + len(procs)}"
+            port = free_port(ip)
+            cmd = other_seeder_cmd(kind, torrent, save_dir, ip, port, workdir / f"{kind}-conf")
+            with open(workdir / f"{kind}-seeder.log", "wb") as log:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT)  # fmt: skip
+            procs.append((f"{kind}@{ip}:{port}", proc))
+        yield procs
+    finally:
+        for _, proc in procs:
+            proc.terminate()
+        for _, proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @contextlib.contextmanager
 def swarm(workdir: Path, wl: Workload, *, start_timeout: float = 600.0) -> Iterator[SwarmSetup]:
-    """Write the payload, start opentracker and four checked seeders; remove all at exit."""
+    """Write the payload, start opentracker and the checked seeders; remove all at exit."""
     from tests.interop.opentracker import run_opentracker
     from tests.swarm import Swarm, info_hash, make_payload, make_torrent
 
     seed_dir = workdir / "seed"
+    caps = wl.caps or (0,) * N_SEEDERS
     print(f"[{wl.key}] writing {common.human(wl.total)} of random data ...", file=sys.stderr)
     payload = make_payload(seed_dir, wl.tree or wl.size, name=wl.name)
     try:
@@ -225,24 +340,43 @@ def swarm(workdir: Path, wl: Workload, *, start_timeout: float = 600.0) -> Itera
             data = with_announce(bare, tracker.announce_url)
             torrent.write_bytes(data)
             t0 = time.monotonic()
-            with Swarm(
-                data, payload.save_dir, n_seeders=N_SEEDERS, first_ip=FIRST_SEEDER,
+            sw = Swarm(
+                data, payload.save_dir, n_seeders=len(caps), first_ip=FIRST_SEEDER,
                 tracker_url=tracker.announce_url, trust_data=False, start_timeout=start_timeout,
-            ) as sw:  # fmt: skip
-                deadline = time.monotonic() + 30
-                while scrape_complete(tracker.scrape_url, ih) < N_SEEDERS:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"opentracker does not list {N_SEEDERS} seeders")
+            )  # fmt: skip
+            for seeder, cap in zip(sw.seeders, caps, strict=True):
+                seeder.upload_rate_limit = cap
+            with sw, other_seeders(wl.others, torrent, payload.save_dir,
+                                   FIRST_SEEDER + len(caps), workdir) as others:  # fmt: skip
+                want = len(caps) + len(others)
+                deadline = time.monotonic() + 60
+                while scrape_complete(tracker.scrape_url, ih) < want:
+                    dead = [name for name, p in others if p.poll() is not None]
+                    if dead or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"opentracker does not list {want} seeders"
+                            + (f" ({', '.join(dead)} exited)" if dead else "")
+                        )
                     time.sleep(0.05)
                 start_s = time.monotonic() - t0
-                seeders = [f"{a.host}:{a.port}" for a in sw.addrs]
+                seeders = [
+                    f"{a.host}:{a.port}" + (f" (cap {cap / MiB:g} MiB/s)" if cap else "")
+                    for a, cap in zip(sw.addrs, caps, strict=True)
+                ] + [name for name, _ in others]
                 print(
-                    f"[{wl.key}] {N_SEEDERS} seeders checked and announced in {start_s:.1f} s: "
+                    f"[{wl.key}] {want} seeders checked and announced in {start_s:.1f} s: "
                     f"{', '.join(seeders)}; tracker {tracker.announce_url}",
                     file=sys.stderr,
                 )
+
+                def sent() -> list[int]:
+                    return [st.total_upload for st in sw.stats()] + [
+                        process_sent(p.pid) for _, p in others
+                    ]
+
                 yield SwarmSetup(wl, torrent, payload.root, payload.files, tracker.announce_url,
-                                 seeders, start_s)  # fmt: skip
+                                 seeders, start_s, tuple(p.pid for _, p in others),
+                                 sent)  # fmt: skip
     finally:
         shutil.rmtree(seed_dir, ignore_errors=True)
 
@@ -349,9 +483,17 @@ def download(
         cmd = client_cmd(client, setup, out_dir)
         t = os.times()
         ours0 = t.user + t.system
+        others0 = process_cpu(setup.other_pids)
+        sent0 = setup.sent()
         m = common.run_measured(cmd, timeout=timeout, pss=pss, env=client_env(client.src))
         t = os.times()
-        m.extra["bench_cpu_s"] = t.user + t.system - ours0  # seeders and the sampler
+        others = process_cpu(setup.other_pids) - others0
+        m.extra["sent"] = [b - a for a, b in zip(sent0, setup.sent(), strict=True)]
+        m.extra["bench_cpu_s"] = t.user + t.system - ours0 + others  # seeders and the sampler
+        if others:
+            # other clients' seeders are processes of their own: not background load
+            ncpu = os.cpu_count() or 1
+            m.background_load = max(0.0, m.background_load - others / (m.wall_s * ncpu))
         if client.kind == LT:
             m.extra.update(json.loads(m.stdout.strip().splitlines()[-1]))
         out = out_dir / wl.name
@@ -388,9 +530,12 @@ def lt_leech_main(argv: Sequence[str]) -> int:
 
 def run_workload(
     workdir: Path, wl: Workload, clients: list[Client], *, runs: int, warmups: int,
-    settle: float, timeout: float, pss: bool,
+    settle: float, timeout: float, pss: bool, redo_above: float = 1.0, redo_tries: int = 3,
 ) -> tuple[dict[Client, list[Measurement]], dict[str, Any]]:  # fmt: skip
+    """``redo_above``: a run during which other processes took more than this share of the
+    machine is measured again, up to ``redo_tries`` times in all (the last one stays)."""
     samples: dict[Client, list[Measurement]] = {c: [] for c in clients}
+    redone: dict[str, int] = {}
     with swarm(workdir, wl) as setup:
         cached = ensure_cached(setup.files)
         print(f"[{wl.key}] seed data in page cache: {cached:.1%}", file=sys.stderr)
@@ -402,10 +547,19 @@ def run_workload(
         for r in range(runs):
             shift = r % len(clients)
             for c in clients[shift:] + clients[:shift]:
-                cached = ensure_cached(setup.files)
-                load = common.wait_for_quiet(settle)
-                m = download(c, setup, workdir / f"dl-{n}", timeout=timeout, pss=pss)
-                n += 1
+                for attempt in range(redo_tries):
+                    cached = ensure_cached(setup.files)
+                    load = common.wait_for_quiet(settle)
+                    m = download(c, setup, workdir / f"dl-{n}", timeout=timeout, pss=pss)
+                    n += 1
+                    if m.background_load <= redo_above or attempt == redo_tries - 1:
+                        break
+                    redone[c.label] = redone.get(c.label, 0) + 1
+                    print(
+                        f"[{wl.key}] run {r + 1}/{runs} {c.label}: {m.wall_s:.2f} s with "
+                        f"{m.background_load:.0%} background: again",
+                        file=sys.stderr,
+                    )
                 m.extra["load_before"] = load
                 m.extra["seed_cached"] = cached
                 samples[c].append(m)
@@ -413,11 +567,12 @@ def run_workload(
                     f"[{wl.key}] run {r + 1}/{runs} {c.label}: {m.wall_s:.2f} s, "
                     f"{wl.total / MiB / m.wall_s:.0f} MiB/s, CPU {m.cpu_s:.2f} s, seeders "
                     f"{m.extra['bench_cpu_s']:.2f} s, peak anon {mib(m.mem.anon)} MiB, rss "
-                    f"{mib(m.mem.rss)} MiB, background {m.background_load:.0%}",
+                    f"{mib(m.mem.rss)} MiB, background {m.background_load:.0%}; seeders sent "
+                    f"{'/'.join(mib(b) for b in m.extra['sent'])} MiB",
                     file=sys.stderr,
                 )
         info = {"seeders": setup.seeders, "tracker": setup.tracker_url,
-                "seeder_start_s": setup.start_s}  # fmt: skip
+                "seeder_start_s": setup.start_s, "redone": redone}  # fmt: skip
     return samples, info
 
 
@@ -445,6 +600,7 @@ def summarize(wl: Workload, client: Client, ms: list[Measurement]) -> dict[str, 
         "median_peak_pss_anon": median(pss) if pss else None,
         "median_bench_cpu_s": median(m.extra["bench_cpu_s"] for m in ms),
         "max_background_load": max(m.background_load for m in ms),
+        "median_sent": [median(col) for col in zip(*(m.extra["sent"] for m in ms), strict=True)],
         "measurements": [common.measurement_dict(m) for m in ms],
     }
 
@@ -519,7 +675,8 @@ def parse_clients(text: str, jobs: list[int], ios: Sequence[str] = ("auto",)) ->
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workload", default="1g-1m,1g-256k,multi",
-                    help="comma-separated: 1g-1m, 1g-256k, multi (default: all)")  # fmt: skip
+                    help="comma-separated: 1g-1m, 1g-256k, multi, 1g-4m, uneven "
+                         "(default: the first three)")  # fmt: skip
     ap.add_argument("--runs", type=int, default=3, help="timed runs per client (default 3)")
     ap.add_argument("--jobs", default="1,2,4", help="mptorrent worker counts (default 1,2,4)")
     ap.add_argument("--io", default="auto",
@@ -541,6 +698,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="a second checkout of mptorrent (e.g. a git worktree of an older "
                          "commit): its fetch runs beside this one's, same -j and --io")  # fmt: skip
     common.add_run_options(ap, settle=30.0)
+    ap.add_argument("--redo-above", type=float, default=1.0, metavar="SHARE",
+                    help="measure a run again when others took more than SHARE of the "
+                         "machine during it (e.g. 0.25; default 1: never)")  # fmt: skip
+    ap.add_argument("--redo-tries", type=int, default=3, help="with --redo-above (default 3)")
     ap.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/...)")
     args = ap.parse_args(argv)
     on_sigterm()
@@ -584,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
             samples, info = run_workload(
                 workdir, wl, clients, runs=args.runs, warmups=args.warmups,
                 settle=args.settle, timeout=args.timeout, pss=args.pss,
+                redo_above=args.redo_above, redo_tries=args.redo_tries,
             )  # fmt: skip
             swarms[wl.key] = info
             rows += [summarize(wl, c, ms) for c, ms in samples.items()]
@@ -595,6 +757,15 @@ def main(argv: list[str] | None = None) -> int:
              f"median of {args.runs} runs")  # fmt: skip
     print(f"\n{title}\n")
     text = common.print_table(HEADERS, table_rows(rows))
+    for wl in wls:
+        if wl.caps or wl.others:  # who sent what, in a swarm of unequal seeders
+            labels = swarms[wl.key]["seeders"]
+            print(f"\n{wl.key}: MiB each seeder sent (median, protocol included)\n")
+            text += "\n\n" + common.print_table(
+                ["client", *labels],
+                [[r["client"], *(mib(b) for b in r["median_sent"])]
+                 for r in rows if r["workload"] == wl.key],
+            )  # fmt: skip
     growth: dict[str, float] = {}
     if args.memory_scale and len(wls) > 1:
         print()
