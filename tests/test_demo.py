@@ -29,6 +29,9 @@ def demo(tmp: Path, *args: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "mptorrent", "demo", *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "TMPDIR": str(tmp)},
+        # Ctrl-C as a terminal sends it, even when the suite runs as a script's background
+        # job (which starts with SIGINT ignored, passed on to every child)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 

@@ -138,12 +138,14 @@ def run_demo(
     finally:
         for p in seeders:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                # SIGTERM, not SIGINT: a demo started from a script's background job inherits
+                # SIGINT ignored, and so would the seeders
+                p.send_signal(signal.SIGTERM)
         for p in seeders:
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)  # its worker processes too (own session)
                 p.wait()
         tracker.stop()
         if keep is None:
