@@ -25,7 +25,14 @@ and once in a while the peer's measured rate; :class:`RequestWindow` answers wit
   rate-capped libtorrent seeder asks its limiter for a whole send buffer of quota, up to
   3 MiB, and then sends it at once: 0.75 s of a 4 MiB/s cap).  When the window itself
   limits the rate, that target exceeds the window, so it keeps growing; a window the peer
-  does not need shrinks by a quarter per update at most.
+  does not need shrinks by a quarter per update at most.  The floor is ``FLOOR`` requests,
+  not a fixed 32: a slow peer's window is its rate x delay like any other's (32 requests
+  are 2 s of a 256 KiB/s seeder, all of it in the seeder's send buffer, where a cancel
+  no longer reaches it: the tail and the blocks sent twice in the endgame).
+- **Near peers: headroom in bytes.**  A peer under ``NEAR_RTT`` is refilled within a few
+  milliseconds, so its headroom is at most ``NEAR_HEADROOM`` bytes, not a second of its
+  rate: a loopback or LAN peer sending 250 MiB/s would otherwise keep 500 requests (8 MiB)
+  in flight, and a piece buffer in hand for each of their pieces.
 - **Top-ups.** :attr:`~RequestWindow.batch` is the fewest free slots worth a send while
   requests are outstanding: ``BATCH_SECONDS`` of the peer's rate, at most half the window.
   A fast near peer gets few, full sends (half its window, as before); a distant one gets
@@ -40,9 +47,10 @@ from typing import Final
 
 BLOCK: Final = 16384
 INITIAL: Final = 32  # requests in flight to a new peer (libtorrent and Transmission floor)
-FLOOR: Final = 32
+FLOOR: Final = 4  # requests kept in flight however slow the peer (a top-up's worth)
 CEILING: Final = 500  # libtorrent's max_out_request_queue
 HEADROOM: Final = 1.0  # seconds of data kept queued at the peer beyond 1.5 round trips
+NEAR_HEADROOM: Final = 2 << 20  # at most this many bytes of it for a peer under NEAR_RTT
 BATCH_SECONDS: Final = 0.05  # top up once this much of the peer's data has free slots
 MIN_BATCH: Final = 4
 QUEUE_FACTOR: Final = 1.25  # a sample beyond this x the round trip ...
@@ -124,7 +132,11 @@ class RequestWindow:
         if self.rtt is None:
             return
         self.batch = max(MIN_BATCH, min(self.depth // 2, int(rate * BATCH_SECONDS / BLOCK)))
-        want = int(rate * (1.5 * self.rtt + HEADROOM) / BLOCK)
+        rtt = max(0.0, self.rtt)
+        headroom = rate * HEADROOM
+        if rtt < NEAR_RTT:
+            headroom = min(headroom, NEAR_HEADROOM)
+        want = int((rate * 1.5 * rtt + headroom) / BLOCK)
         depth = self.depth
         if self.slow_start:
             depth = max(depth, want)
