@@ -369,7 +369,9 @@ class _Worker:
         )
 
     def _greet(self, p: _Peer) -> None:
-        p.greet(dht=self.cfg.dht_port is not None)
+        # holding nothing: the empty bitfield and interest go with the handshake (netio/peer.py)
+        empty = not self.seed_only and 1 not in self.told
+        p.greet(dht=self.cfg.dht_port is not None, empty=empty)
 
     def _send_port(self, p: _Peer) -> None:
         """Our DHT node's port (BEP 5), once per connection, if our DHT runs."""
