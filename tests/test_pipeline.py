@@ -202,3 +202,20 @@ def test_the_floor_is_a_few_requests() -> None:
     for _ in range(30):
         w.update(1000.0)  # a trickle: a few requests still go out
     assert w.depth == FLOOR
+
+
+def test_the_tail_shrinks_the_headroom_not_the_round_trips() -> None:
+    """Nothing more to take: the headroom is at most the seconds the worker's remainder
+    needs, so the endgame starts with ~1.5 round trips of each peer's rate asked, not a
+    second more of it in the seeder's send buffer."""
+    link = _Link(1 * MiB, 0.200)
+    w = RequestWindow()
+    _run(link, w, 4.0)
+    steady = w.depth
+    assert steady == pytest.approx(MiB * (1.5 * 0.2 + HEADROOM) / BLOCK, rel=0.1)
+    assert w.rtt is not None
+    for _ in range(20):
+        w.update(MiB, left=0.1)
+    assert w.depth == int(MiB * (1.5 * w.rtt + 0.1) / BLOCK)  # about 25 of 83
+    w.update(MiB, left=None)
+    assert w.depth == 2 * int(MiB * (1.5 * w.rtt + 0.1) / BLOCK)  # back up, doubling

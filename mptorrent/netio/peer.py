@@ -228,8 +228,9 @@ class PeerSession:
         span = max(0.25, min(2.0, now - self.started))
         return self._window_bytes / span
 
-    def update_depth(self, now: float) -> None:
-        self.window.update(self.rate(now))
+    def update_depth(self, rate: float, left: float | None = None) -> None:
+        """Resize the request window (``policy.pipeline.RequestWindow.update``)."""
+        self.window.update(rate, left)
 
     @property
     def depth(self) -> int:

@@ -33,6 +33,12 @@ and once in a while the peer's measured rate; :class:`RequestWindow` answers wit
   milliseconds, so its headroom is at most ``NEAR_HEADROOM`` bytes, not a second of its
   rate: a loopback or LAN peer sending 250 MiB/s would otherwise keep 500 requests (8 MiB)
   in flight, and a piece buffer in hand for each of their pieces.
+- **The tail.** Once the worker has nothing more to take, the headroom is at most the time
+  its remaining blocks need at the rate of all its peers (:meth:`update`'s ``left``): in
+  the last second every window shrinks towards 1.5 round trips of its peer's rate, which
+  still keeps the peer sending, so the endgame starts with a few round trips of data
+  asked, not a second of every peer's rate (in a seeder's send buffer, where a cancel no
+  longer reaches it: each duplicate asked of another peer is then sent twice).
 - **Top-ups.** :attr:`~RequestWindow.batch` is the fewest free slots worth a send while
   requests are outstanding: ``BATCH_SECONDS`` of the peer's rate, at most half the window.
   A fast near peer gets few, full sends (half its window, as before); a distant one gets
@@ -127,13 +133,15 @@ class RequestWindow:
             self.batch = self.depth // 2
             self._grow_from = self._asked + 1  # judge the next doubling on what follows
 
-    def update(self, rate: float) -> None:
-        """The peer's measured rate (bytes/s): size the window to rate x delay."""
+    def update(self, rate: float, left: float | None = None) -> None:
+        """The peer's measured rate (bytes/s): size the window to rate x delay.  ``left``:
+        the seconds the worker's remaining blocks need at all its peers' rate, once it has
+        nothing more to take (None before): the headroom shrinks to that."""
         if self.rtt is None:
             return
         self.batch = max(MIN_BATCH, min(self.depth // 2, int(rate * BATCH_SECONDS / BLOCK)))
         rtt = max(0.0, self.rtt)
-        headroom = rate * HEADROOM
+        headroom = rate * (HEADROOM if left is None else min(HEADROOM, left))
         if rtt < NEAR_RTT:
             headroom = min(headroom, NEAR_HEADROOM)
         want = int((rate * 1.5 * rtt + headroom) / BLOCK)

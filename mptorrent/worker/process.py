@@ -251,8 +251,7 @@ class _Worker:
                 self._tell_new_pieces()
                 policy.return_orphans()
                 self._apply()
-                for p in self.peers.values():
-                    p.update_depth(now)
+                self._update_windows(now)
                 self.uploader.rechoke(now)
                 self.ext.send_pex(self.peers.values(), now)
             # A worker with no piece in hand waits for work, peers or (at the end) Stop,
@@ -722,6 +721,17 @@ class _Worker:
         if not p.pending:
             p.last_block = self.now  # the snub clock starts with the first request
         self.policy.fill(p)
+
+    def _update_windows(self, now: float) -> None:
+        """Each peer's request window to its rate x delay; once nothing more is to be taken,
+        with a headroom no longer than the worker's remaining blocks take at all its peers'
+        rate (policy/pipeline.py, "The tail")."""
+        rates = [(p, p.rate(now)) for p in self.peers.values()]
+        left_bytes = self.policy.left_in_hand()
+        total = sum(r for _, r in rates)
+        left = None if left_bytes is None or total <= 0 else left_bytes / total
+        for p, rate in rates:
+            p.update_depth(rate, left)
 
     def _take_batch(self) -> list[int] | None:
         """The policy's work source: the next batch from our work queue, acknowledged."""
