@@ -131,16 +131,6 @@ def test_endgame_a_third_worker_only_once_every_piece_has_two() -> None:
     assert p.owner[0] | p.owner[1] == {0, 1, 2}
 
 
-def test_endgame_among_slow_workers_only() -> None:
-    p = Picker(2, seed=9)
-    for w in range(3):
-        p.peer_bitfield(("peer", w), bits("11"), worker=w)
-    first, second = p.pick_for(0, 1), p.pick_for(1, 1)
-    assert sorted(first + second) == [0, 1]
-    assert p.endgame_for(2, 2, among=[1]) == second  # worker 1 is the slow one
-    assert p.endgame_for(2, 2, among=[5]) == []
-
-
 # -- priorities (issue 16): one mechanism for --only and --sequential ---------------------
 
 

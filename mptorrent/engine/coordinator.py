@@ -84,7 +84,6 @@ STALL_TIMEOUT = 300.0  # no data received (no peer found, or none sends) for thi
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 ENDGAME_PIECES = 2  # pieces left per worker before idle workers fetch pieces held by others
 UNLOAD_AFTER = 0.5  # s a worker would need for its leased pieces before an idle one takes some
-DUPLICATE_AFTER = 1.5  # ... before an idle one fetches some of its started ones too
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
 SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the workers' PEX
@@ -891,17 +890,7 @@ class Coordinator:
                     # Whole pieces twice only for the last few: a piece another worker
                     # holds is usually on its way, and its copy is sent anyway.
                     last_few = p.remaining <= ENDGAME_PIECES * len(self.slots)
-                    if last_few:
-                        got = p.endgame_for(slot.wid, 2)
-                    else:
-                        # Before that, only pieces of a worker that would need over
-                        # DUPLICATE_AFTER s for what it holds: its peers are slow or hold
-                        # only part of the data, and the idle worker's are idle (-j 8's
-                        # tail: three peers a worker, all slow for some).
-                        rates = self._rates(but=slot)
-                        slow = slow_workers(p.owner, rates, self.meta.piece_length,
-                                            DUPLICATE_AFTER)  # fmt: skip
-                        got = p.endgame_for(slot.wid, 2, among=slow) if slow else []
+                    got = p.endgame_for(slot.wid, 2) if last_few else []
                     # with one worker there is no other to share with, but its own
                     # idle peers may still duplicate slow blocks (block-level endgame)
                     if (got or p.remaining <= len(p.owner)) and not self.done_map[

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from array import array
-from collections.abc import Collection, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from enum import IntEnum
 from typing import Final
 
@@ -231,10 +231,10 @@ class Picker:
             state[i] = QUEUED
         return out
 
-    def endgame_for(self, worker: int, n: int, among: Collection[int] | None = None) -> list[int]:
-        """Pieces in flight at other workers that ``worker`` could fetch too (``among``: only
-        pieces held by these workers): those held by one worker; a third copy only when
-        every such piece has two (both holders' peers may be slow ones)."""
+    def endgame_for(self, worker: int, n: int) -> list[int]:
+        """Pieces in flight at other workers that ``worker`` could fetch too: those held by
+        one worker; a third copy only when every such piece has two (both holders' peers
+        may be slow ones)."""
         wav = self._wavail.get(worker)
         if wav is None:
             return []
@@ -243,7 +243,7 @@ class Picker:
             out = [
                 i for i, owners in self.owner.items()
                 if worker not in owners and self.state[i] == TAKEN and wav[i]
-                and len(owners) < most and (among is None or not owners.isdisjoint(among))
+                and len(owners) < most
             ]  # fmt: skip
             if out:
                 break
