@@ -21,6 +21,7 @@ from mptorrent.policy.pipeline import (
     INITIAL,
     NEAR_HEADROOM,
     RequestWindow,
+    near_headroom,
 )
 
 MiB = 1 << 20
@@ -219,3 +220,20 @@ def test_the_tail_shrinks_the_headroom_not_the_round_trips() -> None:
     assert w.depth == int(MiB * (1.5 * w.rtt + 0.1) / BLOCK)  # about 25 of 83
     w.update(MiB, left=None)
     assert w.depth == 2 * int(MiB * (1.5 * w.rtt + 0.1) / BLOCK)  # back up, doubling
+
+
+def test_near_headroom_grows_with_the_workers_per_cpu() -> None:
+    """A worker sharing its core with others reads its sockets less often: its near peers
+    keep more queued (benchmarks/README.md: 2 MiB at -j 8 on two cores cost 0.6 s)."""
+    assert near_headroom(1, 2) == near_headroom(2, 2) == NEAR_HEADROOM
+    assert near_headroom(4, 2) == 2 * NEAR_HEADROOM
+    assert near_headroom(8, 2) == near_headroom(64, 2) == CEILING * BLOCK  # the old window
+    link = _Link(400 * MiB, 0.0005)
+    w = RequestWindow(near_headroom=near_headroom(4, 2))
+    _run(link, w, 1.2, step=0.001)
+    assert w.rtt is not None
+    assert (
+        2 * NEAR_HEADROOM // BLOCK
+        < w.depth
+        <= (link.rate * 1.5 * w.rtt + 2 * NEAR_HEADROOM) // BLOCK + 1
+    )

@@ -595,6 +595,7 @@ class Coordinator:
             web_seeds=self._web_seeds_left(),
             web_seed_connections=self._web_seed_connections(),
             download_limit=self.limits.download_cells, upload_limit=self.limits.upload_cells,
+            workers=len(self.slots),
         )  # fmt: skip
         if restart is None:
             slot.gen = self.pool.start(slot.wid, cfg)

@@ -57,6 +57,7 @@ from mptorrent.messages import (
 from mptorrent.mp import RateCells
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
+from mptorrent.policy.pipeline import near_headroom
 from mptorrent.proto import wire
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.proto.webseed import seed_id
@@ -107,6 +108,7 @@ class WorkerConfig:
     # global rate limits (engine/limits.py): the shared counters, None when unlimited
     download_limit: RateCells | None = None
     upload_limit: RateCells | None = None
+    workers: int = 1  # worker processes of the fetch (pipeline.near_headroom)
 
 
 class _SelfConnection(Exception):
@@ -213,6 +215,7 @@ class _Worker:
         # v2/hybrid: what answers BEP 52 hash requests (its file trees are built on demand)
         self.merkle = meta.merkle_verifier() if meta.info_hash_v2 is not None else None
         self.rx_limit = self.cfg.download_limit
+        self.near_headroom = near_headroom(self.cfg.workers, os.cpu_count() or 1)
         if self.cfg.upload_limit is not None:
             self.uploader.limit = _Budget(self.cfg.upload_limit, self.cfg.worker_id)
         self.ext = WorkerExtensions(
@@ -358,7 +361,7 @@ class _Worker:
             self._watch(p, self._reading())
 
     def _session(self, addr: PeerAddr) -> _Peer:
-        return _Peer(
+        p = _Peer(
             addr,
             info_hash=self.cfg.meta.info_hash,
             peer_id=self.peer_id,
@@ -366,6 +369,8 @@ class _Worker:
             piece_length=self.cfg.meta.piece_length,
             total_length=self.cfg.meta.total_length,
         )
+        p.window.near_headroom = self.near_headroom
+        return p
 
     def _greet(self, p: _Peer) -> None:
         # holding nothing: the empty bitfield and interest go with the handshake (netio/peer.py)
