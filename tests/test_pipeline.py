@@ -237,3 +237,14 @@ def test_near_headroom_grows_with_the_workers_per_cpu() -> None:
         < w.depth
         <= (link.rate * 1.5 * w.rtt + 2 * NEAR_HEADROOM) // BLOCK + 1
     )
+
+
+def test_the_tail_leaves_a_near_peer_its_byte_headroom() -> None:
+    link = _Link(400 * MiB, 0.0005)
+    w = RequestWindow()
+    _run(link, w, 1.2, step=0.001)
+    w.update(400 * MiB)
+    before = w.depth
+    for _ in range(5):
+        w.update(400 * MiB, left=0.001)  # a queue dry for a moment on loopback
+    assert w.depth == before

@@ -238,10 +238,9 @@ class DownloadPolicy(Generic[P]):
 
     def left_in_hand(self) -> int | None:
         """Bytes still to arrive for the pieces this worker holds (asked or not), once its
-        work source had nothing more to give and the coordinator has declared the endgame
-        (None before; a queue that runs dry for a moment mid-download is no tail): the tail,
-        whose time at the peers' rate bounds their request windows (``policy.pipeline``)."""
-        if not self.queue_empty or not self.done[self.num_pieces]:
+        work source had nothing more to give (None before): the tail, whose time at the
+        peers' rate bounds their request windows (``policy.pipeline``, "The tail")."""
+        if not self.queue_empty:
             return None
         left = sum(job.size - job.nreceived * BLOCK for job in self.jobs.values())
         left += sum(self.piece_size(index) for index in self.backlog)

@@ -140,14 +140,16 @@ class RequestWindow:
     def update(self, rate: float, left: float | None = None) -> None:
         """The peer's measured rate (bytes/s): size the window to rate x delay.  ``left``:
         the seconds the worker's remaining blocks need at all its peers' rate, once it has
-        nothing more to take (None before): the headroom shrinks to that."""
+        nothing more to take (None before): a distant peer's headroom shrinks to that (a near
+        one's is a few MiB anyway, and a worker's queue runs dry for moments on loopback)."""
         if self.rtt is None:
             return
         self.batch = max(MIN_BATCH, min(self.depth // 2, int(rate * BATCH_SECONDS / BLOCK)))
         rtt = max(0.0, self.rtt)
-        headroom = rate * (HEADROOM if left is None else min(HEADROOM, left))
-        if rtt < NEAR_RTT:
-            headroom = min(headroom, self.near_headroom)
+        if rtt < NEAR_RTT:  # no send buffer of a rate limiter to fill: bytes, not seconds
+            headroom = min(rate * HEADROOM, self.near_headroom)
+        else:
+            headroom = rate * (HEADROOM if left is None else min(HEADROOM, left))
         want = int((rate * 1.5 * rtt + headroom) / BLOCK)
         depth = self.depth
         if self.slow_start:
