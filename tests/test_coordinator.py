@@ -29,7 +29,14 @@ import pytest
 from mptorrent import events as ev
 from mptorrent.cli.render import render
 from mptorrent.disk.create import create
-from mptorrent.engine.coordinator import FetchOptions, FetchResult, done_event, fetch
+from mptorrent.engine.coordinator import (
+    UNLOAD_AFTER,
+    FetchOptions,
+    FetchResult,
+    done_event,
+    fetch,
+    slow_workers,
+)
 from mptorrent.errors import DownloadError
 from mptorrent.messages import PeerAddr
 from mptorrent.proto import metainfo
@@ -439,3 +446,16 @@ def test_summary_names_wasted_bytes_beyond_one_percent() -> None:
     assert clean == "done: 100.0 MiB in 2.0 s, 50.0 MiB/s average, 3 peer(s) used"
     wasted = summary(_result(received=103 * MiB))
     assert wasted.endswith(", 3.0 MiB received twice or discarded")
+
+
+def test_an_idle_worker_unloads_every_worker_that_would_hold_its_pieces_long() -> None:
+    """The end of a download (coordinator._unload_slow): each worker that needs over
+    UNLOAD_AFTER s for its leased pieces at its rate gives back the unstarted ones, not only
+    the slowest; the idle worker (not in ``rates``) is never asked."""
+    assert UNLOAD_AFTER <= 0.5  # a tail of 0.5 s is ~7% of a 7 s fetch: worth moving
+    owner = {1: {0}, 2: {0}, 3: {1}, 4: {1}, 5: {1}, 6: {0, 1}, 7: {2}, 8: {2}, 9: {3}}
+    rates = {0: 20.0 * MiB, 1: 2.0 * MiB, 2: 3.0 * MiB}  # 0.15 s, 2 s and 0.67 s of pieces
+    assert slow_workers(owner, rates, MiB) == [1, 2]
+    assert slow_workers(owner, {**rates, 2: 5.0 * MiB}, MiB) == [1]
+    assert slow_workers(owner, {1: 0.0}, MiB) == [1]  # no rate yet: anything it holds is slow
+    assert slow_workers({}, rates, MiB) == []

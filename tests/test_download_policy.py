@@ -567,3 +567,18 @@ def test_an_endgame_duplicate_rejected_by_one_peer_stays_asked_of_the_other() ->
     s.policy.rejected(b, 0, 0)
     job = s.policy.jobs[0]
     assert job.requested[0] == 1 and 0 not in job.todo  # a still owes it
+
+
+def test_left_in_hand_is_known_once_nothing_more_can_be_taken() -> None:
+    """The tail (policy/pipeline.py): what the worker's peers still have to send, counted
+    only once ``take`` has run dry (before, more work may come at any moment)."""
+    s = swarm(batches=([0, 1],))
+    a = s.add(1, depth=6)
+    s.policy.fill(a)  # piece 0 and half of piece 1 asked; the batch is taken
+    assert s.policy.left_in_hand() is None  # take has not said "nothing" yet
+    s.serve(a, only=3)
+    s.policy.fill(a)  # asks the rest of piece 1, then looks for more: none
+    assert s.policy.queue_empty
+    assert s.policy.left_in_hand() == 2 * PL - 3 * BLOCK
+    s.serve(a)
+    assert s.policy.left_in_hand() == 0

@@ -122,6 +122,20 @@ def test_endgame_offers_only_pieces_in_flight_elsewhere() -> None:
     assert p.endgame_for(1, 5) == []  # already its own
 
 
+def test_endgame_a_third_worker_only_once_every_piece_has_two() -> None:
+    """The tail at -j 8 (benchmarks/wan.py partial): a piece held by a worker whose peers
+    are slow and by one whose only peer with it is slow too goes to a third idle worker,
+    but only once no piece is held by one worker alone."""
+    p = Picker(2, seed=9)
+    for w in range(3):
+        p.peer_bitfield(("peer", w), bits("11"), worker=w)
+    p.pick_for(0, 2)
+    assert sorted(p.endgame_for(1, 1) + p.endgame_for(1, 1)) == [0, 1]  # one at a time
+    assert p.endgame_for(1, 1) == []
+    assert p.endgame_for(2, 1) != []  # every piece has two holders: a third
+    assert p.owner[0] | p.owner[1] == {0, 1, 2}
+
+
 # -- priorities (issue 16): one mechanism for --only and --sequential ---------------------
 
 

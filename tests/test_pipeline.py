@@ -16,9 +16,12 @@ from mptorrent.policy.pipeline import (
     BATCH_SECONDS,
     BLOCK,
     CEILING,
+    FLOOR,
     HEADROOM,
     INITIAL,
+    NEAR_HEADROOM,
     RequestWindow,
+    near_headroom,
 )
 
 MiB = 1 << 20
@@ -107,21 +110,35 @@ def test_a_rate_average_alone_would_still_be_ramping() -> None:
     assert _rate_between(trace, 1.5, 2.9) < 0.5 * link.rate
 
 
-def test_near_fast_peer_reaches_the_ceiling_by_its_rate() -> None:
+def test_near_fast_peer_reaches_its_byte_headroom_by_its_rate() -> None:
     link = _Link(400 * MiB, 0.0005)
     w = RequestWindow()
     _run(link, w, 0.05, step=0.0001)
     assert w.depth == INITIAL  # no slow start a millisecond away ...
     _run(_Link(400 * MiB, 0.0005), w, 1.2, step=0.001)
-    assert w.depth == CEILING  # ... the rate rule takes it up
+    # ... the rate rule takes it up, to NEAR_HEADROOM bytes (2 MiB), not a second of its
+    # rate (the ceiling, 8 MiB of piece buffers per peer on loopback)
+    assert w.depth == NEAR_HEADROOM // BLOCK < CEILING
 
 
-def test_slow_peer_keeps_the_floor_only() -> None:
+def test_near_fast_peer_keeps_its_rate_with_the_byte_headroom() -> None:
+    link = _Link(400 * MiB, 0.0005)
+    w = RequestWindow()
+    trace = _run(link, w, 1.0, step=0.0002)
+    assert _rate_between(trace, 0.5, 0.99) >= 0.97 * link.rate
+    assert w.rtt is not None
+    assert w.depth <= (link.rate * 1.5 * w.rtt + NEAR_HEADROOM) // BLOCK + 1
+
+
+def test_slow_peer_keeps_its_rate_x_delay_only() -> None:
     link = _Link(256 * 1024, 0.100)
     w = RequestWindow()
     trace = _run(link, w, 8.0)
     assert _rate_between(trace, 2.0, 7.9) >= 0.97 * link.rate
-    assert w.depth == 32
+    # rate x (1.5 RTT + headroom): 18 requests, not a floor of 32 (2 s of this peer's
+    # rate, asked of it at any moment: the tail, and what an endgame asks twice)
+    assert w.rtt is not None and w.rtt == pytest.approx(0.1 + BLOCK / link.rate, abs=0.01)
+    assert 18 <= w.depth <= 19  # rate x (1.1 to 1.2 s), with the rate measured
 
 
 def test_reqq_caps_the_window() -> None:
@@ -174,4 +191,60 @@ def test_queue_at_the_peer_ends_slow_start_and_update_shrinks() -> None:
     assert w.depth == 300
     for _ in range(20):
         w.update(100 * 1024)
-    assert w.depth == 32
+    assert w.depth == int(100 * 1024 * (1.5 * 0.1 + HEADROOM) / BLOCK)  # rtt 0.1 s: 7
+
+
+def test_the_floor_is_a_few_requests() -> None:
+    w = RequestWindow()
+    w.sent(0.0, BLOCK)
+    w.received(0.05, BLOCK)
+    w.sent(1.0, BLOCK)
+    w.received(2.0, BLOCK)  # queued: slow start over
+    for _ in range(30):
+        w.update(1000.0)  # a trickle: a few requests still go out
+    assert w.depth == FLOOR
+
+
+def test_the_tail_shrinks_the_headroom_not_the_round_trips() -> None:
+    """Nothing more to take: the headroom is at most the seconds the worker's remainder
+    needs, so the endgame starts with ~1.5 round trips of each peer's rate asked, not a
+    second more of it in the seeder's send buffer."""
+    link = _Link(1 * MiB, 0.200)
+    w = RequestWindow()
+    _run(link, w, 4.0)
+    steady = w.depth
+    assert steady == pytest.approx(MiB * (1.5 * 0.2 + HEADROOM) / BLOCK, rel=0.1)
+    assert w.rtt is not None
+    for _ in range(20):
+        w.update(MiB, left=0.1)
+    assert w.depth == int(MiB * (1.5 * w.rtt + 0.1) / BLOCK)  # about 25 of 83
+    w.update(MiB, left=None)
+    assert w.depth == 2 * int(MiB * (1.5 * w.rtt + 0.1) / BLOCK)  # back up, doubling
+
+
+def test_near_headroom_grows_with_the_workers_per_cpu() -> None:
+    """A worker sharing its core with others reads its sockets less often: its near peers
+    keep more queued (benchmarks/README.md: 2 MiB at -j 8 on two cores cost 0.6 s)."""
+    assert near_headroom(1, 2) == near_headroom(2, 2) == NEAR_HEADROOM
+    assert near_headroom(4, 2) == 2 * NEAR_HEADROOM
+    assert near_headroom(8, 2) == near_headroom(64, 2) == CEILING * BLOCK  # the old window
+    link = _Link(400 * MiB, 0.0005)
+    w = RequestWindow(near_headroom=near_headroom(4, 2))
+    _run(link, w, 1.2, step=0.001)
+    assert w.rtt is not None
+    assert (
+        2 * NEAR_HEADROOM // BLOCK
+        < w.depth
+        <= (link.rate * 1.5 * w.rtt + 2 * NEAR_HEADROOM) // BLOCK + 1
+    )
+
+
+def test_the_tail_leaves_a_near_peer_its_byte_headroom() -> None:
+    link = _Link(400 * MiB, 0.0005)
+    w = RequestWindow()
+    _run(link, w, 1.2, step=0.001)
+    w.update(400 * MiB)
+    before = w.depth
+    for _ in range(5):
+        w.update(400 * MiB, left=0.001)  # a queue dry for a moment on loopback
+    assert w.depth == before

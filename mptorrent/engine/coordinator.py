@@ -84,7 +84,7 @@ NO_PEERS_TIMEOUT = 60.0  # no connected peer for this long: give up (exit 1)
 STALL_TIMEOUT = 300.0  # no data received (no peer found, or none sends) for this long: exit 1
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 ENDGAME_PIECES = 2  # pieces left per worker before idle workers fetch pieces held by others
-UNLOAD_AFTER = 2.0  # s a worker would need for its leased pieces before an idle one takes some
+UNLOAD_AFTER = 0.5  # s a worker would need for its leased pieces before an idle one takes some
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
 SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the workers' PEX
@@ -601,6 +601,7 @@ class Coordinator:
             web_seeds=self._web_seeds_left(),
             web_seed_connections=self._web_seed_connections(),
             download_limit=self.limits.download_cells, upload_limit=self.limits.upload_cells,
+            workers=len(self.slots),
         )  # fmt: skip
         if restart is None:
             slot.gen = self.pool.start(slot.wid, cfg)
@@ -895,7 +896,7 @@ class Coordinator:
                 # Endgame: nothing left this worker can start, but pieces are still in
                 # flight elsewhere: fetch some of them too; the first copy wins.
                 slot.last_endgame = now
-                self._unload_slowest(slot)
+                self._unload_slow(slot)
                 if p.remaining <= len(p.owner) or not p.needed_for(slot.wid):
                     # Whole pieces twice only for the last few: a piece another worker
                     # holds is usually on its way, and its copy is sent anyway.
@@ -910,22 +911,18 @@ class Coordinator:
             if got and self.pool.put_work(slot.wid, list(got)):
                 slot.queued += len(got)
 
-    def _unload_slowest(self, idle: _Slot) -> None:
-        """An idle worker, nothing to pick or take back: the worker that would need longest
-        for its leased pieces at its rate (over UNLOAD_AFTER s) gives back those it has
-        not started (``ReturnBacklog``), for whoever picks them first.  Its peers are
-        slow; the idle worker's may not be."""
-        leased: dict[int, int] = {}
-        for owners in self.picker.owner.values():
-            for w in owners:
-                leased[w] = leased.get(w, 0) + 1
-        drain, slowest = max(
-            ((leased.get(s.wid, 0) * self.meta.piece_length / max(s.rate, 1.0), s.wid)
-             for s in self.slots if s is not idle and self.pool.running(s.wid)),
-            default=(0.0, -1),
-        )  # fmt: skip
-        if drain > UNLOAD_AFTER:
-            self.pool.send(slowest, ReturnBacklog())
+    def _unload_slow(self, idle: _Slot) -> None:
+        """An idle worker, nothing to pick or take back: every worker that would need over
+        UNLOAD_AFTER s for its leased pieces at its rate gives back those it has not
+        started (``ReturnBacklog``), for whoever picks them first.  Its peers are slow, or
+        merely busy with the pieces in hand, while the idle worker's peers have nothing to
+        do: at the end of a download, unstarted pieces held anywhere are the tail."""
+        for wid in slow_workers(self.picker.owner, self._rates(but=idle), self.meta.piece_length):
+            self.pool.send(wid, ReturnBacklog())
+
+    def _rates(self, but: _Slot) -> dict[int, float]:
+        """The running workers' smoothed receive rates (bytes/s), ``but`` one."""
+        return {s.wid: s.rate for s in self.slots if s is not but and self.pool.running(s.wid)}
 
     def _take_back(self, idle: _Slot) -> bool:
         """An idle worker while others still have pieces queued: take those batches back
@@ -967,6 +964,20 @@ class Coordinator:
                 f"worker {ex.worker} was killed by SIGBUS: disk I/O error or disk full"
             )
         self._restart(self.slots[ex.worker], ex.describe(), ex.code)
+
+
+def slow_workers(
+    owner: Mapping[int, set[int]], rates: Mapping[int, float], piece_length: int,
+    after: float = UNLOAD_AFTER,
+) -> list[int]:  # fmt: skip
+    """The workers among ``rates`` (worker: bytes/s) that would need over ``after`` seconds
+    for the pieces leased to them (``owner``: piece: workers, the picker's)."""
+    leased = dict.fromkeys(rates, 0)
+    for owners in owner.values():
+        for w in owners:
+            if w in leased:
+                leased[w] += 1
+    return [w for w, n in leased.items() if n * piece_length / max(rates[w], 1.0) > after]
 
 
 def _is_us(addr: PeerAddr, listen: tuple[str, int]) -> bool:

@@ -92,6 +92,7 @@ class PeerSession:
         self._samples: deque[tuple[float, int]] = deque()
         self._window_bytes = 0
         self.window = RequestWindow()  # requests worth keeping in flight: rate x delay
+        self.greeted_early = False  # our empty bitfield and interest went with the handshake
 
     # -- socket -------------------------------------------------------------
 
@@ -124,21 +125,41 @@ class PeerSession:
         self.inbound = True
         self.state = HANDSHAKING
 
-    def greet(self, *, dht: bool = False) -> None:
+    def greet(self, *, dht: bool = False, empty: bool = False) -> None:
         """Our handshake, offering BEP 10 and BEP 6, and with ``dht`` BEP 5's bit (our DHT
         node runs).  Our piece state and interest wait for the peer's (:meth:`greet_rest`):
         only then do we know whether BEP 6 lets a HaveAll or HaveNone stand in for the
-        bitfield."""
+        bitfield.  ``empty`` (we hold nothing and want it all): an empty bitfield, valid with
+        or without BEP 6, and our interest go with the handshake instead, so the peer's
+        unchoke can come with its handshake, a round trip sooner (on a 300 ms link, 0.3 s
+        of the start-up)."""
         reserved = bytearray(wire.EXTENSION_RESERVED)  # BEP 10
         reserved[wire.FAST_BYTE] |= wire.FAST_BIT  # BEP 6
         if dht:
             reserved[wire.DHT_BYTE] |= wire.DHT_BIT  # BEP 5
-        self.queue(self.wire.send(wire.Handshake(self.info_hash, self.peer_id, bytes(reserved))))
+        conn = self.wire
+        self.queue(conn.send(wire.Handshake(self.info_hash, self.peer_id, bytes(reserved))))
+        if empty and conn.geometry is not None:
+            nothing = wire.pack_bitfield(bytes(conn.geometry.num_pieces))
+            self.queue(conn.send(wire.Bitfield(nothing)) + conn.send(wire.Interested()))
+            self.greeted_early = True
 
     def greet_rest(self, have: bytes | bytearray | memoryview | None, interested: bool) -> None:
         """After the peer's handshake: our bitfield (only if we hold something; with the
-        fast extension HaveAll or HaveNone when we hold all or nothing), then interest."""
+        fast extension HaveAll or HaveNone when we hold all or nothing), then interest.
+        Greeted early (an empty bitfield went with the handshake): a HAVE for each piece
+        verified since, and interest only if it changed."""
         conn = self.wire
+        if self.greeted_early:
+            if have is not None:
+                got = bytes(have)
+                i = got.find(1)
+                while i >= 0:
+                    self.queue(conn.send(wire.Have(i)))
+                    i = got.find(1, i + 1)
+            if not interested:
+                self.queue(conn.send(wire.NotInterested()))
+            return
         if conn.fast_enabled and have is not None and conn.geometry is not None:
             if all(have):
                 self.queue(conn.send(wire.HaveAll()))
@@ -207,8 +228,9 @@ class PeerSession:
         span = max(0.25, min(2.0, now - self.started))
         return self._window_bytes / span
 
-    def update_depth(self, now: float) -> None:
-        self.window.update(self.rate(now))
+    def update_depth(self, rate: float, left: float | None = None) -> None:
+        """Resize the request window (``policy.pipeline.RequestWindow.update``)."""
+        self.window.update(rate, left)
 
     @property
     def depth(self) -> int:

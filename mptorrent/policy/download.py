@@ -247,6 +247,16 @@ class DownloadPolicy(Generic[P]):
             return self.total_length - index * self.piece_length
         return self.piece_length
 
+    def left_in_hand(self) -> int | None:
+        """Bytes still to arrive for the pieces this worker holds (asked or not), once its
+        work source had nothing more to give (None before): the tail, whose time at the
+        peers' rate bounds their request windows (``policy.pipeline``, "The tail")."""
+        if not self.queue_empty:
+            return None
+        left = sum(job.size - job.nreceived * BLOCK for job in self.jobs.values())
+        left += sum(self.piece_size(index) for index in self.backlog)
+        return max(0, left)
+
     # -- requests -----------------------------------------------------------
 
     def fill(self, p: P) -> int:

@@ -504,15 +504,21 @@ class Picker:
         return out
 
     def endgame_for(self, worker: int, n: int) -> list[int]:
-        """Pieces in flight at other workers that ``worker`` could fetch too."""
+        """Pieces in flight at other workers that ``worker`` could fetch too: those held by
+        one worker; a third copy only when every such piece has two (both holders' peers
+        may be slow ones)."""
         if worker not in self._whas:
             return []
         has = self._servable(worker)
-        out = [
-            i for i, owners in self.owner.items()
-            if worker not in owners and self.state[i] == TAKEN and (has is None or has[i])
-            and len(owners) < 2
-        ]  # fmt: skip
+        out: list[int] = []
+        for most in (2, 3):
+            out = [
+                i for i, owners in self.owner.items()
+                if worker not in owners and self.state[i] == TAKEN and (has is None or has[i])
+                and len(owners) < most
+            ]  # fmt: skip
+            if out:
+                break
         self._rng.shuffle(out)
         if self._raised:  # a reader waits for those: duplicate them first
             out.sort(key=lambda i: -self.priority[i])

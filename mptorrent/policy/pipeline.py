@@ -25,7 +25,22 @@ and once in a while the peer's measured rate; :class:`RequestWindow` answers wit
   rate-capped libtorrent seeder asks its limiter for a whole send buffer of quota, up to
   3 MiB, and then sends it at once: 0.75 s of a 4 MiB/s cap).  When the window itself
   limits the rate, that target exceeds the window, so it keeps growing; a window the peer
-  does not need shrinks by a quarter per update at most.
+  does not need shrinks by a quarter per update at most.  The floor is ``FLOOR`` requests,
+  not a fixed 32: a slow peer's window is its rate x delay like any other's (32 requests
+  are 2 s of a 256 KiB/s seeder, all of it in the seeder's send buffer, where a cancel
+  no longer reaches it: the tail and the blocks sent twice in the endgame).
+- **Near peers: headroom in bytes.**  A peer under ``NEAR_RTT`` is refilled within a few
+  milliseconds, so its headroom is at most ``NEAR_HEADROOM`` bytes, not a second of its
+  rate: a loopback or LAN peer sending 250 MiB/s would otherwise keep 500 requests (8 MiB)
+  in flight, and a piece buffer in hand for each of their pieces.  :func:`near_headroom`
+  scales it by the workers per CPU: a worker that shares its core with others is off the
+  CPU longer between reads, and its near peers' pipelines must not drain meanwhile.
+- **The tail.** Once the worker has nothing more to take, the headroom is at most the time
+  its remaining blocks need at the rate of all its peers (:meth:`update`'s ``left``): in
+  the last second every window shrinks towards 1.5 round trips of its peer's rate, which
+  still keeps the peer sending, so the endgame starts with a few round trips of data
+  asked, not a second of every peer's rate (in a seeder's send buffer, where a cancel no
+  longer reaches it: each duplicate asked of another peer is then sent twice).
 - **Top-ups.** :attr:`~RequestWindow.batch` is the fewest free slots worth a send while
   requests are outstanding: ``BATCH_SECONDS`` of the peer's rate, at most half the window.
   A fast near peer gets few, full sends (half its window, as before); a distant one gets
@@ -40,9 +55,10 @@ from typing import Final
 
 BLOCK: Final = 16384
 INITIAL: Final = 32  # requests in flight to a new peer (libtorrent and Transmission floor)
-FLOOR: Final = 32
+FLOOR: Final = 4  # requests kept in flight however slow the peer (a top-up's worth)
 CEILING: Final = 500  # libtorrent's max_out_request_queue
 HEADROOM: Final = 1.0  # seconds of data kept queued at the peer beyond 1.5 round trips
+NEAR_HEADROOM: Final = 2 << 20  # bytes of it for a peer under NEAR_RTT, per worker a CPU runs
 BATCH_SECONDS: Final = 0.05  # top up once this much of the peer's data has free slots
 MIN_BATCH: Final = 4
 QUEUE_FACTOR: Final = 1.25  # a sample beyond this x the round trip ...
@@ -55,12 +71,14 @@ class RequestWindow:
     """One peer's request window: see the module docstring.  Times are seconds."""
 
     __slots__ = ("_asked", "_got", "_grow_from", "_marks", "batch", "ceiling", "depth",
-                 "floor", "latency", "rtt", "slow_start")  # fmt: skip
+                 "floor", "latency", "near_headroom", "rtt", "slow_start")  # fmt: skip
 
     def __init__(
-        self, *, initial: int = INITIAL, floor: int = FLOOR, ceiling: int = CEILING
-    ) -> None:
+        self, *, initial: int = INITIAL, floor: int = FLOOR, ceiling: int = CEILING,
+        near_headroom: int = NEAR_HEADROOM,
+    ) -> None:  # fmt: skip
         self.floor = floor
+        self.near_headroom = near_headroom
         self.ceiling = ceiling
         self.depth = max(1, min(initial, ceiling))
         self.batch = self.depth // 2  # until the rate is known
@@ -119,12 +137,20 @@ class RequestWindow:
             self.batch = self.depth // 2
             self._grow_from = self._asked + 1  # judge the next doubling on what follows
 
-    def update(self, rate: float) -> None:
-        """The peer's measured rate (bytes/s): size the window to rate x delay."""
+    def update(self, rate: float, left: float | None = None) -> None:
+        """The peer's measured rate (bytes/s): size the window to rate x delay.  ``left``:
+        the seconds the worker's remaining blocks need at all its peers' rate, once it has
+        nothing more to take (None before): a distant peer's headroom shrinks to that (a near
+        one's is a few MiB anyway, and a worker's queue runs dry for moments on loopback)."""
         if self.rtt is None:
             return
         self.batch = max(MIN_BATCH, min(self.depth // 2, int(rate * BATCH_SECONDS / BLOCK)))
-        want = int(rate * (1.5 * self.rtt + HEADROOM) / BLOCK)
+        rtt = max(0.0, self.rtt)
+        if rtt < NEAR_RTT:  # no send buffer of a rate limiter to fill: bytes, not seconds
+            headroom = min(rate * HEADROOM, self.near_headroom)
+        else:
+            headroom = rate * (HEADROOM if left is None else min(HEADROOM, left))
+        want = int((rate * 1.5 * rtt + headroom) / BLOCK)
         depth = self.depth
         if self.slow_start:
             depth = max(depth, want)
@@ -133,3 +159,11 @@ class RequestWindow:
             depth = min(depth, self.depth * 2)
         self.depth = max(self.floor, min(self.ceiling, depth))
         self.batch = min(self.batch, self.depth // 2)
+
+
+def near_headroom(workers: int, cpus: int) -> int:
+    """The byte headroom of a near peer's window for one of ``workers`` worker processes on
+    ``cpus`` CPUs: ``NEAR_HEADROOM`` per worker a CPU has to run (2 MiB at -j 2 on two
+    cores, 8 MiB at -j 8: without it a loopback fetch at -j 8 took 0.6 s longer)."""
+    share = max(1.0, workers / max(1, cpus))
+    return min(CEILING * BLOCK, int(NEAR_HEADROOM * share))

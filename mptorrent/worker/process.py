@@ -58,6 +58,7 @@ from mptorrent.messages import (
 from mptorrent.mp import RateCells
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
+from mptorrent.policy.pipeline import near_headroom
 from mptorrent.proto import bitfield, wire
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.record import Record, mutable
@@ -109,6 +110,7 @@ class WorkerConfig(Record):
     # global rate limits (engine/limits.py): the shared counters, None when unlimited
     download_limit: RateCells | None = None
     upload_limit: RateCells | None = None
+    workers: int = 1  # worker processes of the fetch (pipeline.near_headroom)
 
 
 class _SelfConnection(Exception):
@@ -215,6 +217,7 @@ class _Worker(Record):
         # v2/hybrid: what answers BEP 52 hash requests (its file trees are built on demand)
         self.merkle = meta.merkle_verifier() if meta.info_hash_v2 is not None else None
         self.rx_limit = self.cfg.download_limit
+        self.near_headroom = near_headroom(self.cfg.workers, os.cpu_count() or 1)
         if self.cfg.upload_limit is not None:
             self.uploader.limit = _Budget(self.cfg.upload_limit, self.cfg.worker_id)
         self.ext = WorkerExtensions(
@@ -253,8 +256,7 @@ class _Worker(Record):
                 self._tell_new_pieces()
                 policy.return_orphans()
                 self._apply()
-                for p in self.peers.values():
-                    p.update_depth(now)
+                self._update_windows(now)
                 self.uploader.rechoke(now)
                 self.ext.send_pex(self.peers.values(), now)
             # A worker with no piece in hand waits for work, peers or (at the end) Stop,
@@ -361,7 +363,7 @@ class _Worker(Record):
             self._watch(p, self._reading())
 
     def _session(self, addr: PeerAddr) -> _Peer:
-        return _Peer(
+        p = _Peer(
             addr,
             info_hash=self.cfg.meta.info_hash,
             peer_id=self.peer_id,
@@ -369,9 +371,13 @@ class _Worker(Record):
             piece_length=self.cfg.meta.piece_length,
             total_length=self.cfg.meta.total_length,
         )
+        p.window.near_headroom = self.near_headroom
+        return p
 
     def _greet(self, p: _Peer) -> None:
-        p.greet(dht=self.cfg.dht_port is not None)
+        # holding nothing: the empty bitfield and interest go with the handshake (netio/peer.py)
+        empty = not self.seed_only and 1 not in self.told
+        p.greet(dht=self.cfg.dht_port is not None, empty=empty)
 
     def _send_port(self, p: _Peer) -> None:
         """Our DHT node's port (BEP 5), once per connection, if our DHT runs."""
@@ -723,6 +729,17 @@ class _Worker(Record):
         if not p.pending:
             p.last_block = self.now  # the snub clock starts with the first request
         self.policy.fill(p)
+
+    def _update_windows(self, now: float) -> None:
+        """Each peer's request window to its rate x delay; once nothing more is to be taken,
+        with a headroom no longer than the worker's remaining blocks take at all its peers'
+        rate (policy/pipeline.py, "The tail")."""
+        rates = [(p, p.rate(now)) for p in self.peers.values()]
+        left_bytes = self.policy.left_in_hand()
+        total = sum(r for _, r in rates)
+        left = None if left_bytes is None or total <= 0 else left_bytes / total
+        for p, rate in rates:
+            p.update_depth(rate, left)
 
     def _take_batch(self) -> list[int] | None:
         """The policy's work source: the next batch from our work queue, acknowledged."""
