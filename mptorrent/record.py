@@ -39,7 +39,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from operator import attrgetter
-from types import CodeType, FunctionType
+from types import CodeType, FunctionType, MemberDescriptorType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, dataclass_transform, overload
 
 _C = TypeVar("_C", bound=type)
@@ -191,9 +191,10 @@ def _setter(
     parameter, ``(self)`` for a field set from its default or factory."""
     name = f.name
     put: Callable[[Any, Any], None]
-    if slotted:
-        put = getattr(cls, name).__set__  # the slot's own setter: the fastest
-    else:  # with a __dict__: rarely made records (API results, options)
+    slot = getattr(cls, name, None)  # a slot, or an inherited default (a base with __dict__)
+    if slotted and isinstance(slot, MemberDescriptorType):
+        put = slot.__set__  # the slot's own setter: the fastest
+    else:  # with a __dict__ (or a field of a base that has one): API results, options
         put = lambda self, value: _object_setattr(self, name, value)  # noqa: E731
     factory = f.default_factory
     if f.init:
@@ -258,9 +259,19 @@ def _make_init(
     return init
 
 
+def _is_frozen(cls: type) -> bool:
+    params = cls.__dict__.get("__dataclass_params__")  # a dataclass over Record
+    return cls.__dict__.get("__setattr__") is _refuse_set or bool(getattr(params, "frozen", False))
+
+
 def _build(cls: type, slots: bool, frozen: bool = True, eq: bool = True) -> type:
     if not issubclass(cls, Record):
         raise TypeError(f"record class {cls.__qualname__} must derive from Record")
+    for base in cls.__mro__[1:]:  # as dataclass: frozen and mutable records do not mix
+        if "__dataclass_fields__" in base.__dict__ and _is_frozen(base) != frozen:
+            kind = ("frozen", "non-frozen") if frozen else ("non-frozen", "frozen")
+            raise TypeError(f"cannot inherit {kind[0]} record {cls.__qualname__} from a "
+                            f"{kind[1]} one ({base.__qualname__})")  # fmt: skip
     fields: dict[str, dataclasses.Field[Any]] = {}
     for base in cls.__mro__[-1:0:-1]:  # inherited fields first, as dataclass orders them
         fields.update(base.__dict__.get("__dataclass_fields__", {}))

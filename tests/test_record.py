@@ -173,3 +173,45 @@ def test_declarations_dataclass_refuses_are_refused() -> None:
             """Not a Record."""
 
             a: int
+
+
+def test_inheritance_across_slots_and_frozenness_as_dataclass() -> None:
+    @frozen(slots=False)
+    class Loose(Record):
+        """A frozen record with a __dict__."""
+
+        x: int
+        y: int = 0
+
+    @frozen
+    class Tight(Loose):
+        """A slotted one over it: the inherited fields live in the __dict__."""
+
+        z: int = 1
+
+    t = Tight(1, 2, 3)
+    assert (t.x, t.y, t.z) == (1, 2, 3) and t == Tight(1, 2, 3)
+    assert copy.copy(t) == t and copy.deepcopy(t) == t  # __reduce__, as a pickle
+
+    # dataclass refuses both mixes when the class is made, not at its first instance
+    with pytest.raises(TypeError, match="cannot inherit non-frozen"):
+
+        @mutable
+        class Thawed(Loose):
+            """Mutable over frozen."""
+
+            w: int = 5
+
+    @mutable
+    class Soft(Record):
+        """A mutable record."""
+
+        a: int = 0
+
+    with pytest.raises(TypeError, match="cannot inherit frozen"):
+
+        @frozen
+        class Hard(Soft):
+            """Frozen over mutable."""
+
+            b: int = 0
