@@ -505,8 +505,8 @@ class Picker:
 
     def endgame_for(self, worker: int, n: int) -> list[int]:
         """Pieces in flight at other workers that ``worker`` could fetch too: those held by
-        one worker; a third copy only when every such piece has two (both holders' peers
-        may be slow ones)."""
+        one worker; a third copy only when every piece in flight that this worker could fetch
+        has two (both holders' peers may be slow ones)."""
         if worker not in self._whas:
             return []
         has = self._servable(worker)
