@@ -883,6 +883,30 @@ def run_lt_leecher(
         return leecher.wait_finished(max(0.1, deadline - time.monotonic()))
 
 
+def run_lt_magnet_leecher(
+    magnet: str, save_dir: str | Path, peer: tuple[str, int], *, ip: str, timeout: float = 30.0
+) -> bytes:
+    """A libtorrent leecher on ``ip`` with nothing but ``magnet`` and one ``peer`` to dial:
+    wait until it has the metadata (BEP 9) and every piece; return the info section it got."""
+    atp = lt.parse_magnet_uri(magnet)
+    atp.save_path = str(save_dir)
+    ses = lt.session(lt.session_params(session_settings(ip, 0, seed=False)))
+    try:
+        handle = ses.add_torrent(atp)
+        handle.connect_peer(peer)
+        deadline = time.monotonic() + timeout
+        while not (st := handle.status()).is_seeding:
+            assert time.monotonic() < deadline, (
+                f"libtorrent: metadata {st.has_metadata}, progress {st.progress:.3f}"
+            )
+            ses.wait_for_alert(100)
+            ses.pop_alerts()
+        return bytes(handle.torrent_file().info_section())
+    finally:
+        ses.pause()
+        del ses
+
+
 # -- what a peer tells others it has ------------------------------------------------------
 
 

@@ -36,8 +36,8 @@ from tests.swarm import (
     info_hash,
     make_payload,
     make_torrent,
+    run_lt_magnet_leecher,
     same_tree,
-    session_settings,
     write_torrent,
 )
 
@@ -61,24 +61,11 @@ def test_seed_serves_metadata_then_data_to_a_magnet_only_libtorrent(
     assert 2 * 16 * KiB < len(info) <= 3 * 16 * KiB
     path = write_torrent(tmp_path, torrent)
     with mptorrent_seed(path, payload.root, fresh_ip(), "--no-trackers") as seed:
-        atp = lt.parse_magnet_uri(f"magnet:?xt=urn:btih:{info_hash(torrent).hex()}")
-        atp.save_path = str(tmp_path / "lt")
-        ses = lt.session(lt.session_params(session_settings(fresh_ip(), 0, seed=False)))
-        try:
-            handle = ses.add_torrent(atp)
-            handle.connect_peer((seed.addr.host, seed.addr.port))
-            deadline = time.monotonic() + 30
-            while not handle.status().is_seeding:
-                assert time.monotonic() < deadline, (
-                    f"libtorrent: metadata {handle.status().has_metadata}, "
-                    f"progress {handle.status().progress:.3f}"
-                )
-                ses.wait_for_alert(100)
-                ses.pop_alerts()
-            assert bytes(handle.torrent_file().info_section()) == info
-        finally:
-            ses.pause()
-            del ses
+        got = run_lt_magnet_leecher(
+            f"magnet:?xt=urn:btih:{info_hash(torrent).hex()}", tmp_path / "lt",
+            (seed.addr.host, seed.addr.port), ip=fresh_ip(),
+        )  # fmt: skip
+        assert got == info
         assert seed.proc.poll() is None  # still serving
     assert same_tree(tmp_path / "lt" / "tree", payload.root)
 

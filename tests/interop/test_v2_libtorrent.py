@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import libtorrent as lt
@@ -32,8 +31,8 @@ from tests.swarm import (
     Payload,
     make_tree,
     run_lt_leecher,
+    run_lt_magnet_leecher,
     same_tree,
-    session_settings,
 )
 
 pytestmark = pytest.mark.interop
@@ -182,23 +181,10 @@ def test_a_libtorrent_magnet_leecher_gets_hashes_from_our_seed(
     torrent = tmp_path / "v2.torrent"
     torrent.write_bytes(data)
     with mptorrent_seed(torrent, payload.root, fresh_ip(), "--no-trackers") as seed:
-        atp = lt.parse_magnet_uri(f"magnet:?xt=urn:btmh:1220{meta.info_hash_v2.hex()}")
-        atp.save_path = str(tmp_path / "lt")
-        ses = lt.session(lt.session_params(session_settings(fresh_ip(), 0, seed=False)))
-        try:
-            handle = ses.add_torrent(atp)
-            handle.connect_peer((seed.addr.host, seed.addr.port))
-            deadline = time.monotonic() + 30
-            while not handle.status().is_seeding:
-                st = handle.status()
-                assert time.monotonic() < deadline, (
-                    f"libtorrent: metadata {st.has_metadata}, progress {st.progress:.3f}"
-                )
-                ses.wait_for_alert(100)
-                ses.pop_alerts()
-        finally:
-            ses.pause()
-            del ses
+        run_lt_magnet_leecher(
+            f"magnet:?xt=urn:btmh:1220{meta.info_hash_v2.hex()}", tmp_path / "lt",
+            (seed.addr.host, seed.addr.port), ip=fresh_ip(),
+        )  # fmt: skip
         assert seed.proc.poll() is None  # still serving
     assert same_tree(tmp_path / "lt" / payload.root.name, payload.root)
 
