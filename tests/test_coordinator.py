@@ -393,6 +393,27 @@ def test_fetch_of_complete_data_sends_no_completed(
     assert "completed" not in announce_events(t), announce_events(t)
 
 
+def test_workers_without_peers_are_not_started(
+    tracked: tuple[EvilTracker, Metainfo], single: Case, single_peers: list[PeerAddr],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Two seeders from the tracker at -j 4: worker 0 starts with the fetch, worker 1 with
+    the first seeder the tracker's reply gives it, and workers 2 and 3, with no peer to
+    talk to, never start (an idle forked worker costs 16-17 MiB of the tree's memory)."""
+    _, meta = tracked
+    workers: list[int] = []
+
+    def sink(event: ev.Event) -> None:
+        if isinstance(event, ev.Progress):
+            workers.append(event.workers)
+
+    res = fetch(meta, tmp_path / "movie.bin", FetchOptions(jobs=4), sink)
+    assert same_tree(tmp_path / "movie.bin", single.root)
+    check_result(res, single, single_peers, 2)  # only workers 0 and 1 verified pieces
+    assert workers and max(workers) <= 2, workers
+    assert set(res.pieces_per_peer) == set(single_peers), res.pieces_per_peer
+
+
 # -- no way to finish ---------------------------------------------------------------------
 
 

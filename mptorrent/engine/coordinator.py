@@ -251,6 +251,7 @@ class Coordinator:
         self.listen: tuple[str, int] | None = None
         self._swarm_sent: frozenset[PeerAddr] = frozenset()  # the last SwarmPeers
         self._swarm_at = 0.0
+        self._lazy_start = False  # _give starts a worker that never ran (after _run's start)
         self._holder: socket.socket | None = None
         self.dht: Dht | None = None
         self._lock_fd: int | None = None
@@ -407,7 +408,9 @@ class Coordinator:
                 if len(self.slots) > 1:  # once here, not once per worker (see preload)
                     extensions.preload()  # while the announce is in flight
                 for slot in self.slots:
-                    self._start(slot)
+                    if self._needed(slot):
+                        self._start(slot)
+                self._lazy_start = True  # from now on a worker starts with its first peer
                 self._loop()
                 self._drop_parts()
                 if seed_after is not None:
@@ -558,7 +561,10 @@ class Coordinator:
         by default), and one that accepts it would send blocks twice.  With fewer peers
         than workers some workers stay idle, and the endgame lends them nothing."""
         slot.peers.append(addr)
-        self.pool.send(slot.wid, AddPeers((addr,)))  # else it gets them when it starts
+        if self._lazy_start and slot.gen == 0:
+            self._start(slot)  # its first peer: the config carries slot.peers
+        else:
+            self.pool.send(slot.wid, AddPeers((addr,)))  # else it gets them when it starts
 
     def _tracker_result(self, r: TierResult) -> None:
         self.inbox.put(("tracker", r))
@@ -587,6 +593,14 @@ class Coordinator:
                 self.trackers_pending += len(threads)
 
     # -- workers ------------------------------------------------------------
+
+    def _needed(self, slot: _Slot) -> bool:
+        """Whether the slot's worker starts with the fetch: worker 0 always (it listens for
+        peers that dial us), one given peers already, and all of them with web seeds (each
+        worker reads from every mirror).  The others start with their first peer
+        (``_give``): with fewer peers than workers (four seeders at ``-j 8``) an idle
+        worker would cost a whole forked image of the coordinator, 16-17 MiB, for nothing."""
+        return slot.wid == 0 or bool(slot.peers) or bool(self._web_seeds_left())
 
     def _start(self, slot: _Slot, restart: str | None = None) -> None:
         """Start the slot's worker, or restart it after it died of ``restart``."""
