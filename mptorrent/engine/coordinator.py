@@ -208,7 +208,7 @@ class Coordinator:
         self.stream: PieceStream | None = None
         if opts.stream is not None:
             self.stream = self._make_stream(opts.stream)
-        self.ctx = context()
+        self.ctx = context(preload=(run.__module__,))  # forkserver: imported once
         self.peer_id = tracker.make_peer_id()
         self.slots = [_Slot(w) for w in range(max(1, opts.jobs))]
         self.known: set[PeerAddr] = set()

@@ -101,7 +101,7 @@ class Seeder:
         self.max_peers = max_peers
         self.emit = events or ev.ignore  # tracker errors, worker errors and restarts
         self.until = until  # checked a few times a second: True ends seeding
-        self.ctx = context()
+        self.ctx = context(preload=(run.__module__,))  # forkserver: imported once
         self.stats = SeedStats()
         self.inbox: queue.Queue[Batch | TierResult] = queue.Queue()  # reports, tracker replies
         self.ready = threading.Event()
