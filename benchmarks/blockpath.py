@@ -93,7 +93,7 @@ def replay(pieces: int, piece_length: int) -> tuple[float, float]:
             work.put(order[i : i + 8])
         done = bytearray(pieces + 1)
         w = worker._Worker(cfg, work, queue.Queue(), queue.Queue(), memoryview(done))
-        w.storage.write_piece = lambda index, data: None
+        w.storage.write_piece = lambda index, data, done=None: True
         return _download(w, worker, meta, PeerAddr, done, pieces)
     finally:
         shutil.rmtree(tmp)
