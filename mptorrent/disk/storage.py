@@ -537,8 +537,11 @@ def _fill_new(fd: int, offset: int, length: int, path: str | None) -> bool:
     end = offset + length
     try:
         while offset < end:
-            n = min(_FILL_CHUNK - offset % _FILL_CHUNK, end - offset)
-            _pwrite_all(fd, zeros[:n], offset)
+            n = os.pwrite(
+                fd, zeros[: min(_FILL_CHUNK - offset % _FILL_CHUNK, end - offset)], offset
+            )
+            if n <= 0:
+                raise OSError(errno.EIO, "short write")
             offset += n
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
