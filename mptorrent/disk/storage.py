@@ -8,7 +8,8 @@ theirs that share a piece with a selected file (a piece is verified whole) go to
 more files finds them there (``Layout.parts_rank`` says where each piece's bytes sit).
 :class:`Storage` opens one mmap per non-empty file (each process opens its own, by path, so this
 works under fork, spawn and forkserver alike) and reads, writes and hashes
-pieces through them.  :func:`prepare` is the coordinator's one-time set-up:
+pieces through them (a piece's new pages of a map made by ``pwrite`` of zeros first, under
+a per-piece lock: see ``write_piece``).  :func:`prepare` is the coordinator's one-time set-up:
 safe paths, free space, ``posix_fallocate`` and zero-length files.
 """
 
@@ -528,8 +529,8 @@ def _lock(fd: int, kind: int, start: int, length: int) -> None:
 
 
 def _fill_new(fd: int, offset: int, length: int, path: str | None) -> bool:
-    """Zeros over ``[offset, offset+length)`` of a file, in 256 KiB writes; False (nothing
-    done) where the filesystem refused for a reason other than space."""
+    """Zeros over ``[offset, offset+length)`` of a file, in 256 KiB writes; False where the
+    filesystem refused for a reason other than space (the copy's page faults do the rest)."""
     global _fill_ok
     if not _fill_ok:
         return False
