@@ -461,6 +461,18 @@ def test_map_write_on_a_full_disk_is_an_error_not_a_crash(small_tmpfs: Path) -> 
     assert done[0] == 1 and sum(done) < 4
 
 
+def test_reserved_tmpfs_file_keeps_the_page_faults(small_tmpfs: Path) -> None:
+    root = small_tmpfs / "out"
+    piece = 256 * 1024
+    lay = make_layout(root, [("a", 2 * piece)], piece)
+    prepare(lay, root)  # tmpfs's posix_fallocate makes the pages: no zeros over them again
+    done = memoryview(bytearray(lay.num_pieces + 1))
+    with Storage(lay, writable=True) as s:
+        assert s._map_fds == [None]
+        assert s.write_piece(1, b"\x05" * piece, done) and done[1] == 1
+    assert (root / "a").read_bytes() == bytes(piece) + b"\x05" * piece
+
+
 def test_disk_fits_exactly_what_is_free(small_tmpfs: Path) -> None:
     root = small_tmpfs / "out"
     lay = make_layout(root, [("a", 512 * 1024)], 16384)

@@ -247,6 +247,7 @@ class Storage:
     def _open(self) -> None:
         self._open_parts()
         kept = 0
+        in_memory: bool | None = None  # the output is on tmpfs (looked up once, if asked)
         for i, (f, path) in enumerate(zip(self.layout.files, self.layout.paths, strict=True)):
             if path is None or f.length == 0 or not self._opens(i):
                 continue
@@ -262,7 +263,8 @@ class Storage:
                     raise StorageError(f"cannot open {path}: {exc.strerror}") from None
                 continue
             try:
-                if os.fstat(fd).st_size != f.length:
+                st = os.fstat(fd)
+                if st.st_size != f.length:
                     if self.writable:
                         raise StorageError(f"{path} does not have the expected size")
                     continue
@@ -272,8 +274,13 @@ class Storage:
                     access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
                     self._maps[i] = mmap.mmap(fd, f.length, access=access)
                     if self.writable and f.length >= _FILL_CHUNK and kept < _MAX_MAP_FDS:
-                        self._map_fds[i], fd = fd, -1  # small files keep the page faults
-                        kept += 1
+                        if in_memory is None:
+                            in_memory = filesystem_type(path) in _MEMORY_FILESYSTEMS
+                        # small files keep the page faults, and so does a file whose pages
+                        # tmpfs's posix_fallocate has made already (zeros again cost more)
+                        if not (in_memory and st.st_blocks * 512 >= f.length):
+                            self._map_fds[i], fd = fd, -1
+                            kept += 1
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -516,6 +523,7 @@ def _prefault_write(m: mmap.mmap, offset: int, length: int) -> None:
 # of 1 MiB and up came from those and cost 1-2 s per GiB to touch again.
 _FILL_CHUNK = 256 * 1024
 _MAX_MAP_FDS = 256  # descriptors kept for it: the largest torrents' files stay within limits
+_MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")  # no disk behind the page cache
 _F_OFD_SETLKW: int | None = getattr(fcntl, "F_OFD_SETLKW", None)
 _fill_ok = True
 
