@@ -468,7 +468,7 @@ def test_reserved_tmpfs_file_keeps_the_page_faults(small_tmpfs: Path) -> None:
     prepare(lay, root)  # tmpfs's posix_fallocate makes the pages: no zeros over them again
     done = memoryview(bytearray(lay.num_pieces + 1))
     with Storage(lay, writable=True) as s:
-        assert s._map_fds == [None]
+        assert s._fills == [False]
         assert s.write_piece(1, b"\x05" * piece, done) and done[1] == 1
     assert (root / "a").read_bytes() == bytes(piece) + b"\x05" * piece
 

@@ -220,8 +220,9 @@ class Storage:
         self._maps: list[mmap.mmap | None] = [None] * len(layout.files)
         self._fds: list[int | None] = [None] * len(layout.files)
         # a writable map's descriptor (files of 256 KiB and up), kept for write_piece's
-        # locks and _fill_new's pwrite of zeros
+        # locks and _fill_new's pwrite of zeros; whether zeros are worth it in that file
         self._map_fds: list[int | None] = [None] * len(layout.files)
+        self._fills = [False] * len(layout.files)
         self._files = files
         self._parts_fd: int | None = None
         self._open()
@@ -273,14 +274,16 @@ class Storage:
                 else:
                     access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
                     self._maps[i] = mmap.mmap(fd, f.length, access=access)
+                    # Which files lock a piece must not depend on anything but the layout:
+                    # every process locks a piece in the same file.  Small files keep the
+                    # page faults.
                     if self.writable and f.length >= _FILL_CHUNK and kept < _MAX_MAP_FDS:
+                        self._map_fds[i], fd = fd, -1
+                        kept += 1
                         if in_memory is None:
                             in_memory = filesystem_type(path) in _MEMORY_FILESYSTEMS
-                        # small files keep the page faults, and so does a file whose pages
-                        # tmpfs's posix_fallocate has made already (zeros again cost more)
-                        if not (in_memory and st.st_blocks * 512 >= f.length):
-                            self._map_fds[i], fd = fd, -1
-                            kept += 1
+                        # tmpfs's posix_fallocate made the pages already: zeros again cost more
+                        self._fills[i] = not (in_memory and st.st_blocks * 512 >= f.length)
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -298,6 +301,7 @@ class Storage:
         self._maps = [None] * len(self.layout.files)
         self._fds = [None] * len(self.layout.files)
         self._map_fds = [None] * len(self.layout.files)
+        self._fills = [False] * len(self.layout.files)
         if self._parts_fd is not None:
             os.close(self._parts_fd)
             self._parts_fd = None
@@ -461,7 +465,12 @@ class Storage:
                 path = self.layout.parts_path
             if m is not None:
                 map_fd = self._map_fds[s.file_index]
-                if not (fill and map_fd is not None and _fill_new(map_fd, offset, s.length, path)):
+                if not (
+                    fill
+                    and map_fd is not None
+                    and self._fills[s.file_index]
+                    and _fill_new(map_fd, offset, s.length, path)
+                ):
                     _prefault_write(m, s.file_offset, s.length)
                 m[s.file_offset : s.file_offset + s.length] = src[pos : pos + s.length]
             elif fd is not None:
