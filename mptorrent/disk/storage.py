@@ -277,7 +277,7 @@ class Storage:
                     # Which files lock a piece must not depend on anything but the layout:
                     # every process locks a piece in the same file.  Small files keep the
                     # page faults.
-                    if self.writable and f.length >= _FILL_CHUNK and kept < _MAX_MAP_FDS:
+                    if self.writable and f.length >= _FILL_MIN and kept < _MAX_MAP_FDS:
                         self._map_fds[i], fd = fd, -1
                         kept += 1
                         if in_memory is None:
@@ -526,11 +526,15 @@ def _prefault_write(m: mmap.mmap, offset: int, length: int) -> None:
 # Pages a piece's copy into a map creates, made by pwrite of zeros first instead: a write
 # fault on a page not in the page cache allocates one zeroed 4 KiB folio and runs the
 # filesystem's page_mkwrite for it (0.7 CPU s per GiB on ext4 here, pieces landing in
-# rarest-first order, where readahead never grows); a pwrite of 256 KiB makes one 256 KiB
-# folio with its blocks mapped (0.1 s per GiB), which the copy then faults in whole.  Not
-# larger: on a VM whose balloon takes back free 2 MiB blocks (free page reporting), folios
-# of 1 MiB and up came from those and cost 1-2 s per GiB to touch again.
-_FILL_CHUNK = 256 * 1024
+# rarest-first order, where readahead never grows); a pwrite of 64 KiB makes one 64 KiB
+# folio with its blocks mapped (0.1-0.2 s per GiB), which the copy then faults in whole.
+# Not larger: the kernel carves large folios out of free blocks of 2 MiB and up once the
+# smaller ones run out, and on a VM whose balloon hands such blocks back to the host (free
+# page reporting) every page of them is a host fault to touch again: 256 KiB folios cost
+# 1-1.5 s per GiB more in such spells (and the other worker spun on the file's lock
+# meanwhile), 64 KiB ones never did in the runs measured.
+_FILL_CHUNK = 64 * 1024
+_FILL_MIN = 256 * 1024  # smaller files keep the page faults
 _MAX_MAP_FDS = 256  # descriptors kept for it: the largest torrents' files stay within limits
 _MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")  # no disk behind the page cache
 _F_OFD_SETLKW: int | None = getattr(fcntl, "F_OFD_SETLKW", None)
@@ -546,7 +550,7 @@ def _lock(fd: int, kind: int, start: int, length: int) -> None:
 
 
 def _fill_new(fd: int, offset: int, length: int, path: str | None) -> bool:
-    """Zeros over ``[offset, offset+length)`` of a file, in 256 KiB writes; False where the
+    """Zeros over ``[offset, offset+length)`` of a file, in 64 KiB writes; False where the
     filesystem refused for a reason other than space (the copy's page faults do the rest)."""
     global _fill_ok
     if not _fill_ok:
