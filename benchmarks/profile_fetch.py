@@ -64,6 +64,8 @@ CATEGORIES: list[tuple[str, str]] = [
     ("piece buffer allocation", "copy to piece buffer"),
     ("hash: SHA-1", "hash"),
     ("mmap: prefault (MADV_POPULATE_WRITE)", "copy into mmap"),
+    ("mmap: new pages (pwrite of zeros)", "copy into mmap"),
+    ("mmap: piece lock", "copy into mmap"),
     ("mmap: copy piece", "copy into mmap"),
     ("mmap: other", "copy into mmap"),
     ("pwrite: write piece", "copy into mmap"),
@@ -161,7 +163,11 @@ def classify_frame(file: str, func: str, line: int) -> str | None:
     if mod == "storage":
         if short == "_prefault_write":
             return "mmap: prefault (MADV_POPULATE_WRITE)"
-        if short == "write_piece":
+        if short == "_fill_new":
+            return "mmap: new pages (pwrite of zeros)"
+        if short in ("_lock", "_lock_fd"):
+            return "mmap: piece lock"
+        if short in ("write_piece", "_write"):
             return "mmap: copy piece" if "] = src[" in text else "mmap: other"
         if short == "_pwrite_all":
             return "pwrite: write piece"

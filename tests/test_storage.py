@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
+import random
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -439,6 +442,37 @@ def test_pwrite_on_a_full_disk_is_an_error_not_a_crash(small_tmpfs: Path) -> Non
                 s.write_piece(i, b"\x01" * piece)
 
 
+def test_map_write_on_a_full_disk_is_an_error_not_a_crash(small_tmpfs: Path) -> None:
+    root = small_tmpfs / "out"
+    piece = 512 * 1024
+    lay = make_layout(root, [("a", 4 * piece)], piece)
+    root.mkdir()
+    with open(root / "a", "wb") as f:
+        f.truncate(4 * piece)  # sparse, as where posix_fallocate is not supported
+    done = memoryview(bytearray(lay.num_pieces + 1))
+    with Storage(lay, writable=True) as s:
+        assert s.io == "mmap"
+        assert s.write_piece(0, b"\x01" * piece, done)
+        # a piece's new pages are made by pwrite before the copy into the map, which would
+        # be a SIGBUS here: the full disk is an error naming the file, and nothing is marked
+        with pytest.raises(DiskFull, match=r"disk full writing .*out/a"):
+            for i in range(1, 4):
+                s.write_piece(i, b"\x01" * piece, done)
+    assert done[0] == 1 and sum(done) < 4
+
+
+def test_reserved_tmpfs_file_keeps_the_page_faults(small_tmpfs: Path) -> None:
+    root = small_tmpfs / "out"
+    piece = 256 * 1024
+    lay = make_layout(root, [("a", 2 * piece)], piece)
+    prepare(lay, root)  # tmpfs's posix_fallocate makes the pages: no zeros over them again
+    done = memoryview(bytearray(lay.num_pieces + 1))
+    with Storage(lay, writable=True) as s:
+        assert s._fills == [False]
+        assert s.write_piece(1, b"\x05" * piece, done) and done[1] == 1
+    assert (root / "a").read_bytes() == bytes(piece) + b"\x05" * piece
+
+
 def test_disk_fits_exactly_what_is_free(small_tmpfs: Path) -> None:
     root = small_tmpfs / "out"
     lay = make_layout(root, [("a", 512 * 1024)], 16384)
@@ -588,3 +622,56 @@ def test_padding_next_to_a_selected_file_needs_no_parts_file(tmp_path: Path) -> 
     with Storage(only_b, writable=True) as st:
         st.write_piece(1, b"xx" + bytes(6))
     assert not (tmp_path / ".mptorrent.parts").exists()
+
+
+# -- write_piece with the done-map: each piece once among processes -------------------
+
+# two files of odd lengths: pieces straddle them and share pages with their neighbours
+ODD: Spec = [("x", 256 * 1024 + 5000), ("y", 300 * 1024 + 3)]
+
+
+@pytest.mark.parametrize("io", IO_MODES)
+def test_done_map_writes_each_piece_once(tmp_path: Path, io: str) -> None:
+    lay = make_layout(tmp_path / "out", ODD, 16384)
+    prepare(lay, tmp_path / "out")
+    data = random.Random(7).randbytes(lay.total_length)
+    order = list(range(lay.num_pieces))
+    random.Random(1).shuffle(order)
+    done = memoryview(bytearray(lay.num_pieces + 1))
+    pl = lay.piece_length
+    with Storage(lay, writable=True, io=io) as s:
+        for i in order:
+            assert s.write_piece(i, data[i * pl : i * pl + lay.piece_size(i)], done)
+            assert done[i] == 1
+        # another worker's copy of a piece already written and marked is left alone
+        assert not s.write_piece(order[0], bytes(lay.piece_size(order[0])), done)
+    assert (tmp_path / "out" / "x").read_bytes() + (tmp_path / "out" / "y").read_bytes() == data
+
+
+def test_a_piece_another_process_is_writing_waits_for_it(tmp_path: Path) -> None:
+    piece = 256 * 1024
+    root = tmp_path / "out"
+    lay = make_layout(root, [("a", 4 * piece)], piece)
+    prepare(lay, root)
+    done = memoryview(bytearray(lay.num_pieces + 1))
+    other = os.open(root / "a", os.O_RDWR)  # another worker's open file
+    try:
+        fcntl.lockf(other, fcntl.LOCK_EX, piece, piece, os.SEEK_SET)  # it is writing piece 1
+        with Storage(lay, writable=True) as s:
+            got: list[bool] = []
+            t = threading.Thread(target=lambda: got.append(s.write_piece(1, b"\x02" * piece, done)))
+            t.start()
+            t.join(0.3)
+            assert t.is_alive()  # neither zeros nor bytes go over a piece being written
+            os.pwrite(other, b"\x01" * piece, piece)
+            done[1] = 1
+            fcntl.lockf(other, fcntl.LOCK_UN, piece, piece, os.SEEK_SET)
+            t.join(10)
+            assert got == [False]  # and it finds the piece written
+            assert s.write_piece(2, b"\x03" * piece, done)  # a piece nobody holds: at once
+    finally:
+        os.close(other)
+    content = (root / "a").read_bytes()
+    assert content[piece : 2 * piece] == b"\x01" * piece
+    assert content[2 * piece : 3 * piece] == b"\x03" * piece
+    assert content[:piece] == bytes(piece) and done[0] == 0

@@ -8,7 +8,8 @@ theirs that share a piece with a selected file (a piece is verified whole) go to
 more files finds them there (``Layout.parts_rank`` says where each piece's bytes sit).
 :class:`Storage` opens one mmap per non-empty file (each process opens its own, by path, so this
 works under fork, spawn and forkserver alike) and reads, writes and hashes
-pieces through them.  :func:`prepare` is the coordinator's one-time set-up:
+pieces through them (a piece's new pages of a map made by ``pwrite`` of zeros first, under
+a per-piece lock: see ``write_piece``).  :func:`prepare` is the coordinator's one-time set-up:
 safe paths, free space, ``posix_fallocate`` and zero-length files.
 """
 
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
 import mmap
 import os
 import re
 import shutil
 import stat
+import struct
 from collections.abc import Collection, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -216,6 +219,10 @@ class Storage:
         self.io = io
         self._maps: list[mmap.mmap | None] = [None] * len(layout.files)
         self._fds: list[int | None] = [None] * len(layout.files)
+        # a writable map's descriptor (files of 256 KiB and up), kept for write_piece's
+        # locks and _fill_new's pwrite of zeros; whether zeros are worth it in that file
+        self._map_fds: list[int | None] = [None] * len(layout.files)
+        self._fills = [False] * len(layout.files)
         self._files = files
         self._parts_fd: int | None = None
         self._open()
@@ -240,6 +247,8 @@ class Storage:
 
     def _open(self) -> None:
         self._open_parts()
+        kept = 0
+        in_memory: bool | None = None  # the output is on tmpfs (looked up once, if asked)
         for i, (f, path) in enumerate(zip(self.layout.files, self.layout.paths, strict=True)):
             if path is None or f.length == 0 or not self._opens(i):
                 continue
@@ -255,7 +264,8 @@ class Storage:
                     raise StorageError(f"cannot open {path}: {exc.strerror}") from None
                 continue
             try:
-                if os.fstat(fd).st_size != f.length:
+                st = os.fstat(fd)
+                if st.st_size != f.length:
                     if self.writable:
                         raise StorageError(f"{path} does not have the expected size")
                     continue
@@ -264,6 +274,16 @@ class Storage:
                 else:
                     access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
                     self._maps[i] = mmap.mmap(fd, f.length, access=access)
+                    # Which files lock a piece must not depend on anything but the layout:
+                    # every process locks a piece in the same file.  Small files keep the
+                    # page faults.
+                    if self.writable and f.length >= _FILL_MIN and kept < _MAX_MAP_FDS:
+                        self._map_fds[i], fd = fd, -1
+                        kept += 1
+                        if in_memory is None:
+                            in_memory = filesystem_type(path) in _MEMORY_FILESYSTEMS
+                        # tmpfs's posix_fallocate made the pages already: zeros again cost more
+                        self._fills[i] = not (in_memory and st.st_blocks * 512 >= f.length)
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -272,7 +292,7 @@ class Storage:
         for m in self._maps:
             if m is not None:
                 m.close()
-        for fd in self._fds:
+        for fd in [*self._fds, *self._map_fds]:
             if fd is not None:
                 try:
                     os.close(fd)
@@ -280,6 +300,8 @@ class Storage:
                     pass  # written pages are in the page cache; close the rest
         self._maps = [None] * len(self.layout.files)
         self._fds = [None] * len(self.layout.files)
+        self._map_fds = [None] * len(self.layout.files)
+        self._fills = [False] * len(self.layout.files)
         if self._parts_fd is not None:
             os.close(self._parts_fd)
             self._parts_fd = None
@@ -386,9 +408,47 @@ class Storage:
             raise StorageError(f"{path} is missing or shorter than expected") from None
         return bytes(out)
 
-    def write_piece(self, index: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy a verified piece into the mapped files (padding is skipped)."""
-        src = memoryview(data)
+    def write_piece(
+        self, index: int, data: bytes | bytearray | memoryview, done: memoryview | None = None
+    ) -> bool:
+        """Copy a verified piece into the mapped files (padding is skipped).
+
+        ``done`` (the shared done-map, a byte per piece) makes the write the only one of
+        this piece among processes: under a lock on the piece's bytes, a piece already
+        marked done is left as it is (False), else written, then marked (True).  Only then
+        may the piece's new pages of a map be made by ``pwrite`` of zeros (``_fill_new``):
+        no process holds verified bytes there, and none reads them before the mark.
+        """
+        lock = self._lock_fd(index) if done is not None else None
+        try:
+            if done is not None and done[index]:
+                return False
+            self._write(index, memoryview(data), fill=lock is not None)
+            if done is not None:
+                done[index] = 1
+            return True
+        finally:
+            if lock is not None:
+                _lock(lock[0], fcntl.F_UNLCK, lock[1], lock[2])
+
+    def _lock_fd(self, index: int) -> tuple[int, int, int] | None:
+        """Lock the piece's bytes in its first mapped file (the same file in every process:
+        they all open the same layout); (fd, start, length), or None where no lock is had
+        (no mapped file, or no OFD locks here)."""
+        if _F_OFD_SETLKW is None:
+            return None
+        start = index * self.layout.piece_length
+        for s in self.layout.slices(start, self.layout.piece_size(index)):
+            fd = self._map_fds[s.file_index]
+            if fd is not None:
+                try:
+                    _lock(fd, fcntl.F_WRLCK, s.file_offset, s.length)
+                except OSError:
+                    return None  # a filesystem without locks: the map's page faults it is
+                return fd, s.file_offset, s.length
+        return None
+
+    def _write(self, index: int, src: memoryview, fill: bool) -> None:
         start = index * self.layout.piece_length
         pos = 0
         for s in self.layout.slices(start, len(src)):
@@ -404,7 +464,14 @@ class Storage:
                     raise StorageError(f"{path} is not open for writing") from None
                 path = self.layout.parts_path
             if m is not None:
-                _prefault_write(m, s.file_offset, s.length)
+                map_fd = self._map_fds[s.file_index]
+                if not (
+                    fill
+                    and map_fd is not None
+                    and self._fills[s.file_index]
+                    and _fill_new(map_fd, offset, s.length, path)
+                ):
+                    _prefault_write(m, s.file_offset, s.length)
                 m[s.file_offset : s.file_offset + s.length] = src[pos : pos + s.length]
             elif fd is not None:
                 try:
@@ -454,6 +521,57 @@ def _prefault_write(m: mmap.mmap, offset: int, length: int) -> None:
         m.madvise(_MADV_POPULATE_WRITE, aligned, length + offset - aligned)
     except OSError:
         _populate_ok = False  # an older kernel: plain page faults it is
+
+
+# Pages a piece's copy into a map creates, made by pwrite of zeros first instead: a write
+# fault on a page not in the page cache allocates one zeroed 4 KiB folio and runs the
+# filesystem's page_mkwrite for it (0.7 CPU s per GiB on ext4 here, pieces landing in
+# rarest-first order, where readahead never grows); a pwrite of 64 KiB makes one 64 KiB
+# folio with its blocks mapped (0.1-0.2 s per GiB), which the copy then faults in whole.
+# Not larger: the kernel carves large folios out of free blocks of 2 MiB and up once the
+# smaller ones run out, and on a VM whose balloon hands such blocks back to the host (free
+# page reporting) every page of them is a host fault to touch again: 256 KiB folios cost
+# 1-1.5 s per GiB more in such spells (and the other worker spun on the file's lock
+# meanwhile), 64 KiB ones never did in the runs measured.
+_FILL_CHUNK = 64 * 1024
+_FILL_MIN = 256 * 1024  # smaller files keep the page faults
+_MAX_MAP_FDS = 256  # descriptors kept for it: the largest torrents' files stay within limits
+_MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")  # no disk behind the page cache
+_F_OFD_SETLKW: int | None = getattr(fcntl, "F_OFD_SETLKW", None)
+_fill_ok = True
+
+
+def _lock(fd: int, kind: int, start: int, length: int) -> None:
+    """An open-file-description lock on ``[start, start+length)``: the kernel drops it with a
+    process that dies holding it; waits while another process holds it."""
+    assert _F_OFD_SETLKW is not None
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+    fcntl.fcntl(fd, _F_OFD_SETLKW, struct.pack("@hhqqi4x", kind, os.SEEK_SET, start, length, 0))
+
+
+def _fill_new(fd: int, offset: int, length: int, path: str | None) -> bool:
+    """Zeros over ``[offset, offset+length)`` of a file, in 64 KiB writes; False where the
+    filesystem refused for a reason other than space (the copy's page faults do the rest)."""
+    global _fill_ok
+    if not _fill_ok:
+        return False
+    zeros = memoryview(_ZEROS)
+    end = offset + length
+    try:
+        while offset < end:
+            n = os.pwrite(
+                fd, zeros[: min(_FILL_CHUNK - offset % _FILL_CHUNK, end - offset)], offset
+            )
+            if n <= 0:
+                raise OSError(errno.EIO, "short write")
+            offset += n
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # a sparse file on a full disk: the copy into the map would have been a SIGBUS
+            raise DiskFull(f"disk full writing {path}") from None
+        _fill_ok = False
+        return False
+    return True
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -758,9 +758,8 @@ class _Worker(Record):
         wid = self.cfg.worker_id
         for d in decisions:
             if type(d) is Verified:
-                if not self.done_map[d.index]:
-                    self.storage.write_piece(d.index, d.data)
-                    self.done_map[d.index] = 1
+                if not self.done_map[d.index]:  # else another worker wrote it
+                    self.storage.write_piece(d.index, d.data, self.done_map)
                 policy.recycle(d.data)
                 self._emit(PieceDone(wid, d.index, d.peers), urgent=False)
                 self.to_tell.append(d.index)
