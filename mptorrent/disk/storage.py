@@ -443,8 +443,15 @@ class Storage:
             if fd is not None:
                 try:
                     _lock(fd, fcntl.F_WRLCK, s.file_offset, s.length)
-                except OSError:
-                    return None  # a filesystem without locks: the map's page faults it is
+                except OSError as exc:
+                    if exc.errno in _NO_LOCKS:
+                        # a filesystem without these locks, the same answer in every
+                        # process: none zero-fills there, the map's page faults it is
+                        return None
+                    # not for this process alone to go on unlocked: another may zero-fill
+                    # the piece under its lock once this one has marked it done
+                    path = self.layout.paths[s.file_index]
+                    raise StorageError(f"cannot lock a piece of {path}: {exc.strerror}") from None
                 return fd, s.file_offset, s.length
         return None
 
@@ -539,6 +546,7 @@ _MAX_MAP_FDS = 256  # descriptors kept for it: the largest torrents' files stay 
 _MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")  # no disk behind the page cache
 _F_OFD_SETLKW: int | None = getattr(fcntl, "F_OFD_SETLKW", None)
 _fill_ok = True
+_NO_LOCKS = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 def _lock(fd: int, kind: int, start: int, length: int) -> None:
@@ -558,6 +566,10 @@ def _fill_new(fd: int, offset: int, length: int, path: str | None) -> bool:
     zeros = memoryview(_ZEROS)
     end = offset + length
     try:
+        if os.fstat(fd).st_size < end:
+            # the file was cut under us: pwrite would grow it back over the verified pieces
+            # it lost; the copy into the map raises SIGBUS, a disk error (D2)
+            return False
         while offset < end:
             n = os.pwrite(
                 fd, zeros[: min(_FILL_CHUNK - offset % _FILL_CHUNK, end - offset)], offset
