@@ -159,6 +159,14 @@ class SwarmPeers(NamedTuple):
     peers: tuple[PeerAddr, ...]
 
 
+class PeerCap(NamedTuple):
+    """This worker's cap on connections is now ``max_peers``: the shares of ``--max-peers``
+    of workers not started yet are lent to the started ones, which alone accept the peers
+    that dial us."""
+
+    max_peers: int
+
+
 class Seeding(NamedTuple):
     """A worker's answer to SeedOnly, after its last download counts."""
 
@@ -171,7 +179,7 @@ WorkerReport: TypeAlias = (
 )  # fmt: skip
 """Worker -> coordinator (or seeder), in lists on the worker's report queue."""
 
-Control: TypeAlias = AddPeers | Stop | SeedOnly | SwarmPeers | ReturnBacklog
+Control: TypeAlias = AddPeers | Stop | SeedOnly | SwarmPeers | ReturnBacklog | PeerCap
 """Coordinator (or seeder) -> one worker, on its control queue."""
 
 # The queues between the coordinator (or seeder) and one worker; engine/pool.py makes them.

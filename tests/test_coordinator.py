@@ -480,3 +480,52 @@ def test_an_idle_worker_unloads_every_worker_that_would_hold_its_pieces_long() -
     assert slow_workers(owner, {**rates, 2: 5.0 * MiB}, MiB) == [1]
     assert slow_workers(owner, {1: 0.0}, MiB) == [1]  # no rate yet: anything it holds is slow
     assert slow_workers({}, rates, MiB) == []
+
+
+def test_workers_not_started_lend_their_share_of_max_peers(single: Case, tmp_path: Path) -> None:
+    """-j 4 --max-peers 8 with one unreachable --peer: the workers left unstarted lend their
+    share of --max-peers to the started ones, which alone accept peers that dial us; six
+    peers dialling in are all answered (unlent, worker 0 would have taken two of them)."""
+    out = tmp_path / "movie.bin"
+    with socket.socket() as dead, socket.socket() as probe:
+        dead.bind(("127.0.0.26", 0))  # bound, never listening: every connect is refused
+        probe.bind(("127.0.0.27", 0))
+        port = probe.getsockname()[1]
+        probe.close()  # a free port for the fetch to listen on
+        cmd = [
+            sys.executable, "-m", "mptorrent", "fetch", str(single.torrent), "-o", str(out),
+            "-j", "4", "--max-peers", "8", "--no-trackers", "--no-dht", "-q",
+            "--bind", "127.0.0.27", "--port", str(port),
+            "--peer", f"127.0.0.26:{dead.getsockname()[1]}", "--stall-timeout", "60",
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        socks: list[socket.socket] = []
+        try:
+            handshake = b"\x13BitTorrent protocol" + bytes(8) + single.meta.info_hash
+            deadline = time.monotonic() + 20
+            for k in range(6):
+                while True:  # refused until a worker listens
+                    s = socket.socket()
+                    s.bind((f"127.0.9.{k + 1}", 0))
+                    try:
+                        s.connect(("127.0.0.27", port))
+                        break
+                    except ConnectionRefusedError:
+                        s.close()
+                        assert time.monotonic() < deadline and proc.poll() is None
+                        time.sleep(0.05)
+                socks.append(s)
+                s.sendall(handshake + b"-XX0001-" + os.urandom(12))
+            answered = 0
+            for s in socks:
+                s.settimeout(5)
+                try:
+                    answered += len(s.recv(68)) > 0
+                except OSError:
+                    pass
+            assert answered == 6
+        finally:
+            for s in socks:
+                s.close()
+            proc.kill()
+            proc.wait()

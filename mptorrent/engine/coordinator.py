@@ -47,6 +47,7 @@ from mptorrent.messages import (
     PeerAddr,
     PeerBanned,
     PeerBitfield,
+    PeerCap,
     PeerHaves,
     PexLearned,
     PieceDone,
@@ -176,6 +177,7 @@ class _Slot(Record):
     reported: set[PeerAddr] = field(default_factory=set)  # peers whose bitfield we hold
     last_endgame: float = 0.0
     rate: float = 0.0  # bytes/s it receives, smoothed over its last few WorkerStats
+    cap: int = 0  # its cap on connections, as last told (its share plus what it is lent)
 
 
 def output_path(meta: Metainfo, output: str | Path | None) -> Path:
@@ -562,9 +564,16 @@ class Coordinator:
         than workers some workers stay idle, and the endgame lends them nothing."""
         slot.peers.append(addr)
         if self._lazy_start and slot.gen == 0:
-            self._start(slot)  # its first peer: the config carries slot.peers
-        else:
-            self.pool.send(slot.wid, AddPeers((addr,)))  # else it gets them when it starts
+            try:
+                self._start(slot)  # its first peer: the config carries slot.peers
+                return
+            except OSError:
+                # no fork now (EAGAIN, ENOMEM): worker 0, started with the fetch, takes it
+                self._lend_caps()
+                slot.peers.remove(addr)
+                slot = self.slots[0]
+                slot.peers.append(addr)
+        self.pool.send(slot.wid, AddPeers((addr,)))  # else it gets them when it starts
 
     def _tracker_result(self, r: TierResult) -> None:
         self.inbox.put(("tracker", r))
@@ -602,11 +611,42 @@ class Coordinator:
         worker would cost a whole forked image of the coordinator, 16-17 MiB, for nothing."""
         return slot.wid == 0 or bool(slot.peers) or bool(self._web_seeds_left())
 
+    def _start_for_incoming(self) -> None:
+        """Start one more worker once every started one is within a connection of its share
+        of ``--max-peers``: only started workers accept the peers that dial us, each up to
+        its share, so lazily started workers would otherwise cap what we accept at theirs."""
+        if not self._lazy_start or self.listen is None:
+            return
+        idle = [s for s in self.slots if s.gen == 0 and self.peer_shares[s.wid]]
+        if idle and all(s.stats_peers >= self.peer_shares[s.wid] - 1 for s in self.slots if s.gen):
+            try:
+                self._start(idle[0])
+            except OSError:
+                self._lend_caps()  # no fork now (EAGAIN, ENOMEM): the started ones serve on
+
+    def _lend_caps(self, starting: _Slot | None = None) -> int:
+        """The cap on connections of ``starting``, about to start (None: after one failed
+        to start, the caps again over those running): its share of
+        ``--max-peers``.  The shares of workers not started yet are lent to the started
+        ones (only they accept the peers that dial us), and those whose cap changes are
+        told (``PeerCap``); the caps always add up to ``--max-peers``."""
+        started = [s for s in self.slots if s.gen or s is starting]
+        if not started:
+            return 0
+        lent = sum(self.peer_shares[s.wid] for s in self.slots if s not in started)
+        base, extra = divmod(lent, len(started))
+        for i, s in enumerate(started):
+            cap = self.peer_shares[s.wid] + base + (1 if i < extra else 0)
+            if s is not starting and s.cap != cap:
+                self.pool.send(s.wid, PeerCap(cap))
+            s.cap = cap
+        return starting.cap if starting is not None else 0
+
     def _start(self, slot: _Slot, restart: str | None = None) -> None:
         """Start the slot's worker, or restart it after it died of ``restart``."""
         cfg = WorkerConfig(
             worker_id=slot.wid, meta=self.meta, layout=self.layout, peers=tuple(slot.peers),
-            parent_pid=os.getpid(), max_peers=self.peer_shares[slot.wid],
+            parent_pid=os.getpid(), max_peers=self._lend_caps(slot),
             banned=tuple(self.banned), listen=self.listen, client_id=self.peer_id[8:],
             timeouts=self.opts.timeouts, io=self.io,
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
@@ -694,6 +734,7 @@ class Coordinator:
             self._refill(now)
             self._take_inbox(0.1)
             self._check_workers()
+            self._start_for_incoming()
             peers = sum(s.stats_peers for s in self.slots)
             now = time.monotonic()
             self._share_swarm(now)
@@ -757,6 +798,7 @@ class Coordinator:
             self._take_inbox(0.2)
             try:
                 self._check_workers()
+                self._start_for_incoming()  # leechers dial a seed
             except DownloadError as exc:
                 # A crash loop ends the seeding, not the download that already succeeded.
                 self.emit(ev.SeedingStopped(str(exc)))

@@ -39,6 +39,7 @@ from mptorrent.messages import (
     PeerAddr,
     PeerBanned,
     PeerBitfield,
+    PeerCap,
     PeerHaves,
     PieceDone,
     PieceFailed,
@@ -188,6 +189,7 @@ class _Worker(Record):
     sources: dict[PeerAddr, _Peer | WebSeed] = field(default_factory=dict)
     rx_paused: bool = False  # the download limit's balance is used up: sockets not read
     rx_quota: int = 0  # under a download limit: bytes one socket may read this turn
+    max_peers: int = 0  # connections at most: cfg.max_peers, then what PeerCap says
 
     def __post_init__(self) -> None:
         # Serve-only workers open read-only: a file missing from partial data leaves its
@@ -199,6 +201,7 @@ class _Worker(Record):
         self.client_prefix = self.cfg.peer_id_prefix + cid
         self.peer_id = self.client_prefix + self.cfg.worker_id.to_bytes(2, "big")
         self.banned.update(self.cfg.banned)
+        self.max_peers = self.cfg.max_peers
         self.num_pieces = self.cfg.meta.num_pieces
         self.have = self.done_map[: self.num_pieces]
         meta = self.cfg.meta
@@ -351,7 +354,7 @@ class _Worker(Record):
                 addr.host in self.banned_hosts
                 or addr in self.banned
                 or addr in self.peers
-                or live >= self.cfg.max_peers
+                or live >= self.max_peers
             ):
                 sock.close()
                 continue
@@ -418,6 +421,8 @@ class _Worker(Record):
                 case ReturnBacklog():
                     self.policy.return_backlog()
                     self._apply()
+                case PeerCap():
+                    self.max_peers = msg.max_peers  # over it already: no new ones, none dropped
                 case _:
                     assert_never(msg)
 
@@ -463,7 +468,7 @@ class _Worker(Record):
         # delivered before, then the ones that failed, fewest failures first (as
         # policy/peertable.py orders the coordinator's table).
         for addr, r in sorted(self.retry.items(), key=_dial_order):
-            if live >= self.cfg.max_peers or half_open >= MAX_HALF_OPEN or budget <= 0:
+            if live >= self.max_peers or half_open >= MAX_HALF_OPEN or budget <= 0:
                 return
             if addr in self.peers or addr in self.banned or r.next_at > now:
                 continue
@@ -900,8 +905,9 @@ def run(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     random.seed()
-    if cfg.io == "pwrite":
-        _raise_fd_limit()  # every file of the torrent stays open, besides the sockets
+    # every file of the torrent stays open (pwrite), or up to 256 of them for the map's
+    # piece locks (disk.storage), besides the sockets
+    _raise_fd_limit()
     w = None
     failed: WorkerFailed | None = None
     try:
