@@ -260,4 +260,8 @@ class PeerSession:
 
     @property
     def spare(self) -> int:
-        return self.window.depth - len(self.pending) if self.can_request else 0
+        if not self.can_request:
+            return 0
+        w = self.window
+        # cancelled requests the peer is probably still sending count as outstanding
+        return w.depth - len(self.pending) - w.in_flight(time.monotonic())

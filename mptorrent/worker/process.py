@@ -144,6 +144,7 @@ class _Peer(PeerSession):
     def cancel(self, index: int, begin: int, length: int) -> None:
         self.window.settled(length)
         if self.state == ACTIVE:
+            self.window.cancelled(time.monotonic(), length)
             self.queue(self.wire.send(wire.Cancel(index, begin, length)))
 
 
