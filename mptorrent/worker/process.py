@@ -755,6 +755,7 @@ class _Worker(Record):
         left_bytes = self.policy.left_in_hand()
         total = sum(r for _, r in rates)
         left = None if left_bytes is None or total <= 0 else left_bytes / total
+        self.policy.tail_left = left
         for p, rate in rates:
             p.update_depth(rate, left)
 
