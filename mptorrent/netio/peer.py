@@ -263,5 +263,7 @@ class PeerSession:
         if not self.can_request:
             return 0
         w = self.window
-        # cancelled requests the peer is probably still sending count as outstanding
-        return w.depth - len(self.pending) - w.in_flight(time.monotonic())
+        n = w.depth - len(self.pending)
+        if w.junk:  # cancelled requests the peer is probably still sending count too
+            n -= w.in_flight(time.monotonic())
+        return n

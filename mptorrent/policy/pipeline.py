@@ -78,8 +78,8 @@ MAX_MARKS: Final = 64
 class RequestWindow:
     """One peer's request window: see the module docstring.  Times are seconds."""
 
-    __slots__ = ("_asked", "_got", "_grow_from", "_junk", "_junk_at", "_marks", "_rate",
-                 "batch", "ceiling", "depth", "floor", "latency", "near_headroom", "rtt",
+    __slots__ = ("_asked", "_got", "_grow_from", "_junk_at", "_marks", "_rate", "batch",
+                 "ceiling", "depth", "floor", "junk", "latency", "near_headroom", "rtt",
                  "slow_start")  # fmt: skip
 
     def __init__(
@@ -98,7 +98,7 @@ class RequestWindow:
         self._got = 0  # payload bytes received or given up on so far
         self._marks: deque[tuple[int, float]] = deque()  # (byte count, time sent)
         self._grow_from = 0  # growth is judged on requests marked at or after this count
-        self._junk = 0.0  # bytes cancelled that the peer probably sends anyway, as of _junk_at
+        self.junk = 0.0  # bytes cancelled that the peer probably sends anyway, as of _junk_at
         self._junk_at = 0.0
         self._rate = 0.0  # the rate of the last update (bytes/s)
 
@@ -129,26 +129,26 @@ class RequestWindow:
     def cancelled(self, now: float, nbytes: int) -> None:
         """Requests for ``nbytes`` were cancelled at ``now`` (after :meth:`settled`): they
         are probably in the peer's send buffer, and arrive at its rate anyway."""
-        self._junk = self._still_coming(now) + nbytes
+        self.junk = self._still_coming(now) + nbytes
         self._junk_at = now
 
     def _still_coming(self, now: float) -> float:
-        if self._junk <= 0:
+        if self.junk <= 0:
             return 0.0
-        return max(0.0, self._junk - self._rate * (now - self._junk_at))
+        return max(0.0, self.junk - self._rate * (now - self._junk_at))
 
     def in_flight(self, now: float) -> int:
         """Cancelled requests, in blocks, the peer has probably not finished sending: they
         take room in the window as outstanding ones do; none while the rate is unknown
         (a peer that sends nothing must not be kept idle by a guess)."""
-        if self._junk <= 0:
+        if self.junk <= 0:
             return 0
         if self._rate <= 0:
-            self._junk = 0.0
+            self.junk = 0.0
             return 0
         left = self._still_coming(now)
         if left <= 0:
-            self._junk = 0.0
+            self.junk = 0.0
         return int(left // BLOCK)
 
     def dropped(self) -> None:
