@@ -18,6 +18,7 @@ from mptorrent.policy.download import (
     BLOCK,
     ENDGAME_BLOCKS,
     ENDGAME_COPIES,
+    ENDGAME_HORIZON,
     Ban,
     Decision,
     DownloadPolicy,
@@ -362,6 +363,22 @@ def test_endgame_asks_a_third_peer_only_when_every_missing_block_has_two() -> No
     assert max(s.policy.jobs[1].requested) == ENDGAME_COPIES
     e = s.add(5, depth=4)
     assert s.policy.fill(e) == 0  # never a fourth
+
+
+def test_no_duplicates_while_the_blocks_in_hand_need_longer_than_the_horizon() -> None:
+    """An idle peer duplicates nothing while the worker's blocks in hand need over
+    ENDGAME_HORIZON s at its peers' rate (the caller's ``tail_left``): the busy peers'
+    blocks are on their way, and a copy asked now is sent twice (a seeder's send buffer
+    holds it when our cancel comes)."""
+    s = swarm([[0]])
+    slow, idle = s.add(1, depth=4), s.add(2, depth=4)
+    s.policy.fill(slow)
+    s.done[NUM] = 1  # the coordinator's endgame flag
+    s.policy.now += 1
+    s.policy.tail_left = ENDGAME_HORIZON + 0.5
+    assert s.policy.fill(idle) == 0 and idle.requests == []
+    s.policy.tail_left = ENDGAME_HORIZON - 0.1  # the last moments: copies of the slow blocks
+    assert s.policy.fill(idle) == 4 and idle.requests == blocks_of(0)
 
 
 def test_return_backlog_gives_back_the_pieces_not_started_only() -> None:

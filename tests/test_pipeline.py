@@ -248,3 +248,32 @@ def test_the_tail_leaves_a_near_peer_its_byte_headroom() -> None:
     for _ in range(5):
         w.update(400 * MiB, left=0.001)  # a queue dry for a moment on loopback
     assert w.depth == before
+
+
+def test_cancelled_requests_take_room_until_they_could_have_come() -> None:
+    """A cancelled request is probably in the peer's send buffer: its bytes count as still
+    coming, draining at the peer's rate, so an idle peer is not asked for more duplicates
+    (queued behind them anyway) before they are through."""
+    w = RequestWindow()
+    w.sent(0.0, BLOCK)
+    w.received(0.1, BLOCK)
+    w.update(16 * BLOCK)  # 16 blocks a second
+    assert w.in_flight(1.0) == 0
+    w.settled(8 * BLOCK)
+    w.cancelled(1.0, 8 * BLOCK)
+    assert w.in_flight(1.0) == 8
+    assert w.in_flight(1.25) == 4  # a quarter of a second at 16 blocks/s
+    w.cancelled(1.25, 2 * BLOCK)  # more on top of what is left
+    assert w.in_flight(1.25) == 6
+    assert w.in_flight(1.5) == 2
+    assert w.in_flight(2.0) == 0  # all through: forgotten
+    assert w.in_flight(5.0) == 0
+
+
+def test_cancelled_requests_of_a_peer_without_a_rate_are_not_waited_for() -> None:
+    w = RequestWindow()
+    w.cancelled(0.0, 4 * BLOCK)
+    assert w.in_flight(0.0) == 0  # no rate measured: no guess keeps the peer idle
+    w.update(0.0)
+    w.cancelled(1.0, 4 * BLOCK)
+    assert w.in_flight(1.0) == 0

@@ -260,4 +260,10 @@ class PeerSession:
 
     @property
     def spare(self) -> int:
-        return self.window.depth - len(self.pending) if self.can_request else 0
+        if not self.can_request:
+            return 0
+        w = self.window
+        n = w.depth - len(self.pending)
+        if w.junk:  # cancelled requests the peer is probably still sending count too
+            n -= w.in_flight(time.monotonic())
+        return n

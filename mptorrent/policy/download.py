@@ -39,6 +39,7 @@ MAX_PIECE_TRIES = 3  # local attempts at a piece fed by several peers (smart ban
 MAX_BACKLOG = 8  # no new batch while this many taken pieces wait for other peers
 ENDGAME_BLOCKS = 4  # duplicate requests an idle peer may get at once in the endgame, at least
 ENDGAME_COPIES = 3  # peers asked for one block at most, in the endgame
+ENDGAME_HORIZON = 1.5  # no duplicates while the blocks in hand need longer (seconds)
 # Piece buffers are kept for reuse, up to the most pieces ever in hand at once (the
 # peak memory is the same): a fresh one costs a malloc, page faults and zeroing.
 MAX_FREE_BUFFERS = 256
@@ -241,6 +242,9 @@ class DownloadPolicy(Generic[P]):
         self.queue_empty = False
         self.empty_at = -1.0  # loop turn (``now``) in which ``take`` last returned None
         self.now = 0.0
+        # seconds the blocks in hand need at all the peers' rate, once the work source is dry
+        # (the caller's estimate; None: not known)
+        self.tail_left: float | None = None
 
     def piece_size(self, index: int) -> int:
         if index == self.num_pieces - 1:
@@ -363,8 +367,16 @@ class DownloadPolicy(Generic[P]):
         duplicates, and a batch at a time (at least ``ENDGAME_BLOCKS``).  A peer's copy is
         often already in its send buffer when our cancel arrives (a libtorrent seeder
         buffers about 1.5 s of its rate), so each duplicate asked early is a block sent
-        twice; a peer that is still busy gets to its own blocks first."""
+        twice; a peer that is still busy gets to its own blocks first.  And none while the
+        blocks in hand need over ``ENDGAME_HORIZON`` s at all the peers' rate
+        (:attr:`tail_left`): at -j 2 on 48 slow seeders a worker's queue runs dry for
+        moments about 3 s before the end (the coordinator moves the last pieces between
+        workers), and the copies idle peers asked then were mostly sent twice."""
         if not self.queue_empty or not self.done[self.num_pieces] or p.pending:
+            return None
+        if self.tail_left is not None and self.tail_left > ENDGAME_HORIZON:
+            # every peer is still busy with the blocks in hand for longer than a copy would
+            # take: those blocks are on their way, and each copy asked now is sent twice
             return None
         n = min(n, max(ENDGAME_BLOCKS, p.batch))
         pending = p.pending

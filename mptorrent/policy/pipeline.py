@@ -45,6 +45,14 @@ and once in a while the peer's measured rate; :class:`RequestWindow` answers wit
   requests are outstanding: ``BATCH_SECONDS`` of the peer's rate, at most half the window.
   A fast near peer gets few, full sends (half its window, as before); a distant one gets
   its window refilled every few tens of milliseconds, so it never drains to half.
+- **Cancelled, still coming.**  A request cancelled in the endgame (its block came from
+  another peer) is usually in the peer's send buffer already (a libtorrent seeder reads
+  about 1.5 s of its rate ahead), so the peer sends it anyway, before anything asked
+  after it.  :meth:`~RequestWindow.cancelled` keeps those bytes in the window until they
+  have had time to arrive at the peer's rate (:meth:`~RequestWindow.in_flight`): an idle
+  peer whose duplicates were cancelled is not asked for new ones (more blocks sent twice,
+  queued behind the cancelled ones, which arrive no sooner) until what it still sends
+  would take less than its window.
 - **The peer's limit.** A ``reqq`` from its BEP 10 handshake caps the window (:meth:`limit`).
 """
 
@@ -70,8 +78,9 @@ MAX_MARKS: Final = 64
 class RequestWindow:
     """One peer's request window: see the module docstring.  Times are seconds."""
 
-    __slots__ = ("_asked", "_got", "_grow_from", "_marks", "batch", "ceiling", "depth",
-                 "floor", "latency", "near_headroom", "rtt", "slow_start")  # fmt: skip
+    __slots__ = ("_asked", "_got", "_grow_from", "_junk_at", "_marks", "_rate", "batch",
+                 "ceiling", "depth", "floor", "junk", "latency", "near_headroom", "rtt",
+                 "slow_start")  # fmt: skip
 
     def __init__(
         self, *, initial: int = INITIAL, floor: int = FLOOR, ceiling: int = CEILING,
@@ -89,6 +98,9 @@ class RequestWindow:
         self._got = 0  # payload bytes received or given up on so far
         self._marks: deque[tuple[int, float]] = deque()  # (byte count, time sent)
         self._grow_from = 0  # growth is judged on requests marked at or after this count
+        self.junk = 0.0  # bytes cancelled that the peer probably sends anyway, as of _junk_at
+        self._junk_at = 0.0
+        self._rate = 0.0  # the rate of the last update (bytes/s)
 
     def sent(self, now: float, nbytes: int) -> None:
         """Requests for ``nbytes`` of payload went out at ``now``."""
@@ -113,6 +125,31 @@ class RequestWindow:
         marks = self._marks
         while marks and marks[0][0] <= self._got:
             marks.popleft()
+
+    def cancelled(self, now: float, nbytes: int) -> None:
+        """Requests for ``nbytes`` were cancelled at ``now`` (after :meth:`settled`): they
+        are probably in the peer's send buffer, and arrive at its rate anyway."""
+        self.junk = self._still_coming(now) + nbytes
+        self._junk_at = now
+
+    def _still_coming(self, now: float) -> float:
+        if self.junk <= 0:
+            return 0.0
+        return max(0.0, self.junk - self._rate * (now - self._junk_at))
+
+    def in_flight(self, now: float) -> int:
+        """Cancelled requests, in blocks, the peer has probably not finished sending: they
+        take room in the window as outstanding ones do; none while the rate is unknown
+        (a peer that sends nothing must not be kept idle by a guess)."""
+        if self.junk <= 0:
+            return 0
+        if self._rate <= 0:
+            self.junk = 0.0
+            return 0
+        left = self._still_coming(now)
+        if left <= 0:
+            self.junk = 0.0
+        return int(left // BLOCK)
 
     def dropped(self) -> None:
         """Every outstanding request is gone (a choke without the fast extension)."""
@@ -142,6 +179,7 @@ class RequestWindow:
         the seconds the worker's remaining blocks need at all its peers' rate, once it has
         nothing more to take (None before): a distant peer's headroom shrinks to that (a near
         one's is a few MiB anyway, and a worker's queue runs dry for moments on loopback)."""
+        self._rate = rate
         if self.rtt is None:
             return
         self.batch = max(MIN_BATCH, min(self.depth // 2, int(rate * BATCH_SECONDS / BLOCK)))
