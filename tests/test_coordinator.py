@@ -476,4 +476,5 @@ def test_an_idle_worker_hurries_only_workers_far_slower_than_itself() -> None:
     assert lagging_workers(owner, rates, MiB, 40.0 * MiB) == {1, 3}  # 12 MiB/s is not 1/4
     assert lagging_workers(owner, rates, MiB, 3.0 * MiB * HURRY_RATIO) == {3}  # alike
     assert lagging_workers(owner, rates, MiB, 0.0) == set()  # an idle worker with no rate
-    assert lagging_workers(owner, {**rates, 2: 24.0 * MiB}, MiB, fast) == {1, 3}  # 0.12 s
+    soon = {**rates, 2: 100.0 * MiB}  # 0.03 s of pieces left
+    assert lagging_workers(owner, soon, MiB, 1000.0 * MiB) == {1, 3}

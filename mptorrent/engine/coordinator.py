@@ -89,7 +89,7 @@ UNLOAD_AFTER = 0.5  # s a worker would need for its leased pieces before an idle
 # ones included) once it would need over HURRY_AFTER s for them; HURRY_SECONDS of the idle
 # worker's rate at a time, looked at every HURRY_EVERY s (see _hurry)
 HURRY_RATIO = 4.0
-HURRY_AFTER = 0.2
+HURRY_AFTER = 0.05
 HURRY_SECONDS = 0.25
 HURRY_EVERY = 0.05
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
