@@ -184,6 +184,7 @@ class _Slot(Record):
     last_endgame: float = 0.0
     last_hurry: float = 0.0
     rate: float = 0.0  # bytes/s it receives, smoothed over its last few WorkerStats
+    best: float = 0.0  # the highest ``rate`` so far: what its peers can send (idle, rate decays)
 
 
 def output_path(meta: Metainfo, output: str | Path | None) -> Path:
@@ -848,6 +849,7 @@ class Coordinator:
             case WorkerStats():
                 slot.stats_peers = msg.peers
                 slot.rate = 0.7 * slot.rate + 0.3 * msg.downloaded / STATS_EVERY
+                slot.best = max(slot.best, slot.rate)
                 self.downloaded += msg.downloaded
                 self.uploaded += msg.uploaded
             case Seeding():
@@ -942,7 +944,7 @@ class Coordinator:
         swarm of small seeders), copies before the last few pieces cost more sent than they
         save."""
         p = self.picker
-        fast = idle.rate
+        fast = idle.best  # idle, its own rate falls: it says nothing of what its peers can do
         lagging = lagging_workers(p.owner, self._rates(but=idle), self.meta.piece_length, fast)
         if not lagging:
             return []
