@@ -417,6 +417,11 @@ class Coordinator:
                     extensions.preload()  # while the announce is in flight
                 for slot in self.slots:
                     self._start(slot)
+                    # A tracker's answer comes in after the first fork or two: its peers go
+                    # to the workers started so far now, not after every fork (at -j 8 the
+                    # forks take 30-40 ms, and the first requests waited for all of them).
+                    self._take_inbox(0)
+                    self._refill(time.monotonic())
                 self._loop()
                 self._drop_parts()
                 if seed_after is not None:
