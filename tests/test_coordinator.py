@@ -30,11 +30,13 @@ from mptorrent import events as ev
 from mptorrent.cli.render import render
 from mptorrent.disk.create import create
 from mptorrent.engine.coordinator import (
+    HURRY_RATIO,
     UNLOAD_AFTER,
     FetchOptions,
     FetchResult,
     done_event,
     fetch,
+    lagging_workers,
     slow_workers,
 )
 from mptorrent.errors import DownloadError
@@ -529,3 +531,20 @@ def test_workers_not_started_lend_their_share_of_max_peers(single: Case, tmp_pat
                 s.close()
             proc.kill()
             proc.wait()
+
+
+def test_an_idle_worker_hurries_only_workers_far_slower_than_itself() -> None:
+    """The uneven swarm's tail (coordinator._hurry): an idle worker fetches the pieces, started
+    ones too, of a worker that would need over HURRY_AFTER s for them at a rate under
+    1/HURRY_RATIO of its own, never of one about as fast (a WAN swarm of alike seeders,
+    where copies only cost bytes sent twice), nor of one soon done."""
+    owner = {1: {0}, 2: {0}, 3: {1}, 4: {1}, 5: {1}, 6: {2}, 7: {2}, 8: {2}, 9: {3}}
+    # worker 0: 0.02 s of its pieces; 1: 1 s; 2: 0.25 s; 3 (one piece, no rate yet): slow
+    rates = {0: 100.0 * MiB, 1: 3.0 * MiB, 2: 12.0 * MiB, 3: 0.0}
+    fast = 200.0 * MiB
+    assert lagging_workers(owner, rates, MiB, fast) == {1, 2, 3}
+    assert lagging_workers(owner, rates, MiB, 40.0 * MiB) == {1, 3}  # 12 MiB/s is not 1/4
+    assert lagging_workers(owner, rates, MiB, 3.0 * MiB * HURRY_RATIO) == {3}  # alike
+    assert lagging_workers(owner, rates, MiB, 0.0) == set()  # an idle worker with no rate
+    soon = {**rates, 2: 100.0 * MiB}  # 0.03 s of pieces left
+    assert lagging_workers(owner, soon, MiB, 1000.0 * MiB) == {1, 3}

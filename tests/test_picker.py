@@ -136,6 +136,27 @@ def test_endgame_a_third_worker_only_once_every_piece_has_two() -> None:
     assert p.owner[0] | p.owner[1] == {0, 1, 2}
 
 
+def test_endgame_of_slow_workers_offers_only_the_pieces_they_alone_hold() -> None:
+    """The coordinator's hurry (an idle fast worker fetches a slow worker's pieces, started
+    ones too): ``of`` keeps pieces every holder of which is slow; a piece a fast worker
+    also holds is on its way already."""
+    p = Picker(6, seed=9)
+    for w in range(4):
+        p.peer_bitfield(("peer", w), bits("111111"), worker=w)
+    assert sorted(p.pick_for(0, 2) + p.pick_for(1, 2) + p.pick_for(2, 2)) == list(range(6))
+    fast = 3
+    held = {w: [i for i, o in p.owner.items() if o == {w}] for w in range(3)}
+    assert sorted(p.endgame_for(fast, 9, of={1})) == sorted(held[1])
+    assert p.endgame_for(fast, 9, of={1}) == []  # already its own
+    both = held[2][0]
+    p.took(both, 0)  # a fast worker holds it too: not for the hurry
+    assert p.endgame_for(fast, 9, of={1, 2}) == [held[2][1]]
+    assert sorted(p.endgame_for(fast, 9, of={0, 2})) == sorted(held[0])  # one holder first
+    assert p.endgame_for(fast, 9, of={0, 2}) == [both]  # held by 0 and 2 only: a third copy
+    assert p.owner[both] == {0, 2, fast}
+    assert p.endgame_for(fast, 9) == []  # every piece in flight is its own already
+
+
 # -- priorities (issue 16): one mechanism for --only and --sequential ---------------------
 
 

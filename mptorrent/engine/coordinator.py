@@ -86,6 +86,13 @@ STALL_TIMEOUT = 300.0  # no data received (no peer found, or none sends) for thi
 ENDGAME_EVERY = 0.5  # seconds between endgame hand-outs to one idle worker
 ENDGAME_PIECES = 2  # pieces left per worker before idle workers fetch pieces held by others
 UNLOAD_AFTER = 0.5  # s a worker would need for its leased pieces before an idle one takes some
+# An idle worker this many times faster than another fetches that one's pieces too (started
+# ones included) once it would need over HURRY_AFTER s for them; HURRY_SECONDS of the idle
+# worker's rate at a time, looked at every HURRY_EVERY s (see _hurry)
+HURRY_RATIO = 4.0
+HURRY_AFTER = 0.05
+HURRY_SECONDS = 0.25
+HURRY_EVERY = 0.05
 PEERS_LOW = 5  # fewer connected peers than this: re-announce early (min interval)
 MAX_PEX_KNOWN = 500  # peers known before PEX adds no more (trackers and --peer still do)
 SWARM_EVERY = 5.0  # seconds between looks at the connected peers, for the workers' PEX
@@ -176,8 +183,10 @@ class _Slot(Record):
     stats_peers: int = 0
     reported: set[PeerAddr] = field(default_factory=set)  # peers whose bitfield we hold
     last_endgame: float = 0.0
+    last_hurry: float = 0.0
     rate: float = 0.0  # bytes/s it receives, smoothed over its last few WorkerStats
     cap: int = 0  # its cap on connections, as last told (its share plus what it is lent)
+    best: float = 0.0  # the highest ``rate`` so far: what its peers can send (idle, rate decays)
 
 
 def output_path(meta: Metainfo, output: str | Path | None) -> Path:
@@ -409,10 +418,15 @@ class Coordinator:
                 self.limits.start()
                 if len(self.slots) > 1:  # once here, not once per worker (see preload)
                     extensions.preload()  # while the announce is in flight
+                self._lazy_start = True  # a worker given its first peer from now on starts then
                 for slot in self.slots:
-                    if self._needed(slot):
+                    if slot.gen == 0 and self._needed(slot):  # else _give started it
                         self._start(slot)
-                self._lazy_start = True  # from now on a worker starts with its first peer
+                    # A tracker's answer comes in after the first fork or two: its peers go
+                    # to the workers started so far now, not after every fork (at -j 8 the
+                    # forks take 30-40 ms, and the first requests waited for all of them).
+                    self._take_inbox(0)
+                    self._refill(time.monotonic())
                 self._loop()
                 self._drop_parts()
                 if seed_after is not None:
@@ -896,6 +910,7 @@ class Coordinator:
             case WorkerStats():
                 slot.stats_peers = msg.peers
                 slot.rate = 0.7 * slot.rate + 0.3 * msg.downloaded / STATS_EVERY
+                slot.best = max(slot.best, slot.rate)
                 self.downloaded += msg.downloaded
                 self.uploaded += msg.uploaded
             case Seeding():
@@ -964,6 +979,10 @@ class Coordinator:
                         self.meta.num_pieces
                     ]:
                         self.done_map[self.meta.num_pieces] = 1
+            hurry_due = now - slot.last_hurry > HURRY_EVERY and p.knows(slot.wid)
+            if not got and slot.queued == 0 and hurry_due:
+                slot.last_hurry = now
+                got = self._hurry(slot)
             if got and self.pool.put_work(slot.wid, list(got)):
                 slot.queued += len(got)
 
@@ -975,6 +994,23 @@ class Coordinator:
         do: at the end of a download, unstarted pieces held anywhere are the tail."""
         for wid in slow_workers(self.picker.owner, self._rates(but=idle), self.meta.piece_length):
             self.pool.send(wid, ReturnBacklog())
+
+    def _hurry(self, idle: _Slot) -> list[int]:
+        """An idle worker, nothing to pick: the pieces of workers far slower than it
+        (``lagging_workers``), started ones too, fetched again here; the first verified copy
+        wins (the other worker drops its own when it sees the done-map).  With one
+        connection per peer address across workers, a worker whose only peer is slow holds
+        about a second of that peer's rate in hand when the others are done: an uneven
+        swarm's tail.  Only far slower ones: where every worker's peers are alike (a WAN
+        swarm of small seeders), copies before the last few pieces cost more sent than they
+        save."""
+        p = self.picker
+        fast = idle.best  # idle, its own rate falls: it says nothing of what its peers can do
+        lagging = lagging_workers(p.owner, self._rates(but=idle), self.meta.piece_length, fast)
+        if not lagging:
+            return []
+        n = max(1, int(fast * HURRY_SECONDS) // self.meta.piece_length)
+        return p.endgame_for(idle.wid, n, of=lagging)
 
     def _rates(self, but: _Slot) -> dict[int, float]:
         """The running workers' smoothed receive rates (bytes/s), ``but`` one."""
@@ -1034,6 +1070,16 @@ def slow_workers(
             if w in leased:
                 leased[w] += 1
     return [w for w, n in leased.items() if n * piece_length / max(rates[w], 1.0) > after]
+
+
+def lagging_workers(
+    owner: Mapping[int, set[int]], rates: Mapping[int, float], piece_length: int, fast: float,
+    ratio: float = HURRY_RATIO, after: float = HURRY_AFTER,
+) -> set[int]:  # fmt: skip
+    """The workers among ``rates`` that would need over ``after`` seconds for their leased
+    pieces and receive under ``1/ratio`` of ``fast`` (an idle worker's rate): worth copying."""
+    slow = slow_workers(owner, rates, piece_length, after)
+    return {w for w in slow if rates[w] * ratio < fast}
 
 
 def _is_us(addr: PeerAddr, listen: tuple[str, int]) -> bool:

@@ -41,6 +41,7 @@ import sys
 import time
 from array import array
 from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from enum import IntEnum
 from itertools import pairwise
 from typing import Final
@@ -503,10 +504,11 @@ class Picker:
             state[i] = QUEUED
         return out
 
-    def endgame_for(self, worker: int, n: int) -> list[int]:
+    def endgame_for(self, worker: int, n: int, of: AbstractSet[int] | None = None) -> list[int]:
         """Pieces in flight at other workers that ``worker`` could fetch too: those held by
         one worker; a third copy only when every piece in flight that this worker could fetch
-        has two (both holders' peers may be slow ones)."""
+        has two (both holders' peers may be slow ones).  ``of``: only pieces every holder of
+        which is among these workers (the slow ones)."""
         if worker not in self._whas:
             return []
         has = self._servable(worker)
@@ -515,7 +517,7 @@ class Picker:
             out = [
                 i for i, owners in self.owner.items()
                 if worker not in owners and self.state[i] == TAKEN and (has is None or has[i])
-                and len(owners) < most
+                and len(owners) < most and (of is None or owners <= of)
             ]  # fmt: skip
             if out:
                 break

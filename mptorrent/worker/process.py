@@ -268,6 +268,10 @@ class _Worker(Record):
                 self._update_windows(now)
                 self.uploader.rechoke(now)
                 self.ext.send_pex(self.peers.values(), now)
+            if policy.jobs and self.done_map[self.num_pieces]:
+                # Endgame: pieces in hand that another worker verified go now, not at the
+                # next slow tick (the coordinator's Stop waited up to TICK for such a worker).
+                policy.drop_finished_elsewhere()
             # A worker with no piece in hand waits for work, peers or (at the end) Stop,
             # which arrive on queues the selector cannot watch: look at them often.
             idle = not policy.jobs and not self.seed_only
