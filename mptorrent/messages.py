@@ -160,9 +160,9 @@ class SwarmPeers(NamedTuple):
 
 
 class PeerCap(NamedTuple):
-    """This worker's cap on connections is now ``max_peers``: the shares of ``--max-peers``
-    of workers not started yet are lent to the started ones, which alone accept the peers
-    that dial us."""
+    """This worker accepts peers that dial us while it has fewer than ``max_peers``
+    connections: the shares of ``--max-peers`` of workers not started yet are lent to the
+    started ones, which alone accept (what it dials stays ``WorkerConfig.max_peers``)."""
 
     max_peers: int
 

@@ -185,7 +185,7 @@ class _Slot(Record):
     last_endgame: float = 0.0
     last_hurry: float = 0.0
     rate: float = 0.0  # bytes/s it receives, smoothed over its last few WorkerStats
-    cap: int = 0  # its cap on connections, as last told (its share plus what it is lent)
+    cap: int = 0  # its cap on accepting, as last told (its share plus what it is lent)
     best: float = 0.0  # the highest ``rate`` so far: what its peers can send (idle, rate decays)
 
 
@@ -583,7 +583,6 @@ class Coordinator:
                 return
             except OSError:
                 # no fork now (EAGAIN, ENOMEM): worker 0, started with the fetch, takes it
-                self._lend_caps()
                 slot.peers.remove(addr)
                 slot = self.slots[0]
                 slot.peers.append(addr)
@@ -636,31 +635,31 @@ class Coordinator:
             try:
                 self._start(idle[0])
             except OSError:
-                self._lend_caps()  # no fork now (EAGAIN, ENOMEM): the started ones serve on
+                pass  # no fork now (EAGAIN, ENOMEM): the started ones serve on
 
-    def _lend_caps(self, starting: _Slot | None = None) -> int:
-        """The cap on connections of ``starting``, about to start (None: after one failed
-        to start, the caps again over those running): its share of
-        ``--max-peers``.  The shares of workers not started yet are lent to the started
-        ones (only they accept the peers that dial us), and those whose cap changes are
-        told (``PeerCap``); the caps always add up to ``--max-peers``."""
-        started = [s for s in self.slots if s.gen or s is starting]
+    def _lend_caps(self) -> None:
+        """Only started workers accept the peers that dial us, so the shares of ``--max-peers``
+        of the workers not started yet are lent to the started ones for accepting (what each
+        dials stays its own share, as ``_add_peer`` hands out peers); those whose cap on
+        accepting changes are told (``PeerCap``).  Taken back as workers start: connections
+        accepted on a lent share stay until they close, so the client may hold more than
+        ``--max-peers`` for that long."""
+        started = [s for s in self.slots if s.gen]
         if not started:
-            return 0
-        lent = sum(self.peer_shares[s.wid] for s in self.slots if s not in started)
+            return
+        lent = sum(self.peer_shares[s.wid] for s in self.slots if not s.gen)
         base, extra = divmod(lent, len(started))
         for i, s in enumerate(started):
             cap = self.peer_shares[s.wid] + base + (1 if i < extra else 0)
-            if s is not starting and s.cap != cap:
+            if s.cap != cap:
                 self.pool.send(s.wid, PeerCap(cap))
-            s.cap = cap
-        return starting.cap if starting is not None else 0
+                s.cap = cap
 
     def _start(self, slot: _Slot, restart: str | None = None) -> None:
         """Start the slot's worker, or restart it after it died of ``restart``."""
         cfg = WorkerConfig(
             worker_id=slot.wid, meta=self.meta, layout=self.layout, peers=tuple(slot.peers),
-            parent_pid=os.getpid(), max_peers=self._lend_caps(slot),
+            parent_pid=os.getpid(), max_peers=self.peer_shares[slot.wid],
             banned=tuple(self.banned), listen=self.listen, client_id=self.peer_id[8:],
             timeouts=self.opts.timeouts, io=self.io,
             source_address=None if self.opts.bind in (None, "0.0.0.0", "::") else self.opts.bind,
@@ -678,6 +677,8 @@ class Coordinator:
         slot.queued = 0
         slot.stats_peers = 0
         slot.reported = set()
+        slot.cap = self.peer_shares[slot.wid]  # what a new incarnation accepts until told
+        self._lend_caps()
         self._swarm_sent = frozenset()  # a new incarnation has heard nothing yet
 
     def _web_seed_connections(self) -> int:

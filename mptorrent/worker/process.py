@@ -190,7 +190,7 @@ class _Worker(Record):
     sources: dict[PeerAddr, _Peer | WebSeed] = field(default_factory=dict)
     rx_paused: bool = False  # the download limit's balance is used up: sockets not read
     rx_quota: int = 0  # under a download limit: bytes one socket may read this turn
-    max_peers: int = 0  # connections at most: cfg.max_peers, then what PeerCap says
+    accept_cap: int = 0  # connections at most when a peer dials us: cfg.max_peers, then PeerCap
     # Dialling: new attempts left in this look (``CONNECTS_PER_TURN`` each slow tick or
     # AddPeers), and a half-open slot freed since (dial again this turn, not at the next tick)
     dial_budget: int = 0
@@ -206,7 +206,7 @@ class _Worker(Record):
         self.client_prefix = self.cfg.peer_id_prefix + cid
         self.peer_id = self.client_prefix + self.cfg.worker_id.to_bytes(2, "big")
         self.banned.update(self.cfg.banned)
-        self.max_peers = self.cfg.max_peers
+        self.accept_cap = self.cfg.max_peers
         self.num_pieces = self.cfg.meta.num_pieces
         self.have = self.done_map[: self.num_pieces]
         meta = self.cfg.meta
@@ -372,7 +372,7 @@ class _Worker(Record):
                 addr.host in self.banned_hosts
                 or addr in self.banned
                 or addr in self.peers
-                or live >= self.max_peers
+                or live >= self.accept_cap
             ):
                 sock.close()
                 continue
@@ -441,7 +441,7 @@ class _Worker(Record):
                     self.policy.return_backlog()
                     self._apply()
                 case PeerCap():
-                    self.max_peers = msg.max_peers  # over it already: no new ones, none dropped
+                    self.accept_cap = msg.max_peers  # over it already: no new ones, none dropped
                 case _:
                     assert_never(msg)
 
@@ -486,7 +486,7 @@ class _Worker(Record):
         # delivered before, then the ones that failed, fewest failures first (as
         # policy/peertable.py orders the coordinator's table).
         for addr, r in sorted(self.retry.items(), key=_dial_order):
-            if live >= self.max_peers or half_open >= MAX_HALF_OPEN or self.dial_budget <= 0:
+            if live >= self.cfg.max_peers or half_open >= MAX_HALF_OPEN or self.dial_budget <= 0:
                 return
             if addr in self.peers or addr in self.banned or r.next_at > now:
                 continue
