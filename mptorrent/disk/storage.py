@@ -533,14 +533,16 @@ def _prefault_write(m: mmap.mmap, offset: int, length: int) -> None:
 # Pages a piece's copy into a map creates, made by pwrite of zeros first instead: a write
 # fault on a page not in the page cache allocates one zeroed 4 KiB folio and runs the
 # filesystem's page_mkwrite for it (0.7 CPU s per GiB on ext4 here, pieces landing in
-# rarest-first order, where readahead never grows); a pwrite of 64 KiB makes one 64 KiB
-# folio with its blocks mapped (0.1-0.2 s per GiB), which the copy then faults in whole.
+# rarest-first order, where readahead never grows); a pwrite of 32 KiB makes one 32 KiB
+# folio with its blocks mapped, which the copy then faults in whole.
 # Not larger: the kernel carves large folios out of free blocks of 2 MiB and up once the
 # smaller ones run out, and on a VM whose balloon hands such blocks back to the host (free
 # page reporting) every page of them is a host fault to touch again: 256 KiB folios cost
 # 1-1.5 s per GiB more in such spells (and the other worker spun on the file's lock
-# meanwhile), 64 KiB ones never did in the runs measured.
-_FILL_CHUNK = 64 * 1024
+# meanwhile), and 64 KiB ones did too in a later spell (-j 8 on 1 GiB: 2.6-2.8 CPU s
+# against 1.35 with 32 KiB and 1.45-1.5 with 16 KiB, in one swarm; 32 KiB was within 5% of
+# 64 KiB in the spell where 64 KiB was best).  Not smaller: 4 KiB writes cost 2.3 s.
+_FILL_CHUNK = 32 * 1024
 _FILL_MIN = 256 * 1024  # smaller files keep the page faults
 _MAX_MAP_FDS = 256  # descriptors kept for it: the largest torrents' files stay within limits
 _MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")  # no disk behind the page cache
@@ -558,7 +560,7 @@ def _lock(fd: int, kind: int, start: int, length: int) -> None:
 
 
 def _fill_new(fd: int, offset: int, length: int, path: str | None) -> bool:
-    """Zeros over ``[offset, offset+length)`` of a file, in 64 KiB writes; False where the
+    """Zeros over ``[offset, offset+length)`` of a file, in 32 KiB writes; False where the
     filesystem refused for a reason other than space (the copy's page faults do the rest)."""
     global _fill_ok
     if not _fill_ok:
