@@ -21,6 +21,7 @@ from mptorrent.policy.pipeline import (
     INITIAL,
     NEAR_HEADROOM,
     RequestWindow,
+    endgame_horizon,
     near_headroom,
 )
 
@@ -277,3 +278,30 @@ def test_cancelled_requests_of_a_peer_without_a_rate_are_not_waited_for() -> Non
     w.update(0.0)
     w.cancelled(1.0, 4 * BLOCK)
     assert w.in_flight(1.0) == 0
+
+
+def test_a_choke_takes_the_cancelled_requests_with_it() -> None:
+    """A choke without the fast extension drops every request, the cancelled ones in the
+    peer's send buffer too: nothing of them is still coming."""
+    w = RequestWindow()
+    w.sent(0.0, BLOCK)
+    w.received(0.1, BLOCK)
+    w.update(16 * BLOCK)
+    w.settled(8 * BLOCK)
+    w.cancelled(1.0, 8 * BLOCK)
+    assert w.in_flight(1.0) == 8
+    w.dropped()
+    assert w.in_flight(1.0) == 0
+
+
+def test_the_endgame_horizon_counts_an_idle_peer_at_its_best_rate() -> None:
+    """A slow peer holds 1 MiB at 20 KiB/s and a fast one idles (its two-second rate fell
+    to 0): the blocks in hand are 1 MiB at 4 MiB/s, a quarter second, not 50 s, so the
+    fast peer may copy them (DownloadPolicy.tail_left)."""
+    slow = (20.0 * 1024, 20.0 * 1024, True)
+    idle_fast = (0.0, 4.0 * MiB - 20.0 * 1024, False)
+    assert endgame_horizon(MiB, [slow, idle_fast]) == pytest.approx(0.25)
+    busy_fast = (2.0 * MiB, 4.0 * MiB, True)  # busy: its rate now, not its best
+    assert endgame_horizon(MiB, [busy_fast]) == pytest.approx(0.5)
+    assert endgame_horizon(None, [slow]) is None  # the work queue has not run dry
+    assert endgame_horizon(MiB, [(0.0, 0.0, False)]) is None  # no rate known: no horizon

@@ -59,6 +59,7 @@ and once in a while the peer's measured rate; :class:`RequestWindow` answers wit
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import Final
 
 BLOCK: Final = 16384
@@ -155,6 +156,7 @@ class RequestWindow:
         """Every outstanding request is gone (a choke without the fast extension)."""
         self._got = self._asked
         self._marks.clear()
+        self.junk = 0.0  # the cancelled ones went with the choke too
 
     def limit(self, reqq: int) -> None:
         """The peer takes at most ``reqq`` requests at once (BEP 10 handshake)."""
@@ -205,3 +207,17 @@ def near_headroom(workers: int, cpus: int) -> int:
     cores, 8 MiB at -j 8: without it a loopback fetch at -j 8 took 0.6 s longer)."""
     share = max(1.0, workers / max(1, cpus))
     return min(CEILING * BLOCK, int(NEAR_HEADROOM * share))
+
+
+def endgame_horizon(
+    left_bytes: int | None, peers: Iterable[tuple[float, float, bool]]
+) -> float | None:
+    """Seconds the blocks in a worker's hand need (``DownloadPolicy.tail_left``): ``left_bytes``
+    (None: the work queue has not run dry) at the peers' rate, each ``(rate, best, busy)``
+    counted at its current rate while busy and at its best while idle: an idle peer's
+    two-second rate falls to nothing while it waits, and the blocks would then look as
+    slow as their holders, holding the fast idle peer back from copying them."""
+    if left_bytes is None:
+        return None
+    able = sum(rate if busy else best for rate, best, busy in peers)
+    return left_bytes / able if able > 0 else None

@@ -59,7 +59,7 @@ from mptorrent.messages import (
 from mptorrent.mp import RateCells
 from mptorrent.netio.peer import ACTIVE, CLOSED, CONNECTING, HANDSHAKING, PeerSession, Timeouts
 from mptorrent.policy.download import Ban, DownloadPolicy, Failed, GiveBack, Verified
-from mptorrent.policy.pipeline import near_headroom
+from mptorrent.policy.pipeline import endgame_horizon, near_headroom
 from mptorrent.proto import bitfield, wire
 from mptorrent.proto.metainfo import Metainfo
 from mptorrent.record import Record, mutable
@@ -126,6 +126,7 @@ class _Peer(PeerSession):
 
     port_sent = False  # our BEP 5 Port went out on this connection
     port_heard = False  # the peer's Port was reported (once per connection)
+    best_rate = 0.0  # its highest two-second rate: what it sends when asked (idle, rate decays)
 
     @property
     def active(self) -> bool:
@@ -482,6 +483,8 @@ class _Worker(Record):
         # Paced: a swarm of hundreds is not dialled all at once (a home router's NAT
         # table, and the peers that answer first are the ones we keep anyway).
         half_open = sum(1 for p in self.peers.values() if p.connecting and not p.inbound)
+        if live >= self.cfg.max_peers or half_open >= MAX_HALF_OPEN or self.dial_budget <= 0:
+            return  # before the sort: this runs on every freed half-open slot
         # Never-tried peers first (in the order we were given them), then those that
         # delivered before, then the ones that failed, fewest failures first (as
         # policy/peertable.py orders the coordinator's table).
@@ -764,9 +767,13 @@ class _Worker(Record):
         left_bytes = self.policy.left_in_hand()
         total = sum(r for _, r in rates)
         left = None if left_bytes is None or total <= 0 else left_bytes / total
-        self.policy.tail_left = left
         for p, rate in rates:
             p.update_depth(rate, left)
+            if rate > p.best_rate:
+                p.best_rate = rate
+        # the endgame's horizon; none with web seeds, whose rate is not measured here
+        horizon = endgame_horizon(left_bytes, ((r, p.best_rate, bool(p.pending)) for p, r in rates))
+        self.policy.tail_left = None if self.webseeds else horizon
 
     def _take_batch(self) -> list[int] | None:
         """The policy's work source: the next batch from our work queue, acknowledged."""
