@@ -416,6 +416,28 @@ def test_workers_without_peers_are_not_started(
     assert set(res.pieces_per_peer) == set(single_peers), res.pieces_per_peer
 
 
+def test_a_listening_fetch_with_shares_of_one_starts_no_idle_worker(
+    tracked: tuple[EvilTracker, Metainfo], single: Case, single_peers: list[PeerAddr],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """-j 4 --max-peers 4, listening: every share is one connection, so the started workers
+    are "near their share" only once each has its peer; nobody dials in, so the two without
+    a seeder never start (with ``share - 1`` a worker with no peer was "near" and one more
+    started every loop turn)."""
+    _, meta = tracked
+    workers: list[int] = []
+
+    def sink(event: ev.Event) -> None:
+        if isinstance(event, ev.Progress):
+            workers.append(event.workers)
+
+    opts = FetchOptions(jobs=4, max_peers=4, bind="127.0.0.28", port=0)
+    res = fetch(meta, tmp_path / "movie.bin", opts, sink)
+    assert same_tree(tmp_path / "movie.bin", single.root)
+    assert workers and max(workers) <= 2, workers
+    assert set(res.pieces_per_peer) == set(single_peers), res.pieces_per_peer
+
+
 # -- no way to finish ---------------------------------------------------------------------
 
 

@@ -631,7 +631,8 @@ class Coordinator:
         if not self._lazy_start or self.listen is None:
             return
         idle = [s for s in self.slots if s.gen == 0 and self.peer_shares[s.wid]]
-        if idle and all(s.stats_peers >= self.peer_shares[s.wid] - 1 for s in self.slots if s.gen):
+        near = [max(1, self.peer_shares[s.wid] - 1) for s in self.slots]  # a share of 1: full
+        if idle and all(s.stats_peers >= near[s.wid] for s in self.slots if s.gen):
             try:
                 self._start(idle[0])
             except OSError:
@@ -678,6 +679,7 @@ class Coordinator:
         slot.stats_peers = 0
         slot.reported = set()
         slot.cap = self.peer_shares[slot.wid]  # what a new incarnation accepts until told
+        slot.rate = slot.best = 0.0  # a new incarnation: no rates of the dead one's peers
         self._lend_caps()
         self._swarm_sent = frozenset()  # a new incarnation has heard nothing yet
 
