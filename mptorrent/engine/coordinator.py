@@ -631,8 +631,10 @@ class Coordinator:
         if not self._lazy_start or self.listen is None:
             return
         idle = [s for s in self.slots if s.gen == 0 and self.peer_shares[s.wid]]
-        near = [max(1, self.peer_shares[s.wid] - 1) for s in self.slots]  # a share of 1: full
-        if idle and all(s.stats_peers >= near[s.wid] for s in self.slots if s.gen):
+        if not idle:
+            return
+        # near its share: one connection short of it, or full with a share of one
+        if all(s.stats_peers >= max(1, self.peer_shares[s.wid] - 1) for s in self.slots if s.gen):
             try:
                 self._start(idle[0])
             except OSError:

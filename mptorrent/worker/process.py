@@ -483,13 +483,13 @@ class _Worker(Record):
         # Paced: a swarm of hundreds is not dialled all at once (a home router's NAT
         # table, and the peers that answer first are the ones we keep anyway).
         half_open = sum(1 for p in self.peers.values() if p.connecting and not p.inbound)
-        if live >= self.cfg.max_peers or half_open >= MAX_HALF_OPEN or self.dial_budget <= 0:
+        if not self._may_dial(live, half_open):
             return  # before the sort: this runs on every freed half-open slot
         # Never-tried peers first (in the order we were given them), then those that
         # delivered before, then the ones that failed, fewest failures first (as
         # policy/peertable.py orders the coordinator's table).
         for addr, r in sorted(self.retry.items(), key=_dial_order):
-            if live >= self.cfg.max_peers or half_open >= MAX_HALF_OPEN or self.dial_budget <= 0:
+            if not self._may_dial(live, half_open):
                 return
             if addr in self.peers or addr in self.banned or r.next_at > now:
                 continue
@@ -511,6 +511,11 @@ class _Worker(Record):
             live += 1
             half_open += 1
             self.dial_budget -= 1
+
+    def _may_dial(self, live: int, half_open: int) -> bool:
+        """Room for one more dial: under our share of --max-peers, the half-open cap and
+        this look's budget."""
+        return live < self.cfg.max_peers and half_open < MAX_HALF_OPEN and self.dial_budget > 0
 
     def _drop(self, p: _Peer, reason: str, *, ban: bool = False) -> None:
         if p.connecting and not p.inbound:
